@@ -1,0 +1,40 @@
+/**
+ * How the node agent reaches a pod's port. The protocol code (agent/app.ts) knows
+ * nothing of containers: it asks a `PodDialer` for a connected socket, as the
+ * kubelet asks the runtime's `PortForwarder` (pkg/kubelet/cri/streaming/portforward).
+ *
+ * @module
+ */
+import type { Socket } from 'node:net'
+
+/** What the agent knows of the pod a stream targets. */
+export interface PodTarget {
+  namespace: string
+  name: string
+  /** The pod UID the gateway resolved, when it sent one. */
+  uid?: string
+  /** A network-namespace handle from the gateway's registry (netns name or /proc/PID/ns/net path). */
+  netns?: string
+}
+
+/** Options for one dial. */
+export interface DialOptions {
+  /** Aborts the dial (the gateway cancelled the stream). */
+  signal: AbortSignal
+  /** Connect timeout in milliseconds. */
+  timeoutMs: number
+}
+
+/**
+ * Connects to `port` of a pod. Resolves with a connected socket created with
+ * `allowHalfOpen: true` (the relay half-closes it). Rejects with an `AppError`:
+ * `PFG_ERR_AGENT_POD_NOT_FOUND`, `PFG_ERR_AGENT_CONNECT_REFUSED`,
+ * `PFG_ERR_AGENT_CONNECT_FAILED`, `PFG_ERR_AGENT_CONNECT_TIMEOUT` or `PFG_ERR_AGENT_NETNS`,
+ * whose message reads like the kubelet's (for example
+ * `failed to connect to localhost:5000 inside namespace "...": ... connection refused`).
+ */
+export interface PodDialer {
+  dial(target: PodTarget, port: number, options: DialOptions): Promise<Socket>
+  /** Releases every resource (helper processes, timers). Idempotent. */
+  close(): Promise<void>
+}

@@ -1,0 +1,23 @@
+/**
+ * Audit sinks and the audit log facade the relay calls. The relay never knows
+ * which sinks exist; it awaits `AuditLog.append` where the mode requires it.
+ *
+ * @module
+ */
+import type { AuditRecord } from '../../protocol/audit-record.js'
+
+/**
+ * A destination for audit records. `write` resolves once the records are
+ * durable by the sink's own definition (file: written and fsynced per its policy;
+ * webhook: delivered, or fsynced in the disk spool; stdout: written).
+ * Records are written in the order given; `write` calls are not concurrent.
+ */
+export interface AuditSink {
+  readonly name: string
+  write(records: readonly AuditRecord[]): Promise<void>
+  /** Flushes and releases everything. */
+  close(): Promise<void>
+}
+
+/** kube-apiserver-like backend modes. */
+export type AuditMode = 'blocking-strict' | 'blocking' | 'batch'

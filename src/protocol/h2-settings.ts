@@ -1,0 +1,56 @@
+/**
+ * HTTP/2 tuning shared by the CLI, the gateway and the agent. The defaults
+ * (64 KiB windows, 16 KiB frames) cap one stream far below what loopback and TLS
+ * can carry; docs/performance.md has the measurements behind these values.
+ *
+ * @module
+ */
+
+/** Per-stream receive window advertised in SETTINGS (bounds memory per stalled stream). */
+export const STREAM_WINDOW = 4 * 1024 * 1024
+/** Connection receive window, raised with `setLocalWindowSize` (not a SETTINGS value). */
+export const CONNECTION_WINDOW = 64 * 1024 * 1024
+/** Largest frame we accept (the peer may send frames up to this size). */
+export const MAX_FRAME_SIZE = 64 * 1024
+/** nghttp2's per-session memory cap in MiB; the default (10) fails near 10,000 streams. */
+export const MAX_SESSION_MEMORY_MB = 1024
+/** How many concurrent streams one peer may open on a connection. */
+export const MAX_CONCURRENT_STREAMS = 100_000
+/** High-water mark of the byte streams relayed in Node (process-wide; see docs/performance.md). */
+export const STREAM_HIGH_WATER_MARK = 256 * 1024
+
+/** SETTINGS for every pfgate HTTP/2 endpoint. */
+export function h2Settings(maxConcurrentStreams = MAX_CONCURRENT_STREAMS) {
+  return {
+    initialWindowSize: STREAM_WINDOW,
+    maxFrameSize: MAX_FRAME_SIZE,
+    maxConcurrentStreams,
+    enablePush: false,
+  }
+}
+
+/** Session options common to clients and servers. */
+export function h2SessionOptions() {
+  return {
+    settings: h2Settings(),
+    maxSessionMemory: MAX_SESSION_MEMORY_MB,
+    // Header lists are small here; refuse anything large early.
+    maxHeaderListPairs: 128,
+    // Our streams are long-lived byte pipes; do not let nghttp2 cap outstanding pings/settings low.
+    maxOutstandingPings: 16,
+    peerMaxConcurrentStreams: maxPeer(),
+  }
+}
+
+function maxPeer(): number {
+  return MAX_CONCURRENT_STREAMS
+}
+
+/** Raises the connection-level receive window on a new session. */
+export function widenConnectionWindow(session: { setLocalWindowSize?: (n: number) => void }): void {
+  try {
+    session.setLocalWindowSize?.(CONNECTION_WINDOW)
+  } catch {
+    // the session closed before it was set up; nothing to widen
+  }
+}

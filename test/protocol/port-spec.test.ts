@@ -1,0 +1,41 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { parsePortSpec, parsePortSpecs } from '../../src/protocol/port-spec.js'
+import { isAppError } from '../../src/shared/errors.js'
+
+const good: [string, number, number | string][] = [
+  ['5000', 5000, 5000],
+  ['8888:5000', 8888, 5000],
+  [':5000', 0, 5000],
+  ['0:5000', 0, 5000],
+  ['1:65535', 1, 65535],
+  ['65535', 65535, 65535],
+  ['8080:http', 8080, 'http'],
+  [':http', 0, 'http'],
+]
+for (const [raw, local, remote] of good) {
+  test(`port spec ${raw} parses`, () => {
+    assert.deepEqual(parsePortSpec(raw), { local, remote, raw })
+  })
+}
+
+const bad = ['0', '65536', 'abc', '1:2:3', '-1', '', ':', '5000:', '5000:0', '70000:80', '80:70000', '-1:80', '05000', '8080:HTTP', 'http', ' 80', '80 ', '1e3', '0x50']
+for (const raw of bad) {
+  test(`port spec ${JSON.stringify(raw)} is rejected with PFG_ERR_CLI_USAGE`, () => {
+    assert.throws(
+      () => parsePortSpec(raw),
+      (err: unknown) => isAppError(err) && err.code === 'PFG_ERR_CLI_USAGE' && err.message.includes(JSON.stringify(raw)),
+    )
+  })
+}
+
+test('at least one port is required', () => {
+  assert.throws(() => parsePortSpecs([]), { code: 'PFG_ERR_CLI_USAGE' })
+})
+
+test('several ports keep their order', () => {
+  assert.deepEqual(
+    parsePortSpecs(['5000', '6000']).map((p) => p.remote),
+    [5000, 6000],
+  )
+})
