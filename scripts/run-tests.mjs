@@ -28,12 +28,6 @@ if (files.length === 0) {
   console.error(`run-tests: no test files matched ${JSON.stringify(filters)} under ${testRoot}`)
   process.exit(1)
 }
-const args = [
-  '--test',
-  '--test-concurrency=1',
-  '--test-timeout=300000',
-  ...passthrough,
-  ...files,
-]
+const args = ['--test', '--test-concurrency=1', '--test-timeout=300000', ...passthrough, ...files]
 const r = spawnSync(process.execPath, args, { stdio: 'inherit', cwd: root })
 process.exit(r.status ?? 1)

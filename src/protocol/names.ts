@@ -48,17 +48,20 @@ export function parsePortHeader(value: string | string[] | undefined): number {
   if (value === undefined) {
     throw appError('PFG_ERR_ROUTE_BAD_PORT', 'missing "port" header')
   }
+  let text: string
   if (Array.isArray(value)) {
-    if (value.length !== 1) {
+    if (value.length !== 1 || value[0] === undefined) {
       throw appError('PFG_ERR_ROUTE_BAD_PORT', 'exactly one "port" header is required')
     }
-    value = value[0] as string
+    text = value[0]
+  } else {
+    text = value
   }
-  const port = parsePortNumber(value)
+  const port = parsePortNumber(text)
   if (port === undefined) {
     throw appError(
       'PFG_ERR_ROUTE_BAD_PORT',
-      `invalid port ${JSON.stringify(value)}: must be an integer from 1 to 65535`,
+      `invalid port ${JSON.stringify(text)}: must be an integer from 1 to 65535`,
     )
   }
   return port

@@ -24,7 +24,10 @@ const PORT_NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/
 export function parsePortSpec(raw: string): PortSpec {
   const parts = raw.split(':')
   if (parts.length > 2) {
-    throw appError('PFG_ERR_CLI_USAGE', `invalid port format ${JSON.stringify(raw)}: expected [LOCAL:]REMOTE`)
+    throw appError(
+      'PFG_ERR_CLI_USAGE',
+      `invalid port format ${JSON.stringify(raw)}: expected [LOCAL:]REMOTE`,
+    )
   }
   const remoteText = parts.length === 2 ? (parts[1] as string) : (parts[0] as string)
   const localText = parts.length === 2 ? (parts[0] as string) : remoteText
@@ -51,7 +54,8 @@ export function parsePortSpec(raw: string): PortSpec {
   if (parts.length === 2 && (localText === '' || localText === '0')) {
     local = 0
   } else {
-    const n = typeof remote === 'string' && parts.length === 1 ? undefined : parsePortNumber(localText)
+    const n =
+      typeof remote === 'string' && parts.length === 1 ? undefined : parsePortNumber(localText)
     if (n === undefined) {
       throw appError(
         'PFG_ERR_CLI_USAGE',

@@ -29,7 +29,11 @@ export const RESET_TABLE: readonly { cause: string; code: number; endedBy: Ended
   { cause: 'the peer reset its side (propagated)', code: RST.CANCEL, endedBy: 'client' },
   { cause: 'an admin ended the stream or session', code: RST.CANCEL, endedBy: 'admin' },
   { cause: 'the gateway drain deadline passed', code: RST.CANCEL, endedBy: 'gateway' },
-  { cause: 'a limit ended the stream (idle, lifetime)', code: RST.ENHANCE_YOUR_CALM, endedBy: 'limit' },
+  {
+    cause: 'a limit ended the stream (idle, lifetime)',
+    code: RST.ENHANCE_YOUR_CALM,
+    endedBy: 'limit',
+  },
 ]
 
 /** A human name for an RST code (for logs and CLI messages). */

@@ -31,7 +31,10 @@ export const ERROR_CODES = {
   PFG_ERR_ROUTE_NOT_READY: { status: 503, summary: 'the pod registry has not synced yet' },
 
   // PROTO: wire protocol faults
-  PFG_ERR_PROTO_HTTP2_REQUIRED: { status: 400, summary: 'this endpoint needs HTTP/2 or an upgrade' },
+  PFG_ERR_PROTO_HTTP2_REQUIRED: {
+    status: 400,
+    summary: 'this endpoint needs HTTP/2 or an upgrade',
+  },
   PFG_ERR_PROTO_BAD_HEADER: { status: 400, summary: 'a required header is missing or malformed' },
   PFG_ERR_PROTO_UPGRADE_REQUIRED: { status: 400, summary: 'an upgrade request was required' },
   PFG_ERR_PROTO_UNSUPPORTED: { status: 403, summary: 'no supported stream protocol was offered' },
@@ -48,7 +51,10 @@ export const ERROR_CODES = {
     status: 429,
     summary: 'too many concurrent streams on this client connection',
   },
-  PFG_ERR_LIMIT_STREAMS_PER_USER: { status: 429, summary: 'too many concurrent streams for the user' },
+  PFG_ERR_LIMIT_STREAMS_PER_USER: {
+    status: 429,
+    summary: 'too many concurrent streams for the user',
+  },
   PFG_ERR_LIMIT_OPEN_TIMEOUT: { status: 504, summary: 'the stream did not open in time' },
   PFG_ERR_LIMIT_IDLE: { status: 0, summary: 'the stream was idle for too long' },
   PFG_ERR_LIMIT_LIFETIME: { status: 0, summary: 'the stream reached its maximum lifetime' },
@@ -114,7 +120,7 @@ export function appError(code: AppErrorCode, message: string, options?: AppError
 /** Returns the `code` property of any error-like value (Node's and dependencies' too). */
 export function errorCode(err: unknown): string | undefined {
   if (typeof err === 'object' && err !== null && 'code' in err) {
-    const code = (err as { code: unknown }).code
+    const code = err.code
     if (typeof code === 'string') return code
   }
   return undefined
@@ -124,7 +130,9 @@ export function errorCode(err: unknown): string | undefined {
 export function describeError(err: unknown): string {
   if (err instanceof Error) {
     const code = errorCode(err)
-    return code !== undefined && !err.message.includes(code) ? `${code}: ${err.message}` : err.message
+    return code !== undefined && !err.message.includes(code)
+      ? `${code}: ${err.message}`
+      : err.message
   }
   return String(err)
 }

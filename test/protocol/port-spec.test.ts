@@ -19,12 +19,35 @@ for (const [raw, local, remote] of good) {
   })
 }
 
-const bad = ['0', '65536', 'abc', '1:2:3', '-1', '', ':', '5000:', '5000:0', '70000:80', '80:70000', '-1:80', '05000', '8080:HTTP', 'http', ' 80', '80 ', '1e3', '0x50']
+const bad = [
+  '0',
+  '65536',
+  'abc',
+  '1:2:3',
+  '-1',
+  '',
+  ':',
+  '5000:',
+  '5000:0',
+  '70000:80',
+  '80:70000',
+  '-1:80',
+  '05000',
+  '8080:HTTP',
+  'http',
+  ' 80',
+  '80 ',
+  '1e3',
+  '0x50',
+]
 for (const raw of bad) {
   test(`port spec ${JSON.stringify(raw)} is rejected with PFG_ERR_CLI_USAGE`, () => {
     assert.throws(
       () => parsePortSpec(raw),
-      (err: unknown) => isAppError(err) && err.code === 'PFG_ERR_CLI_USAGE' && err.message.includes(JSON.stringify(raw)),
+      (err: unknown) =>
+        isAppError(err) &&
+        err.code === 'PFG_ERR_CLI_USAGE' &&
+        err.message.includes(JSON.stringify(raw)),
     )
   })
 }
