@@ -10,7 +10,14 @@ import { Ajv } from 'ajv'
 import type { ErrorObject } from 'ajv'
 import { appError } from './errors.js'
 
-const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: true, allowUnionTypes: true })
+const ajv = new Ajv({
+  allErrors: true,
+  useDefaults: true,
+  strict: true,
+  // oneOf/anyOf branches name properties declared in the parent schema.
+  strictRequired: false,
+  allowUnionTypes: true,
+})
 
 /** Reads and parses a YAML file; throws `PFG_ERR_CONFIG_INVALID` naming the file. */
 export function readYamlFile(path: string): unknown {

@@ -1,0 +1,303 @@
+/**
+ * The node agent: an HTTP/2 server that only the gateway may use (mutual TLS with
+ * the gateway's identity), speaking the native stream contract on
+ * `POST /portForward/{ns}/{pod}` with a `port` header: 200 once the pod's port is
+ * connected, then bytes both ways with half-close; errors as Kubernetes `Status`.
+ * Also `GET /healthz` and `GET /metrics` (reached by admins through the gateway).
+ *
+ * @module
+ */
+import { createSecureServer, constants as h2c } from 'node:http2'
+import type {
+  Http2SecureServer,
+  IncomingHttpHeaders,
+  ServerHttp2Session,
+  ServerHttp2Stream,
+} from 'node:http2'
+import type { TLSSocket } from 'node:tls'
+import type { Socket } from 'node:net'
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import { appError, describeError, isAppError } from '../shared/errors.js'
+import type { AppError } from '../shared/errors.js'
+import type { Logger } from '../shared/log.js'
+import { DuplexRelay } from '../shared/duplex-relay.js'
+import { h2Endpoint, socketEndpoint } from '../shared/relay-endpoints.js'
+import { peerIdentities, respondStatus } from '../shared/h2-util.js'
+import { h2SessionOptions, widenConnectionWindow } from '../protocol/h2-settings.js'
+import {
+  GATEWAY_STREAM_ID_HEADER,
+  POD_NETNS_HEADER,
+  POD_UID_HEADER,
+  PORT_HEADER,
+} from '../protocol/constants.js'
+import { assertNamespace, assertObjectName, parsePortHeader } from '../protocol/names.js'
+import { RST } from '../protocol/reset-codes.js'
+import type { PodDialer, PodTarget } from './pod-dialer.js'
+
+/** What the agent server needs. */
+export interface AgentServerOptions {
+  nodeName: string
+  tls: { cert: string | Buffer; key: string | Buffer; clientCa: string | Buffer }
+  /** Identities (URI SAN, `CN=x`, `DNS:x`) allowed to open streams. */
+  allowedClients: readonly string[]
+  dialer: PodDialer
+  connectTimeoutMs: number
+  logger: Logger
+}
+
+/** A running agent. */
+export interface AgentServer {
+  readonly server: Http2SecureServer
+  readonly metrics: Registry
+  /** Live forwarded streams. */
+  activeStreams(): number
+  listen(port: number, host: string): Promise<{ port: number; host: string }>
+  /** GOAWAY every session, wait up to `graceMs` for streams, then reset the rest. */
+  close(graceMs: number): Promise<void>
+}
+
+const PF_PATH = /^\/portForward\/([^/?#]+)\/([^/?#]+)(?:\/([^/?#]+))?$/
+
+const kAuthorized = Symbol('pfgate.agent.authorized')
+type AgentSession = ServerHttp2Session & { [kAuthorized]?: boolean; peer?: string }
+
+/** Builds the agent's HTTP/2 server (not listening yet). */
+export function createAgentServer(options: AgentServerOptions): AgentServer {
+  const { logger, dialer } = options
+  const allowed = new Set(options.allowedClients)
+  const sessions = new Set<AgentSession>()
+  const relays = new Set<DuplexRelay>()
+  const pending = new Set<AbortController>()
+
+  const metrics = new Registry()
+  metrics.setDefaultLabels({ node: options.nodeName })
+  collectDefaultMetrics({ register: metrics, prefix: 'pfgate_agent_' })
+  const mStreams = new Gauge({
+    name: 'pfgate_agent_streams_active',
+    help: 'Forwarded streams open on this agent',
+    registers: [metrics],
+    collect() {
+      this.set(relays.size)
+    },
+  })
+  const mOpened = new Counter({
+    name: 'pfgate_agent_streams_total',
+    help: 'Streams by outcome of the dial',
+    labelNames: ['outcome'],
+    registers: [metrics],
+  })
+  const mBytes = new Counter({
+    name: 'pfgate_agent_bytes_total',
+    help: 'Bytes relayed, by direction',
+    labelNames: ['direction'],
+    registers: [metrics],
+  })
+  const mDial = new Histogram({
+    name: 'pfgate_agent_dial_seconds',
+    help: 'Time to connect to the pod port',
+    buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5],
+    registers: [metrics],
+  })
+  const mSessions = new Gauge({
+    name: 'pfgate_agent_sessions',
+    help: 'Gateway sessions connected',
+    registers: [metrics],
+    collect() {
+      this.set(sessions.size)
+    },
+  })
+  void mStreams
+  void mSessions
+
+  const server = createSecureServer({
+    ...h2SessionOptions(),
+    cert: options.tls.cert,
+    key: options.tls.key,
+    ca: options.tls.clientCa,
+    requestCert: true,
+    rejectUnauthorized: true,
+    minVersion: 'TLSv1.2',
+    allowHTTP1: false,
+  })
+
+  server.on('session', (session: AgentSession) => {
+    widenConnectionWindow(session)
+    const socket = session.socket as TLSSocket
+    const ids = peerIdentities(socket)
+    session.peer = `${socket.remoteAddress}:${socket.remotePort}`
+    session[kAuthorized] = socket.authorized && ids.some((id) => allowed.has(id))
+    if (session[kAuthorized] !== true) {
+      logger.warn(
+        { peer: session.peer, identities: ids },
+        'refusing session: client certificate is not the gateway',
+      )
+    } else {
+      logger.debug({ peer: session.peer }, 'gateway session')
+    }
+    sessions.add(session)
+    session.on('close', () => sessions.delete(session))
+    session.on('error', (err) => logger.debug({ err: describeError(err) }, 'session error'))
+    // Keep idle gateway sessions alive; the gateway pings too.
+    session.setTimeout(0)
+  })
+
+  server.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => {
+    stream.on('error', () => {
+      // Reported through the relay or the response path; never crash on a stream error.
+    })
+    const session = stream.session as AgentSession | undefined
+    if (session?.[kAuthorized] !== true) {
+      respondStatus(
+        stream,
+        appError('PFG_ERR_AGENT_FORBIDDEN', 'only the gateway may use this agent'),
+      )
+      session?.close()
+      return
+    }
+    const method = headers[':method']
+    const path = headers[':path'] ?? ''
+    if (path === '/healthz' || path === '/readyz') {
+      if (method !== 'GET' && method !== 'HEAD') return methodNotAllowed(stream)
+      stream.respond({ ':status': 200, 'content-type': 'text/plain' })
+      stream.end(method === 'HEAD' ? undefined : 'ok')
+      return
+    }
+    if (path === '/metrics') {
+      if (method !== 'GET') return methodNotAllowed(stream)
+      metrics.metrics().then(
+        (text) => {
+          if (stream.destroyed) return
+          stream.respond({ ':status': 200, 'content-type': metrics.contentType })
+          stream.end(text)
+        },
+        (err: unknown) => respondStatus(stream, err as Error),
+      )
+      return
+    }
+    const m = PF_PATH.exec(path)
+    if (m === null) {
+      respondStatus(stream, appError('PFG_ERR_ROUTE_NOT_FOUND', `no route for ${path}`))
+      return
+    }
+    if (method !== 'POST') return methodNotAllowed(stream)
+    void handlePortForward(stream, headers, m)
+  })
+
+  function methodNotAllowed(stream: ServerHttp2Stream): void {
+    respondStatus(stream, appError('PFG_ERR_ROUTE_METHOD_NOT_ALLOWED', 'method not allowed'))
+  }
+
+  async function handlePortForward(
+    stream: ServerHttp2Stream,
+    headers: IncomingHttpHeaders,
+    m: RegExpExecArray,
+  ): Promise<void> {
+    let target: PodTarget
+    let port: number
+    try {
+      const namespace = decodeURIComponent(m[1] as string)
+      const name = decodeURIComponent(m[2] as string)
+      assertNamespace(namespace)
+      assertObjectName('pod', name)
+      port = parsePortHeader(headers[PORT_HEADER])
+      target = { namespace, name }
+      const uid =
+        headers[POD_UID_HEADER] ?? (m[3] !== undefined ? decodeURIComponent(m[3]) : undefined)
+      if (typeof uid === 'string' && uid !== '') target.uid = uid
+      const netns = headers[POD_NETNS_HEADER]
+      if (typeof netns === 'string' && netns !== '') target.netns = netns
+    } catch (err) {
+      respondStatus(stream, err as AppError)
+      return
+    }
+    const gatewayStreamId = headers[GATEWAY_STREAM_ID_HEADER]
+    const abort = new AbortController()
+    pending.add(abort)
+    const onEarlyClose = (): void => abort.abort()
+    stream.once('close', onEarlyClose)
+    const started = performance.now()
+    let socket: Socket
+    try {
+      socket = await dialer.dial(target, port, {
+        signal: abort.signal,
+        timeoutMs: options.connectTimeoutMs,
+      })
+    } catch (err) {
+      mOpened.inc({ outcome: isAppError(err) ? err.code : 'error' })
+      logger.info(
+        {
+          pod: `${target.namespace}/${target.name}`,
+          port,
+          stream: gatewayStreamId,
+          err: describeError(err),
+        },
+        'dial failed',
+      )
+      respondStatus(stream, err as Error)
+      return
+    } finally {
+      pending.delete(abort)
+      stream.off('close', onEarlyClose)
+    }
+    mDial.observe((performance.now() - started) / 1000)
+    if (stream.destroyed || stream.closed) {
+      // The gateway gave up while we were dialling.
+      socket.destroy()
+      mOpened.inc({ outcome: 'cancelled' })
+      return
+    }
+    mOpened.inc({ outcome: 'ok' })
+    stream.respond({ ':status': 200 })
+    // A pod failure after 200 resets the gateway's stream with CONNECT_ERROR (RFC 9113 §8.5).
+    const relay = new DuplexRelay(h2Endpoint(stream, RST.CONNECT_ERROR), socketEndpoint(socket), {
+      onDone(outcome) {
+        relays.delete(relay)
+        mBytes.inc({ direction: 'gateway_to_pod' }, outcome.bytesAtoB)
+        mBytes.inc({ direction: 'pod_to_gateway' }, outcome.bytesBtoA)
+        if (outcome.failure !== undefined) {
+          logger.debug(
+            {
+              pod: `${target.namespace}/${target.name}`,
+              port,
+              stream: gatewayStreamId,
+              failure: outcome.failure.side + ':' + outcome.failure.reason,
+              err: outcome.failure.error ? describeError(outcome.failure.error) : undefined,
+            },
+            'stream ended abnormally',
+          )
+        }
+      },
+    })
+    relays.add(relay)
+  }
+
+  return {
+    server,
+    metrics,
+    activeStreams: () => relays.size,
+    listen(port, host) {
+      return new Promise((resolve, reject) => {
+        server.once('error', reject)
+        server.listen(port, host, () => {
+          server.off('error', reject)
+          const addr = server.address()
+          if (addr === null || typeof addr === 'string') return reject(new Error('no address'))
+          resolve({ port: addr.port, host: addr.address })
+        })
+      })
+    },
+    async close(graceMs) {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()))
+      for (const s of sessions) s.close()
+      for (const a of pending) a.abort()
+      const deadline = Date.now() + graceMs
+      while (relays.size > 0 && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 50))
+      }
+      for (const r of relays) r.abort('shutdown')
+      for (const s of sessions) s.destroy(undefined, h2c.NGHTTP2_CANCEL)
+      await dialer.close()
+      await closed
+    },
+  }
+}

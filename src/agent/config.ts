@@ -1,0 +1,150 @@
+/**
+ * The node agent's configuration (YAML; example in config/agent.yaml).
+ *
+ * @module
+ */
+import { dirname, resolve } from 'node:path'
+import { parseDuration, readYamlFile, validateConfig } from '../shared/config.js'
+import { GATEWAY_IDENTITY_URI } from '../protocol/constants.js'
+import type { StaticPodEntry } from './static-dialer.js'
+
+/** Agent configuration, fully defaulted. Durations are in ms. */
+export interface AgentConfig {
+  /** This node's name (as the gateway's registry knows it). */
+  nodeName: string
+  listen: { host: string; port: number }
+  tls: {
+    /** The agent's serving certificate and key (PEM files). */
+    cert: string
+    key: string
+    /** CA that issued the gateway's client certificate. */
+    clientCa: string
+  }
+  /** Client-certificate identities allowed to open streams (URI SAN or `CN=<name>`). */
+  allowedClients: string[]
+  dialer: {
+    type: 'static' | 'netns'
+    connectTimeoutMs: number
+    /** netns: stop a namespace helper after this long unused. */
+    helperIdleMs: number
+  }
+  /** Pods on this node and how to reach them. */
+  pods: AgentPodEntry[]
+  /** How long in-flight streams may drain on shutdown. */
+  shutdownGraceMs: number
+  logLevel: string
+}
+
+/** One pod on this node. */
+export interface AgentPodEntry extends StaticPodEntry {
+  /** netns dialer: a name under /run/netns or a /proc/<pid>/ns/net path. */
+  netns?: string
+}
+
+const schema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['nodeName', 'tls'],
+  properties: {
+    nodeName: { type: 'string', minLength: 1 },
+    listen: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        host: { type: 'string', default: '0.0.0.0' },
+        port: { type: 'integer', minimum: 0, maximum: 65535, default: 10250 },
+      },
+    },
+    tls: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['cert', 'key', 'clientCa'],
+      properties: {
+        cert: { type: 'string' },
+        key: { type: 'string' },
+        clientCa: { type: 'string' },
+      },
+    },
+    allowedClients: {
+      type: 'array',
+      items: { type: 'string', minLength: 1 },
+      minItems: 1,
+      default: [GATEWAY_IDENTITY_URI],
+    },
+    dialer: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        type: { enum: ['static', 'netns'], default: 'static' },
+        connectTimeout: { type: ['string', 'number'], default: '5s' },
+        helperIdle: { type: ['string', 'number'], default: '10m' },
+      },
+    },
+    pods: {
+      type: 'array',
+      default: [],
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['namespace', 'name'],
+        properties: {
+          namespace: { type: 'string' },
+          name: { type: 'string' },
+          host: { type: 'string' },
+          ports: {
+            type: 'object',
+            propertyNames: { pattern: '^[1-9][0-9]{0,4}$' },
+            additionalProperties: { type: 'integer', minimum: 1, maximum: 65535 },
+          },
+          netns: { type: 'string' },
+        },
+      },
+    },
+    shutdownGrace: { type: ['string', 'number'], default: '10s' },
+    logLevel: {
+      enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
+      default: 'info',
+    },
+  },
+} as const
+
+interface RawAgentConfig {
+  nodeName: string
+  listen: { host: string; port: number }
+  tls: { cert: string; key: string; clientCa: string }
+  allowedClients: string[]
+  dialer: { type: 'static' | 'netns'; connectTimeout: string | number; helperIdle: string | number }
+  pods: AgentPodEntry[]
+  shutdownGrace: string | number
+  logLevel: string
+}
+
+/** Validates a parsed config object; relative file paths resolve against `baseDir`. */
+export function parseAgentConfig(value: unknown, source: string, baseDir: string): AgentConfig {
+  const raw = validateConfig<RawAgentConfig>(schema, value, source)
+  return Object.freeze({
+    nodeName: raw.nodeName,
+    listen: { ...raw.listen },
+    tls: {
+      cert: resolve(baseDir, raw.tls.cert),
+      key: resolve(baseDir, raw.tls.key),
+      clientCa: resolve(baseDir, raw.tls.clientCa),
+    },
+    allowedClients: [...raw.allowedClients],
+    dialer: {
+      type: raw.dialer.type,
+      connectTimeoutMs: parseDuration(raw.dialer.connectTimeout, 'dialer.connectTimeout'),
+      helperIdleMs: parseDuration(raw.dialer.helperIdle, 'dialer.helperIdle'),
+    },
+    pods: raw.pods.map((p) => ({ ...p })),
+    shutdownGraceMs: parseDuration(raw.shutdownGrace, 'shutdownGrace'),
+    logLevel: raw.logLevel,
+  })
+}
+
+/** Loads and validates an agent config file. */
+export function loadAgentConfig(path: string): AgentConfig {
+  return parseAgentConfig(readYamlFile(path), path, dirname(resolve(path)))
+}

@@ -1,0 +1,75 @@
+/**
+ * `pfgate agent --config FILE`: loads the config, starts the node agent, and
+ * drains on SIGTERM/SIGINT.
+ *
+ * @module
+ */
+import { readFileSync } from 'node:fs'
+import { parseArgs } from 'node:util'
+import { setDefaultHighWaterMark } from 'node:stream'
+import { createLogger } from '../shared/log.js'
+import { STREAM_HIGH_WATER_MARK } from '../protocol/h2-settings.js'
+import { loadAgentConfig } from './config.js'
+import { createAgentServer } from './app.js'
+import { StaticDialer } from './static-dialer.js'
+import type { PodDialer } from './pod-dialer.js'
+import type { AgentConfig } from './config.js'
+
+/** Creates the dialer the config asks for. */
+async function createDialer(config: AgentConfig): Promise<PodDialer> {
+  if (config.dialer.type === 'netns') {
+    const { createNetnsDialerFromConfig } = await import('./netns-factory.js')
+    return createNetnsDialerFromConfig(config)
+  }
+  return new StaticDialer(config.pods)
+}
+
+/** Entry point; returns when the agent has stopped. */
+export async function main(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      config: { type: 'string', short: 'c' },
+      port: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  })
+  if (values.help === true || values.config === undefined) {
+    process.stderr.write('usage: pfgate agent --config FILE [--port N]\n')
+    return values.help === true ? 0 : 2
+  }
+  const config = loadAgentConfig(values.config)
+  setDefaultHighWaterMark(false, STREAM_HIGH_WATER_MARK)
+  const logger = createLogger({ level: config.logLevel, name: `agent:${config.nodeName}` })
+  const dialer = await createDialer(config)
+  const agent = createAgentServer({
+    nodeName: config.nodeName,
+    tls: {
+      cert: readFileSync(config.tls.cert),
+      key: readFileSync(config.tls.key),
+      clientCa: readFileSync(config.tls.clientCa),
+    },
+    allowedClients: config.allowedClients,
+    dialer,
+    connectTimeoutMs: config.dialer.connectTimeoutMs,
+    logger,
+  })
+  const port = values.port !== undefined ? Number(values.port) : config.listen.port
+  const addr = await agent.listen(port, config.listen.host)
+  logger.info({ node: config.nodeName, ...addr, dialer: config.dialer.type }, 'agent listening')
+  // A parent that supervises us (pfgate dev) reads this line to learn the port.
+  if (process.send !== undefined) process.send({ type: 'listening', port: addr.port })
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string): void => {
+      logger.info({ signal }, 'agent stopping')
+      process.off('SIGTERM', stop)
+      process.off('SIGINT', stop)
+      agent.close(config.shutdownGraceMs).then(resolve, resolve)
+    }
+    process.on('SIGTERM', stop)
+    process.on('SIGINT', stop)
+    process.on('disconnect', () => stop('disconnect'))
+  })
+  logger.flush()
+  return 0
+}

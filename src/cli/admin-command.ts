@@ -1,0 +1,145 @@
+/**
+ * `pfgate admin streams|sessions|kill`: the admin API from the command line.
+ *
+ * @module
+ */
+import type { Writable } from 'node:stream'
+import { parseArgs } from 'node:util'
+import { describeError } from '../shared/errors.js'
+import { GatewayClient, GatewayHttpError } from './gateway-client.js'
+import { loadClientConfig } from './kubeconfig.js'
+import type { ClientOverrides } from './kubeconfig.js'
+
+const USAGE = `usage:
+  pfgate admin streams  [-o table|json]     live streams with their byte counts
+  pfgate admin sessions [-o table|json]     live client sessions
+  pfgate admin kill stream ID               end one stream (the client sees a reset)
+  pfgate admin kill session ID              end a whole client session
+Connection flags as for port-forward: --kubeconfig, --context, -s/--server, --token,
+--certificate-authority, --insecure-skip-tls-verify. Requires the admin role.
+`
+
+function table(rows: string[][]): string {
+  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? []
+  return (
+    rows
+      .map((r) =>
+        r
+          .map((c, i) => c.padEnd(widths[i] ?? 0))
+          .join('  ')
+          .trimEnd(),
+      )
+      .join('\n') + '\n'
+  )
+}
+
+/** Runs the command. */
+export async function runAdminCommand(
+  argv: string[],
+  io: { stdout: Writable; stderr: Writable; env: NodeJS.ProcessEnv },
+): Promise<number> {
+  let parsed
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        output: { type: 'string', short: 'o', default: 'table' },
+        kubeconfig: { type: 'string' },
+        context: { type: 'string' },
+        server: { type: 'string', short: 's' },
+        token: { type: 'string' },
+        'certificate-authority': { type: 'string' },
+        'insecure-skip-tls-verify': { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    })
+  } catch (e) {
+    io.stderr.write(`error: ${(e as Error).message}\n${USAGE}`)
+    return 2
+  }
+  const { values, positionals } = parsed
+  const [what, kind, id] = positionals
+  if (values.help === true) {
+    io.stdout.write(USAGE)
+    return 0
+  }
+  const valid =
+    ((what === 'streams' || what === 'sessions') && kind === undefined) ||
+    (what === 'kill' && (kind === 'stream' || kind === 'session') && id !== undefined)
+  if (!valid || (values.output !== 'table' && values.output !== 'json')) {
+    io.stderr.write(USAGE)
+    return 2
+  }
+  const overrides: ClientOverrides = {}
+  if (values.kubeconfig !== undefined) overrides.kubeconfig = values.kubeconfig
+  if (values.context !== undefined) overrides.context = values.context
+  if (values.server !== undefined) overrides.server = values.server
+  if (values.token !== undefined) overrides.token = values.token
+  if (values['certificate-authority'] !== undefined)
+    overrides.certificateAuthority = values['certificate-authority']
+  if (values['insecure-skip-tls-verify'] === true) overrides.insecureSkipTlsVerify = true
+  let client: GatewayClient | undefined
+  try {
+    client = new GatewayClient({ config: loadClientConfig(overrides, io.env) })
+    if (what === 'kill') {
+      const path = `/admin/v1/${kind === 'stream' ? 'streams' : 'sessions'}/${encodeURIComponent(id as string)}`
+      await client.request('DELETE', path)
+      io.stdout.write(`${kind} ${id} ended\n`)
+      return 0
+    }
+    const doc = await client.getJson<{ items: Record<string, unknown>[] }>(`/admin/v1/${what}`)
+    if (values.output === 'json') {
+      io.stdout.write(JSON.stringify(doc.items, null, 2) + '\n')
+      return 0
+    }
+    const rows =
+      what === 'streams'
+        ? [
+            [
+              'ID',
+              'SESSION',
+              'USER',
+              'TARGET',
+              'NODE',
+              'PROTOCOL',
+              'SINCE',
+              'BYTES-UP',
+              'BYTES-DOWN',
+            ],
+            ...doc.items.map((s) => [
+              String(s.id),
+              String(s.sessionId),
+              String(s.user),
+              `${String(s.namespace)}/${String(s.pod)}:${String(s.port)}`,
+              String(s.node),
+              String(s.protocol),
+              String(s.openedAt),
+              String(s.bytesClientToPod),
+              String(s.bytesPodToClient),
+            ]),
+          ]
+        : [
+            ['ID', 'USER', 'SOURCE', 'PROTOCOL', 'SINCE', 'STREAMS', 'BYTES-UP', 'BYTES-DOWN'],
+            ...doc.items.map((s) => [
+              String(s.id),
+              typeof s.user === 'string' ? s.user : '-',
+              String(s.sourceAddress),
+              String(s.protocol),
+              String(s.openedAt),
+              String(s.streams),
+              String(s.bytesClientToPod),
+              String(s.bytesPodToClient),
+            ]),
+          ]
+    io.stdout.write(table(rows))
+    return 0
+  } catch (e) {
+    if (e instanceof GatewayHttpError)
+      io.stderr.write(`Error from server (${e.kubeStatus?.reason ?? e.status}): ${e.message}\n`)
+    else io.stderr.write(`error: ${describeError(e)}\n`)
+    return 1
+  } finally {
+    client?.close()
+  }
+}

@@ -1,0 +1,284 @@
+/**
+ * The CLI's connection to the gateway: one HTTP/2 session over TLS that carries
+ * every forwarded connection as a stream, kept alive with PING, re-established
+ * with backoff when it drops.
+ *
+ * @module
+ */
+import { EventEmitter } from 'node:events'
+import { connect, constants as h2c } from 'node:http2'
+import type { ClientHttp2Session, ClientHttp2Stream, OutgoingHttpHeaders } from 'node:http2'
+import { Backoff } from '../shared/backoff.js'
+import { appError, describeError } from '../shared/errors.js'
+import { h2SessionOptions, widenConnectionWindow } from '../protocol/h2-settings.js'
+import { parseStatus, statusErrorCode } from '../protocol/status.js'
+import type { KubeStatus } from '../protocol/status.js'
+import type { ClientConfig } from './kubeconfig.js'
+
+/** An HTTP error answer from the gateway. */
+export class GatewayHttpError extends Error {
+  readonly status: number
+  readonly kubeStatus: KubeStatus | undefined
+  /** Our `PFG_ERR_*` code when the gateway sent one. */
+  readonly errorCode: string | undefined
+
+  constructor(status: number, body: string) {
+    const st = parseStatus(body)
+    super(st?.message ?? (body.trim() || `HTTP ${status}`))
+    this.name = 'GatewayHttpError'
+    this.status = status
+    this.kubeStatus = st
+    this.errorCode = st !== undefined ? statusErrorCode(st) : undefined
+  }
+}
+
+/** Options for {@link GatewayClient}. */
+export interface GatewayClientOptions {
+  config: ClientConfig
+  connectTimeoutMs?: number
+  keepaliveMs?: number
+  userAgent?: string
+}
+
+/** Events: `connected`, `disconnected` (err?), `reconnecting` (delayMs). */
+export class GatewayClient extends EventEmitter {
+  readonly #cfg: ClientConfig
+  readonly #origin: string
+  readonly #prefix: string
+  readonly #connectTimeoutMs: number
+  readonly #keepaliveMs: number
+  readonly #userAgent: string
+  #session: ClientHttp2Session | undefined
+  #connecting: Promise<ClientHttp2Session> | undefined
+  readonly #backoff = new Backoff({ initialMs: 250, maxMs: 5000 })
+  #retryTimer: NodeJS.Timeout | undefined
+  #closed = false
+  /** Streams this client opened that are still open. */
+  readonly streams = new Set<ClientHttp2Stream>()
+
+  constructor(options: GatewayClientOptions) {
+    super()
+    this.#cfg = options.config
+    const url = new URL(options.config.server)
+    this.#origin = url.origin
+    this.#prefix = url.pathname.replace(/\/+$/, '')
+    this.#connectTimeoutMs = options.connectTimeoutMs ?? 10_000
+    this.#keepaliveMs = options.keepaliveMs ?? 30_000
+    this.#userAgent = options.userAgent ?? `pfgate/0.1 (node ${process.version})`
+  }
+
+  /** Is a session up? */
+  get connected(): boolean {
+    return this.#session !== undefined && !this.#session.destroyed && !this.#session.closed
+  }
+
+  /** The session, connecting if needed. Rejects with `PFG_ERR_CLI_CONNECT`. */
+  session(): Promise<ClientHttp2Session> {
+    if (this.#closed) return Promise.reject(appError('PFG_ERR_CLI_CONNECT', 'client closed'))
+    const s = this.#session
+    if (s !== undefined && !s.destroyed && !s.closed) return Promise.resolve(s)
+    this.#connecting ??= this.#connect().finally(() => {
+      this.#connecting = undefined
+    })
+    return this.#connecting
+  }
+
+  #connect(): Promise<ClientHttp2Session> {
+    const cfg = this.#cfg
+    return new Promise((resolve, reject) => {
+      const session = connect(this.#origin, {
+        ...h2SessionOptions(),
+        ...(cfg.ca !== undefined ? { ca: cfg.ca } : {}),
+        ...(cfg.cert !== undefined ? { cert: cfg.cert } : {}),
+        ...(cfg.key !== undefined ? { key: cfg.key } : {}),
+        ...(cfg.tlsServerName !== undefined ? { servername: cfg.tlsServerName } : {}),
+        rejectUnauthorized: !cfg.insecureSkipTlsVerify,
+      })
+      let settled = false
+      const timer = setTimeout(() => {
+        if (settled) return
+        settled = true
+        session.destroy()
+        reject(
+          appError(
+            'PFG_ERR_CLI_CONNECT',
+            `cannot reach ${cfg.server}: timed out after ${this.#connectTimeoutMs} ms`,
+          ),
+        )
+      }, this.#connectTimeoutMs)
+      session.once('connect', () => {
+        clearTimeout(timer)
+        if (settled) return
+        settled = true
+        widenConnectionWindow(session)
+        this.#session = session
+        this.#backoff.reset()
+        this.#keepalive(session)
+        this.emit('connected')
+        resolve(session)
+      })
+      session.on('error', (err) => {
+        clearTimeout(timer)
+        if (!settled) {
+          settled = true
+          session.destroy()
+          reject(
+            appError('PFG_ERR_CLI_CONNECT', `cannot reach ${cfg.server}: ${describeError(err)}`, {
+              cause: err,
+            }),
+          )
+        } else {
+          this.emit('disconnected', err)
+        }
+      })
+      session.on('goaway', () => {
+        // The gateway is draining: new streams need a new session.
+        if (this.#session === session) this.#session = undefined
+      })
+      session.once('close', () => {
+        clearTimeout(timer)
+        if (this.#session === session) {
+          this.#session = undefined
+          if (!this.#closed) {
+            this.emit('disconnected')
+            this.#scheduleReconnect()
+          }
+        }
+      })
+    })
+  }
+
+  /** Re-establishes the session in the background, with backoff, until it is up again. */
+  #scheduleReconnect(): void {
+    if (this.#closed || this.#retryTimer !== undefined) return
+    const delay = this.#backoff.next()
+    this.emit('reconnecting', delay)
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = undefined
+      if (this.#closed || this.connected) return
+      this.session().catch(() => this.#scheduleReconnect())
+    }, delay)
+    this.#retryTimer.unref()
+  }
+
+  #keepalive(session: ClientHttp2Session): void {
+    if (this.#keepaliveMs <= 0) return
+    const timer = setInterval(() => {
+      if (session.destroyed) return clearInterval(timer)
+      const watchdog = setTimeout(() => session.destroy(), this.#keepaliveMs)
+      watchdog.unref()
+      try {
+        session.ping((err) => {
+          clearTimeout(watchdog)
+          if (err !== null) session.destroy()
+        })
+      } catch {
+        clearTimeout(watchdog)
+      }
+    }, this.#keepaliveMs)
+    timer.unref()
+    session.once('close', () => clearInterval(timer))
+  }
+
+  #headers(extra: OutgoingHttpHeaders): OutgoingHttpHeaders {
+    const h: OutgoingHttpHeaders = { 'user-agent': this.#userAgent, ...extra }
+    if (this.#cfg.token !== undefined) h.authorization = `Bearer ${this.#cfg.token}`
+    return h
+  }
+
+  /** GET a JSON document; rejects with {@link GatewayHttpError} on a non-2xx answer. */
+  getJson<T>(path: string): Promise<T> {
+    return this.request<T>('GET', path)
+  }
+
+  /** A small JSON request; rejects with {@link GatewayHttpError} on a non-2xx answer. */
+  async request<T>(method: string, path: string): Promise<T> {
+    const session = await this.session()
+    const req = session.request(
+      this.#headers({
+        ':method': method,
+        ':path': this.#prefix + path,
+        accept: 'application/json',
+      }),
+    )
+    return new Promise<T>((resolve, reject) => {
+      let status = 0
+      const chunks: Buffer[] = []
+      req.on('response', (h) => {
+        status = Number(h[':status'])
+      })
+      req.on('data', (c: Buffer) => chunks.push(c))
+      req.on('end', () => {
+        const body = Buffer.concat(chunks).toString('utf8')
+        if (status >= 200 && status < 300) {
+          try {
+            resolve(JSON.parse(body) as T)
+          } catch {
+            reject(new GatewayHttpError(status, `invalid JSON from ${path}`))
+          }
+        } else {
+          reject(new GatewayHttpError(status, body))
+        }
+      })
+      req.on('error', (err) =>
+        reject(appError('PFG_ERR_CLI_CONNECT', describeError(err), { cause: err })),
+      )
+      req.end()
+    })
+  }
+
+  /**
+   * Opens a forwarding stream; resolves once the gateway answered 200 (the pod's port
+   * is connected). Rejects with {@link GatewayHttpError} or a `PFG_ERR_CLI_CONNECT` error.
+   */
+  async openStream(path: string, headers: OutgoingHttpHeaders): Promise<ClientHttp2Stream> {
+    const session = await this.session()
+    const req = session.request(
+      this.#headers({ ':method': 'POST', ':path': this.#prefix + path, ...headers }),
+      {
+        endStream: false,
+      },
+    )
+    this.streams.add(req)
+    req.once('close', () => this.streams.delete(req))
+    return new Promise((resolve, reject) => {
+      // Errors after the 200 belong to the relay; this listener keeps them from being unhandled.
+      req.on('error', (err) =>
+        reject(
+          appError('PFG_ERR_CLI_CONNECT', `stream failed: ${describeError(err)}`, { cause: err }),
+        ),
+      )
+      req.once('close', () =>
+        reject(
+          appError(
+            'PFG_ERR_CLI_CONNECT',
+            `stream closed before an answer (code ${req.rstCode ?? 'none'})`,
+          ),
+        ),
+      )
+      req.once('response', (h) => {
+        const status = Number(h[':status'])
+        if (status === 200) {
+          resolve(req)
+          return
+        }
+        const chunks: Buffer[] = []
+        req.on('data', (c: Buffer) => chunks.push(c))
+        req.once('end', () => {
+          reject(new GatewayHttpError(status, Buffer.concat(chunks).toString('utf8')))
+          req.close()
+        })
+      })
+    })
+  }
+
+  /** Closes every stream and the session. */
+  close(): void {
+    this.#closed = true
+    if (this.#retryTimer !== undefined) clearTimeout(this.#retryTimer)
+    for (const s of this.streams) if (!s.destroyed) s.close(h2c.NGHTTP2_CANCEL)
+    this.#session?.close()
+    this.#session?.destroy()
+    this.#session = undefined
+  }
+}

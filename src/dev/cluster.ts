@@ -1,0 +1,490 @@
+/**
+ * The dev cluster: TLS material, a signing key, configs and a kubeconfig in
+ * `.pfgate/`, then real processes — demo pods, agents `node-a` and `node-b`, and
+ * the gateway — supervised (restarted on the same ports if they crash) and
+ * stopped together. Tests start the same cluster with `startDevCluster`.
+ *
+ * @module
+ */
+import { fork } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { stringify as toYaml } from 'yaml'
+import { GATEWAY_IDENTITY_CN, GATEWAY_IDENTITY_URI } from '../protocol/constants.js'
+import { certRemainingMs, createCa, isIssuedBy, issueCert } from './pki.js'
+import type { CertKeyPair } from './pki.js'
+import { DEV_AUDIENCE, DEV_ISSUER, createSigningKey, mintToken } from './token.js'
+
+/** The bin script that runs every component. */
+export const PFGATE_BIN = fileURLToPath(new URL('../../../bin/pfgate.js', import.meta.url))
+
+/** The dev cluster's demo pods: where they run and what they serve. */
+export const DEMO_PODS = [
+  {
+    namespace: 'default',
+    name: 'echo',
+    node: 'node-a',
+    kind: 'echo',
+    ports: [
+      { name: 'echo', containerPort: 5000 },
+      { name: 'echo-alt', containerPort: 6000 },
+    ],
+  },
+  {
+    namespace: 'default',
+    name: 'web',
+    node: 'node-b',
+    kind: 'http',
+    ports: [{ name: 'http', containerPort: 8080 }],
+  },
+] as const
+
+/** The dev cluster's nodes. */
+export const DEV_NODES = ['node-a', 'node-b'] as const
+
+/** Options for {@link startDevCluster}. */
+export interface DevClusterOptions {
+  /** State directory (default `.pfgate`). */
+  dir: string
+  /** Gateway port (default 8443; 0 picks one). */
+  port: number
+  host: string
+  /** Extra gateway config merged over the generated one (tests). */
+  gatewayOverrides?: Record<string, unknown>
+  /** Log level of the children (default `info`; tests use `warn`). */
+  logLevel?: string
+  /** Where children's stderr goes (default: inherited). */
+  childStderr?: 'inherit' | 'ignore' | 'pipe'
+  /** Called with one line per notable event. */
+  log?: (line: string) => void
+}
+
+/** A supervised child process. */
+interface Child {
+  name: string
+  args: string[]
+  proc: ChildProcess | undefined
+  ports: number[]
+  stopping: boolean
+  restarts: number
+}
+
+/** A running dev cluster. */
+export interface DevCluster {
+  dir: string
+  gatewayUrl: string
+  gatewayPort: number
+  metricsPort: number | undefined
+  kubeconfig: string
+  token: string
+  agentPorts: Record<string, number>
+  podPorts: Record<string, number[]>
+  /** Kills a component (e.g. `agent:node-a`) with a signal; it is restarted unless `restart` is false. */
+  kill(name: string, signal?: NodeJS.Signals, restart?: boolean): Promise<void>
+  /** Starts a component that was killed with restart=false. */
+  restart(name: string): Promise<void>
+  /** The pid of a component. */
+  pid(name: string): number | undefined
+  stop(): Promise<void>
+}
+
+function writeSecret(path: string, data: string): void {
+  writeFileSync(path, data, { mode: 0o600 })
+  chmodSync(path, 0o600)
+}
+
+function readPair(dir: string, base: string): CertKeyPair | undefined {
+  const cert = join(dir, `${base}.crt`)
+  const key = join(dir, `${base}.key`)
+  if (!existsSync(cert) || !existsSync(key)) return undefined
+  return { cert: readFileSync(cert, 'utf8'), key: readFileSync(key, 'utf8') }
+}
+
+function writePair(dir: string, base: string, pair: CertKeyPair): void {
+  writeFileSync(join(dir, `${base}.crt`), pair.cert)
+  writeSecret(join(dir, `${base}.key`), pair.key)
+}
+
+/**
+ * Creates (or keeps, when still valid) the dev PKI and signing key in `dir`:
+ * a CA, the gateway's serving and client certificates, one certificate per agent.
+ */
+export async function ensureMaterial(dir: string): Promise<void> {
+  mkdirSync(dir, { recursive: true, mode: 0o700 })
+  chmodSync(dir, 0o700)
+  const DAY = 86_400_000
+  let ca = readPair(dir, 'ca')
+  let fresh = false
+  if (ca === undefined || certRemainingMs(ca.cert) < 7 * DAY) {
+    ca = await createCa('pfgate dev CA')
+    writePair(dir, 'ca', ca)
+    fresh = true
+  }
+  const leaf = async (base: string, opts: Parameters<typeof issueCert>[1]): Promise<void> => {
+    const have = readPair(dir, base)
+    if (
+      !fresh &&
+      have !== undefined &&
+      isIssuedBy(have.cert, ca.cert) &&
+      certRemainingMs(have.cert) > 7 * DAY
+    ) {
+      return
+    }
+    writePair(dir, base, await issueCert(ca, opts))
+  }
+  await leaf('gateway', {
+    commonName: 'pfgate-gateway-server',
+    dnsNames: ['localhost', 'gateway', 'pfgate-gateway'],
+    ipAddresses: ['127.0.0.1', '::1'],
+  })
+  await leaf('gateway-client', {
+    commonName: GATEWAY_IDENTITY_CN,
+    uris: [GATEWAY_IDENTITY_URI],
+    serverAuth: false,
+    clientAuth: true,
+  })
+  for (const node of DEV_NODES) {
+    await leaf(`agent-${node}`, {
+      commonName: `pfgate-agent-${node}`,
+      dnsNames: [node, `agent-${node}`, 'localhost'],
+      ipAddresses: ['127.0.0.1', '::1'],
+    })
+  }
+  if (!existsSync(join(dir, 'signing-key.jwk')) || !existsSync(join(dir, 'jwks.json'))) {
+    await createSigningKey(dir)
+  }
+}
+
+/** Writes `.pfgate/kubeconfig` for `server` with a dev token. */
+export function writeKubeconfig(dir: string, server: string, token: string): string {
+  const path = join(dir, 'kubeconfig')
+  const doc = {
+    apiVersion: 'v1',
+    kind: 'Config',
+    'current-context': 'pfgate-dev',
+    clusters: [
+      {
+        name: 'pfgate-dev',
+        cluster: {
+          server,
+          'certificate-authority-data': readFileSync(join(dir, 'ca.crt')).toString('base64'),
+        },
+      },
+    ],
+    users: [{ name: 'dev', user: { token } }],
+    contexts: [
+      { name: 'pfgate-dev', context: { cluster: 'pfgate-dev', user: 'dev', namespace: 'default' } },
+    ],
+    preferences: {},
+  }
+  writeSecret(path, toYaml(doc))
+  return path
+}
+
+/** The generated gateway config (paths relative to `dir`). */
+export function devGatewayConfig(
+  port: number,
+  host: string,
+  logLevel: string,
+): Record<string, unknown> {
+  return {
+    listen: { host, port },
+    tls: { cert: 'gateway.crt', key: 'gateway.key' },
+    metrics: { host: '127.0.0.1', port: 0 },
+    agents: { ca: 'ca.crt', cert: 'gateway-client.crt', key: 'gateway-client.key' },
+    registry: { source: 'static', file: 'registry.yaml' },
+    auth: { issuer: DEV_ISSUER, audience: DEV_AUDIENCE, jwks: { file: 'jwks.json' } },
+    authorization: {
+      rules: [
+        { groups: ['pfgate:developers'], namespaces: ['default'], pods: ['*'], ports: ['1-65535'] },
+      ],
+      admins: { groups: ['pfgate:admins'] },
+    },
+    audit: {
+      mode: 'blocking-strict',
+      sinks: [
+        { type: 'file', path: 'audit/audit.log', fsync: 'always', maxSize: '50MiB', maxFiles: 5 },
+      ],
+    },
+    shutdownGrace: '5s',
+    logLevel,
+  }
+}
+
+function deepMerge(
+  a: Record<string, unknown>,
+  b: Record<string, unknown>,
+): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...a }
+  for (const [k, v] of Object.entries(b)) {
+    const cur = out[k]
+    if (
+      v !== null &&
+      typeof v === 'object' &&
+      !Array.isArray(v) &&
+      cur !== null &&
+      typeof cur === 'object' &&
+      !Array.isArray(cur)
+    ) {
+      out[k] = deepMerge(cur as Record<string, unknown>, v as Record<string, unknown>)
+    } else {
+      out[k] = v
+    }
+  }
+  return out
+}
+
+/** Starts the whole dev cluster. */
+export async function startDevCluster(options: DevClusterOptions): Promise<DevCluster> {
+  const dir = resolve(options.dir)
+  const log = options.log ?? (() => undefined)
+  const logLevel = options.logLevel ?? 'info'
+  await ensureMaterial(dir)
+  const children = new Map<string, Child>()
+  let stopped = false
+
+  const spawnChild = (c: Child): Promise<number[]> =>
+    new Promise((resolveStart, reject) => {
+      const proc = fork(PFGATE_BIN, c.args, {
+        cwd: dir,
+        stdio: ['ignore', 'inherit', options.childStderr ?? 'inherit', 'ipc'],
+        env: { ...process.env },
+      })
+      c.proc = proc
+      let started = false
+      const timer = setTimeout(() => {
+        if (!started) {
+          proc.kill('SIGKILL')
+          reject(new Error(`${c.name} did not start within 20 s`))
+        }
+      }, 20_000)
+      proc.on('message', (m: { type?: string; port?: number; ports?: number[] }) => {
+        if (m.type !== 'listening' || started) return
+        started = true
+        clearTimeout(timer)
+        const ports = m.ports ?? (m.port !== undefined ? [m.port] : [])
+        if (c.ports.length === 0) c.ports = ports
+        resolveStart(ports)
+      })
+      proc.once('exit', (code, signal) => {
+        clearTimeout(timer)
+        if (!started) {
+          reject(
+            new Error(
+              `${c.name} exited during start-up (code ${code ?? 'none'}, signal ${signal ?? 'none'})`,
+            ),
+          )
+          return
+        }
+        if (stopped || c.stopping) return
+        c.restarts++
+        const delay = Math.min(5000, 200 * 2 ** Math.min(c.restarts, 5))
+        log(
+          `${c.name} exited (code ${code ?? 'none'}, signal ${signal ?? 'none'}); restarting in ${delay} ms`,
+        )
+        setTimeout(() => {
+          if (stopped || c.stopping) return
+          spawnChild(c).then(
+            () => log(`${c.name} restarted`),
+            (err: unknown) => log(`${c.name} restart failed: ${String(err)}`),
+          )
+        }, delay).unref()
+      })
+    })
+
+  const start = async (name: string, args: string[]): Promise<number[]> => {
+    const c: Child = { name, args, proc: undefined, ports: [], stopping: false, restarts: 0 }
+    children.set(name, c)
+    const ports = await spawnChild(c)
+    // Restarts reuse the same ports so the registry and configs stay true.
+    c.args = pinPorts(c)
+    return ports
+  }
+
+  const stopChild = async (c: Child, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> => {
+    c.stopping = true
+    const p = c.proc
+    if (p === undefined || p.exitCode !== null || p.signalCode !== null) return
+    await new Promise<void>((r) => {
+      const t = setTimeout(() => p.kill('SIGKILL'), 8000)
+      p.once('exit', () => {
+        clearTimeout(t)
+        r()
+      })
+      p.kill(signal)
+    })
+  }
+
+  const stop = async (): Promise<void> => {
+    if (stopped) return
+    stopped = true
+    const order = [
+      'gateway',
+      ...DEV_NODES.map((n) => `agent:${n}`),
+      ...DEMO_PODS.map((p) => `pod:${p.name}`),
+    ]
+    for (const name of order) {
+      const c = children.get(name)
+      if (c !== undefined) await stopChild(c)
+    }
+  }
+
+  try {
+    // 1. Demo pods: real TCP servers on free host ports.
+    const podPorts: Record<string, number[]> = {}
+    for (const pod of DEMO_PODS) {
+      podPorts[pod.name] = await start(`pod:${pod.name}`, [
+        'demo-pod',
+        '--kind',
+        pod.kind,
+        '--name',
+        pod.name,
+        ...pod.ports.flatMap(() => ['--listen', '127.0.0.1:0']),
+      ])
+    }
+    // 2. Agents, each with a static dialer to its pods' host ports.
+    const agentPorts: Record<string, number> = {}
+    for (const node of DEV_NODES) {
+      const pods = DEMO_PODS.filter((p) => p.node === node).map((p) => ({
+        namespace: p.namespace,
+        name: p.name,
+        host: '127.0.0.1',
+        ports: Object.fromEntries(
+          p.ports.map((x, i) => [
+            String(x.containerPort),
+            (podPorts[p.name] as number[])[i] as number,
+          ]),
+        ),
+      }))
+      const file = join(dir, `agent-${node}.yaml`)
+      writeFileSync(
+        file,
+        toYaml({
+          nodeName: node,
+          listen: { host: '127.0.0.1', port: 0 },
+          tls: { cert: `agent-${node}.crt`, key: `agent-${node}.key`, clientCa: 'ca.crt' },
+          allowedClients: [GATEWAY_IDENTITY_URI],
+          dialer: { type: 'static', connectTimeout: '5s' },
+          pods,
+          shutdownGrace: '5s',
+          logLevel,
+        }),
+      )
+      agentPorts[node] = (await start(`agent:${node}`, ['agent', '--config', file]))[0] as number
+    }
+    // 3. The registry the gateway resolves from.
+    writeFileSync(
+      join(dir, 'registry.yaml'),
+      toYaml({
+        nodes: DEV_NODES.map((n) => ({
+          name: n,
+          address: '127.0.0.1',
+          port: agentPorts[n],
+          tlsServerName: n,
+        })),
+        pods: DEMO_PODS.map((p) => ({
+          namespace: p.namespace,
+          name: p.name,
+          node: p.node,
+          phase: 'Running',
+          labels: { app: p.name },
+          ports: p.ports.map((x) => ({
+            name: x.name,
+            containerPort: x.containerPort,
+            protocol: 'TCP',
+          })),
+        })),
+      }),
+    )
+    // 4. The gateway.
+    mkdirSync(join(dir, 'audit'), { recursive: true, mode: 0o700 })
+    const gwFile = join(dir, 'gateway.yaml')
+    writeFileSync(
+      gwFile,
+      toYaml(
+        deepMerge(
+          devGatewayConfig(options.port, options.host, logLevel),
+          options.gatewayOverrides ?? {},
+        ),
+      ),
+    )
+    const gwProc = { metricsPort: undefined as number | undefined }
+    const gwChild: Child = {
+      name: 'gateway',
+      args: ['gateway', '--config', gwFile],
+      proc: undefined,
+      ports: [],
+      stopping: false,
+      restarts: 0,
+    }
+    children.set('gateway', gwChild)
+    const gwPorts = await new Promise<number[]>((res, rej) => {
+      spawnChild(gwChild).then(res, rej)
+      gwChild.proc?.on('message', (m: { type?: string; metricsPort?: number }) => {
+        if (m.type === 'listening') gwProc.metricsPort = m.metricsPort
+      })
+    })
+    gwChild.args = ['gateway', '--config', gwFile, '--port', String(gwPorts[0])]
+    const gatewayPort = gwPorts[0] as number
+    const urlHost = options.host.includes(':')
+      ? `[${options.host}]`
+      : options.host === '0.0.0.0'
+        ? '127.0.0.1'
+        : options.host
+    const gatewayUrl = `https://${urlHost}:${gatewayPort}`
+    const token = await mintToken(dir, {
+      subject: 'dev',
+      groups: ['pfgate:developers', 'pfgate:admins'],
+      ttlMs: 30 * 86_400_000,
+    })
+    const kubeconfig = writeKubeconfig(dir, gatewayUrl, token)
+    return {
+      dir,
+      gatewayUrl,
+      gatewayPort,
+      metricsPort: gwProc.metricsPort,
+      kubeconfig,
+      token,
+      agentPorts,
+      podPorts,
+      pid: (name) => children.get(name)?.proc?.pid,
+      async kill(name, signal = 'SIGKILL', restart = true) {
+        const c = children.get(name)
+        if (c === undefined) throw new RangeError(`no component ${name}`)
+        if (!restart) c.stopping = true
+        const p = c.proc
+        if (p === undefined || p.exitCode !== null) return
+        await new Promise<void>((r) => {
+          p.once('exit', () => r())
+          p.kill(signal)
+        })
+      },
+      async restart(name) {
+        const c = children.get(name)
+        if (c === undefined) throw new RangeError(`no component ${name}`)
+        c.stopping = false
+        await spawnChild(c)
+      },
+      stop,
+    }
+  } catch (err) {
+    await stop()
+    throw err
+  }
+}
+
+/** Rewrites a child's args so a restart binds the ports it got the first time. */
+function pinPorts(c: Child): string[] {
+  const args = [...c.args]
+  if (args[0] === 'demo-pod') {
+    let i = 0
+    return args.map((a, idx) =>
+      idx > 0 && args[idx - 1] === '--listen' ? `127.0.0.1:${c.ports[i++] ?? 0}` : a,
+    )
+  }
+  if (args[0] === 'agent' && c.ports[0] !== undefined)
+    return [...args, '--port', String(c.ports[0])]
+  return args
+}

@@ -1,0 +1,90 @@
+/**
+ * `pfgate demo-pod --kind echo|http --listen HOST:PORT [...]`: the dev cluster's
+ * demo pods. `echo` sends every byte back and honours half-close (it ends its side
+ * once the client has ended its own and everything was echoed); `http` answers
+ * every request with a small page naming the pod.
+ *
+ * @module
+ */
+import { createServer as createHttpServer } from 'node:http'
+import { createServer } from 'node:net'
+import type { Server, Socket } from 'node:net'
+import { parseArgs } from 'node:util'
+
+/** Starts an echo server; resolves with its port. */
+export function startEcho(host: string, port: number): Promise<Server> {
+  const server = createServer({ allowHalfOpen: true, noDelay: true }, (socket: Socket) => {
+    socket.on('error', () => socket.destroy())
+    // pipe() ends the write side after the read side ended: the echo's half-close.
+    socket.pipe(socket)
+  })
+  return listen(server, host, port)
+}
+
+/** Starts an HTTP server that names the pod. */
+export function startHttp(host: string, port: number, name: string): Promise<Server> {
+  const server = createHttpServer((req, res) => {
+    const body = `hello from ${name}: ${req.method ?? 'GET'} ${req.url ?? '/'}\n`
+    res.writeHead(200, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body) })
+    res.end(body)
+  })
+  return listen(server, host, port)
+}
+
+function listen(server: Server, host: string, port: number): Promise<Server> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject)
+    server.listen({ host, port, exclusive: true }, () => {
+      server.off('error', reject)
+      resolve(server)
+    })
+  })
+}
+
+function parseListen(value: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(value)
+  if (m === null) throw new RangeError(`--listen ${value}: expected HOST:PORT`)
+  return { host: (m[1] ?? m[2]) as string, port: Number(m[3]) }
+}
+
+/** Entry point. */
+export async function main(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      kind: { type: 'string', default: 'echo' },
+      listen: { type: 'string', multiple: true, default: [] },
+      name: { type: 'string', default: 'demo' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  })
+  if (values.help === true || values.listen.length === 0) {
+    process.stderr.write(
+      'usage: pfgate demo-pod --kind echo|http --name NAME --listen HOST:PORT [--listen ...]\n',
+    )
+    return values.help === true ? 0 : 2
+  }
+  const servers: Server[] = []
+  for (const l of values.listen) {
+    const { host, port } = parseListen(l)
+    servers.push(
+      values.kind === 'http'
+        ? await startHttp(host, port, values.name)
+        : await startEcho(host, port),
+    )
+  }
+  const ports = servers.map((s) => {
+    const a = s.address()
+    return typeof a === 'object' && a !== null ? a.port : 0
+  })
+  if (process.send !== undefined) process.send({ type: 'listening', ports })
+  else process.stdout.write(JSON.stringify({ ports }) + '\n')
+  await new Promise<void>((resolve) => {
+    const stop = (): void => resolve()
+    process.once('SIGTERM', stop)
+    process.once('SIGINT', stop)
+    process.once('disconnect', stop)
+  })
+  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))))
+  return 0
+}

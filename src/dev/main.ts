@@ -1,0 +1,82 @@
+/**
+ * `pfgate dev` (`npm start`): the one-command dev cluster.
+ *
+ * @module
+ */
+import { relative } from 'node:path'
+import { parseArgs } from 'node:util'
+import { startDevCluster } from './cluster.js'
+
+const USAGE = `usage: pfgate dev [--port 8443] [--host 127.0.0.1] [--dir .pfgate] [--log-level info]
+
+Starts a local dev cluster: a CA and certificates, a signing key and a kubeconfig
+in --dir, two node agents (node-a, node-b), demo pods (default/echo on node-a:
+echo on 5000 and 6000; default/web on node-b: HTTP on 8080) and the gateway.
+Ctrl-C stops everything.
+`
+
+/** Entry point. */
+export async function main(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      port: { type: 'string', default: '8443' },
+      host: { type: 'string', default: '127.0.0.1' },
+      dir: { type: 'string', default: '.pfgate' },
+      'log-level': { type: 'string', default: 'warn' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  })
+  if (values.help === true) {
+    process.stdout.write(USAGE)
+    return 0
+  }
+  const port = Number(values.port)
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    process.stderr.write(`error: invalid --port ${JSON.stringify(values.port)}\n`)
+    return 2
+  }
+  const say = (line: string): void => {
+    process.stderr.write(`pfgate dev: ${line}\n`)
+  }
+  say('starting: CA and certificates, demo pods, agents node-a and node-b, gateway ...')
+  const cluster = await startDevCluster({
+    dir: values.dir,
+    port,
+    host: values.host,
+    logLevel: values['log-level'],
+    log: say,
+  })
+  const kc = relative(process.cwd(), cluster.kubeconfig) || cluster.kubeconfig
+  process.stdout.write(
+    [
+      '',
+      `pfgate dev cluster is up.`,
+      `  gateway     ${cluster.gatewayUrl}` +
+        (cluster.metricsPort !== undefined
+          ? `   (metrics http://127.0.0.1:${cluster.metricsPort}/metrics)`
+          : ''),
+      `  agents      node-a 127.0.0.1:${cluster.agentPorts['node-a']}, node-b 127.0.0.1:${cluster.agentPorts['node-b']}`,
+      `  pods        default/echo on node-a (echo: 5000, 6000), default/web on node-b (http: 8080)`,
+      `  kubeconfig  ${kc}  (user "dev", namespace "default"; a development token)`,
+      `  audit       ${relative(process.cwd(), cluster.dir) || cluster.dir}/audit/audit.log`,
+      '',
+      'Try, in another terminal:',
+      `  KUBECONFIG=${kc} npx pfgate port-forward echo 5000 6000`,
+      `  KUBECONFIG=${kc} npx pfgate port-forward web 8080:8080     # then: curl http://127.0.0.1:8080/`,
+      `  KUBECONFIG=${kc} kubectl port-forward echo 5000`,
+      '',
+      'Ctrl-C stops the cluster.',
+      '',
+    ].join('\n'),
+  )
+  await new Promise<void>((resolve) => {
+    const stop = (): void => resolve()
+    process.once('SIGINT', stop)
+    process.once('SIGTERM', stop)
+  })
+  say('stopping ...')
+  await cluster.stop()
+  say('stopped')
+  return 0
+}

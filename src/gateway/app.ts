@@ -1,0 +1,366 @@
+/**
+ * The gateway application: one TLS port with ALPN `h2` and `http/1.1`.
+ * Native port-forward streams are taken off the raw HTTP/2 server before
+ * Fastify's compatibility layer (edge/native-h2.ts); everything else — health,
+ * readiness, the Kubernetes API facade, the admin API — is a Fastify route with
+ * one authentication hook and Kubernetes `Status` errors.
+ *
+ * `buildGateway` does not listen; main.ts does (fastify's app/listen split).
+ *
+ * @module
+ */
+import { createServer as createHttpServer } from 'node:http'
+import type { Server as HttpServer } from 'node:http'
+import type {
+  Http2SecureServer,
+  Http2ServerRequest,
+  Http2ServerResponse,
+  Http2Session,
+  IncomingHttpHeaders,
+  ServerHttp2Stream,
+} from 'node:http2'
+import Fastify, { LogController } from 'fastify'
+import type { FastifyInstance } from 'fastify'
+import { buildStatus } from '../protocol/status.js'
+import { h2SessionOptions, widenConnectionWindow } from '../protocol/h2-settings.js'
+import { assertNamespace, assertObjectName } from '../protocol/names.js'
+import { appError, describeError, isAppError } from '../shared/errors.js'
+import type { AppError } from '../shared/errors.js'
+import type { Logger } from '../shared/log.js'
+import type { Authenticator, Identity } from './auth/authenticator.js'
+import type { Authorizer } from './authz/authorizer.js'
+import type { AuditPort, Forwarder } from './forwarder.js'
+import type { GatewayMetrics } from './metrics.js'
+import type { AgentPool } from './relay/agent-pool.js'
+import type { PodRegistry } from './registry/types.js'
+import { NATIVE_PATH, NativeH2Adapter } from './edge/native-h2.js'
+import { podObject } from './kube-api.js'
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** Who may call the route: anyone, any authenticated user, or admins. */
+    auth?: 'public' | 'user' | 'admin'
+  }
+  interface FastifyRequest {
+    identity?: Identity
+  }
+}
+
+/** Everything the gateway is made of. */
+export interface GatewayDeps {
+  tls: { cert: string | Buffer; key: string | Buffer }
+  logger: Logger
+  registry: PodRegistry
+  authenticator: Authenticator
+  authorizer: Authorizer
+  agents: AgentPool
+  audit: AuditPort
+  metrics: GatewayMetrics
+  forwarder: Forwarder
+  maxHeaderBytes: number
+  /** Reported by `/version` (kubectl's gcloud dispatcher picks a kubectl from it). */
+  version?: { major: string; minor: string; gitVersion: string }
+}
+
+/** The Fastify instance type of the gateway (HTTP/2 secure server with HTTP/1.1 fallback). */
+export type GatewayApp = FastifyInstance<
+  Http2SecureServer,
+  Http2ServerRequest,
+  Http2ServerResponse,
+  Logger
+>
+
+/** A built gateway. */
+export interface Gateway {
+  readonly app: GatewayApp
+  readonly server: Http2SecureServer
+  /** Listens on the TLS port (and the metrics port when given). */
+  listen(
+    port: number,
+    host: string,
+    metrics?: { port: number; host: string } | null,
+  ): Promise<{ port: number; metricsPort?: number }>
+  /** Graceful shutdown: GOAWAY, drain up to `graceMs`, then end the rest. */
+  close(graceMs: number): Promise<void>
+}
+
+/** The Kubernetes version the gateway reports (kubectl ≥ 1.31 then uses the WebSocket tunnel). */
+export const DEFAULT_VERSION = { major: '1', minor: '33', gitVersion: 'v1.33.0-pfgate' }
+
+/** The part of a Fastify reply `sendStatus` uses (any server flavour). */
+interface ReplyLike {
+  code(status: number): ReplyLike
+  headers(values: Record<string, string>): ReplyLike
+  type(contentType: string): ReplyLike
+  send(payload: unknown): unknown
+}
+
+function sendStatus(reply: ReplyLike, err: AppError, extra: Record<string, string> = {}): unknown {
+  return reply
+    .code(err.statusCode)
+    .headers(extra)
+    .type('application/json')
+    .send(buildStatus(err.statusCode, err.message, err.code))
+}
+
+/** Builds the gateway (not listening). */
+export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
+  const { logger, forwarder } = deps
+  const app = Fastify({
+    http2: true,
+    https: {
+      allowHTTP1: true,
+      cert: deps.tls.cert,
+      key: deps.tls.key,
+      minVersion: 'TLSv1.2',
+      ...h2SessionOptions(),
+      settings: { ...h2SessionOptions().settings, maxHeaderListSize: deps.maxHeaderBytes },
+    },
+    loggerInstance: logger,
+    // Per-request lines would log every kubectl discovery call; errors are still logged.
+    logController: new LogController({ disableRequestLogging: true }),
+    return503OnClosing: true,
+  })
+  const server = app.server
+  // The HTTP/1.1 side (upgrades) reads this property for its header-size limit.
+  ;(server as Http2SecureServer & { maxHeaderSize?: number }).maxHeaderSize = deps.maxHeaderBytes
+  const sessions = new Set<Http2Session>()
+  server.on('session', (session: Http2Session) => {
+    widenConnectionWindow(session)
+    sessions.add(session)
+    session.on('error', (err) => logger.debug({ err: describeError(err) }, 'client session error'))
+    session.once('close', () => sessions.delete(session))
+  })
+
+  // Take native streams off the raw server before Node's compat layer (which Fastify uses).
+  const native = new NativeH2Adapter(forwarder, logger)
+  const compat = server.listeners('stream') as ((...args: unknown[]) => void)[]
+  server.removeAllListeners('stream')
+  server.on(
+    'stream',
+    (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number, raw: string[]) => {
+      const path = headers[':path']
+      const m = path !== undefined ? NATIVE_PATH.exec(path) : null
+      if (m !== null) {
+        native.handle(stream, headers, m)
+        return
+      }
+      for (const l of compat) l.call(server, stream, headers, flags, raw)
+    },
+  )
+
+  app.decorateRequest('identity', undefined)
+  app.addHook('onRequest', async (request, reply) => {
+    // Routes without a config (404s) still require a user: default deny.
+    const mode = request.routeOptions.config.auth ?? 'user'
+    if (mode === 'public') return undefined
+    try {
+      request.identity = await deps.authenticator.authenticate(request.headers.authorization)
+    } catch (err) {
+      const e = isAppError(err) ? err : appError('PFG_ERR_AUTH_INVALID', 'Unauthorized')
+      sendStatus(reply, e, { 'www-authenticate': 'Bearer realm="pfgate"' })
+      return reply
+    }
+    if (mode === 'admin' && !deps.authorizer.isAdmin(request.identity)) {
+      sendStatus(
+        reply,
+        appError('PFG_ERR_AUTH_FORBIDDEN', `user "${request.identity.user}" is not an admin`),
+      )
+      return reply
+    }
+    return undefined
+  })
+
+  app.setErrorHandler((err, request, reply) => {
+    if (isAppError(err)) {
+      if (err.statusCode >= 500) request.log.error({ err: describeError(err) }, 'request failed')
+      return sendStatus(reply, err)
+    }
+    const status = (err as { statusCode?: number }).statusCode ?? 500
+    if (status >= 500) request.log.error({ err: describeError(err) }, 'request failed')
+    return reply
+      .code(status)
+      .type('application/json')
+      .send(buildStatus(status, status >= 500 ? 'internal error' : (err as Error).message))
+  })
+  app.setNotFoundHandler({ preHandler: undefined }, (request, reply) => {
+    return sendStatus(
+      reply,
+      appError(
+        'PFG_ERR_ROUTE_NOT_FOUND',
+        `the server could not find the requested resource (${request.method} ${request.url.split('?')[0] ?? ''})`,
+      ),
+    )
+  })
+
+  // --- health
+  app.get('/healthz', { config: { auth: 'public' } }, async () => 'ok')
+  app.get('/livez', { config: { auth: 'public' } }, async () => 'ok')
+  app.get('/readyz', { config: { auth: 'public' } }, async (_req, reply) => {
+    const problems: string[] = []
+    if (!deps.registry.isReady()) problems.push('registry not synced')
+    if (!deps.audit.healthy()) problems.push('audit sink unavailable')
+    if (forwarder.draining) problems.push('shutting down')
+    if (problems.length === 0) return 'ok'
+    return reply
+      .code(503)
+      .type('application/json')
+      .send(buildStatus(503, `not ready: ${problems.join(', ')}`, 'PFG_ERR_ROUTE_NOT_READY'))
+  })
+  app.get('/version', { config: { auth: 'public' } }, async () => {
+    const v = deps.version ?? DEFAULT_VERSION
+    return {
+      major: v.major,
+      minor: v.minor,
+      gitVersion: v.gitVersion,
+      gitCommit: 'pfgate',
+      gitTreeState: 'clean',
+      buildDate: '2026-01-01T00:00:00Z',
+      goVersion: 'n/a (pfgate on node ' + process.version + ')',
+      compiler: 'pfgate',
+      platform: `${process.platform}/${process.arch}`,
+    }
+  })
+
+  // --- Kubernetes API facade: the pod a client is about to forward to.
+  app.get<{ Params: { ns: string; pod: string } }>(
+    '/api/v1/namespaces/:ns/pods/:pod',
+    async (request, reply) => {
+      const { ns, pod } = request.params
+      assertNamespace(ns)
+      assertObjectName('pod', pod)
+      const identity = request.identity as Identity
+      // Default deny: a pod is visible only to those who may forward to it (no existence leak).
+      if (!deps.authorizer.canAccessPod(identity, ns, pod)) {
+        throw appError(
+          'PFG_ERR_AUTH_FORBIDDEN',
+          `pods "${pod}" is forbidden: user "${identity.user}" cannot get resource "pods" in namespace "${ns}"`,
+        )
+      }
+      if (!deps.registry.isReady()) {
+        throw appError(
+          'PFG_ERR_ROUTE_NOT_READY',
+          'the pod registry has not synced yet; retry shortly',
+        )
+      }
+      const info = deps.registry.getPod(ns, pod)
+      if (info === undefined) {
+        return sendStatus(reply, appError('PFG_ERR_ROUTE_POD_NOT_FOUND', `pods "${pod}" not found`))
+      }
+      return reply.type('application/json').send(podObject(info))
+    },
+  )
+
+  // The native path over HTTP/1.1 without an upgrade cannot carry a half-closable stream.
+  app.all('/proxy/nodes/:node/portForward/:ns/:pod', async () => {
+    throw appError(
+      'PFG_ERR_PROTO_HTTP2_REQUIRED',
+      'native port-forward needs HTTP/2 (or a SPDY/WebSocket upgrade on the Kubernetes paths)',
+    )
+  })
+
+  // --- Admin API
+  app.get('/admin/v1/sessions', { config: { auth: 'admin' } }, async () => ({
+    items: forwarder.sessions().map((s) => ({
+      id: s.id,
+      user: s.user,
+      groups: s.groups,
+      protocol: s.protocol,
+      sourceAddress: s.sourceAddress,
+      userAgent: s.userAgent,
+      openedAt: new Date(s.openedAt).toISOString(),
+      streams: s.streams.size,
+      bytesClientToPod:
+        s.bytesClientToPod + [...s.streams].reduce((n, x) => n + (x.relay?.bytesAtoB ?? 0), 0),
+      bytesPodToClient:
+        s.bytesPodToClient + [...s.streams].reduce((n, x) => n + (x.relay?.bytesBtoA ?? 0), 0),
+    })),
+  }))
+  app.get('/admin/v1/streams', { config: { auth: 'admin' } }, async () => ({
+    items: forwarder.streams().map((s) => s.view()),
+  }))
+  app.delete<{ Params: { id: string } }>(
+    '/admin/v1/streams/:id',
+    { config: { auth: 'admin' } },
+    async (request) => {
+      const admin = (request.identity as Identity).user
+      if (!forwarder.killStream(request.params.id, admin)) {
+        throw appError('PFG_ERR_ROUTE_NOT_FOUND', `no live stream "${request.params.id}"`)
+      }
+      request.log.info({ stream: request.params.id, admin }, 'admin ended a stream')
+      return {
+        kind: 'Status',
+        apiVersion: 'v1',
+        status: 'Success',
+        code: 200,
+        message: 'stream ended',
+      }
+    },
+  )
+  app.delete<{ Params: { id: string } }>(
+    '/admin/v1/sessions/:id',
+    { config: { auth: 'admin' } },
+    async (request) => {
+      const admin = (request.identity as Identity).user
+      if (!forwarder.killSession(request.params.id, admin)) {
+        throw appError('PFG_ERR_ROUTE_NOT_FOUND', `no live session "${request.params.id}"`)
+      }
+      request.log.info({ session: request.params.id, admin }, 'admin ended a session')
+      return {
+        kind: 'Status',
+        apiVersion: 'v1',
+        status: 'Success',
+        code: 200,
+        message: 'session ended',
+      }
+    },
+  )
+
+  await app.ready()
+
+  let metricsServer: HttpServer | undefined
+  return {
+    app,
+    server,
+    async listen(port, host, metrics) {
+      await app.listen({ port, host })
+      const addr = server.address()
+      const result: { port: number; metricsPort?: number } = {
+        port: typeof addr === 'object' && addr !== null ? addr.port : port,
+      }
+      if (metrics !== undefined && metrics !== null) {
+        metricsServer = createHttpServer((req, res) => {
+          if (req.url !== '/metrics' || req.method !== 'GET') {
+            res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n')
+            return
+          }
+          deps.metrics.registry.metrics().then(
+            (text) =>
+              res.writeHead(200, { 'content-type': deps.metrics.registry.contentType }).end(text),
+            () => res.writeHead(500).end(),
+          )
+        })
+        await new Promise<void>((resolve, reject) => {
+          metricsServer?.once('error', reject)
+          metricsServer?.listen(metrics.port, metrics.host, () => resolve())
+        })
+        const ma = metricsServer.address()
+        if (typeof ma === 'object' && ma !== null) result.metricsPort = ma.port
+      }
+      return result
+    },
+    async close(graceMs) {
+      // GOAWAY to every client: no new streams; in-flight ones continue until the deadline.
+      for (const s of sessions) if (!s.closed && !s.destroyed) s.close()
+      const closing = app.close()
+      await forwarder.drain(graceMs)
+      deps.agents.close(false)
+      for (const s of sessions) s.destroy()
+      await closing
+      deps.agents.close(true)
+      if (metricsServer !== undefined) {
+        await new Promise<void>((resolve) => metricsServer?.close(() => resolve()))
+      }
+    },
+  }
+}

@@ -1,0 +1,206 @@
+/**
+ * Authentication: JWT bearer tokens verified with `jose` against a JWKS (file or
+ * URL), with required `iss`, `aud` and `exp`, an asymmetric-only algorithm
+ * allow-list, clock tolerance and kube-apiserver-style username/groups claims.
+ *
+ * Clients learn only "Unauthorized (ref XXXXXXXX)"; the reason (jose's error code
+ * and claim) is logged with the same ref, so an admin can grep for it and the
+ * client learns nothing about why (Teleport's tagged messages do the same).
+ *
+ * Verified tokens are cached (bounded, never past their `exp`): a CLI opening
+ * thousands of streams with one token pays for one signature check.
+ *
+ * @module
+ */
+import { randomBytes } from 'node:crypto'
+import { readFileSync, watchFile, unwatchFile } from 'node:fs'
+import { createLocalJWKSet, createRemoteJWKSet, customFetch, errors, jwtVerify } from 'jose'
+import type { JSONWebKeySet, JWTPayload, JWTVerifyGetKey } from 'jose'
+import { Agent, fetch as undiciFetch } from 'undici'
+import { appError, describeError, errorCode } from '../../shared/errors.js'
+import type { AppError } from '../../shared/errors.js'
+import type { Logger } from '../../shared/log.js'
+import type { GatewayConfig } from '../config.js'
+
+/** Who a request is. */
+export interface Identity {
+  /** Username, with the configured prefix. */
+  user: string
+  /** Groups, with the configured prefix, plus `system:authenticated`. */
+  groups: string[]
+  /** When the token expires (ms since epoch). */
+  expiresAt: number
+}
+
+/** Every authenticated identity is in this group (as in Kubernetes). */
+export const AUTHENTICATED_GROUP = 'system:authenticated'
+
+const MAX_CACHE_ENTRIES = 10_000
+const MAX_CACHE_MS = 5 * 60_000
+const MAX_TOKEN_BYTES = 16 * 1024
+
+/** Creates a short reference that ties a client error to a server log line. */
+export function newRef(): string {
+  return randomBytes(4).toString('hex')
+}
+
+/** The `Bearer` token of an Authorization header value, or undefined. */
+export function bearerToken(header: string | string[] | undefined): string | undefined {
+  if (typeof header !== 'string') return undefined
+  const m = /^Bearer[ \t]+([^ \t]+)[ \t]*$/i.exec(header)
+  return m?.[1]
+}
+
+function asymmetricOnly(jwks: JSONWebKeySet, source: string, logger: Logger): JSONWebKeySet {
+  const keys = jwks.keys.filter((k) => {
+    if (k.kty === 'oct') {
+      logger.warn({ source, kid: k.kid }, 'ignoring a symmetric (oct) key in the JWKS')
+      return false
+    }
+    return true
+  })
+  return { keys }
+}
+
+/** Verifies bearer tokens. */
+export class Authenticator {
+  readonly #config: GatewayConfig['auth']
+  readonly #logger: Logger
+  #getKey: JWTVerifyGetKey
+  readonly #cache = new Map<string, { identity: Identity; until: number }>()
+  readonly #now: () => number
+  #watchedFile: string | undefined
+  #agent: Agent | undefined
+
+  constructor(config: GatewayConfig['auth'], logger: Logger, now: () => number = Date.now) {
+    this.#config = config
+    this.#logger = logger
+    this.#now = now
+    const jwks = config.jwks
+    if ('file' in jwks) {
+      this.#getKey = this.#loadFile(jwks.file)
+      this.#watchedFile = jwks.file
+      watchFile(jwks.file, { interval: 2000, persistent: false }, () => {
+        try {
+          this.#getKey = this.#loadFile(jwks.file)
+          this.#cache.clear()
+          logger.info({ file: jwks.file }, 'JWKS reloaded')
+        } catch (err) {
+          logger.error({ file: jwks.file, err: describeError(err) }, 'JWKS reload failed')
+        }
+      })
+    } else {
+      const agent = new Agent({
+        connect: {
+          timeout: jwks.timeoutMs,
+          ...(jwks.caFile !== undefined ? { ca: readFileSync(jwks.caFile) } : {}),
+        },
+      })
+      this.#agent = agent
+      // jose refetches on an unknown `kid` (after a cooldown) and when the cache is older
+      // than cacheMaxAge; the timeout bounds each fetch.
+      this.#getKey = createRemoteJWKSet(new URL(jwks.url), {
+        timeoutDuration: jwks.timeoutMs,
+        cacheMaxAge: jwks.cacheMaxAgeMs,
+        cooldownDuration: 30_000,
+        [customFetch]: (url: string, options: object) =>
+          undiciFetch(url, { ...options, dispatcher: agent }),
+      })
+    }
+  }
+
+  #loadFile(file: string): JWTVerifyGetKey {
+    const jwks = JSON.parse(readFileSync(file, 'utf8')) as JSONWebKeySet
+    if (!Array.isArray(jwks.keys)) {
+      throw appError('PFG_ERR_CONFIG_INVALID', `${file}: not a JWKS (no "keys" array)`)
+    }
+    return createLocalJWKSet(asymmetricOnly(jwks, file, this.#logger))
+  }
+
+  /**
+   * Verifies the Authorization header value. Resolves with the identity, or
+   * rejects with `PFG_ERR_AUTH_MISSING`/`PFG_ERR_AUTH_INVALID` (generic message + ref).
+   */
+  async authenticate(authorization: string | string[] | undefined): Promise<Identity> {
+    const token = bearerToken(authorization)
+    if (token === undefined) {
+      throw appError('PFG_ERR_AUTH_MISSING', 'Unauthorized')
+    }
+    const now = this.#now()
+    const hit = this.#cache.get(token)
+    if (hit !== undefined) {
+      if (now < hit.until) return hit.identity
+      this.#cache.delete(token)
+    }
+    if (token.length > MAX_TOKEN_BYTES) throw this.#reject('token too large')
+    let payload: JWTPayload
+    try {
+      ;({ payload } = await jwtVerify(token, this.#getKey, {
+        issuer: this.#config.issuer,
+        audience: this.#config.audience,
+        algorithms: this.#config.algorithms,
+        clockTolerance: this.#config.clockToleranceS,
+        requiredClaims: ['exp', 'iss', 'aud'],
+        currentDate: new Date(now),
+      }))
+    } catch (err) {
+      throw this.#reject(describeJoseError(err))
+    }
+    const identity = this.#identity(payload)
+    if (identity === undefined) {
+      throw this.#reject(`missing or invalid username claim "${this.#config.usernameClaim}"`)
+    }
+    if (this.#cache.size >= MAX_CACHE_ENTRIES) {
+      // Drop the oldest insertion (Map keeps insertion order).
+      const oldest = this.#cache.keys().next().value
+      if (oldest !== undefined) this.#cache.delete(oldest)
+    }
+    this.#cache.set(token, { identity, until: Math.min(identity.expiresAt, now + MAX_CACHE_MS) })
+    return identity
+  }
+
+  #identity(payload: JWTPayload): Identity | undefined {
+    const c = this.#config
+    const name = payload[c.usernameClaim]
+    if (typeof name !== 'string' || name === '') return undefined
+    const rawGroups = payload[c.groupsClaim]
+    const groups = (
+      Array.isArray(rawGroups) ? rawGroups : typeof rawGroups === 'string' ? [rawGroups] : []
+    )
+      .filter((g): g is string => typeof g === 'string' && g !== '')
+      .map((g) => c.groupsPrefix + g)
+    groups.push(AUTHENTICATED_GROUP)
+    return {
+      user: c.usernamePrefix + name,
+      groups,
+      expiresAt: (payload.exp as number) * 1000,
+    }
+  }
+
+  #reject(reason: string): AppError {
+    const ref = newRef()
+    this.#logger.info({ ref, reason }, 'authentication failed')
+    const err = appError('PFG_ERR_AUTH_INVALID', `Unauthorized (ref ${ref})`)
+    ;(err as AppError & { ref?: string; reason?: string }).ref = ref
+    ;(err as AppError & { reason?: string }).reason = reason
+    return err
+  }
+
+  close(): void {
+    if (this.#watchedFile !== undefined) unwatchFile(this.#watchedFile)
+    this.#watchedFile = undefined
+    this.#cache.clear()
+    void this.#agent?.close()
+  }
+}
+
+/** A log-friendly reason from a jose error (code and claim), never the token. */
+export function describeJoseError(err: unknown): string {
+  if (err instanceof errors.JWTClaimValidationFailed) {
+    return `${err.code}: claim "${err.claim}" ${err.reason}`
+  }
+  if (err instanceof errors.JWTExpired) return `${err.code}: token expired`
+  const code = errorCode(err)
+  if (code !== undefined && code.startsWith('ERR_J')) return `${code}: ${(err as Error).message}`
+  return `invalid token: ${err instanceof Error ? err.message : String(err)}`
+}

@@ -1,0 +1,79 @@
+/**
+ * Authorization: default deny. Rules grant users and groups the port-forward
+ * permission on namespaces, pod name patterns and port ranges; an admin list grants
+ * the admin API. Evaluated once per stream (DESIGN.md §4), never cached per session.
+ *
+ * @module
+ */
+import type { AuthzRule, GatewayConfig } from '../config.js'
+import type { Identity } from '../auth/authenticator.js'
+
+interface CompiledRule {
+  users: Set<string>
+  groups: Set<string>
+  anyNamespace: boolean
+  namespaces: Set<string>
+  pods: RegExp[]
+  ports: { from: number; to: number }[]
+}
+
+/** Turns a `*`/`?` glob into an anchored regular expression. */
+export function globToRegExp(glob: string): RegExp {
+  const body = glob
+    .replace(/[.+^${}()|[\]\\]/g, '\\$&')
+    .replace(/\*/g, '.*')
+    .replace(/\?/g, '.')
+  return new RegExp(`^${body}$`)
+}
+
+function compile(rule: AuthzRule): CompiledRule {
+  return {
+    users: new Set(rule.users),
+    groups: new Set(rule.groups),
+    anyNamespace: rule.namespaces.includes('*'),
+    namespaces: new Set(rule.namespaces),
+    pods: rule.pods.map(globToRegExp),
+    ports: rule.ports,
+  }
+}
+
+/** Decides what an identity may do. */
+export class Authorizer {
+  readonly #rules: CompiledRule[]
+  readonly #adminUsers: Set<string>
+  readonly #adminGroups: Set<string>
+
+  constructor(config: GatewayConfig['authorization']) {
+    this.#rules = config.rules.map(compile)
+    this.#adminUsers = new Set(config.admins.users)
+    this.#adminGroups = new Set(config.admins.groups)
+  }
+
+  #matching(identity: Identity, namespace: string, pod: string): CompiledRule[] {
+    return this.#rules.filter(
+      (r) =>
+        (r.users.has(identity.user) || identity.groups.some((g) => r.groups.has(g))) &&
+        (r.anyNamespace || r.namespaces.has(namespace)) &&
+        r.pods.some((re) => re.test(pod)),
+    )
+  }
+
+  /** May `identity` forward to `port` of `namespace/pod`? */
+  canPortForward(identity: Identity, namespace: string, pod: string, port: number): boolean {
+    return this.#matching(identity, namespace, pod).some((r) =>
+      r.ports.some((p) => port >= p.from && port <= p.to),
+    )
+  }
+
+  /** May `identity` see the pod at all (read it; forward to some port of it)? */
+  canAccessPod(identity: Identity, namespace: string, pod: string): boolean {
+    return this.#matching(identity, namespace, pod).length > 0
+  }
+
+  /** May `identity` use the admin API? */
+  isAdmin(identity: Identity): boolean {
+    return (
+      this.#adminUsers.has(identity.user) || identity.groups.some((g) => this.#adminGroups.has(g))
+    )
+  }
+}

@@ -1,0 +1,523 @@
+/**
+ * The gateway's configuration (YAML; example in config/gateway.yaml): listeners,
+ * TLS, the agent hop, the registry, authentication, authorization, limits, audit.
+ * Validated at start-up with every problem listed; the result is frozen and
+ * fully defaulted (durations in ms, sizes in bytes).
+ *
+ * @module
+ */
+import { dirname, resolve } from 'node:path'
+import { parseDuration, parseSize, readYamlFile, validateConfig } from '../shared/config.js'
+import { appError } from '../shared/errors.js'
+
+/** Asymmetric JWS algorithms we accept (never `none`, never HMAC: DESIGN.md §4). */
+export const ALLOWED_JWT_ALGORITHMS = [
+  'RS256',
+  'RS384',
+  'RS512',
+  'PS256',
+  'PS384',
+  'PS512',
+  'ES256',
+  'ES384',
+  'ES512',
+  'EdDSA',
+] as const
+
+/** One authorization rule: who may port-forward where. */
+export interface AuthzRule {
+  users: string[]
+  groups: string[]
+  /** Namespace names or `*`. */
+  namespaces: string[]
+  /** Pod name glob patterns (`*` and `?`). */
+  pods: string[]
+  /** Port ranges, inclusive. */
+  ports: { from: number; to: number }[]
+}
+
+/** An audit sink's configuration. */
+export type AuditSinkConfig =
+  | {
+      type: 'file'
+      path: string
+      fsync: 'always' | 'interval' | 'never'
+      fsyncIntervalMs: number
+      maxSizeBytes: number
+      maxFiles: number
+    }
+  | { type: 'stdout' }
+  | {
+      type: 'webhook'
+      url: string
+      spoolDir: string
+      batchSize: number
+      flushIntervalMs: number
+      timeoutMs: number
+      tokenFile?: string
+      caFile?: string
+      maxSpoolBytes: number
+    }
+
+/** The Kubernetes registry source's options. */
+export interface KubeRegistrySourceConfig {
+  source: 'kubernetes'
+  kubeconfig?: string
+  context?: string
+  inCluster: boolean
+  namespaces: string[]
+  labelSelector?: string
+  agentPort: number
+  [key: string]: unknown
+}
+
+/** Gateway configuration, fully defaulted. */
+export interface GatewayConfig {
+  listen: { host: string; port: number }
+  tls: { cert: string; key: string }
+  /** Metrics listener (plain HTTP, separate port); port 0 picks one; null disables. */
+  metrics: { host: string; port: number } | null
+  agents: {
+    /** CA that issued the agents' serving certificates. */
+    ca: string
+    /** The gateway's client certificate for the agent hop. */
+    cert: string
+    key: string
+    connectTimeoutMs: number
+    keepaliveMs: number
+  }
+  registry: { source: 'static'; file: string } | KubeRegistrySourceConfig
+  auth: {
+    issuer: string
+    audience: string[]
+    jwks:
+      { file: string } | { url: string; timeoutMs: number; cacheMaxAgeMs: number; caFile?: string }
+    algorithms: string[]
+    clockToleranceS: number
+    usernameClaim: string
+    usernamePrefix: string
+    groupsClaim: string
+    groupsPrefix: string
+  }
+  authorization: {
+    rules: AuthzRule[]
+    admins: { users: string[]; groups: string[] }
+  }
+  limits: {
+    streamsPerConnection: number
+    streamsPerUser: number
+    streamOpenTimeoutMs: number
+    /** 0 disables. */
+    idleTimeoutMs: number
+    /** 0 disables. */
+    maxLifetimeMs: number
+    maxHeaderBytes: number
+  }
+  audit: {
+    mode: 'blocking-strict' | 'blocking' | 'batch'
+    sinks: AuditSinkConfig[]
+  }
+  shutdownGraceMs: number
+  logLevel: string
+}
+
+const duration = { type: ['string', 'number'] } as const
+const size = { type: ['string', 'number'] } as const
+const stringList = { type: 'array', items: { type: 'string', minLength: 1 } } as const
+
+const schema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['tls', 'agents', 'registry', 'auth'],
+  properties: {
+    listen: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        host: { type: 'string', default: '127.0.0.1' },
+        port: { type: 'integer', minimum: 0, maximum: 65535, default: 8443 },
+      },
+    },
+    tls: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['cert', 'key'],
+      properties: { cert: { type: 'string' }, key: { type: 'string' } },
+    },
+    metrics: {
+      type: ['object', 'null'],
+      additionalProperties: false,
+      default: {},
+      properties: {
+        host: { type: 'string', default: '127.0.0.1' },
+        port: { type: 'integer', minimum: 0, maximum: 65535, default: 9464 },
+      },
+    },
+    agents: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['ca', 'cert', 'key'],
+      properties: {
+        ca: { type: 'string' },
+        cert: { type: 'string' },
+        key: { type: 'string' },
+        connectTimeout: { ...duration, default: '5s' },
+        keepalive: { ...duration, default: '30s' },
+      },
+    },
+    registry: {
+      type: 'object',
+      required: ['source'],
+      properties: {
+        source: { enum: ['static', 'kubernetes'] },
+      },
+      if: { properties: { source: { const: 'static' } } },
+      then: {
+        additionalProperties: false,
+        required: ['file'],
+        properties: { source: { const: 'static' }, file: { type: 'string' } },
+      },
+    },
+    auth: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['issuer', 'audience', 'jwks'],
+      properties: {
+        issuer: { type: 'string', minLength: 1 },
+        audience: {
+          anyOf: [
+            { type: 'string', minLength: 1 },
+            { ...stringList, minItems: 1 },
+          ],
+        },
+        jwks: {
+          type: 'object',
+          additionalProperties: false,
+          properties: {
+            file: { type: 'string' },
+            url: { type: 'string', pattern: '^https?://' },
+            timeout: { ...duration, default: '5s' },
+            cacheMaxAge: { ...duration, default: '10m' },
+            caFile: { type: 'string' },
+          },
+          oneOf: [{ required: ['file'] }, { required: ['url'] }],
+        },
+        algorithms: {
+          type: 'array',
+          minItems: 1,
+          items: { enum: [...ALLOWED_JWT_ALGORITHMS] },
+          default: ['ES256', 'RS256', 'EdDSA'],
+        },
+        clockTolerance: { ...duration, default: '60s' },
+        usernameClaim: { type: 'string', default: 'sub' },
+        usernamePrefix: { type: 'string', default: '' },
+        groupsClaim: { type: 'string', default: 'groups' },
+        groupsPrefix: { type: 'string', default: '' },
+      },
+    },
+    authorization: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        rules: {
+          type: 'array',
+          default: [],
+          items: {
+            type: 'object',
+            additionalProperties: false,
+            properties: {
+              users: { ...stringList, default: [] },
+              groups: { ...stringList, default: [] },
+              namespaces: { ...stringList, minItems: 1 },
+              pods: { ...stringList, default: ['*'] },
+              ports: {
+                type: 'array',
+                default: ['1-65535'],
+                items: {
+                  anyOf: [
+                    { type: 'integer', minimum: 1, maximum: 65535 },
+                    { type: 'string', pattern: '^[1-9][0-9]{0,4}(-[1-9][0-9]{0,4})?$' },
+                  ],
+                },
+              },
+            },
+            required: ['namespaces'],
+            anyOf: [
+              { required: ['users'], properties: { users: { type: 'array', minItems: 1 } } },
+              { required: ['groups'], properties: { groups: { type: 'array', minItems: 1 } } },
+            ],
+          },
+        },
+        admins: {
+          type: 'object',
+          additionalProperties: false,
+          default: {},
+          properties: {
+            users: { ...stringList, default: [] },
+            groups: { ...stringList, default: [] },
+          },
+        },
+      },
+    },
+    limits: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        streamsPerConnection: { type: 'integer', minimum: 1, default: 20000 },
+        streamsPerUser: { type: 'integer', minimum: 1, default: 50000 },
+        streamOpenTimeout: { ...duration, default: '15s' },
+        idleTimeout: { ...duration, default: 0 },
+        maxLifetime: { ...duration, default: 0 },
+        maxHeaderSize: { ...size, default: '16KiB' },
+      },
+    },
+    audit: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        mode: { enum: ['blocking-strict', 'blocking', 'batch'], default: 'blocking-strict' },
+        sinks: {
+          type: 'array',
+          default: [{ type: 'file', path: 'audit/audit.log' }],
+          items: {
+            type: 'object',
+            required: ['type'],
+            properties: { type: { enum: ['file', 'stdout', 'webhook'] } },
+            allOf: [
+              {
+                if: { properties: { type: { const: 'file' } } },
+                then: {
+                  additionalProperties: false,
+                  required: ['path'],
+                  properties: {
+                    type: { const: 'file' },
+                    path: { type: 'string' },
+                    fsync: { enum: ['always', 'interval', 'never'], default: 'always' },
+                    fsyncInterval: { ...duration, default: '1s' },
+                    maxSize: { ...size, default: '100MiB' },
+                    maxFiles: { type: 'integer', minimum: 1, default: 10 },
+                  },
+                },
+              },
+              {
+                if: { properties: { type: { const: 'stdout' } } },
+                then: { additionalProperties: false, properties: { type: { const: 'stdout' } } },
+              },
+              {
+                if: { properties: { type: { const: 'webhook' } } },
+                then: {
+                  additionalProperties: false,
+                  required: ['url', 'spoolDir'],
+                  properties: {
+                    type: { const: 'webhook' },
+                    url: { type: 'string', pattern: '^https?://' },
+                    spoolDir: { type: 'string' },
+                    batchSize: { type: 'integer', minimum: 1, default: 100 },
+                    flushInterval: { ...duration, default: '1s' },
+                    timeout: { ...duration, default: '10s' },
+                    tokenFile: { type: 'string' },
+                    caFile: { type: 'string' },
+                    maxSpoolSize: { ...size, default: '1GiB' },
+                  },
+                },
+              },
+            ],
+          },
+        },
+      },
+    },
+    shutdownGrace: { ...duration, default: '10s' },
+    logLevel: {
+      enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
+      default: 'info',
+    },
+  },
+} as const
+
+type Raw = Record<string, unknown> & {
+  listen: { host: string; port: number }
+  tls: { cert: string; key: string }
+  metrics: { host: string; port: number } | null
+  agents: {
+    ca: string
+    cert: string
+    key: string
+    connectTimeout: string | number
+    keepalive: string | number
+  }
+  registry: Record<string, unknown> & { source: 'static' | 'kubernetes' }
+  auth: {
+    issuer: string
+    audience: string | string[]
+    jwks: {
+      file?: string
+      url?: string
+      timeout: string | number
+      cacheMaxAge: string | number
+      caFile?: string
+    }
+    algorithms: string[]
+    clockTolerance: string | number
+    usernameClaim: string
+    usernamePrefix: string
+    groupsClaim: string
+    groupsPrefix: string
+  }
+  authorization: {
+    rules: {
+      users: string[]
+      groups: string[]
+      namespaces: string[]
+      pods: string[]
+      ports: (number | string)[]
+    }[]
+    admins: { users: string[]; groups: string[] }
+  }
+  limits: {
+    streamsPerConnection: number
+    streamsPerUser: number
+    streamOpenTimeout: string | number
+    idleTimeout: string | number
+    maxLifetime: string | number
+    maxHeaderSize: string | number
+  }
+  audit: {
+    mode: GatewayConfig['audit']['mode']
+    sinks: (Record<string, unknown> & { type: string })[]
+  }
+  shutdownGrace: string | number
+  logLevel: string
+}
+
+function parsePortRange(value: number | string, where: string): { from: number; to: number } {
+  if (typeof value === 'number') return { from: value, to: value }
+  const [a, b] = value.split('-')
+  const from = Number(a)
+  const to = b === undefined ? from : Number(b)
+  if (!(from >= 1 && to <= 65535 && from <= to)) {
+    throw appError(
+      'PFG_ERR_CONFIG_INVALID',
+      `${where}: invalid port range ${JSON.stringify(value)}`,
+    )
+  }
+  return { from, to }
+}
+
+function parseSink(
+  s: Record<string, unknown> & { type: string },
+  base: string,
+  where: string,
+): AuditSinkConfig {
+  const p = (v: unknown): string => resolve(base, v as string)
+  switch (s.type) {
+    case 'file':
+      return {
+        type: 'file',
+        path: p(s.path),
+        fsync: s.fsync as 'always',
+        fsyncIntervalMs: parseDuration(s.fsyncInterval as string, `${where}.fsyncInterval`),
+        maxSizeBytes: parseSize(s.maxSize as string, `${where}.maxSize`),
+        maxFiles: s.maxFiles as number,
+      }
+    case 'stdout':
+      return { type: 'stdout' }
+    default: {
+      const sink: AuditSinkConfig = {
+        type: 'webhook',
+        url: s.url as string,
+        spoolDir: p(s.spoolDir),
+        batchSize: s.batchSize as number,
+        flushIntervalMs: parseDuration(s.flushInterval as string, `${where}.flushInterval`),
+        timeoutMs: parseDuration(s.timeout as string, `${where}.timeout`),
+        maxSpoolBytes: parseSize(s.maxSpoolSize as string, `${where}.maxSpoolSize`),
+      }
+      if (typeof s.tokenFile === 'string') sink.tokenFile = p(s.tokenFile)
+      if (typeof s.caFile === 'string') sink.caFile = p(s.caFile)
+      return sink
+    }
+  }
+}
+
+/** Validates a parsed config object; relative paths resolve against `baseDir`. */
+export function parseGatewayConfig(value: unknown, source: string, baseDir: string): GatewayConfig {
+  const raw = validateConfig<Raw>(schema, value, source)
+  const p = (v: string): string => resolve(baseDir, v)
+  const jwks = raw.auth.jwks
+  let registry: GatewayConfig['registry']
+  if (raw.registry.source === 'static') {
+    registry = { source: 'static', file: p(raw.registry.file as string) }
+  } else {
+    const r = { ...raw.registry } as KubeRegistrySourceConfig
+    if (typeof r.kubeconfig === 'string') r.kubeconfig = p(r.kubeconfig)
+    registry = r
+  }
+  const config: GatewayConfig = {
+    listen: { ...raw.listen },
+    tls: { cert: p(raw.tls.cert), key: p(raw.tls.key) },
+    metrics: raw.metrics === null ? null : { ...raw.metrics },
+    agents: {
+      ca: p(raw.agents.ca),
+      cert: p(raw.agents.cert),
+      key: p(raw.agents.key),
+      connectTimeoutMs: parseDuration(raw.agents.connectTimeout, 'agents.connectTimeout'),
+      keepaliveMs: parseDuration(raw.agents.keepalive, 'agents.keepalive'),
+    },
+    registry,
+    auth: {
+      issuer: raw.auth.issuer,
+      audience: Array.isArray(raw.auth.audience) ? [...raw.auth.audience] : [raw.auth.audience],
+      jwks:
+        jwks.file !== undefined
+          ? { file: p(jwks.file) }
+          : {
+              url: jwks.url as string,
+              timeoutMs: parseDuration(jwks.timeout, 'auth.jwks.timeout'),
+              cacheMaxAgeMs: parseDuration(jwks.cacheMaxAge, 'auth.jwks.cacheMaxAge'),
+              ...(jwks.caFile !== undefined ? { caFile: p(jwks.caFile) } : {}),
+            },
+      algorithms: [...raw.auth.algorithms],
+      clockToleranceS: parseDuration(raw.auth.clockTolerance, 'auth.clockTolerance') / 1000,
+      usernameClaim: raw.auth.usernameClaim,
+      usernamePrefix: raw.auth.usernamePrefix,
+      groupsClaim: raw.auth.groupsClaim,
+      groupsPrefix: raw.auth.groupsPrefix,
+    },
+    authorization: {
+      rules: raw.authorization.rules.map((r, i) => ({
+        users: [...r.users],
+        groups: [...r.groups],
+        namespaces: [...r.namespaces],
+        pods: [...r.pods],
+        ports: r.ports.map((v) => parsePortRange(v, `authorization.rules.${i}.ports`)),
+      })),
+      admins: {
+        users: [...raw.authorization.admins.users],
+        groups: [...raw.authorization.admins.groups],
+      },
+    },
+    limits: {
+      streamsPerConnection: raw.limits.streamsPerConnection,
+      streamsPerUser: raw.limits.streamsPerUser,
+      streamOpenTimeoutMs: parseDuration(raw.limits.streamOpenTimeout, 'limits.streamOpenTimeout'),
+      idleTimeoutMs: parseDuration(raw.limits.idleTimeout, 'limits.idleTimeout'),
+      maxLifetimeMs: parseDuration(raw.limits.maxLifetime, 'limits.maxLifetime'),
+      maxHeaderBytes: parseSize(raw.limits.maxHeaderSize, 'limits.maxHeaderSize'),
+    },
+    audit: {
+      mode: raw.audit.mode,
+      sinks: raw.audit.sinks.map((s, i) => parseSink(s, baseDir, `audit.sinks.${i}`)),
+    },
+    shutdownGraceMs: parseDuration(raw.shutdownGrace, 'shutdownGrace'),
+    logLevel: raw.logLevel,
+  }
+  return Object.freeze(config)
+}
+
+/** Loads and validates a gateway config file. */
+export function loadGatewayConfig(path: string): GatewayConfig {
+  return parseGatewayConfig(readYamlFile(path), path, dirname(resolve(path)))
+}

@@ -1,0 +1,138 @@
+/**
+ * Edge adapter for the native HTTP/2 stream contract (docs/protocol.md): one
+ * HTTP/2 stream per forwarded TCP connection on
+ * `POST /proxy/nodes/{node}/portForward/{ns}/{pod}` with a `port` header.
+ * Handled on the raw `node:http2` stream, before Fastify's compatibility layer:
+ * the hot path pays for no request/reply objects (docs/performance.md).
+ *
+ * @module
+ */
+import type { IncomingHttpHeaders, ServerHttp2Session, ServerHttp2Stream } from 'node:http2'
+import { constants as h2c } from 'node:http2'
+import { PORT_HEADER, STREAM_ID_HEADER } from '../../protocol/constants.js'
+import { parsePortHeader } from '../../protocol/names.js'
+import { RST } from '../../protocol/reset-codes.js'
+import { appError, describeError, isAppError } from '../../shared/errors.js'
+import type { AppError } from '../../shared/errors.js'
+import type { Logger } from '../../shared/log.js'
+import { respondStatus } from '../../shared/h2-util.js'
+import { h2Endpoint } from '../../shared/relay-endpoints.js'
+import { formatAddress } from '../forwarder.js'
+import type { ClientSession, Forwarder } from '../forwarder.js'
+
+/** `/proxy/nodes/{node}/portForward/{ns}/{pod}` (no query, no trailing parts). */
+export const NATIVE_PATH = /^\/proxy\/nodes\/([^/?#]+)\/portForward\/([^/?#]+)\/([^/?#]+)$/
+
+const kSession = Symbol('pfgate.gateway.clientSession')
+type TaggedSession = ServerHttp2Session & { [kSession]?: ClientSession }
+
+function decode(part: string): string | AppError {
+  try {
+    return decodeURIComponent(part)
+  } catch {
+    return appError('PFG_ERR_ROUTE_BAD_NAME', `invalid percent-encoding in ${JSON.stringify(part)}`)
+  }
+}
+
+/** Handles native streams for one gateway. */
+export class NativeH2Adapter {
+  readonly #forwarder: Forwarder
+  readonly #logger: Logger
+
+  constructor(forwarder: Forwarder, logger: Logger) {
+    this.#forwarder = forwarder
+    this.#logger = logger
+  }
+
+  /** The ClientSession of an HTTP/2 session, created on its first native stream. */
+  #session(h2: TaggedSession, headers: IncomingHttpHeaders): ClientSession {
+    let s = h2[kSession]
+    if (s === undefined) {
+      const socket = h2.socket
+      const ua = headers['user-agent']
+      s = this.#forwarder.newSession({
+        protocol: 'native-h2',
+        sourceAddress: formatAddress(socket.remoteAddress, socket.remotePort),
+        ...(ua !== undefined ? { userAgent: ua } : {}),
+        terminate: () => {
+          if (!h2.destroyed) h2.destroy(undefined, h2c.NGHTTP2_CANCEL)
+        },
+      })
+      h2[kSession] = s
+      const session = s
+      h2.once('close', () => this.#forwarder.endSession(session))
+    }
+    return s
+  }
+
+  /** Handles one stream whose path matched {@link NATIVE_PATH}. */
+  handle(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, m: RegExpExecArray): void {
+    stream.on('error', () => {
+      // Reported through the relay or the forwarder; a stream error never crashes the gateway.
+    })
+    if (headers[':method'] !== 'POST') {
+      respondStatus(
+        stream,
+        appError('PFG_ERR_ROUTE_METHOD_NOT_ALLOWED', 'port-forward streams use POST'),
+        { allow: 'POST' },
+      )
+      return
+    }
+    const node = decode(m[1] as string)
+    const namespace = decode(m[2] as string)
+    const pod = decode(m[3] as string)
+    let port: number | AppError
+    try {
+      port = parsePortHeader(headers[PORT_HEADER])
+    } catch (err) {
+      port = err as AppError
+    }
+    if (typeof node !== 'string' || typeof namespace !== 'string' || typeof pod !== 'string') {
+      // Malformed escapes: reject as a bad name, still only after authentication.
+      port = [node, namespace, pod].find((x): x is AppError => typeof x !== 'string') as AppError
+    }
+    const session = this.#session(stream.session as TaggedSession, headers)
+    const ac = new AbortController()
+    const onClose = (): void => ac.abort()
+    stream.once('close', onClose)
+    const ua = headers['user-agent']
+    this.#forwarder
+      .open({
+        session,
+        authorization: headers.authorization,
+        namespace: typeof namespace === 'string' ? namespace : '',
+        pod: typeof pod === 'string' ? pod : '',
+        node: typeof node === 'string' ? node : '',
+        port,
+        ...(ua !== undefined ? { userAgent: ua } : {}),
+        signal: ac.signal,
+      })
+      .then(
+        (opened) => {
+          stream.off('close', onClose)
+          if (stream.destroyed || stream.closed) {
+            opened.cancel('client went away before the stream opened')
+            return
+          }
+          try {
+            stream.respond({ ':status': 200, [STREAM_ID_HEADER]: opened.streamId })
+          } catch (err) {
+            this.#logger.debug({ err: describeError(err) }, 'respond failed')
+            opened.cancel('client went away before the stream opened')
+            return
+          }
+          // Toward the client: an agent/session loss without its own code is INTERNAL_ERROR.
+          opened.start(h2Endpoint(stream, RST.INTERNAL_ERROR))
+        },
+        (err: unknown) => {
+          stream.off('close', onClose)
+          const e = isAppError(err)
+            ? err
+            : appError('PFG_ERR_RELAY_AGENT_UNAVAILABLE', 'internal error')
+          const extra: Record<string, string> =
+            e.statusCode === 401 ? { 'www-authenticate': 'Bearer realm="pfgate"' } : {}
+          respondStatus(stream, e, extra)
+        },
+      )
+  }
+}

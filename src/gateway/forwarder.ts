@@ -1,0 +1,856 @@
+/**
+ * The forwarder: the one place every client protocol meets. An edge adapter
+ * (native HTTP/2, SPDY, WebSocket) turns its wire format into a *forwarded
+ * connection* — identity + target + a duplex byte stream — and calls
+ * {@link Forwarder.open} then {@link OpenedForward.start}. Authentication,
+ * authorization, resolution, limits, the agent hop, the relay and the audit trail
+ * all live here and never know which protocol the client spoke (they record it).
+ *
+ * Order of checks for one stream: draining → authenticate (401) → names/port
+ * (400) → authorize (403) → registry ready (503) → pod (404) → node check (404)
+ * → phase (400) → node's agent known (503) → limits (429) → audit open record
+ * (durable in blocking-strict; 503 if it cannot be written) ∥ agent dial
+ * (502/504) → 200. No byte is relayed before both the open record and the
+ * agent's 200 are in.
+ *
+ * @module
+ */
+import { randomBytes, randomUUID } from 'node:crypto'
+import type { ClientHttp2Stream } from 'node:http2'
+import { AUDIT_SCHEMA } from '../protocol/audit-record.js'
+import type { AuditRecord, ClientProtocol } from '../protocol/audit-record.js'
+import {
+  GATEWAY_STREAM_ID_HEADER,
+  POD_NETNS_HEADER,
+  POD_UID_HEADER,
+  PORT_HEADER,
+  agentPortForwardPath,
+} from '../protocol/constants.js'
+import { assertNamespace, assertObjectName } from '../protocol/names.js'
+import { RST } from '../protocol/reset-codes.js'
+import type { EndedBy } from '../protocol/reset-codes.js'
+import { DuplexRelay } from '../shared/duplex-relay.js'
+import type { AbortReason, RelayEndpoint, RelayOutcome } from '../shared/duplex-relay.js'
+import { AppError, appError, describeError, isAppError } from '../shared/errors.js'
+import type { Logger } from '../shared/log.js'
+import { h2Endpoint } from '../shared/relay-endpoints.js'
+import type { Authenticator, Identity } from './auth/authenticator.js'
+import type { Authorizer } from './authz/authorizer.js'
+import type { GatewayConfig } from './config.js'
+import type { GatewayMetrics } from './metrics.js'
+import type { AgentPool } from './relay/agent-pool.js'
+import type { NodeInfo, PodInfo, PodRegistry } from './registry/types.js'
+
+/** What the forwarder needs from the audit log (src/gateway/audit). */
+export interface AuditPort {
+  /** Resolves when the record is as durable as the mode requires; rejects (AppError) if not. */
+  append(record: AuditRecord): Promise<void>
+  /** False while the sink cannot write (fail closed in blocking-strict). */
+  healthy(): boolean
+  readonly mode: 'blocking-strict' | 'blocking' | 'batch'
+}
+
+/** An audit port that records nothing (tests of other parts only). */
+export const NO_AUDIT: AuditPort = {
+  append: () => Promise.resolve(),
+  healthy: () => true,
+  mode: 'batch',
+}
+
+/** What the forwarder needs. */
+export interface ForwarderDeps {
+  registry: PodRegistry
+  authenticator: Authenticator
+  authorizer: Authorizer
+  agents: AgentPool
+  audit: AuditPort
+  limits: GatewayConfig['limits']
+  metrics: GatewayMetrics
+  logger: Logger
+  /** This gateway instance's id (in every audit record). */
+  gatewayId: string
+  now?: () => number
+}
+
+/** Facts about a client connection that an adapter supplies. */
+export interface ClientSessionInfo {
+  protocol: ClientProtocol
+  /** `ip:port`, IPv6 in brackets. */
+  sourceAddress: string
+  userAgent?: string
+  /** Ends the client connection (admin kill of a session); the adapter resets its streams. */
+  terminate: () => void
+}
+
+/** One client connection (an HTTP/2 session, an upgraded SPDY or WebSocket connection). */
+export class ClientSession {
+  readonly id: string
+  readonly protocol: ClientProtocol
+  readonly sourceAddress: string
+  readonly userAgent: string | undefined
+  readonly openedAt: number
+  user: string | undefined
+  groups: string[] | undefined
+  readonly streams = new Set<LiveStream>()
+  /** Streams being opened (count toward the per-connection limit). */
+  pending = 0
+  bytesClientToPod = 0
+  bytesPodToClient = 0
+  streamCount = 0
+  ended = false
+  /** The session.opened record has been appended. */
+  audited: Promise<void> | undefined
+  endedByUser: string | undefined
+  readonly #terminate: () => void
+
+  constructor(id: string, info: ClientSessionInfo, now: number) {
+    this.id = id
+    this.protocol = info.protocol
+    this.sourceAddress = info.sourceAddress
+    this.userAgent = info.userAgent
+    this.openedAt = now
+    this.#terminate = info.terminate
+  }
+
+  /** Ends the connection (admin). */
+  terminate(): void {
+    this.#terminate()
+  }
+}
+
+/** A target as the client asked for it. */
+export interface ForwardRequest {
+  session: ClientSession
+  /** The Authorization header value as received. */
+  authorization: string | string[] | undefined
+  namespace: string
+  pod: string
+  /** The node the client named, if any (checked, never trusted). */
+  node?: string
+  /**
+   * Remote port, or the adapter's parse error for it: the error is thrown only after
+   * authentication, so an unauthenticated client learns nothing (401 before 400).
+   */
+  port: number | AppError
+  /** User agent of this request, if it differs from the session's. */
+  userAgent?: string
+  /** Aborted when the client goes away during the open. */
+  signal?: AbortSignal
+}
+
+/** Admin view of a live stream. */
+export interface LiveStreamView {
+  id: string
+  sessionId: string
+  user: string
+  groups: string[]
+  sourceAddress: string
+  protocol: ClientProtocol
+  namespace: string
+  pod: string
+  podUid: string
+  node: string
+  port: number
+  openedAt: string
+  bytesClientToPod: number
+  bytesPodToClient: number
+}
+
+/** A stream between 200 and its end. */
+export class LiveStream {
+  readonly id: string
+  readonly session: ClientSession
+  readonly identity: Identity
+  readonly pod: PodInfo
+  readonly node: NodeInfo
+  readonly port: number
+  readonly openedAt: number
+  readonly userAgent: string | undefined
+  relay: DuplexRelay | undefined
+  /** The agent stream. */
+  upstream: ClientHttp2Stream | undefined
+  /** Set when an admin/limit/shutdown ended it: who and why. */
+  endedBy: { by: EndedBy; user?: string; reason: string } | undefined
+
+  constructor(
+    id: string,
+    session: ClientSession,
+    identity: Identity,
+    pod: PodInfo,
+    node: NodeInfo,
+    port: number,
+    openedAt: number,
+    userAgent: string | undefined,
+  ) {
+    this.id = id
+    this.session = session
+    this.identity = identity
+    this.pod = pod
+    this.node = node
+    this.port = port
+    this.openedAt = openedAt
+    this.userAgent = userAgent
+  }
+
+  /** Ends the stream abnormally. */
+  kill(by: 'admin' | 'limit' | 'gateway', reason: string, user?: string): void {
+    if (this.relay === undefined || this.relay.done) return
+    this.endedBy = user === undefined ? { by, reason } : { by, reason, user }
+    const abort: AbortReason = by === 'admin' ? 'admin' : by === 'limit' ? 'limit' : 'shutdown'
+    this.relay.abort(abort)
+  }
+
+  view(): LiveStreamView {
+    return {
+      id: this.id,
+      sessionId: this.session.id,
+      user: this.identity.user,
+      groups: this.identity.groups,
+      sourceAddress: this.session.sourceAddress,
+      protocol: this.session.protocol,
+      namespace: this.pod.namespace,
+      pod: this.pod.name,
+      podUid: this.pod.uid,
+      node: this.node.name,
+      port: this.port,
+      openedAt: new Date(this.openedAt).toISOString(),
+      bytesClientToPod: this.relay?.bytesAtoB ?? 0,
+      bytesPodToClient: this.relay?.bytesBtoA ?? 0,
+    }
+  }
+}
+
+/** A stream the agent accepted (200) whose open record is in; the adapter answers its client, then starts. */
+export interface OpenedForward {
+  readonly streamId: string
+  readonly pod: PodInfo
+  readonly node: NodeInfo
+  readonly identity: Identity
+  /** The agent stream (pod side). */
+  readonly upstream: ClientHttp2Stream
+  /** Starts relaying between the client endpoint and the pod. */
+  start(client: RelayEndpoint): LiveStream
+  /** The client vanished before start: close the agent stream and record it. */
+  cancel(reason: string): void
+}
+
+/** A stream-level failure with its audit reason word. */
+function reasonFor(err: AppError): string {
+  switch (err.code) {
+    case 'PFG_ERR_AUTH_MISSING':
+    case 'PFG_ERR_AUTH_INVALID':
+      return 'unauthenticated'
+    case 'PFG_ERR_AUTH_FORBIDDEN':
+      return 'forbidden'
+    case 'PFG_ERR_ROUTE_BAD_NAME':
+    case 'PFG_ERR_ROUTE_BAD_PORT':
+    case 'PFG_ERR_PROTO_BAD_HEADER':
+      return 'bad-request'
+    case 'PFG_ERR_ROUTE_POD_NOT_FOUND':
+    case 'PFG_ERR_AGENT_POD_NOT_FOUND':
+      return 'pod-not-found'
+    case 'PFG_ERR_ROUTE_WRONG_NODE':
+      return 'wrong-node'
+    case 'PFG_ERR_ROUTE_POD_NOT_RUNNING':
+      return 'pod-not-running'
+    case 'PFG_ERR_LIMIT_STREAMS_PER_CONNECTION':
+      return 'limit:streams-per-connection'
+    case 'PFG_ERR_LIMIT_STREAMS_PER_USER':
+      return 'limit:streams-per-user'
+    case 'PFG_ERR_LIMIT_OPEN_TIMEOUT':
+      return 'limit:open-timeout'
+    case 'PFG_ERR_AUDIT_UNAVAILABLE':
+      return 'audit-unavailable'
+    case 'PFG_ERR_RELAY_DRAINING':
+      return 'draining'
+    case 'PFG_ERR_AGENT_CONNECT_REFUSED':
+    case 'PFG_ERR_RELAY_CONNECT_REFUSED':
+      return 'connect-refused'
+    case 'PFG_ERR_AGENT_CONNECT_TIMEOUT':
+    case 'PFG_ERR_RELAY_CONNECT_TIMEOUT':
+      return 'connect-timeout'
+    case 'PFG_ERR_RELAY_STREAM_RESET':
+      return 'client-gone'
+    default:
+      return 'error'
+  }
+}
+
+const DENIED_REASONS = new Set([
+  'unauthenticated',
+  'forbidden',
+  'bad-request',
+  'draining',
+  'audit-unavailable',
+])
+
+/** Formats an address pair as `ip:port` with IPv6 in brackets. */
+export function formatAddress(address: string | undefined, port: number | undefined): string {
+  if (address === undefined) return 'unknown'
+  const host = address.includes(':') ? `[${address}]` : address
+  return port === undefined ? host : `${host}:${port}`
+}
+
+/** The forwarder. One per gateway. */
+export class Forwarder {
+  readonly #d: ForwarderDeps
+  readonly #now: () => number
+  readonly #sessions = new Map<string, ClientSession>()
+  readonly #streams = new Map<string, LiveStream>()
+  readonly #perUser = new Map<string, number>()
+  #draining = false
+  #seq = 0
+  #sessionSeq = 0
+  readonly #prefix: string
+  #sweeper: NodeJS.Timeout | undefined
+
+  constructor(deps: ForwarderDeps) {
+    this.#d = deps
+    this.#now = deps.now ?? Date.now
+    this.#prefix = deps.gatewayId.slice(0, 8)
+    deps.metrics.setSources({
+      sessions: () => this.#sessions.size,
+      streams: () => this.#streams.size,
+      agentSessions: () => deps.agents.sessionCount(),
+    })
+    const { idleTimeoutMs, maxLifetimeMs } = deps.limits
+    if (idleTimeoutMs > 0 || maxLifetimeMs > 0) {
+      const every = Math.max(
+        100,
+        Math.min(1000, Math.min(...[idleTimeoutMs, maxLifetimeMs].filter((x) => x > 0)) / 4),
+      )
+      this.#sweeper = setInterval(() => this.#sweep(), every)
+      this.#sweeper.unref()
+    }
+  }
+
+  /** Live client sessions (admin). */
+  sessions(): ClientSession[] {
+    return [...this.#sessions.values()]
+  }
+
+  /** Live streams (admin). */
+  streams(): LiveStream[] {
+    return [...this.#streams.values()]
+  }
+
+  /** Is the gateway draining (shutdown)? */
+  get draining(): boolean {
+    return this.#draining
+  }
+
+  /** Registers a new client connection. Call {@link endSession} when it closes. */
+  newSession(info: ClientSessionInfo): ClientSession {
+    const id = `c-${this.#prefix}-${(++this.#sessionSeq).toString(36)}`
+    const s = new ClientSession(id, info, this.#now())
+    this.#sessions.set(id, s)
+    return s
+  }
+
+  /** The client connection closed. Its streams end through their own relays. */
+  endSession(session: ClientSession): void {
+    if (session.ended) return
+    session.ended = true
+    this.#sessions.delete(session.id)
+    const audited = session.audited
+    if (audited === undefined) return
+    // session.closed is appended after session.opened settled, so the trail stays ordered.
+    const close = (): void => {
+      const rec = this.#record('session.closed', session)
+      rec.durationMs = this.#now() - session.openedAt
+      rec.bytesClientToPod = session.bytesClientToPod
+      rec.bytesPodToClient = session.bytesPodToClient
+      rec.endedBy = session.endedByUser !== undefined ? 'admin' : 'client'
+      if (session.endedByUser !== undefined) rec.endedByUser = session.endedByUser
+      rec.reason = `${session.streamCount} stream(s)`
+      this.#appendLogged(rec)
+    }
+    audited.then(close, close)
+  }
+
+  /** Ends one stream (admin). Returns false when no such stream is live. */
+  killStream(id: string, admin: string): boolean {
+    const s = this.#streams.get(id)
+    if (s === undefined) return false
+    s.kill('admin', 'ended by an admin', admin)
+    return true
+  }
+
+  /** Ends a whole client session (admin). */
+  killSession(id: string, admin: string): boolean {
+    const session = this.#sessions.get(id)
+    if (session === undefined) return false
+    session.endedByUser = admin
+    for (const s of session.streams) s.kill('admin', 'session ended by an admin', admin)
+    session.terminate()
+    return true
+  }
+
+  /**
+   * Opens a forwarded connection up to the agent's 200. Throws an AppError (already
+   * audited and counted) when the stream is refused or fails.
+   */
+  async open(req: ForwardRequest): Promise<OpenedForward> {
+    const started = this.#now()
+    const t0 = performance.now()
+    const { session } = req
+    const target = {
+      namespace: req.namespace,
+      pod: req.pod,
+      node: req.node,
+      port: typeof req.port === 'number' ? req.port : 0,
+    }
+    let identity: Identity | undefined
+    let pod: PodInfo | undefined
+    let counted = false
+    try {
+      if (this.#draining) {
+        throw appError('PFG_ERR_RELAY_DRAINING', 'the gateway is shutting down; retry shortly')
+      }
+      identity = await this.#d.authenticator.authenticate(req.authorization)
+      if (session.user === undefined) {
+        session.user = identity.user
+        session.groups = identity.groups
+      }
+      this.#auditSession(session)
+      if (typeof req.port !== 'number') throw req.port
+      const port = req.port
+      assertNamespace(req.namespace)
+      assertObjectName('pod', req.pod)
+      if (req.node !== undefined) assertObjectName('node', req.node)
+      if (!this.#d.authorizer.canPortForward(identity, req.namespace, req.pod, port)) {
+        throw appError(
+          'PFG_ERR_AUTH_FORBIDDEN',
+          `user "${identity.user}" cannot forward to port ${port} of pod ${req.namespace}/${req.pod}`,
+        )
+      }
+      if (!this.#d.registry.isReady()) {
+        throw appError(
+          'PFG_ERR_ROUTE_NOT_READY',
+          'the pod registry has not synced yet; retry shortly',
+        )
+      }
+      pod = this.#d.registry.getPod(req.namespace, req.pod)
+      if (pod === undefined) {
+        throw appError(
+          'PFG_ERR_ROUTE_POD_NOT_FOUND',
+          `pods "${req.pod}" not found in namespace "${req.namespace}"`,
+        )
+      }
+      if (req.node !== undefined && req.node !== pod.nodeName) {
+        throw appError(
+          'PFG_ERR_ROUTE_WRONG_NODE',
+          `pod ${req.namespace}/${req.pod} is not on node "${req.node}"`,
+        )
+      }
+      if (pod.phase !== 'Running') {
+        throw appError(
+          'PFG_ERR_ROUTE_POD_NOT_RUNNING',
+          `unable to forward port because pod is not running. Current status=${pod.phase}`,
+        )
+      }
+      const node = pod.nodeName === '' ? undefined : this.#d.registry.getNode(pod.nodeName)
+      if (node === undefined) {
+        throw appError(
+          'PFG_ERR_ROUTE_NODE_UNKNOWN',
+          `no agent address is known for node "${pod.nodeName}" of pod ${req.namespace}/${req.pod}`,
+        )
+      }
+      this.#checkLimits(session, identity)
+      counted = true
+      session.pending++
+      this.#perUser.set(identity.user, (this.#perUser.get(identity.user) ?? 0) + 1)
+      if (this.#d.audit.mode === 'blocking-strict' && !this.#d.audit.healthy()) {
+        throw appError('PFG_ERR_AUDIT_UNAVAILABLE', 'audit trail unavailable; refusing new streams')
+      }
+      const opened = await this.#openToAgent(req, port, identity, pod, node, started)
+      this.#d.metrics.openLatency.observe(
+        { protocol: session.protocol },
+        (performance.now() - t0) / 1000,
+      )
+      return opened
+    } catch (err) {
+      if (counted && identity !== undefined) {
+        session.pending--
+        this.#decUser(identity.user)
+      }
+      const e = isAppError(err)
+        ? err
+        : appError('PFG_ERR_RELAY_AGENT_UNAVAILABLE', describeError(err), { cause: err })
+      if (!(e as AppError & { audited?: boolean }).audited) {
+        this.#rejected(req, identity, pod, target, e)
+      }
+      throw e
+    }
+  }
+
+  #checkLimits(session: ClientSession, identity: Identity): void {
+    const l = this.#d.limits
+    if (session.streams.size + session.pending >= l.streamsPerConnection) {
+      this.#d.metrics.limitHits.inc({ limit: 'streams-per-connection' })
+      throw appError(
+        'PFG_ERR_LIMIT_STREAMS_PER_CONNECTION',
+        `too many concurrent streams on this connection (limit ${l.streamsPerConnection})`,
+      )
+    }
+    if ((this.#perUser.get(identity.user) ?? 0) >= l.streamsPerUser) {
+      this.#d.metrics.limitHits.inc({ limit: 'streams-per-user' })
+      throw appError(
+        'PFG_ERR_LIMIT_STREAMS_PER_USER',
+        `too many concurrent streams for user "${identity.user}" (limit ${l.streamsPerUser})`,
+      )
+    }
+  }
+
+  async #openToAgent(
+    req: ForwardRequest,
+    port: number,
+    identity: Identity,
+    pod: PodInfo,
+    node: NodeInfo,
+    started: number,
+  ): Promise<OpenedForward> {
+    const { session } = req
+    const streamId = `s-${this.#prefix}-${(++this.#seq).toString(36)}`
+    const openRec = this.#record('stream.opened', session, identity)
+    this.#target(openRec, pod, node, port)
+    openRec.streamId = streamId
+    if (req.userAgent !== undefined) openRec.userAgent = req.userAgent
+
+    const ac = new AbortController()
+    const onClientAbort = (): void => ac.abort()
+    req.signal?.addEventListener('abort', onClientAbort, { once: true })
+    const openTimer = setTimeout(() => ac.abort(), this.#d.limits.streamOpenTimeoutMs)
+    const headers: Record<string, string> = {
+      [PORT_HEADER]: String(port),
+      [POD_UID_HEADER]: pod.uid,
+      [GATEWAY_STREAM_ID_HEADER]: streamId,
+    }
+    if (pod.netns !== undefined) headers[POD_NETNS_HEADER] = pod.netns
+
+    // The open record and the agent dial run concurrently; nothing is relayed before both.
+    const auditP = this.#d.audit.append(openRec)
+    const agentP = this.#d.agents
+      .get(node)
+      .open(agentPortForwardPath(pod.namespace, pod.name), headers, {
+        signal: ac.signal,
+        timeoutMs: this.#d.limits.streamOpenTimeoutMs,
+      })
+    const [auditR, agentR] = await Promise.allSettled([auditP, agentP])
+    clearTimeout(openTimer)
+    req.signal?.removeEventListener('abort', onClientAbort)
+
+    const failWith = (err: AppError): never => {
+      // The open record may be in: close it so the trail has no dangling stream.
+      if (auditR.status === 'fulfilled') {
+        const close = this.#record('stream.closed', session, identity)
+        this.#target(close, pod, node, port)
+        close.streamId = streamId
+        close.endedBy = reasonFor(err) === 'client-gone' ? 'client' : 'error'
+        close.reason = reasonFor(err)
+        close.bytesClientToPod = 0
+        close.bytesPodToClient = 0
+        close.durationMs = this.#now() - started
+        close.error = { code: err.code, message: err.message }
+        close.status = err.statusCode
+        this.#appendLogged(close)
+        this.#countRejected(err)
+        ;(err as AppError & { audited?: boolean }).audited = true
+      }
+      throw err
+    }
+
+    if (agentR.status === 'fulfilled' && auditR.status === 'rejected') {
+      agentR.value.close(RST.REFUSED_STREAM)
+    }
+    if (auditR.status === 'rejected') {
+      this.#d.logger.error({ err: describeError(auditR.reason) }, 'audit open record failed')
+      this.#d.metrics.auditFailures.inc({ sink: 'all' })
+      const err = isAppError(auditR.reason)
+        ? auditR.reason
+        : appError('PFG_ERR_AUDIT_UNAVAILABLE', 'audit trail unavailable; refusing new streams')
+      if (this.#d.audit.mode === 'blocking-strict') {
+        if (agentR.status === 'fulfilled' && !agentR.value.destroyed)
+          agentR.value.close(RST.REFUSED_STREAM)
+        throw err.code === 'PFG_ERR_AUDIT_UNAVAILABLE'
+          ? err
+          : appError('PFG_ERR_AUDIT_UNAVAILABLE', 'audit trail unavailable; refusing new streams')
+      }
+    }
+    if (agentR.status === 'rejected') {
+      let err = agentR.reason as AppError
+      if (
+        ac.signal.aborted &&
+        req.signal?.aborted !== true &&
+        err.code === 'PFG_ERR_RELAY_STREAM_RESET'
+      ) {
+        err = appError(
+          'PFG_ERR_LIMIT_OPEN_TIMEOUT',
+          `the stream did not open within ${this.#d.limits.streamOpenTimeoutMs} ms`,
+        )
+        this.#d.metrics.limitHits.inc({ limit: 'open-timeout' })
+      }
+      return failWith(
+        isAppError(err) ? err : appError('PFG_ERR_RELAY_AGENT_UNAVAILABLE', String(err)),
+      )
+    }
+    const upstream = agentR.value
+    upstream.on('error', () => {
+      // Handled by the relay; keep unhandled errors from crashing the process.
+    })
+    let settled = false
+    const done = (): void => {
+      session.pending--
+      settled = true
+    }
+    return {
+      streamId,
+      pod,
+      node,
+      identity,
+      upstream,
+      start: (client) => {
+        if (settled) throw new TypeError('start() called twice')
+        done()
+        return this.#start(streamId, session, identity, pod, node, port, req, upstream, client)
+      },
+      cancel: (reason) => {
+        if (settled) return
+        done()
+        this.#decUser(identity.user)
+        if (!upstream.destroyed) upstream.close(RST.CANCEL)
+        const close = this.#record('stream.closed', session, identity)
+        this.#target(close, pod, node, port)
+        close.streamId = streamId
+        close.endedBy = 'client'
+        close.reason = reason
+        close.bytesClientToPod = 0
+        close.bytesPodToClient = 0
+        close.durationMs = this.#now() - started
+        this.#appendLogged(close)
+      },
+    }
+  }
+
+  #start(
+    streamId: string,
+    session: ClientSession,
+    identity: Identity,
+    pod: PodInfo,
+    node: NodeInfo,
+    port: number,
+    req: ForwardRequest,
+    upstream: ClientHttp2Stream,
+    client: RelayEndpoint,
+  ): LiveStream {
+    const live = new LiveStream(
+      streamId,
+      session,
+      identity,
+      pod,
+      node,
+      port,
+      this.#now(),
+      req.userAgent ?? session.userAgent,
+    )
+    live.upstream = upstream
+    this.#streams.set(streamId, live)
+    session.streams.add(live)
+    session.streamCount++
+    this.#d.metrics.streamsOpened.inc({ protocol: session.protocol })
+    // Toward the agent: a failed client is a CANCEL.
+    live.relay = new DuplexRelay(client, h2Endpoint(upstream, RST.CANCEL), {
+      now: this.#now,
+      onDone: (outcome) => this.#closed(live, outcome),
+    })
+    return live
+  }
+
+  #closed(live: LiveStream, outcome: RelayOutcome): void {
+    this.#streams.delete(live.id)
+    const { session } = live
+    session.streams.delete(live)
+    session.bytesClientToPod += outcome.bytesAtoB
+    session.bytesPodToClient += outcome.bytesBtoA
+    this.#decUser(live.identity.user)
+    const m = this.#d.metrics
+    m.bytes.inc({ direction: 'client_to_pod' }, outcome.bytesAtoB)
+    m.bytes.inc({ direction: 'pod_to_client' }, outcome.bytesBtoA)
+
+    const rec = this.#record('stream.closed', session, live.identity)
+    this.#target(rec, live.pod, live.node, live.port)
+    rec.streamId = live.id
+    if (live.userAgent !== undefined) rec.userAgent = live.userAgent
+    rec.bytesClientToPod = outcome.bytesAtoB
+    rec.bytesPodToClient = outcome.bytesBtoA
+    rec.durationMs = this.#now() - live.openedAt
+    const f = outcome.failure
+    if (f === undefined) {
+      rec.endedBy = outcome.firstEof === 'b' ? 'pod' : 'client'
+    } else if (f.side === 'local') {
+      const e = live.endedBy
+      rec.endedBy = e?.by ?? 'gateway'
+      rec.reason = e?.reason ?? f.reason
+      if (e?.user !== undefined) rec.endedByUser = e.user
+    } else if (f.side === 'a') {
+      rec.endedBy = 'client'
+      rec.reason = 'client reset'
+      if (f.error !== undefined)
+        rec.error = { code: 'PFG_ERR_RELAY_STREAM_RESET', message: describeError(f.error) }
+    } else {
+      // The agent resets with CONNECT_ERROR when the pod's connection failed (agent/app.ts).
+      const podReset = live.upstream?.rstCode === RST.CONNECT_ERROR
+      rec.endedBy = podReset ? 'pod' : 'error'
+      rec.reason = podReset ? 'pod connection reset' : 'agent stream failed'
+      rec.error = {
+        code: podReset ? 'PFG_ERR_RELAY_STREAM_RESET' : 'PFG_ERR_RELAY_AGENT_UNAVAILABLE',
+        message:
+          f.error !== undefined
+            ? describeError(f.error)
+            : `agent stream ${f.reason} (RST ${live.upstream?.rstCode ?? 'none'})`,
+      }
+    }
+    m.streamsClosed.inc({ ended_by: rec.endedBy })
+    this.#appendLogged(rec)
+  }
+
+  #decUser(user: string): void {
+    const n = (this.#perUser.get(user) ?? 1) - 1
+    if (n <= 0) this.#perUser.delete(user)
+    else this.#perUser.set(user, n)
+  }
+
+  #sweep(): void {
+    const { idleTimeoutMs, maxLifetimeMs } = this.#d.limits
+    const now = this.#now()
+    for (const s of this.#streams.values()) {
+      const relay = s.relay
+      if (relay === undefined || relay.done) continue
+      if (maxLifetimeMs > 0 && now - s.openedAt >= maxLifetimeMs) {
+        this.#d.metrics.limitHits.inc({ limit: 'max-lifetime' })
+        s.kill('limit', `limit:max-lifetime (${maxLifetimeMs} ms)`)
+      } else if (idleTimeoutMs > 0 && now - relay.lastActivity >= idleTimeoutMs) {
+        this.#d.metrics.limitHits.inc({ limit: 'idle-timeout' })
+        s.kill('limit', `limit:idle-timeout (${idleTimeoutMs} ms)`)
+      }
+    }
+  }
+
+  /**
+   * Stops accepting streams, waits up to `graceMs` for live ones to end, then ends
+   * the rest (audited as ended by `gateway`).
+   */
+  async drain(graceMs: number): Promise<void> {
+    this.#draining = true
+    const deadline = this.#now() + graceMs
+    while (this.#streams.size > 0 && this.#now() < deadline) {
+      await new Promise((r) => setTimeout(r, 25))
+    }
+    for (const s of this.#streams.values())
+      s.kill('gateway', 'gateway shutdown: drain deadline passed')
+    if (this.#sweeper !== undefined) clearInterval(this.#sweeper)
+  }
+
+  #auditSession(session: ClientSession): void {
+    if (session.audited !== undefined) return
+    const rec = this.#record('session.opened', session)
+    session.audited = this.#d.audit.append(rec).catch((err: unknown) => {
+      this.#d.logger.error(
+        { err: describeError(err), session: session.id },
+        'audit session record failed',
+      )
+    })
+  }
+
+  #rejected(
+    req: ForwardRequest,
+    identity: Identity | undefined,
+    pod: PodInfo | undefined,
+    target: { namespace: string; pod: string; node: string | undefined; port: number },
+    err: AppError,
+  ): void {
+    const reason = reasonFor(err)
+    const rec = this.#record(
+      DENIED_REASONS.has(reason) ? 'stream.denied' : 'stream.failed',
+      req.session,
+      identity,
+    )
+    rec.namespace = target.namespace
+    rec.pod = target.pod
+    rec.port = target.port
+    if (pod !== undefined) {
+      rec.podUid = pod.uid
+      rec.node = pod.nodeName
+    } else if (target.node !== undefined) {
+      rec.node = target.node
+    }
+    if (req.userAgent !== undefined) rec.userAgent = req.userAgent
+    rec.reason = reason
+    rec.status = err.statusCode
+    rec.error = { code: err.code, message: err.message }
+    const ref = (err as AppError & { ref?: string }).ref
+    if (ref !== undefined) rec.ref = ref
+    this.#countRejected(err)
+    this.#d.logger.info(
+      {
+        session: req.session.id,
+        user: identity?.user,
+        target: `${target.namespace}/${target.pod}:${target.port}`,
+        code: err.code,
+        status: err.statusCode,
+        ...(ref !== undefined ? { ref } : {}),
+      },
+      'stream refused',
+    )
+    this.#appendLogged(rec)
+  }
+
+  #countRejected(err: AppError): void {
+    this.#d.metrics.streamsRejected.inc({ reason: reasonFor(err), status: String(err.statusCode) })
+  }
+
+  #appendLogged(rec: AuditRecord): void {
+    this.#d.audit.append(rec).catch((err: unknown) => {
+      this.#d.metrics.auditFailures.inc({ sink: 'all' })
+      this.#d.logger.error(
+        { err: describeError(err), type: rec.type, streamId: rec.streamId },
+        'audit write failed',
+      )
+    })
+  }
+
+  #record(type: AuditRecord['type'], session: ClientSession, identity?: Identity): AuditRecord {
+    const rec: AuditRecord = {
+      schema: AUDIT_SCHEMA,
+      id: randomUUID(),
+      time: new Date(this.#now()).toISOString(),
+      type,
+      gateway: this.#d.gatewayId,
+      sessionId: session.id,
+      sourceAddress: session.sourceAddress,
+      protocol: session.protocol,
+    }
+    const user = identity?.user ?? session.user
+    const groups = identity?.groups ?? session.groups
+    if (user !== undefined) rec.user = user
+    if (groups !== undefined) rec.groups = groups
+    if (session.userAgent !== undefined) rec.userAgent = session.userAgent
+    return rec
+  }
+
+  #target(rec: AuditRecord, pod: PodInfo, node: NodeInfo, port: number): void {
+    rec.node = node.name
+    rec.namespace = pod.namespace
+    rec.pod = pod.name
+    rec.podUid = pod.uid
+    rec.port = port
+  }
+}
+
+/** A random id for this gateway instance. */
+export function newGatewayId(): string {
+  return randomBytes(8).toString('hex')
+}
+
+/** Re-exported for adapters. */
+export { AppError }

@@ -1,0 +1,152 @@
+/**
+ * `pfgate gateway --config FILE`: loads and validates the config, builds every
+ * part, listens, and shuts down gracefully on SIGTERM/SIGINT.
+ *
+ * @module
+ */
+import { readFileSync } from 'node:fs'
+import { setDefaultHighWaterMark } from 'node:stream'
+import { parseArgs } from 'node:util'
+import { STREAM_HIGH_WATER_MARK } from '../protocol/h2-settings.js'
+import { describeError } from '../shared/errors.js'
+import { createLogger } from '../shared/log.js'
+import type { Logger } from '../shared/log.js'
+import { buildGateway } from './app.js'
+import { Authenticator } from './auth/authenticator.js'
+import { Authorizer } from './authz/authorizer.js'
+import { loadGatewayConfig } from './config.js'
+import type { GatewayConfig } from './config.js'
+import { Forwarder, newGatewayId } from './forwarder.js'
+import { createAuditLog } from './audit-factory.js'
+import { GatewayMetrics } from './metrics.js'
+import { AgentPool } from './relay/agent-pool.js'
+import { StaticRegistry } from './registry/static-registry.js'
+import type { PodRegistry } from './registry/types.js'
+
+/** Creates the registry the config names. */
+export async function createRegistry(config: GatewayConfig, logger: Logger): Promise<PodRegistry> {
+  const r = config.registry
+  if (r.source === 'static') return new StaticRegistry({ file: r.file, logger })
+  const { createKubeRegistryFromConfig } = await import('./registry-factory.js')
+  return createKubeRegistryFromConfig(r, logger)
+}
+
+/** A started gateway (for main and for tests that run it in-process). */
+export interface RunningGateway {
+  port: number
+  metricsPort?: number
+  gatewayId: string
+  stop(): Promise<void>
+}
+
+/** Builds and starts a gateway from a loaded config. */
+export async function startGateway(
+  config: GatewayConfig,
+  logger: Logger,
+  overrides: { port?: number } = {},
+): Promise<RunningGateway> {
+  const gatewayId = newGatewayId()
+  const metrics = new GatewayMetrics()
+  const registry = await createRegistry(config, logger)
+  const authenticator = new Authenticator(config.auth, logger)
+  const authorizer = new Authorizer(config.authorization)
+  const agents = new AgentPool({
+    ca: readFileSync(config.agents.ca),
+    cert: readFileSync(config.agents.cert),
+    key: readFileSync(config.agents.key),
+    connectTimeoutMs: config.agents.connectTimeoutMs,
+    keepaliveMs: config.agents.keepaliveMs,
+    logger,
+  })
+  const audit = await createAuditLog(config, { logger, gatewayId, metrics })
+  const forwarder = new Forwarder({
+    registry,
+    authenticator,
+    authorizer,
+    agents,
+    audit,
+    limits: config.limits,
+    metrics,
+    logger,
+    gatewayId,
+  })
+  registry.on('ready', (ready) => logger.info({ ready }, 'registry readiness changed'))
+  try {
+    await registry.start()
+  } catch (err) {
+    // A registry that cannot sync yet keeps the gateway up but not ready (it retries).
+    logger.error({ err: describeError(err) }, 'registry start failed')
+  }
+  const gateway = await buildGateway({
+    tls: { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) },
+    logger,
+    registry,
+    authenticator,
+    authorizer,
+    agents,
+    audit,
+    metrics,
+    forwarder,
+    maxHeaderBytes: config.limits.maxHeaderBytes,
+  })
+  const addr = await gateway.listen(
+    overrides.port ?? config.listen.port,
+    config.listen.host,
+    config.metrics,
+  )
+  logger.info({ gatewayId, host: config.listen.host, ...addr }, 'gateway listening')
+  return {
+    ...addr,
+    gatewayId,
+    async stop() {
+      await gateway.close(config.shutdownGraceMs)
+      await audit.close()
+      await registry.close()
+      authenticator.close()
+    },
+  }
+}
+
+/** Entry point. */
+export async function main(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      config: { type: 'string', short: 'c' },
+      port: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  })
+  if (values.help === true || values.config === undefined) {
+    process.stderr.write('usage: pfgate gateway --config FILE [--port N]\n')
+    return values.help === true ? 0 : 2
+  }
+  const config = loadGatewayConfig(values.config)
+  setDefaultHighWaterMark(false, STREAM_HIGH_WATER_MARK)
+  const logger = createLogger({ level: config.logLevel, name: 'gateway' })
+  const gw = await startGateway(
+    config,
+    logger,
+    values.port !== undefined ? { port: Number(values.port) } : {},
+  )
+  if (process.send !== undefined) {
+    process.send({ type: 'listening', port: gw.port, metricsPort: gw.metricsPort })
+  }
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string): void => {
+      logger.info({ signal }, 'gateway stopping: draining streams')
+      process.off('SIGTERM', stop)
+      process.off('SIGINT', stop)
+      gw.stop().then(resolve, (err: unknown) => {
+        logger.error({ err: describeError(err) }, 'shutdown error')
+        resolve()
+      })
+    }
+    process.on('SIGTERM', stop)
+    process.on('SIGINT', stop)
+    process.on('disconnect', () => stop('disconnect'))
+  })
+  logger.info('gateway stopped')
+  logger.flush()
+  return 0
+}

@@ -1,0 +1,240 @@
+/**
+ * The static registry: pods and nodes from a YAML file (example in
+ * config/registry.yaml), reloaded when the file changes. A reload that fails
+ * validation keeps the previous view and logs every problem.
+ *
+ * @module
+ */
+import { EventEmitter } from 'node:events'
+import { watchFile, unwatchFile } from 'node:fs'
+import { readYamlFile, validateConfig } from '../../shared/config.js'
+import { describeError } from '../../shared/errors.js'
+import type { Logger } from '../../shared/log.js'
+import type { NodeInfo, PodInfo, PodRegistry, RegistryEvents } from './types.js'
+
+const schema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    nodes: {
+      type: 'array',
+      default: [],
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['name', 'address', 'port'],
+        properties: {
+          name: { type: 'string', minLength: 1 },
+          address: { type: 'string', minLength: 1 },
+          port: { type: 'integer', minimum: 1, maximum: 65535 },
+          tlsServerName: { type: 'string' },
+        },
+      },
+    },
+    pods: {
+      type: 'array',
+      default: [],
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['namespace', 'name', 'node'],
+        properties: {
+          namespace: { type: 'string', minLength: 1 },
+          name: { type: 'string', minLength: 1 },
+          uid: { type: 'string' },
+          node: { type: 'string' },
+          phase: {
+            enum: ['Pending', 'Running', 'Succeeded', 'Failed', 'Unknown'],
+            default: 'Running',
+          },
+          netns: { type: 'string' },
+          labels: { type: 'object', additionalProperties: { type: 'string' } },
+          ports: {
+            type: 'array',
+            default: [],
+            items: {
+              type: 'object',
+              additionalProperties: false,
+              required: ['containerPort'],
+              properties: {
+                name: { type: 'string' },
+                containerPort: { type: 'integer', minimum: 1, maximum: 65535 },
+                protocol: { enum: ['TCP', 'UDP', 'SCTP'], default: 'TCP' },
+              },
+            },
+          },
+        },
+      },
+    },
+  },
+} as const
+
+interface RawRegistry {
+  nodes: NodeInfo[]
+  pods: {
+    namespace: string
+    name: string
+    uid?: string
+    node: string
+    phase: string
+    netns?: string
+    labels?: Record<string, string>
+    ports: PodInfo['ports']
+  }[]
+}
+
+/** Stable UID for a pod without one: derived from its name (a static file has no API server). */
+function syntheticUid(namespace: string, name: string): string {
+  let h = 2166136261
+  for (const c of `${namespace}/${name}`) h = Math.imul(h ^ c.charCodeAt(0), 16777619) >>> 0
+  const hex = h.toString(16).padStart(8, '0')
+  return `${hex}-0000-4000-8000-${hex}${hex.slice(0, 4)}`
+}
+
+/** Parses and validates registry YAML content (already parsed to a value). */
+export function parseRegistry(
+  value: unknown,
+  source: string,
+): { pods: PodInfo[]; nodes: NodeInfo[] } {
+  const raw = validateConfig<RawRegistry>(schema, value, source)
+  return {
+    nodes: raw.nodes.map((n) => ({ ...n })),
+    pods: raw.pods.map((p) => {
+      const pod: PodInfo = {
+        namespace: p.namespace,
+        name: p.name,
+        uid: p.uid ?? syntheticUid(p.namespace, p.name),
+        nodeName: p.node,
+        phase: p.phase,
+        ports: p.ports.map((x) => ({ ...x })),
+      }
+      if (p.labels !== undefined) pod.labels = { ...p.labels }
+      if (p.netns !== undefined) pod.netns = p.netns
+      return pod
+    }),
+  }
+}
+
+/** A registry backed by a YAML file, or by data given directly (tests, embedded demo). */
+export class StaticRegistry extends EventEmitter implements PodRegistry {
+  #pods = new Map<string, PodInfo>()
+  #nodes = new Map<string, NodeInfo>()
+  #ready = false
+  readonly #file: string | undefined
+  readonly #logger: Logger | undefined
+  #watching = false
+
+  constructor(source: { file: string; logger?: Logger } | { pods: PodInfo[]; nodes: NodeInfo[] }) {
+    super()
+    if ('file' in source) {
+      this.#file = source.file
+      this.#logger = source.logger
+    } else {
+      this.#file = undefined
+      this.#apply(source)
+    }
+  }
+
+  getPod(namespace: string, name: string): PodInfo | undefined {
+    return this.#pods.get(`${namespace}/${name}`)
+  }
+
+  getNode(name: string): NodeInfo | undefined {
+    return this.#nodes.get(name)
+  }
+
+  listPods(): PodInfo[] {
+    return [...this.#pods.values()]
+  }
+
+  isReady(): boolean {
+    return this.#ready
+  }
+
+  start(): Promise<void> {
+    if (this.#file === undefined) {
+      this.#setReady(true)
+      return Promise.resolve()
+    }
+    try {
+      this.#load()
+    } catch (err) {
+      return Promise.reject(err instanceof Error ? err : new Error(String(err)))
+    }
+    if (!this.#watching) {
+      this.#watching = true
+      // watchFile (stat polling) survives editors that replace the file by rename.
+      watchFile(this.#file, { interval: 1000, persistent: false }, (curr, prev) => {
+        if (curr.mtimeMs === prev.mtimeMs && curr.size === prev.size) return
+        try {
+          this.#load()
+          this.#logger?.info({ file: this.#file }, 'registry reloaded')
+        } catch (err) {
+          this.#logger?.error(
+            { file: this.#file, err: describeError(err) },
+            'registry reload failed; keeping the previous view',
+          )
+        }
+      })
+    }
+    return Promise.resolve()
+  }
+
+  close(): Promise<void> {
+    if (this.#watching && this.#file !== undefined) unwatchFile(this.#file)
+    this.#watching = false
+    return Promise.resolve()
+  }
+
+  /** Replaces the whole view (embedded demo and tests). */
+  replace(view: { pods: PodInfo[]; nodes: NodeInfo[] }): void {
+    this.#apply(view)
+  }
+
+  #load(): void {
+    const file = this.#file as string
+    this.#apply(parseRegistry(readYamlFile(file), file))
+    this.#setReady(true)
+  }
+
+  #setReady(ready: boolean): void {
+    if (this.#ready === ready) return
+    this.#ready = ready
+    this.emit('ready', ready)
+  }
+
+  #apply(view: { pods: PodInfo[]; nodes: NodeInfo[] }): void {
+    const now = new Date().toISOString()
+    const pods = new Map(
+      view.pods.map((p) => {
+        const key = `${p.namespace}/${p.name}`
+        // A file has no creation time: keep the first time we saw the pod.
+        p.creationTimestamp ??= this.#pods.get(key)?.creationTimestamp ?? now
+        return [key, p] as const
+      }),
+    )
+    const nodes = new Map(view.nodes.map((n) => [n.name, n] as const))
+    for (const [k, p] of this.#pods) if (!pods.has(k)) this.emit('pod', 'deleted', p)
+    for (const [k, p] of pods) {
+      const old = this.#pods.get(k)
+      if (old === undefined) this.emit('pod', 'added', p)
+      else if (JSON.stringify(old) !== JSON.stringify(p)) this.emit('pod', 'modified', p)
+    }
+    for (const [k, n] of this.#nodes) if (!nodes.has(k)) this.emit('node', 'deleted', n)
+    for (const [k, n] of nodes) {
+      const old = this.#nodes.get(k)
+      if (old === undefined) this.emit('node', 'added', n)
+      else if (JSON.stringify(old) !== JSON.stringify(n)) this.emit('node', 'modified', n)
+    }
+    this.#pods = pods
+    this.#nodes = nodes
+  }
+
+  override on<E extends keyof RegistryEvents>(event: E, listener: RegistryEvents[E]): this {
+    return super.on(event, listener)
+  }
+
+  override off<E extends keyof RegistryEvents>(event: E, listener: RegistryEvents[E]): this {
+    return super.off(event, listener)
+  }
+}

@@ -1,0 +1,57 @@
+/**
+ * Relay endpoints for the two kinds of byte stream pfgate joins: HTTP/2 streams
+ * and TCP sockets. Each maps an abort reason to its wire signal: an RST_STREAM code
+ * (the table in src/protocol/reset-codes.ts) or a TCP RST.
+ *
+ * @module
+ */
+import type { Http2Stream } from 'node:http2'
+import type { Socket } from 'node:net'
+import { RST } from '../protocol/reset-codes.js'
+import type { AbortReason, RelayEndpoint } from './duplex-relay.js'
+
+/** The RST code for an abort, given the code to use when the peer failed without one. */
+export function rstCodeFor(
+  reason: AbortReason,
+  peerRstCode: number | undefined,
+  peerFailureCode: number,
+): number {
+  switch (reason) {
+    case 'peer-reset':
+      if (peerRstCode === undefined) return peerFailureCode
+      // A peer that closed with NO_ERROR before both sides ended still cut the tunnel short.
+      return peerRstCode === RST.NO_ERROR ? RST.CANCEL : peerRstCode
+    case 'admin':
+    case 'shutdown':
+      return RST.CANCEL
+    case 'limit':
+      return RST.ENHANCE_YOUR_CALM
+    case 'internal':
+      return RST.INTERNAL_ERROR
+  }
+}
+
+/**
+ * An HTTP/2 stream endpoint. `peerFailureCode` is sent when the other side failed
+ * without an RST code of its own (a socket error, a lost session).
+ */
+export function h2Endpoint(stream: Http2Stream, peerFailureCode: number): RelayEndpoint {
+  return {
+    stream,
+    abort(reason, peerRstCode) {
+      if (stream.destroyed || stream.closed) return
+      stream.close(rstCodeFor(reason, peerRstCode, peerFailureCode))
+    },
+  }
+}
+
+/** A TCP socket endpoint: an abort is a TCP RST (the pod or local client sees ECONNRESET). */
+export function socketEndpoint(socket: Socket): RelayEndpoint {
+  return {
+    stream: socket,
+    abort() {
+      if (socket.destroyed) return
+      socket.resetAndDestroy()
+    },
+  }
+}
