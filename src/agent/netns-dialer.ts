@@ -384,9 +384,14 @@ class HelperProcess {
     return { id, result }
   }
 
-  /** Forgets a request: its socket, if it still arrives, is closed. */
+  /**
+   * Forgets a request (its dial was cancelled or timed out): its socket, if it still
+   * arrives, is closed. The request's promise rejects so the caller's bookkeeping ends.
+   */
   cancel(id: number): void {
+    const p = this.#pending.get(id)
     this.#pending.delete(id)
+    p?.reject(new Error('dial cancelled'))
   }
 
   /** Ends the helper on purpose; in-flight requests fail with `reason`. */
