@@ -416,6 +416,7 @@ class HelperProcess {
       return
     }
     if (msg.type === 'ready') {
+      socket?.destroy()
       this.#onReady(msg, expected)
       return
     }
