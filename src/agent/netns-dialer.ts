@@ -639,10 +639,12 @@ class NamespaceSlot {
   async #ensureHelper(deadline: number, ctl: DialControl): Promise<HelperProcess> {
     for (;;) {
       if (this.retired) throw this.#retiredError!
+      // The caller has already been answered; this only stops the work.
       if (ctl.cancelled) throw new Error('cancelled')
       const h = this.#helper
       if (h !== undefined) {
         await h.ready
+        if (this.retired) throw this.#retiredError!
         if (!h.dead) return h
         continue
       }
