@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { setDefaultHighWaterMark } from 'node:stream'
 import { createLogger } from '../shared/log.js'
+import type { Logger } from '../shared/log.js'
 import { STREAM_HIGH_WATER_MARK } from '../protocol/h2-settings.js'
 import { loadAgentConfig } from './config.js'
 import { createAgentServer } from './app.js'
@@ -16,10 +17,10 @@ import type { PodDialer } from './pod-dialer.js'
 import type { AgentConfig } from './config.js'
 
 /** Creates the dialer the config asks for. */
-async function createDialer(config: AgentConfig): Promise<PodDialer> {
+async function createDialer(config: AgentConfig, logger: Logger): Promise<PodDialer> {
   if (config.dialer.type === 'netns') {
     const { createNetnsDialerFromConfig } = await import('./netns-factory.js')
-    return createNetnsDialerFromConfig(config)
+    return createNetnsDialerFromConfig(config, logger)
   }
   return new StaticDialer(config.pods)
 }
@@ -41,7 +42,7 @@ export async function main(argv: string[]): Promise<number> {
   const config = loadAgentConfig(values.config)
   setDefaultHighWaterMark(false, STREAM_HIGH_WATER_MARK)
   const logger = createLogger({ level: config.logLevel, name: `agent:${config.nodeName}` })
-  const dialer = await createDialer(config)
+  const dialer = await createDialer(config, logger)
   const agent = createAgentServer({
     nodeName: config.nodeName,
     tls: {
@@ -59,6 +60,8 @@ export async function main(argv: string[]): Promise<number> {
   logger.info({ node: config.nodeName, ...addr, dialer: config.dialer.type }, 'agent listening')
   // A parent that supervises us (pfgate dev) reads this line to learn the port.
   if (process.send !== undefined) process.send({ type: 'listening', port: addr.port })
+  // The supervisor's IPC channel must not keep this process alive after a shutdown.
+  process.channel?.unref()
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {
       logger.info({ signal }, 'agent stopping')

@@ -219,10 +219,13 @@ export async function runPortForward(argv: string[], io: CliIo): Promise<number>
 
   const shutdown = async (): Promise<void> => {
     stopping = true
-    await Promise.all(listeners.map((l) => closeServer(l.server)))
+    // server.close() waits for open connections, so end those first: every stream is
+    // reset (the gateway records it), every local socket closed, then the listeners.
+    const closing = listeners.map((l) => closeServer(l.server))
     for (const r of relays) r.abort('shutdown')
     for (const s of sockets) s.destroy()
     client.close()
+    await Promise.all(closing)
   }
 
   // 1. Learn the pod: its node (for the path) and its named ports.

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { fork } from 'node:child_process'
+import { execFileSync, fork, spawn } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
@@ -59,12 +59,20 @@ export interface DevClusterOptions {
   childStderr?: 'inherit' | 'ignore' | 'pipe'
   /** Called with one line per notable event. */
   log?: (line: string) => void
+  /**
+   * Run the demo pods in real network namespaces (`ip netns`), reached by the agents'
+   * netns dialer: `true` requires it, `'auto'` uses it when possible (root and `ip`),
+   * `false` (default) uses host ports.
+   */
+  netns?: boolean | 'auto'
 }
 
 /** A supervised child process. */
 interface Child {
   name: string
   args: string[]
+  /** Command prefix, e.g. `ip netns exec NAME` (the child still gets an IPC channel). */
+  prefix?: string[]
   proc: ChildProcess | undefined
   ports: number[]
   stopping: boolean
@@ -81,6 +89,8 @@ export interface DevCluster {
   token: string
   agentPorts: Record<string, number>
   podPorts: Record<string, number[]>
+  /** Network namespace of each demo pod, when they run in namespaces. */
+  podNetns: Record<string, string> | undefined
   /** Kills a component (e.g. `agent:node-a`) with a signal; it is restarted unless `restart` is false. */
   kill(name: string, signal?: NodeJS.Signals, restart?: boolean): Promise<void>
   /** Starts a component that was killed with restart=false. */
@@ -247,11 +257,15 @@ export async function startDevCluster(options: DevClusterOptions): Promise<DevCl
 
   const spawnChild = (c: Child): Promise<number[]> =>
     new Promise((resolveStart, reject) => {
-      const proc = fork(PFGATE_BIN, c.args, {
-        cwd: dir,
-        stdio: ['ignore', 'inherit', options.childStderr ?? 'inherit', 'ipc'],
-        env: { ...process.env },
-      })
+      const stdio = ['ignore', 'inherit', options.childStderr ?? 'inherit', 'ipc'] as const
+      const proc =
+        c.prefix === undefined
+          ? fork(PFGATE_BIN, c.args, { cwd: dir, stdio: [...stdio], env: { ...process.env } })
+          : spawn(c.prefix[0] as string, [...c.prefix.slice(1), process.execPath, PFGATE_BIN, ...c.args], {
+              cwd: dir,
+              stdio: [...stdio],
+              env: { ...process.env },
+            })
       c.proc = proc
       let started = false
       const timer = setTimeout(() => {
@@ -294,8 +308,9 @@ export async function startDevCluster(options: DevClusterOptions): Promise<DevCl
       })
     })
 
-  const start = async (name: string, args: string[]): Promise<number[]> => {
+  const start = async (name: string, args: string[], prefix?: string[]): Promise<number[]> => {
     const c: Child = { name, args, proc: undefined, ports: [], stopping: false, restarts: 0 }
+    if (prefix !== undefined) c.prefix = prefix
     children.set(name, c)
     const ports = await spawnChild(c)
     // Restarts reuse the same ports so the registry and configs stay true.
@@ -329,20 +344,41 @@ export async function startDevCluster(options: DevClusterOptions): Promise<DevCl
       const c = children.get(name)
       if (c !== undefined) await stopChild(c)
     }
+    for (const ns of Object.values(podNetns ?? {})) deleteNetns(ns)
+  }
+
+  let podNetns: Record<string, string> | undefined
+  if (options.netns === true || options.netns === 'auto') {
+    const why = netnsUnavailable()
+    if (why === undefined) {
+      const id = Math.random().toString(36).slice(2, 8)
+      podNetns = Object.fromEntries(DEMO_PODS.map((p) => [p.name, `pfgate-${id}-${p.name}`]))
+    } else if (options.netns === true) {
+      throw new Error(`--netns: ${why}`)
+    } else {
+      log(`network namespaces unavailable (${why}); demo pods use host ports instead`)
+    }
   }
 
   try {
     // 1. Demo pods: real TCP servers on free host ports.
+    // In namespaces, each pod listens on its real container ports on its own loopback.
     const podPorts: Record<string, number[]> = {}
     for (const pod of DEMO_PODS) {
-      podPorts[pod.name] = await start(`pod:${pod.name}`, [
-        'demo-pod',
-        '--kind',
-        pod.kind,
-        '--name',
-        pod.name,
-        ...pod.ports.flatMap(() => ['--listen', '127.0.0.1:0']),
-      ])
+      const ns = podNetns?.[pod.name]
+      if (ns !== undefined) createNetns(ns)
+      podPorts[pod.name] = await start(
+        `pod:${pod.name}`,
+        [
+          'demo-pod',
+          '--kind',
+          pod.kind,
+          '--name',
+          pod.name,
+          ...pod.ports.flatMap((p) => ['--listen', ns !== undefined ? `127.0.0.1:${p.containerPort}` : '127.0.0.1:0']),
+        ],
+        ns !== undefined ? ['ip', 'netns', 'exec', ns] : undefined,
+      )
     }
     // 2. Agents, each with a static dialer to its pods' host ports.
     const agentPorts: Record<string, number> = {}
@@ -366,7 +402,7 @@ export async function startDevCluster(options: DevClusterOptions): Promise<DevCl
           listen: { host: '127.0.0.1', port: 0 },
           tls: { cert: `agent-${node}.crt`, key: `agent-${node}.key`, clientCa: 'ca.crt' },
           allowedClients: [GATEWAY_IDENTITY_URI],
-          dialer: { type: 'static', connectTimeout: '5s' },
+          dialer: { type: podNetns !== undefined ? 'netns' : 'static', connectTimeout: '5s' },
           pods,
           shutdownGrace: '5s',
           logLevel,
@@ -390,6 +426,7 @@ export async function startDevCluster(options: DevClusterOptions): Promise<DevCl
           node: p.node,
           phase: 'Running',
           labels: { app: p.name },
+          ...(podNetns !== undefined ? { netns: podNetns[p.name] } : {}),
           ports: p.ports.map((x) => ({
             name: x.name,
             containerPort: x.containerPort,
@@ -449,6 +486,7 @@ export async function startDevCluster(options: DevClusterOptions): Promise<DevCl
       token,
       agentPorts,
       podPorts,
+      podNetns,
       pid: (name) => children.get(name)?.proc?.pid,
       async kill(name, signal = 'SIGKILL', restart = true) {
         const c = children.get(name)
@@ -472,6 +510,36 @@ export async function startDevCluster(options: DevClusterOptions): Promise<DevCl
   } catch (err) {
     await stop()
     throw err
+  }
+}
+
+/** Why network namespaces cannot be used here, or undefined when they can. */
+export function netnsUnavailable(): string | undefined {
+  if (process.platform !== 'linux') return 'not Linux'
+  if (process.getuid?.() !== 0) return 'not running as root'
+  try {
+    execFileSync('ip', ['netns', 'list'], { stdio: 'ignore' })
+  } catch {
+    return '`ip netns` is not available (install iproute2)'
+  }
+  try {
+    execFileSync('nsenter', ['--version'], { stdio: 'ignore' })
+  } catch {
+    return '`nsenter` is not available (install util-linux)'
+  }
+  return undefined
+}
+
+function createNetns(name: string): void {
+  execFileSync('ip', ['netns', 'add', name], { stdio: 'ignore' })
+  execFileSync('ip', ['-n', name, 'link', 'set', 'lo', 'up'], { stdio: 'ignore' })
+}
+
+function deleteNetns(name: string): void {
+  try {
+    execFileSync('ip', ['netns', 'del', name], { stdio: 'ignore' })
+  } catch {
+    // already gone
   }
 }
 

@@ -77,14 +77,29 @@ export async function main(argv: string[]): Promise<number> {
     const a = s.address()
     return typeof a === 'object' && a !== null ? a.port : 0
   })
-  if (process.send !== undefined) process.send({ type: 'listening', ports })
-  else process.stdout.write(JSON.stringify({ ports }) + '\n')
+  if (process.send !== undefined) {
+    process.send({ type: 'listening', ports })
+    // The supervisor's IPC channel must not keep this process alive after a shutdown.
+    process.channel?.unref()
+  } else {
+    process.stdout.write(JSON.stringify({ ports }) + '\n')
+  }
+  const open = new Set<Socket>()
+  for (const s of servers) {
+    s.on('connection', (c: Socket) => {
+      open.add(c)
+      c.once('close', () => open.delete(c))
+    })
+  }
   await new Promise<void>((resolve) => {
     const stop = (): void => resolve()
     process.once('SIGTERM', stop)
     process.once('SIGINT', stop)
     process.once('disconnect', stop)
   })
-  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))))
+  // Like a container being stopped: listeners close, open connections end.
+  const closed = Promise.all(servers.map((s) => new Promise((r) => s.close(r))))
+  for (const c of open) c.destroy()
+  await closed
   return 0
 }

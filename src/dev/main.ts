@@ -7,11 +7,13 @@ import { relative } from 'node:path'
 import { parseArgs } from 'node:util'
 import { startDevCluster } from './cluster.js'
 
-const USAGE = `usage: pfgate dev [--port 8443] [--host 127.0.0.1] [--dir .pfgate] [--log-level info]
+const USAGE = `usage: pfgate dev [--port 8443] [--host 127.0.0.1] [--dir .pfgate] [--log-level warn] [--netns]
 
 Starts a local dev cluster: a CA and certificates, a signing key and a kubeconfig
 in --dir, two node agents (node-a, node-b), demo pods (default/echo on node-a:
 echo on 5000 and 6000; default/web on node-b: HTTP on 8080) and the gateway.
+With --netns (root and iproute2 needed), the demo pods run in real network
+namespaces and the agents enter them; otherwise they use host ports.
 Ctrl-C stops everything.
 `
 
@@ -24,6 +26,7 @@ export async function main(argv: string[]): Promise<number> {
       host: { type: 'string', default: '127.0.0.1' },
       dir: { type: 'string', default: '.pfgate' },
       'log-level': { type: 'string', default: 'warn' },
+      netns: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h' },
     },
   })
@@ -45,6 +48,7 @@ export async function main(argv: string[]): Promise<number> {
     port,
     host: values.host,
     logLevel: values['log-level'],
+    netns: values.netns ? 'auto' : false,
     log: say,
   })
   const kc = relative(process.cwd(), cluster.kubeconfig) || cluster.kubeconfig
@@ -57,7 +61,10 @@ export async function main(argv: string[]): Promise<number> {
           ? `   (metrics http://127.0.0.1:${cluster.metricsPort}/metrics)`
           : ''),
       `  agents      node-a 127.0.0.1:${cluster.agentPorts['node-a']}, node-b 127.0.0.1:${cluster.agentPorts['node-b']}`,
-      `  pods        default/echo on node-a (echo: 5000, 6000), default/web on node-b (http: 8080)`,
+      `  pods        default/echo on node-a (echo: 5000, 6000), default/web on node-b (http: 8080)` +
+        (cluster.podNetns !== undefined
+          ? `\n              in network namespaces ${Object.values(cluster.podNetns).join(', ')} (netns dialer)`
+          : '\n              on host ports (static dialer)'),
       `  kubeconfig  ${kc}  (user "dev", namespace "default"; a development token)`,
       `  audit       ${relative(process.cwd(), cluster.dir) || cluster.dir}/audit/audit.log`,
       '',

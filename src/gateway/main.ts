@@ -132,6 +132,8 @@ export async function main(argv: string[]): Promise<number> {
   if (process.send !== undefined) {
     process.send({ type: 'listening', port: gw.port, metricsPort: gw.metricsPort })
   }
+  // The supervisor's IPC channel must not keep this process alive after a shutdown.
+  process.channel?.unref()
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {
       logger.info({ signal }, 'gateway stopping: draining streams')
