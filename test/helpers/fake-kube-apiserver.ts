@@ -187,6 +187,8 @@ interface Watcher {
   kind: Kind
   namespace?: string
   selector: Selector
+  /** The client asked for BOOKMARK events (allowWatchBookmarks). */
+  bookmarks: boolean
   res: ServerResponse
   socket: Socket
   pending: Buffer[]
@@ -215,6 +217,11 @@ function parseSelector(text: string | null): Selector {
     return (l: Record<string, string>) => t in l
   })
   return (labels) => reqs.every((r) => r(labels ?? {}))
+}
+
+/** A boolean query parameter as the API server parses it (Go's strconv.ParseBool). */
+function isTrue(value: string | undefined): boolean {
+  return value !== undefined && ['1', 't', 'T', 'true', 'TRUE', 'True'].includes(value)
 }
 
 function status(code: number, reason: string, message: string): Obj {
@@ -328,9 +335,7 @@ export class FakeKubeApiServer {
   requestsTo(path: string, kind?: 'watch' | 'list'): FakeRequestRecord[] {
     return this.requests.filter(
       (r) =>
-        r.path === path &&
-        (kind === undefined ||
-          (kind === 'watch') === (r.query.watch === '1' || r.query.watch === 'true')),
+        r.path === path && (kind === undefined || (kind === 'watch') === isTrue(r.query.watch)),
     )
   }
 
@@ -488,9 +493,10 @@ export class FakeKubeApiServer {
     }
   }
 
-  /** Sends a BOOKMARK at the current resourceVersion on every open watch. */
+  /** Sends a BOOKMARK at the current resourceVersion on every open watch that allows them. */
   sendBookmark(): void {
     for (const w of this.#watchers) {
+      if (!w.bookmarks) continue
       this.#enqueue(
         w,
         JSON.stringify({
@@ -624,7 +630,7 @@ export class FakeKubeApiServer {
       return
     }
     const selector = parseSelector(url.searchParams.get('labelSelector'))
-    if (query.watch === '1' || query.watch === 'true') {
+    if (isTrue(query.watch)) {
       this.#watch(req, res, record, kind, namespace, selector)
       return
     }
@@ -732,6 +738,7 @@ export class FakeKubeApiServer {
       kind,
       ...(namespace !== undefined ? { namespace } : {}),
       selector,
+      bookmarks: isTrue(record.query.allowWatchBookmarks),
       res,
       socket: req.socket,
       pending: [],
