@@ -1,0 +1,213 @@
+/**
+ * The Kubernetes manifests in deploy/kubernetes/ parse as YAML and hang
+ * together: kinds and names, the RBAC the registry needs (list + watch on pods
+ * and nodes, bound to the gateway's service account), the agent's host access,
+ * ports that agree between the gateway's registry config and the agents, and
+ * selectors that select. A real API server's schema validation is not run here.
+ *
+ * @module
+ */
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { readFileSync, readdirSync } from 'node:fs'
+import { parseAllDocuments, parse as parseYaml } from 'yaml'
+import { parseKubeRegistryConfig } from '../../src/gateway/registry/kube-registry.js'
+
+// Compiled to dist/test/deploy/: the repository root is three levels up.
+const dir = new URL('../../../deploy/kubernetes/', import.meta.url)
+
+/* eslint-disable @typescript-eslint/no-explicit-any, @typescript-eslint/no-unsafe-argument, @typescript-eslint/no-unsafe-return -- walking parsed YAML of Kubernetes objects; the assertions are the type checks */
+type K8sObject = Record<string, any>
+
+function load(): { file: string; obj: K8sObject }[] {
+  const out: { file: string; obj: K8sObject }[] = []
+  const files = readdirSync(dir).filter((f) => f.endsWith('.yaml') || f.endsWith('.yml'))
+  assert.ok(files.length >= 4, `manifests found: ${files.join(', ')}`)
+  for (const file of files.sort()) {
+    const docs = parseAllDocuments(readFileSync(new URL(file, dir), 'utf8'))
+    for (const doc of docs) {
+      assert.deepEqual(doc.errors, [], `${file}: YAML errors`)
+      assert.deepEqual(doc.warnings, [], `${file}: YAML warnings`)
+      const obj = doc.toJS() as K8sObject | null
+      if (obj === null) continue
+      out.push({ file, obj })
+    }
+  }
+  return out
+}
+
+const objects = load()
+const byKind = (kind: string): K8sObject[] =>
+  objects.filter((o) => o.obj.kind === kind).map((o) => o.obj)
+const one = (kind: string, name: string): K8sObject => {
+  const found = byKind(kind).filter((o) => o.metadata?.name === name)
+  assert.equal(found.length, 1, `exactly one ${kind}/${name}`)
+  return found[0]!
+}
+
+const CLUSTER_SCOPED = new Set(['Namespace', 'ClusterRole', 'ClusterRoleBinding'])
+
+test('every object has apiVersion, kind, a name, and the pfgate namespace when namespaced', () => {
+  const seen = new Set<string>()
+  for (const { file, obj } of objects) {
+    const where = `${file}: ${obj.kind}/${obj.metadata?.name}`
+    assert.equal(typeof obj.apiVersion, 'string', `${where}: apiVersion`)
+    assert.equal(typeof obj.kind, 'string', `${where}: kind`)
+    assert.match(obj.metadata?.name ?? '', /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, `${where}: name`)
+    if (CLUSTER_SCOPED.has(obj.kind)) assert.equal(obj.metadata.namespace, undefined, where)
+    else assert.equal(obj.metadata.namespace, 'pfgate', `${where}: namespace`)
+    const key = `${obj.kind}/${obj.metadata.namespace ?? ''}/${obj.metadata.name}`
+    assert.ok(!seen.has(key), `${where}: duplicate`)
+    seen.add(key)
+  }
+  const kinds = new Set(objects.map((o) => o.obj.kind))
+  for (const k of [
+    'Namespace',
+    'ServiceAccount',
+    'ClusterRole',
+    'ClusterRoleBinding',
+    'ConfigMap',
+    'Deployment',
+    'Service',
+    'DaemonSet',
+  ]) {
+    assert.ok(kinds.has(k), `a ${k} is defined`)
+  }
+})
+
+test('RBAC: the gateway service account may list and watch pods and nodes, and nothing more', () => {
+  const deploy = one('Deployment', 'pfgate-gateway')
+  const sa = deploy.spec.template.spec.serviceAccountName as string
+  one('ServiceAccount', sa)
+  const bindings = byKind('ClusterRoleBinding').filter((b) =>
+    (b.subjects as K8sObject[]).some(
+      (s) => s.kind === 'ServiceAccount' && s.name === sa && s.namespace === 'pfgate',
+    ),
+  )
+  assert.equal(bindings.length, 1, 'one ClusterRoleBinding for the gateway')
+  const binding = bindings[0]!
+  assert.equal(binding.roleRef.kind, 'ClusterRole')
+  assert.equal(binding.roleRef.apiGroup, 'rbac.authorization.k8s.io')
+  const role = one('ClusterRole', binding.roleRef.name as string)
+  const allowed = (resource: string, verb: string): boolean =>
+    (role.rules as K8sObject[]).some(
+      (r) =>
+        (r.apiGroups as string[]).includes('') &&
+        (r.resources as string[]).includes(resource) &&
+        (r.verbs as string[]).includes(verb),
+    )
+  for (const resource of ['pods', 'nodes']) {
+    for (const verb of ['list', 'watch']) {
+      assert.ok(allowed(resource, verb), `${verb} ${resource}`)
+    }
+  }
+  for (const r of role.rules as K8sObject[]) {
+    for (const v of r.verbs as string[]) {
+      assert.ok(['list', 'watch', 'get'].includes(v), `read-only verbs only, found ${v}`)
+    }
+    assert.ok(!(r.resources as string[]).includes('*'), 'no wildcard resources')
+    assert.ok(!(r.resources as string[]).includes('secrets'), 'no secrets')
+  }
+})
+
+test('the gateway config uses the kubernetes registry, and it validates', () => {
+  const cm = one('ConfigMap', 'pfgate-gateway-config')
+  const config = parseYaml(cm.data['gateway.yaml'] as string) as K8sObject
+  const registry = parseKubeRegistryConfig(config.registry, 'gateway.yaml', '/etc/pfgate/config')
+  assert.equal(registry.inCluster, true)
+  // The gateway Deployment mounts the ConfigMap where its args point.
+  const deploy = one('Deployment', 'pfgate-gateway')
+  const pod = deploy.spec.template.spec
+  assert.equal(pod.automountServiceAccountToken, true, 'in-cluster mode needs the token')
+  const container = pod.containers[0]
+  const configArg = (container.args as string[])[
+    (container.args as string[]).indexOf('--config') + 1
+  ]
+  const vol = (pod.volumes as K8sObject[]).find((v) => v.configMap?.name === cm.metadata.name)
+  assert.ok(vol !== undefined, 'the config map is a volume')
+  const mount = (container.volumeMounts as K8sObject[]).find((m) => m.name === vol.name)
+  assert.equal(configArg, `${mount?.mountPath}/gateway.yaml`)
+  // Every file the config names lives under a mounted volume.
+  for (const path of [
+    config.tls.cert,
+    config.tls.key,
+    config.agents.ca,
+    config.agents.cert,
+    config.agents.key,
+  ] as string[]) {
+    assert.ok(
+      (container.volumeMounts as K8sObject[]).some((m) => path.startsWith(`${m.mountPath}/`)),
+      `${path} is mounted`,
+    )
+  }
+})
+
+test('the agent DaemonSet: host network and PID, nsenter privileges, /run/netns, the registry port', () => {
+  const ds = one('DaemonSet', 'pfgate-agent')
+  const pod = ds.spec.template.spec
+  assert.equal(pod.hostNetwork, true)
+  assert.equal(pod.hostPID, true)
+  assert.equal(pod.dnsPolicy, 'ClusterFirstWithHostNet')
+  assert.equal(pod.automountServiceAccountToken, false, 'the agent needs no API access')
+  one('ServiceAccount', pod.serviceAccountName as string)
+  const c = pod.containers[0]
+  const sc = c.securityContext ?? {}
+  const caps = (sc.capabilities?.add ?? []) as string[]
+  assert.ok(
+    sc.privileged === true || (caps.includes('SYS_ADMIN') && caps.includes('SYS_PTRACE')),
+    'setns needs CAP_SYS_ADMIN, /proc/<pid>/ns/net needs CAP_SYS_PTRACE',
+  )
+  const netns = (c.volumeMounts as K8sObject[]).find((m) => m.mountPath === '/run/netns')
+  assert.ok(netns !== undefined, '/run/netns is mounted')
+  assert.equal(netns.mountPropagation, 'HostToContainer')
+  const vol = (pod.volumes as K8sObject[]).find((v) => v.name === netns.name)
+  assert.equal(vol?.hostPath?.path, '/run/netns')
+  // The node name reaches the agent through the downward API.
+  const env = (c.env as K8sObject[]).find((e) => e.name === 'NODE_NAME')
+  assert.equal(env?.valueFrom?.fieldRef?.fieldPath, 'spec.nodeName')
+  assert.ok((c.args as string[]).includes('$(NODE_NAME)'))
+
+  // Ports agree: the agent's listen port = its containerPort = the gateway's registry.agentPort.
+  const agentConfig = parseYaml(
+    one('ConfigMap', 'pfgate-agent-config').data['agent.yaml'] as string,
+  ) as K8sObject
+  const gatewayConfig = parseYaml(
+    one('ConfigMap', 'pfgate-gateway-config').data['gateway.yaml'] as string,
+  ) as K8sObject
+  const port = (c.ports as K8sObject[]).find((p) => p.name === 'agent')?.containerPort as number
+  assert.equal(agentConfig.listen.port, port)
+  assert.equal(gatewayConfig.registry.agentPort, port)
+  assert.notEqual(port, 10250, 'not the kubelet port (host network)')
+  assert.equal(agentConfig.dialer.type, 'netns')
+})
+
+test('selectors select: Deployment, DaemonSet, Service, PodDisruptionBudget', () => {
+  const matches = (selector: Record<string, string>, labels: Record<string, string>): boolean =>
+    Object.entries(selector).every(([k, v]) => labels[k] === v)
+  for (const kind of ['Deployment', 'DaemonSet']) {
+    for (const w of byKind(kind)) {
+      assert.ok(
+        matches(w.spec.selector.matchLabels, w.spec.template.metadata.labels),
+        `${kind}/${w.metadata.name} selects its own pods`,
+      )
+    }
+  }
+  const deploy = one('Deployment', 'pfgate-gateway')
+  const svc = one('Service', 'pfgate-gateway')
+  assert.ok(matches(svc.spec.selector, deploy.spec.template.metadata.labels))
+  const portNames = (deploy.spec.template.spec.containers[0].ports as K8sObject[]).map(
+    (p) => p.name,
+  )
+  for (const p of svc.spec.ports as K8sObject[]) {
+    assert.ok(portNames.includes(p.targetPort), `Service targetPort ${p.targetPort} exists`)
+  }
+  for (const pdb of byKind('PodDisruptionBudget')) {
+    assert.ok(matches(pdb.spec.selector.matchLabels, deploy.spec.template.metadata.labels))
+  }
+  // Every ConfigMap volume refers to a ConfigMap defined here.
+  for (const w of [...byKind('Deployment'), ...byKind('DaemonSet')]) {
+    for (const v of w.spec.template.spec.volumes as K8sObject[]) {
+      if (v.configMap !== undefined) one('ConfigMap', v.configMap.name as string)
+    }
+  }
+})
