@@ -96,6 +96,8 @@ export interface CollectorRequest {
 export class Collector {
   readonly requests: CollectorRequest[] = []
   behaviour: CollectorBehaviour = 'ok'
+  /** When set, requests after this many acknowledged ones are answered 500. */
+  acceptLimit: number | undefined
   port = 0
   #server: Server | undefined
 
@@ -132,7 +134,8 @@ export class Collector {
     const chunks: Buffer[] = []
     req.on('data', (c: Buffer) => chunks.push(c))
     req.on('end', () => {
-      if (this.behaviour === 'fail500') {
+      const over = this.acceptLimit !== undefined && this.requests.length >= this.acceptLimit
+      if (this.behaviour === 'fail500' || over) {
         res.writeHead(500).end('down for maintenance')
         return
       }
