@@ -44,7 +44,7 @@ import type { AppError } from '../../shared/errors.js'
 import type { Logger } from '../../shared/log.js'
 import type { AuditMode, AuditSink } from './types.js'
 import { sanitizeRecord } from './sanitize.js'
-import { auditTime, newAuditId, pickIdentity } from './record.js'
+import { auditTime, encodeRecordLine, newAuditId, pickIdentity } from './record.js'
 
 /** Records per sink write, at most. */
 export const DEFAULT_AUDIT_MAX_BATCH = 1024
@@ -151,6 +151,8 @@ class Ticket {
 
 interface Entry {
   record: AuditRecord
+  /** The record, sanitized and encoded once for every sink. */
+  line: string
   ticket?: Ticket
 }
 
@@ -235,14 +237,15 @@ export class AuditLog {
         'credential-like text removed from an audit record',
       )
     }
+    const line = `${JSON.stringify(clean)}\n`
     this.#recordsAppended++
     switch (this.mode) {
       case 'batch':
-        return this.#appendBatch(clean)
+        return this.#appendBatch(clean, line)
       case 'blocking':
-        return this.#appendBlocking(clean)
+        return this.#appendBlocking(clean, line)
       case 'blocking-strict':
-        return this.#appendStrict(clean)
+        return this.#appendStrict(clean, line)
     }
   }
 
@@ -334,30 +337,30 @@ export class AuditLog {
 
   // --- modes -----------------------------------------------------------------------
 
-  #appendStrict(record: AuditRecord): Promise<void> {
+  #appendStrict(record: AuditRecord, line: string): Promise<void> {
     if (!this.#healthy) {
       // Fail fast; keep the facts for when the sinks are back.
       const err = this.#unavailable()
       if (record.type === 'stream.opened') this.#compensate(record, err)
-      else for (const lane of this.#lanes) this.#push(lane, { record })
+      else for (const lane of this.#lanes) this.#push(lane, { record, line })
       this.#appendsRejected++
       return Promise.reject(err)
     }
     const ticket = new Ticket(this.#lanes.length)
-    for (const lane of this.#lanes) this.#push(lane, { record, ticket })
+    for (const lane of this.#lanes) this.#push(lane, { record, line, ticket })
     return ticket.promise
   }
 
-  #appendBlocking(record: AuditRecord): Promise<void> {
+  #appendBlocking(record: AuditRecord, line: string): Promise<void> {
     const healthy = this.#lanes.filter((l) => !l.failing)
     const ticket = new Ticket(healthy.length)
     for (const lane of this.#lanes) {
-      this.#push(lane, lane.failing ? { record } : { record, ticket })
+      this.#push(lane, lane.failing ? { record, line } : { record, line, ticket })
     }
     return ticket.promise
   }
 
-  async #appendBatch(record: AuditRecord): Promise<void> {
+  async #appendBatch(record: AuditRecord, line: string): Promise<void> {
     while (this.#lanes.some((l) => l.queue.length >= this.#maxQueue)) {
       await new Promise<void>((resolve) => this.#progress.push(resolve))
       if (this.#closed) {
@@ -365,7 +368,7 @@ export class AuditLog {
         throw appError('PFG_ERR_AUDIT_UNAVAILABLE', 'the audit log is closed')
       }
     }
-    for (const lane of this.#lanes) this.#push(lane, { record })
+    for (const lane of this.#lanes) this.#push(lane, { record, line })
   }
 
   // --- lanes -----------------------------------------------------------------------
@@ -405,9 +408,10 @@ export class AuditLog {
 
   async #write(lane: Lane): Promise<void> {
     const batch = lane.queue.slice(0, this.#maxBatch)
-    const records = batch.map((e) => e.record)
+    const sink = lane.sink
     try {
-      await lane.sink.write(records)
+      if (sink.writeLines !== undefined) await sink.writeLines(batch.map((e) => e.line))
+      else await sink.write(batch.map((e) => e.record))
     } catch (err) {
       this.#failed(lane, err)
       return
@@ -478,7 +482,8 @@ export class AuditLog {
       error: { code: err.code, message: err.message },
       ...(opened.ref !== undefined ? { ref: opened.ref } : {}),
     }
-    for (const lane of this.#lanes) this.#push(lane, { record: failed })
+    const line = encodeRecordLine(failed)
+    for (const lane of this.#lanes) this.#push(lane, { record: failed, line })
   }
 
   #unavailable(sink?: string, cause?: unknown): AppError {

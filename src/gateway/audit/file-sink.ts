@@ -150,11 +150,26 @@ export class FileSink implements AuditSink {
 
   /** Appends `records` as one batch; resolves per the fsync policy (see the module comment). */
   write(records: readonly AuditRecord[]): Promise<void> {
-    if (this.#closed) return Promise.reject(new Error(`audit sink ${this.name} is closed`))
-    if (records.length === 0) return Promise.resolve()
-    const buf = encodeRecordLines(records)
+    if (records.length === 0) return this.#closedCheck()
+    return this.#enqueue(encodeRecordLines(records), records.length)
+  }
+
+  /** {@link FileSink.write} for lines the AuditLog already sanitized and encoded. */
+  writeLines(lines: readonly string[]): Promise<void> {
+    if (lines.length === 0) return this.#closedCheck()
+    return this.#enqueue(Buffer.from(lines.join(''), 'utf8'), lines.length)
+  }
+
+  #closedCheck(): Promise<void> {
+    return this.#closed
+      ? Promise.reject(new Error(`audit sink ${this.name} is closed`))
+      : Promise.resolve()
+  }
+
+  #enqueue(buf: Buffer, count: number): Promise<void> {
+    if (this.#closed) return this.#closedCheck()
     return new Promise<void>((resolve, reject) => {
-      this.#queue.push({ buf, count: records.length, resolve, reject })
+      this.#queue.push({ buf, count, resolve, reject })
       if (!this.#draining) {
         this.#draining = true
         this.#pump = this.#drain()

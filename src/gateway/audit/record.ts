@@ -17,9 +17,19 @@ export function newAuditId(): string {
   return randomUUID()
 }
 
+let lastMs = -1
+let lastIso = ''
+
 /** RFC 3339 UTC time with milliseconds, as records carry it. */
-export function auditTime(date: Date = new Date()): string {
-  return date.toISOString()
+export function auditTime(date?: Date): string {
+  if (date !== undefined) return date.toISOString()
+  // Many records share a millisecond under load: format each millisecond once.
+  const ms = Date.now()
+  if (ms !== lastMs) {
+    lastMs = ms
+    lastIso = new Date(ms).toISOString()
+  }
+  return lastIso
 }
 
 /**

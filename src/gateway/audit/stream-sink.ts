@@ -41,10 +41,19 @@ export class StreamSink implements AuditSink {
   }
 
   write(records: readonly AuditRecord[]): Promise<void> {
+    return this.#enqueue(() => encodeRecordLines(records), records.length)
+  }
+
+  /** {@link StreamSink.write} for lines the AuditLog already sanitized and encoded. */
+  writeLines(lines: readonly string[]): Promise<void> {
+    return this.#enqueue(() => Buffer.from(lines.join(''), 'utf8'), lines.length)
+  }
+
+  #enqueue(encode: () => Buffer, count: number): Promise<void> {
     if (this.#closed) return Promise.reject(new Error(`audit sink ${this.name} is closed`))
-    const buf = encodeRecordLines(records)
+    const buf = encode()
     // Serialize, in case a caller does not wait (the AuditSink contract says they do).
-    const p = this.#chain.then(() => this.#writeOne(buf, records.length))
+    const p = this.#chain.then(() => this.#writeOne(buf, count))
     this.#chain = p.catch(() => {})
     return p
   }

@@ -163,15 +163,19 @@ export class WebhookSink implements AuditSink {
 
   /** Resolves once the batch is delivered, or durable in the spool. */
   write(records: readonly AuditRecord[]): Promise<void> {
+    return this.writeLines(records.map(encodeRecordLine))
+  }
+
+  /** {@link WebhookSink.write} for lines the AuditLog already sanitized and encoded. */
+  writeLines(lines: readonly string[]): Promise<void> {
     if (this.#closed) return Promise.reject(new Error(`audit sink ${this.name} is closed`))
-    if (records.length === 0) return Promise.resolve()
-    const lines = records.map(encodeRecordLine)
+    if (lines.length === 0) return Promise.resolve()
     const p = this.#chain.then(() => this.#write(lines))
     this.#chain = p.catch(() => {})
     return p
   }
 
-  async #write(lines: string[]): Promise<void> {
+  async #write(lines: readonly string[]): Promise<void> {
     if (this.#mode === 'direct') {
       try {
         await this.#post(lines)
