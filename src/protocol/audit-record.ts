@@ -32,7 +32,10 @@ export interface AuditRecord {
   /** RFC 3339 time with milliseconds, UTC. */
   time: string
   type: AuditType
-  /** The gateway instance that wrote it (changes on every start). */
+  /**
+   * The gateway instance the event belongs to (changes on every start). For the closes
+   * written after a crash (`endedBy: gateway-restart`), the instance whose stream it was.
+   */
   gateway?: string
   user?: string
   groups?: string[]

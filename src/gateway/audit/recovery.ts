@@ -10,8 +10,10 @@
  *   same `sessionId`,
  *
  * with `endedBy: "gateway-restart"`, `reason: "gateway-restart"`, the identity fields of
- * the open record, and no byte counts or duration (they died with the process: omitted
- * means unknown). Once appended, those closes are in the trail, so the next start finds
+ * the open record (`gateway` included: the instance whose stream it was), and no byte
+ * counts or duration (they died with the process: omitted means unknown). Streams and
+ * sessions are matched by `gateway` and id, because ids are unique within one gateway
+ * instance only. Once appended, those closes are in the trail, so the next start finds
  * nothing to close: no marker record is needed. If the gateway dies again before they
  * are durable, the next start computes them again.
  *
@@ -31,8 +33,6 @@ import type { TrailReadSummary } from './trail-reader.js'
 export interface RecoveryOptions {
   /** The time put on the close records (default: now). */
   now?: Date
-  /** The new gateway instance id, written as `gateway` (default: the open record's). */
-  gateway?: string
   /** Receives the read summary (files, malformed lines, partial tails), e.g. to log it. */
   onSummary?: (summary: TrailReadSummary) => void
 }
@@ -48,20 +48,21 @@ export async function recoverDanglingRecords(
 ): Promise<AuditRecord[]> {
   const streams = new Map<string, AuditRecord>()
   const sessions = new Map<string, AuditRecord>()
+  const key = (r: AuditRecord, id: string): string => `${r.gateway ?? ''}\u0000${id}`
   const summary = await readTrail(trailPath, (r) => {
     switch (r.type) {
       case 'stream.opened':
-        if (r.streamId !== undefined) streams.set(r.streamId, r)
+        if (r.streamId !== undefined) streams.set(key(r, r.streamId), r)
         break
       case 'stream.closed':
       case 'stream.failed':
-        if (r.streamId !== undefined) streams.delete(r.streamId)
+        if (r.streamId !== undefined) streams.delete(key(r, r.streamId))
         break
       case 'session.opened':
-        if (r.sessionId !== undefined) sessions.set(r.sessionId, r)
+        if (r.sessionId !== undefined) sessions.set(key(r, r.sessionId), r)
         break
       case 'session.closed':
-        if (r.sessionId !== undefined) sessions.delete(r.sessionId)
+        if (r.sessionId !== undefined) sessions.delete(key(r, r.sessionId))
         break
       default:
         break
@@ -75,7 +76,6 @@ export async function recoverDanglingRecords(
     time,
     type,
     ...pickIdentity(open),
-    ...(options.gateway !== undefined ? { gateway: options.gateway } : {}),
     endedBy: 'gateway-restart',
     reason: 'gateway-restart',
   })

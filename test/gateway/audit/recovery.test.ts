@@ -60,7 +60,7 @@ test('after a SIGKILL mid-transfer, a restart closes every dangling stream and s
   const dangling = [...openedIds].filter((id) => !closedIds.has(id))
   assert.ok(dangling.length >= 50, `streams left open: ${dangling.length}`)
 
-  const closes = await recoverDanglingRecords(path, { gateway: 'gw-2' })
+  const closes = await recoverDanglingRecords(path)
   const streamCloses = closes.filter((r) => r.type === 'stream.closed')
   assert.deepEqual(streamCloses.map((r) => r.streamId).sort(), dangling.sort())
   const sessionCloses = closes.filter((r) => r.type === 'session.closed')
@@ -71,7 +71,7 @@ test('after a SIGKILL mid-transfer, a restart closes every dangling stream and s
   for (const r of closes) {
     assert.equal(r.endedBy, 'gateway-restart')
     assert.equal(r.reason, 'gateway-restart')
-    assert.equal(r.gateway, 'gw-2')
+    assert.equal(r.gateway, 'gw-1', 'the instance whose stream it was')
     assert.equal(r.user, 'alice')
     assert.deepEqual(r.groups, ['dev'])
     assert.equal(r.bytesClientToPod, undefined, 'bytes unknown: omitted')
@@ -115,4 +115,24 @@ test('recovery reads rotated files and ignores opens whose close is in a later f
     ['stream.closed s1', 'stream.closed s3', 'session.closed k'],
   )
   assert.deepEqual(await recoverDanglingRecords(join(dir, 'none.log')), [])
+})
+
+test('stream ids are matched per gateway instance', async (t) => {
+  const dir = await tempDir(t)
+  const path = join(dir, 'audit.log')
+  const sink = await FileSink.open({ path })
+  // Instance 1 died with stream 7 open; instance 2 reused the id and closed its own 7.
+  await sink.write([
+    rec('stream.opened', { gateway: 'gw-1', streamId: '7' }),
+    rec('stream.opened', { gateway: 'gw-2', streamId: '7' }),
+    rec('stream.closed', { gateway: 'gw-2', streamId: '7' }),
+  ])
+  const closes = await recoverDanglingRecords(path)
+  assert.deepEqual(
+    closes.map((r) => `${r.gateway} ${r.streamId}`),
+    ['gw-1 7'],
+  )
+  await sink.write(closes)
+  await sink.close()
+  assert.deepEqual(await recoverDanglingRecords(path), [], 'closed once, not on every restart')
 })
