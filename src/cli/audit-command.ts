@@ -288,6 +288,9 @@ async function query(p: Parsed, io: AuditCommandIO, out: Output): Promise<number
 async function follow(p: Parsed, io: AuditCommandIO, out: Output): Promise<number> {
   const pollMs = io.pollMs ?? DEFAULT_FOLLOW_POLL_MS
   const signal = io.signal
+  const emit = async (r: AuditRecord): Promise<void> => {
+    if (p.filter(r)) await out.record(r)
+  }
   let fh: FileHandle = await open(p.file, 'r')
   try {
     let ino = (await fh.stat()).ino
@@ -295,17 +298,11 @@ async function follow(p: Parsed, io: AuditCommandIO, out: Output): Promise<numbe
     let decoder = new AuditLineDecoder()
     out.streaming = true
     if (p.since !== undefined) {
-      // History first: the rotated files, then the live file from its start.
-      const files = await trailFiles(p.file)
-      for (const file of files.slice(0, -1)) {
-        const d = new AuditLineDecoder()
-        try {
-          for await (const chunk of createReadStream(file)) {
-            for (const r of d.push(chunk as Buffer)) if (p.filter(r)) await out.record(r)
-          }
-        } catch (err) {
-          if (errorCode(err) !== 'ENOENT') throw err
-        }
+      // History first: the rotated files (not the one we hold open, if it was rotated
+      // meanwhile), then the live file from its start.
+      for (const file of (await trailFiles(p.file)).slice(0, -1)) {
+        const st = await stat(file).catch(() => undefined)
+        if (st !== undefined && st.ino !== ino) await readWhole(file, emit)
       }
       pos = 0
     } else {
@@ -317,9 +314,7 @@ async function follow(p: Parsed, io: AuditCommandIO, out: Output): Promise<numbe
         const { bytesRead } = await fh.read(buf, 0, buf.length, pos)
         if (bytesRead === 0) return
         pos += bytesRead
-        for (const r of decoder.push(buf.subarray(0, bytesRead))) {
-          if (p.filter(r)) await out.record(r)
-        }
+        for (const r of decoder.push(buf.subarray(0, bytesRead))) await emit(r)
       }
     }
     while (signal?.aborted !== true) {
@@ -331,12 +326,15 @@ async function follow(p: Parsed, io: AuditCommandIO, out: Output): Promise<numbe
         if (errorCode(err) !== 'ENOENT') throw err // between rename and re-create
       }
       if (st !== undefined && st.ino !== ino) {
-        // Rotated: finish the old file (now PATH.1), then start on the new one.
+        // Rotated: finish the old file, read the files rotated after it (more than one
+        // rotation may have happened since the last poll), then follow the new live file.
         await drain()
         decoder.end()
         await fh.close()
-        fh = await open(p.file, 'r')
-        ino = (await fh.stat()).ino
+        const next = await catchUp(p.file, ino, emit, pollMs, signal)
+        if (next === undefined) return 0 // stopped while waiting for the new file
+        fh = next.fh
+        ino = next.ino
         pos = 0
         decoder = new AuditLineDecoder()
         continue
@@ -352,6 +350,94 @@ async function follow(p: Parsed, io: AuditCommandIO, out: Output): Promise<numbe
     return 0
   } finally {
     await fh.close().catch(() => {})
+  }
+}
+
+/**
+ * After a rotation: reads, oldest first, every rotated file newer than the one with inode
+ * `lastIno`, then opens the live file. If anything rotates meanwhile (the listing is not the
+ * same afterwards), repeats; files already read are not read again. If `lastIno` is gone
+ * (deleted by retention), every rotated file is newer than it. Returns undefined when
+ * stopped while waiting for the new live file.
+ */
+async function catchUp(
+  path: string,
+  lastIno: number,
+  emit: (r: AuditRecord) => Promise<void>,
+  pollMs: number,
+  signal: AbortSignal | undefined,
+): Promise<{ fh: FileHandle; ino: number } | undefined> {
+  const done = new Set<number>([lastIno])
+  const listing = async (): Promise<{ path: string; ino: number }[]> => {
+    const entries: { path: string; ino: number }[] = []
+    for (const file of await trailFiles(path)) {
+      const st = await stat(file).catch(() => undefined)
+      if (st !== undefined) entries.push({ path: file, ino: st.ino })
+    }
+    return entries
+  }
+  const same = (a: { ino: number }[], b: { ino: number }[]): boolean =>
+    a.length === b.length && a.every((e, i) => e.ino === b[i]!.ino)
+  for (;;) {
+    if (signal?.aborted === true) return undefined
+    // A listing taken while a rotation renames files can be inconsistent: take it until
+    // two in a row agree.
+    let before = await listing()
+    for (let again = await listing(); !same(before, again); again = await listing()) before = again
+    const live = before.at(-1)
+    if (live?.path !== path) {
+      await sleep(Math.min(pollMs, 20), signal) // the new live file is not created yet
+      continue
+    }
+    const at = before.findIndex((e) => e.ino === lastIno)
+    let moved = false
+    for (const e of before.slice(at + 1, -1)) {
+      if (done.has(e.ino)) continue
+      // Open by name, then check it is still the file listed (a rotation renames them).
+      const fh = await open(e.path, 'r').catch(() => undefined)
+      if (fh === undefined || (await fh.stat()).ino !== e.ino) {
+        await fh?.close()
+        moved = true
+        break
+      }
+      await readHandle(fh, emit)
+      done.add(e.ino)
+    }
+    if (moved) continue
+    let fh: FileHandle
+    try {
+      fh = await open(path, 'r')
+    } catch (err) {
+      if (errorCode(err) !== 'ENOENT') throw err
+      continue // rotated again, not re-created yet
+    }
+    const ino = (await fh.stat()).ino
+    if (ino === live.ino && same(before, await listing())) return { fh, ino }
+    await fh.close()
+  }
+}
+
+/** Emits every record of an open (rotated, complete) file, and closes it. */
+async function readHandle(fh: FileHandle, emit: (r: AuditRecord) => Promise<void>): Promise<void> {
+  const d = new AuditLineDecoder()
+  try {
+    for await (const chunk of fh.createReadStream({ autoClose: false })) {
+      for (const r of d.push(chunk as Buffer)) await emit(r)
+    }
+  } finally {
+    await fh.close()
+  }
+}
+
+/** Emits every record of a (rotated, complete) file; a vanished file is skipped. */
+async function readWhole(file: string, emit: (r: AuditRecord) => Promise<void>): Promise<void> {
+  const d = new AuditLineDecoder()
+  try {
+    for await (const chunk of createReadStream(file)) {
+      for (const r of d.push(chunk as Buffer)) await emit(r)
+    }
+  } catch (err) {
+    if (errorCode(err) !== 'ENOENT') throw err
   }
 }
 

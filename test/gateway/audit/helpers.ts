@@ -21,10 +21,29 @@ import { createAuditRecord } from '../../../src/gateway/audit/record.js'
 import type { AuditFields } from '../../../src/gateway/audit/record.js'
 import { readTrail } from '../../../src/gateway/audit/trail-reader.js'
 
+const stacks = new WeakMap<TestContext, (() => unknown)[]>()
+
+/**
+ * Registers a clean-up step; a test's steps run in reverse order (node:test runs `after`
+ * hooks in registration order, but a sink must close before its directory is removed).
+ */
+export function defer(t: TestContext, fn: () => unknown): void {
+  let stack = stacks.get(t)
+  if (stack === undefined) {
+    const steps: (() => unknown)[] = []
+    stack = steps
+    stacks.set(t, steps)
+    t.after(async () => {
+      for (const step of steps.reverse()) await step()
+    })
+  }
+  stack.push(fn)
+}
+
 /** A fresh temp directory, removed after the test. */
 export async function tempDir(t: TestContext, prefix = 'pfgate-audit-'): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), prefix))
-  t.after(() => rm(dir, { recursive: true, force: true }))
+  defer(t, () => rm(dir, { recursive: true, force: true }))
   return dir
 }
 
@@ -35,7 +54,7 @@ export async function tempDir(t: TestContext, prefix = 'pfgate-audit-'): Promise
 export async function mountTmpfs(t: TestContext, sizeKiB: number): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'pfgate-tmpfs-'))
   execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${sizeKiB}k,mode=0755`, 'tmpfs', dir])
-  t.after(async () => {
+  defer(t, async () => {
     execFileSync('umount', ['-l', dir])
     await rm(dir, { recursive: true, force: true })
   })

@@ -1,4 +1,5 @@
 import { test } from 'node:test'
+import type { TestContext } from 'node:test'
 import assert from 'node:assert/strict'
 import { readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -6,14 +7,14 @@ import { AuditLog } from '../../../src/gateway/audit/audit-log.js'
 import { WebhookSink } from '../../../src/gateway/audit/webhook-sink.js'
 import { isAppError } from '../../../src/shared/errors.js'
 import type { AuditRecord } from '../../../src/protocol/audit-record.js'
-import { captureLogger, Collector, rec, tempDir, waitFor } from './helpers.js'
+import { captureLogger, Collector, defer, rec, tempDir, waitFor } from './helpers.js'
 
 const TOKEN = 'collector-secret-token-0123456789'
 
-async function startCollector(t: { after: (fn: () => Promise<void>) => void }): Promise<Collector> {
+async function startCollector(t: TestContext): Promise<Collector> {
   const c = new Collector()
   await c.start()
-  t.after(() => c.stop())
+  defer(t, () => c.stop())
   return c
 }
 
@@ -29,7 +30,7 @@ test('delivers batches as a JSON array with the schema header and the bearer tok
     bearerToken: TOKEN,
     spoolDir: join(dir, 'spool'),
   })
-  t.after(() => sink.close())
+  defer(t, () => sink.close())
   const records = batchOf('a', 3)
   await sink.write(records)
   assert.equal(collector.requests.length, 1)
@@ -58,9 +59,9 @@ test('collector down for a while, then back: nothing lost, order kept, no duplic
     retry: { initialMs: 20, maxMs: 100 },
     logger,
   })
-  t.after(() => sink.close())
+  defer(t, () => sink.close())
   const log = new AuditLog({ sinks: [sink] })
-  t.after(() => log.close())
+  defer(t, () => log.close())
   const sent: string[] = []
   const append = async (id: string): Promise<void> => {
     await log.append(rec('stream.closed', { streamId: id }))
@@ -76,8 +77,7 @@ test('collector down for a while, then back: nothing lost, order kept, no duplic
   assert.ok(sink.spoolBytes > 0)
   const segments = (await readdir(spoolDir)).filter((n) => n.startsWith('seg-'))
   assert.ok(segments.length >= 2, `several spool segments, got ${segments.length}`)
-  await new Promise((r) => setTimeout(r, 150)) // a few failed deliveries
-  assert.ok(sink.stats.postFailures >= 2)
+  await waitFor(() => sink.stats.postFailures >= 3, 'a few failed deliveries')
 
   await collector.start() // same port
   // Writes while the spool drains go behind it.
@@ -109,7 +109,7 @@ test('a collector answering 500 gets the records later, in order', async (t) => 
     spoolDir: join(dir, 'spool'),
     retry: { initialMs: 20, maxMs: 50 },
   })
-  t.after(() => sink.close())
+  defer(t, () => sink.close())
   const records = batchOf('r', 12)
   for (const r of records) await sink.write([r])
   assert.equal(collector.records.length, 0)
@@ -133,7 +133,7 @@ test('the spool is bounded: when full, write rejects and blocking-strict fails c
     retry: { initialMs: 20, maxMs: 50 },
   })
   const log = new AuditLog({ sinks: [sink], retry: { initialMs: 20, maxMs: 50 } })
-  t.after(() => log.close())
+  defer(t, () => log.close())
   const appended: string[] = []
   let rejected = 0
   for (let i = 0; i < 60; i++) {
@@ -182,7 +182,7 @@ test('records spooled before a restart are delivered first, then new ones, in or
 
   await collector.start()
   const second = await WebhookSink.open(options)
-  t.after(() => second.close())
+  defer(t, () => second.close())
   assert.equal(second.mode, 'spooling', 'starts by delivering the old spool')
   const fresh = batchOf('new', 5)
   await second.write(fresh)
@@ -212,7 +212,7 @@ test('a restart after a partial delivery resumes at the cursor', async (t) => {
   assert.equal(first.stats.delivered, 3)
   collector.acceptLimit = undefined
   const second = await WebhookSink.open(options)
-  t.after(() => second.close())
+  defer(t, () => second.close())
   await waitFor(() => collector.records.length >= 10, 'the rest', 5000)
   await waitFor(() => second.mode === 'direct', 'direct mode', 5000)
   assert.deepEqual(collector.records, records, 'no record twice, none missing')
