@@ -229,15 +229,23 @@ export class AuditLog {
       this.#appendsRejected++
       return Promise.reject(appError('PFG_ERR_AUDIT_UNAVAILABLE', 'the audit log is closed'))
     }
-    const { record: clean, redacted } = sanitizeRecord(record)
-    if (redacted.length > 0) {
-      this.#recordsRedacted++
-      this.#logger?.warn(
-        { auditId: clean.id, fields: redacted },
-        'credential-like text removed from an audit record',
-      )
+    let clean: AuditRecord
+    let line: string
+    try {
+      const result = sanitizeRecord(record)
+      clean = result.record
+      line = `${JSON.stringify(clean)}\n`
+      if (result.redacted.length > 0) {
+        this.#recordsRedacted++
+        this.#logger?.warn(
+          { auditId: clean.id, fields: result.redacted },
+          'credential-like text removed from an audit record',
+        )
+      }
+    } catch (err) {
+      // Not JSON (a cycle, a BigInt): a programming error, reported like any other.
+      return Promise.reject(err instanceof Error ? err : new TypeError(String(err)))
     }
-    const line = `${JSON.stringify(clean)}\n`
     this.#recordsAppended++
     switch (this.mode) {
       case 'batch':

@@ -183,41 +183,68 @@ export function sanitizeRecord(record: AuditRecord): SanitizeResult {
   return { record: cleaned, redacted: paths }
 }
 
-/** Walks a JSON value; returns the same value when clean, else a cleaned copy. */
-function clean(value: unknown, path: string, paths: string[]): unknown {
-  if (typeof value === 'string') {
-    if (value.length <= MAX_STRING && !suspicious(value)) return value
-    const out = redactText(value)
-    if (out !== value) paths.push(path === '' ? '(value)' : path)
-    return out
-  }
-  if (typeof value !== 'object' || value === null) return value
+/** `error` + `message` → `error.message`; `groups` + 1 → `groups[1]`. */
+function join(parent: string, key: string | number): string {
+  if (typeof key === 'number') return `${parent}[${key}]`
+  return parent === '' ? key : `${parent}.${key}`
+}
+
+/** The redacted string, or undefined when `text` is clean (the common case: no copy). */
+function cleanString(text: string): string | undefined {
+  if (text.length <= MAX_STRING && !suspicious(text)) return undefined
+  const out = redactText(text)
+  return out === text ? undefined : out
+}
+
+/**
+ * Walks an object or array; returns it as is when clean, else a cleaned copy. Paths are
+ * built only for what gets redacted, so a clean record costs no allocation here.
+ */
+function clean(value: object, path: string, paths: string[]): object {
   if (Array.isArray(value)) {
+    const arr = value as unknown[]
     let copy: unknown[] | undefined
-    for (let i = 0; i < value.length; i++) {
-      const v: unknown = value[i]
-      const c = clean(v, `${path}[${i}]`, paths)
+    for (let i = 0; i < arr.length; i++) {
+      const v = arr[i]
+      let c: unknown = v
+      if (typeof v === 'string') {
+        const r = cleanString(v)
+        if (r !== undefined) {
+          c = r
+          paths.push(join(path, i))
+        }
+      } else if (typeof v === 'object' && v !== null) {
+        c = clean(v, join(path, i), paths)
+      }
       if (c !== v) {
-        copy ??= value.slice()
+        copy ??= arr.slice()
         copy[i] = c
       }
     }
-    return copy ?? value
+    return copy ?? arr
   }
   let copy: Record<string, unknown> | undefined
   const obj = value as Record<string, unknown>
-  for (const key of Object.keys(obj)) {
+  for (const key in obj) {
+    if (!Object.hasOwn(obj, key)) continue
     if (path === '' && key === 'redacted') continue
-    // Top-level paths are the keys themselves: no string is built in the common case.
-    const sub = path === '' ? key : `${path}.${key}`
     if (!KNOWN_KEYS.has(key) && SECRET_KEY.test(key)) {
       copy ??= { ...obj }
       delete copy[key]
-      paths.push(sub)
+      paths.push(join(path, key))
       continue
     }
     const v = obj[key]
-    const c = clean(v, sub, paths)
+    let c: unknown = v
+    if (typeof v === 'string') {
+      const r = cleanString(v)
+      if (r !== undefined) {
+        c = r
+        paths.push(join(path, key))
+      }
+    } else if (typeof v === 'object' && v !== null) {
+      c = clean(v, join(path, key), paths)
+    }
     if (c !== v) {
       copy ??= { ...obj }
       copy[key] = c

@@ -216,7 +216,7 @@ export class WebhookSink implements AuditSink {
         // Empty, but a write may be appending right now (it holds the chain): wait for it.
         const writing = this.#chain
         await writing
-        if (this.#chain !== writing) continue
+        if (this.#chain !== writing || !this.#spool.isEmpty) continue
         if (await this.#spool.compact().catch(() => false)) {
           if (this.#chain !== writing) continue
           this.#mode = 'direct'
