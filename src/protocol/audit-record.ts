@@ -32,7 +32,10 @@ export interface AuditRecord {
   /** RFC 3339 time with milliseconds, UTC. */
   time: string
   type: AuditType
-  /** The gateway instance that wrote it (changes on every start). */
+  /**
+   * The gateway instance the event belongs to (changes on every start). For the closes
+   * written after a crash (`endedBy: gateway-restart`), the instance whose stream it was.
+   */
   gateway?: string
   user?: string
   groups?: string[]
@@ -67,6 +70,11 @@ export interface AuditRecord {
   status?: number
   /** A short reference that also appears in the gateway log line for this event. */
   ref?: string
+  /**
+   * Paths of the fields (e.g. `error.message`, `userAgent`) in which something that looked
+   * like a credential was replaced by `[REDACTED]` before the record was written.
+   */
+  redacted?: string[]
 }
 
 /** Type guard for a parsed JSON value. */
@@ -79,4 +87,96 @@ export function isAuditRecord(value: unknown): value is AuditRecord {
     typeof (value as { type?: unknown }).type === 'string' &&
     typeof (value as { time?: unknown }).time === 'string'
   )
+}
+
+/**
+ * The name of the `n`th rotated file of a trail (`audit.log` → `audit.log.1`, the newest
+ * rotated one). `n = 0` is the live file itself.
+ */
+export function rotatedTrailPath(path: string, n: number): string {
+  return n === 0 ? path : `${path}.${n}`
+}
+
+/**
+ * Orders the files of a trail oldest first, given the names found in its directory:
+ * `audit.log.N` … `audit.log.1`, then `audit.log`. Names that are not part of the trail
+ * are ignored. Returns base names (no directory).
+ */
+export function orderTrailFiles(baseName: string, names: readonly string[]): string[] {
+  const rotated: [number, string][] = []
+  let live = false
+  for (const name of names) {
+    if (name === baseName) live = true
+    else if (name.startsWith(`${baseName}.`)) {
+      const suffix = name.slice(baseName.length + 1)
+      if (/^[1-9]\d{0,8}$/.test(suffix)) rotated.push([Number(suffix), name])
+    }
+  }
+  rotated.sort((a, b) => b[0] - a[0])
+  const out = rotated.map(([, name]) => name)
+  if (live) out.push(baseName)
+  return out
+}
+
+const NEWLINE = 0x0a
+
+/**
+ * Splits a JSON-lines audit trail read in arbitrary chunks into records.
+ *
+ * Writers append whole lines, but a crash (SIGKILL, power loss) can leave the last line
+ * of a file unterminated, and a reader racing a writer can see half a line. So only
+ * newline-terminated lines are records; what follows the last newline stays buffered
+ * until more bytes arrive, and {@link AuditLineDecoder.end} reports it as a partial line
+ * instead of parsing it. Lines that are not valid records (a partial line that a restarted
+ * writer terminated, NUL bytes left by a crash) are counted in `malformed` and skipped.
+ */
+export class AuditLineDecoder {
+  #rest: Buffer | undefined
+  /** Complete lines that were not valid records (skipped). */
+  malformed = 0
+
+  /** Feeds bytes; returns the records completed by them, in order. */
+  push(chunk: Buffer): AuditRecord[] {
+    const out: AuditRecord[] = []
+    let buf = chunk
+    if (this.#rest !== undefined) {
+      buf = Buffer.concat([this.#rest, chunk])
+      this.#rest = undefined
+    }
+    let start = 0
+    for (;;) {
+      const nl = buf.indexOf(NEWLINE, start)
+      if (nl === -1) break
+      if (nl > start) this.#line(buf.toString('utf8', start, nl), out)
+      start = nl + 1
+    }
+    if (start < buf.length) this.#rest = buf.subarray(start)
+    return out
+  }
+
+  /** Bytes buffered after the last newline (an unterminated line so far). */
+  get pendingBytes(): number {
+    return this.#rest?.length ?? 0
+  }
+
+  /** Drops the buffered unterminated line (e.g. when a file ends); returns its length. */
+  end(): number {
+    const n = this.pendingBytes
+    this.#rest = undefined
+    return n
+  }
+
+  #line(text: string, out: AuditRecord[]): void {
+    const trimmed = text.trim()
+    if (trimmed === '') return
+    let value: unknown
+    try {
+      value = JSON.parse(trimmed)
+    } catch {
+      this.malformed++
+      return
+    }
+    if (isAuditRecord(value)) out.push(value)
+    else this.malformed++
+  }
 }

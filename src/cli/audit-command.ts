@@ -1,0 +1,584 @@
+/**
+ * `pfgate audit`: query the file audit trail, or follow it live.
+ *
+ *   pfgate audit query  [--file PATH] [filters] [-o table|json]
+ *   pfgate audit follow [--file PATH] [filters] [-o table|json]
+ *
+ * Reads `audit.log` and its rotated files (`audit.log.N` … `audit.log.1`) oldest first,
+ * skipping an unterminated last line (a write in progress, or a crash) and lines that are
+ * not records. `follow` polls the live file and follows it across rotation. Exit codes:
+ * 0 ok, 1 no such file or bad input, 2 usage. docs/audit.md describes every option.
+ *
+ * The reading loop is a small copy of src/gateway/audit/trail-reader.ts: components do
+ * not import each other; the format itself comes from src/protocol/audit-record.ts.
+ *
+ * @module
+ */
+import { createReadStream } from 'node:fs'
+import { open, readdir, stat } from 'node:fs/promises'
+import type { FileHandle } from 'node:fs/promises'
+import { basename, dirname, join } from 'node:path'
+import { once } from 'node:events'
+import type { Writable } from 'node:stream'
+import { parseArgs } from 'node:util'
+import type { AuditRecord } from '../protocol/audit-record.js'
+import { AuditLineDecoder, orderTrailFiles } from '../protocol/audit-record.js'
+import { errorCode } from '../shared/errors.js'
+
+/** Where the gateway writes its trail unless configured otherwise. */
+export const DEFAULT_AUDIT_FILE = '/var/log/pfgate/audit.log'
+
+/** How often `follow` looks for new records. */
+export const DEFAULT_FOLLOW_POLL_MS = 250
+
+/** Streams and hooks for {@link runAuditCommand}. */
+export interface AuditCommandIO {
+  stdout: Writable
+  stderr: Writable
+  /** Ends `follow` (exit 0). Without it, `follow` runs until the process is killed. */
+  signal?: AbortSignal
+  /** The clock for `--since 15m` (tests). */
+  now?: () => Date
+  /** `follow`'s poll period; default 250 ms. */
+  pollMs?: number
+}
+
+const USAGE = `Usage:
+  pfgate audit query  [--file PATH] [filters] [-o table|json]
+  pfgate audit follow [--file PATH] [filters] [-o table|json]
+
+Filters (all given must match; a comma-separated list matches any of its values):
+  --user U              the user
+  -n, --namespace NS    the pod's namespace
+  --pod P               the pod
+  --port N              the pod port
+  --type T              record type (stream.closed …) or its prefix (stream, session)
+  --outcome O           ok, denied, failed, error, limit, admin, restart
+  --session ID          the client session id
+  --stream ID           the stream id
+  --since TIME|DUR      at or after TIME (RFC 3339) or DUR ago (30s, 15m, 2h, 7d)
+  --until TIME|DUR      before TIME or DUR ago
+
+Options:
+  -f, --file PATH       the trail (default ${DEFAULT_AUDIT_FILE}); PATH.N rotated files too
+  -o, --output FORMAT   table (default) or json (one record per line, as stored)
+  -h, --help            this help
+
+query prints the matching records oldest first; follow prints new ones as they are
+written (with --since, the matching history first) until interrupted.
+`
+
+const OPTIONS = {
+  file: { type: 'string', short: 'f' },
+  user: { type: 'string' },
+  namespace: { type: 'string', short: 'n' },
+  pod: { type: 'string' },
+  port: { type: 'string' },
+  type: { type: 'string' },
+  outcome: { type: 'string' },
+  session: { type: 'string' },
+  stream: { type: 'string' },
+  since: { type: 'string' },
+  until: { type: 'string' },
+  output: { type: 'string', short: 'o' },
+  help: { type: 'boolean', short: 'h' },
+} as const
+
+/** Outcomes `--outcome` accepts. */
+export const OUTCOMES = ['ok', 'denied', 'failed', 'error', 'limit', 'admin', 'restart'] as const
+
+/** The outcome of a record, as `--outcome` matches it (see docs/audit.md). */
+export function recordOutcome(r: AuditRecord): (typeof OUTCOMES)[number] {
+  if (r.type === 'stream.denied') return 'denied'
+  if (r.type === 'stream.failed') return 'failed'
+  switch (r.endedBy) {
+    case 'error':
+      return 'error'
+    case 'limit':
+      return 'limit'
+    case 'admin':
+      return 'admin'
+    case 'gateway-restart':
+      return 'restart'
+    default:
+      return r.error !== undefined ? 'error' : 'ok'
+  }
+}
+
+/** A bad value in an option (exit 1, not a usage error). */
+class InputError extends Error {}
+
+type Filter = (r: AuditRecord) => boolean
+
+interface Parsed {
+  command: 'query' | 'follow'
+  file: string
+  output: 'table' | 'json'
+  filter: Filter
+  since: number | undefined
+}
+
+/** Runs `pfgate audit …` (argv: the words after `audit`); resolves to the exit code. */
+export async function runAuditCommand(argv: string[], io: AuditCommandIO): Promise<number> {
+  let parsed: Parsed
+  try {
+    const p = parse(argv, io)
+    if (p === 'help') {
+      io.stdout.write(USAGE)
+      return 0
+    }
+    parsed = p
+  } catch (err) {
+    if (err instanceof InputError) {
+      io.stderr.write(`pfgate audit: ${err.message}\n`)
+      return 1
+    }
+    io.stderr.write(`pfgate audit: ${(err as Error).message}\n\n${USAGE}`)
+    return 2
+  }
+  const out = new Output(io.stdout, parsed.output)
+  try {
+    if (parsed.command === 'query') return await query(parsed, io, out)
+    return await follow(parsed, io, out)
+  } catch (err) {
+    const code = errorCode(err)
+    if (code === 'ENOENT' || code === 'EACCES' || code === 'EISDIR' || code === 'ENOTDIR') {
+      io.stderr.write(`pfgate audit: cannot read ${parsed.file}: ${(err as Error).message}\n`)
+      return 1
+    }
+    if (code === 'EPIPE') return 0
+    throw err
+  }
+}
+
+function parse(argv: string[], io: AuditCommandIO): Parsed | 'help' {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: OPTIONS,
+    allowPositionals: true,
+    strict: true,
+  })
+  if (values.help === true) return 'help'
+  const [command, ...extra] = positionals
+  if (command === undefined) throw new Error('missing subcommand: query or follow')
+  if (command !== 'query' && command !== 'follow')
+    throw new Error(`unknown subcommand ${JSON.stringify(command)}: use query or follow`)
+  if (extra.length > 0) throw new Error(`unexpected argument ${JSON.stringify(extra[0])}`)
+  const output = values.output ?? 'table'
+  if (output !== 'table' && output !== 'json')
+    throw new InputError(`--output must be table or json, not ${JSON.stringify(output)}`)
+  const now = (io.now ?? (() => new Date()))().getTime()
+  const filters: Filter[] = []
+  const list = (v: string): string[] =>
+    v
+      .split(',')
+      .map((s) => s.trim())
+      .filter((s) => s !== '')
+  const eq = (name: string, get: (r: AuditRecord) => string | undefined, v?: string): void => {
+    if (v === undefined) return
+    const wanted = new Set(list(v))
+    if (wanted.size === 0) throw new InputError(`--${name} needs a value`)
+    filters.push((r) => {
+      const got = get(r)
+      return got !== undefined && wanted.has(got)
+    })
+  }
+  eq('user', (r) => r.user, values.user)
+  eq('namespace', (r) => r.namespace, values.namespace)
+  eq('pod', (r) => r.pod, values.pod)
+  eq('session', (r) => r.sessionId, values.session)
+  eq('stream', (r) => r.streamId, values.stream)
+  if (values.port !== undefined) {
+    const ports = list(values.port).map((p) => {
+      const n = Number(p)
+      if (!/^\d+$/.test(p) || n < 1 || n > 65535)
+        throw new InputError(`--port must be 1..65535, not ${JSON.stringify(p)}`)
+      return n
+    })
+    filters.push((r) => r.port !== undefined && ports.includes(r.port))
+  }
+  if (values.type !== undefined) {
+    const types = list(values.type)
+    for (const t of types)
+      if (!/^[a-z]+(\.[a-z]+)?$/.test(t)) throw new InputError(`bad --type ${JSON.stringify(t)}`)
+    filters.push((r) => types.some((t) => r.type === t || r.type.startsWith(`${t}.`)))
+  }
+  if (values.outcome !== undefined) {
+    const outcomes = list(values.outcome)
+    for (const o of outcomes)
+      if (!(OUTCOMES as readonly string[]).includes(o))
+        throw new InputError(
+          `--outcome must be one of ${OUTCOMES.join(', ')}, not ${JSON.stringify(o)}`,
+        )
+    filters.push((r) => outcomes.includes(recordOutcome(r)))
+  }
+  const since = values.since !== undefined ? parseTime('since', values.since, now) : undefined
+  const until = values.until !== undefined ? parseTime('until', values.until, now) : undefined
+  if (since !== undefined) filters.push((r) => Date.parse(r.time) >= since)
+  if (until !== undefined) filters.push((r) => Date.parse(r.time) < until)
+  return {
+    command,
+    file: values.file ?? DEFAULT_AUDIT_FILE,
+    output,
+    filter: (r) => filters.every((f) => f(r)),
+    since,
+  }
+}
+
+/** RFC 3339 (or any Date.parse-able date), or a duration ago: `90s`, `15m`, `2h`, `7d`. */
+export function parseTime(name: string, value: string, now: number): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(value.trim())
+  if (m !== null) {
+    const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as 'ms']
+    return now - Number(m[1]) * unit
+  }
+  const t = /^\d{4}-\d{2}-\d{2}/.test(value) ? Date.parse(value) : NaN
+  if (Number.isNaN(t))
+    throw new InputError(
+      `--${name} must be a time (2024-05-01T10:00:00Z) or a duration ago (30s, 15m, 2h, 7d), not ${JSON.stringify(value)}`,
+    )
+  return t
+}
+
+// --- query -------------------------------------------------------------------------
+
+async function trailFiles(path: string): Promise<string[]> {
+  const names = await readdir(dirname(path))
+  return orderTrailFiles(basename(path), names).map((n) => join(dirname(path), n))
+}
+
+async function query(p: Parsed, io: AuditCommandIO, out: Output): Promise<number> {
+  const files = await trailFiles(p.file)
+  if (files.length === 0) {
+    io.stderr.write(`pfgate audit: no such file: ${p.file}\n`)
+    return 1
+  }
+  let malformed = 0
+  const partial: string[] = []
+  let matched = 0
+  for (const file of files) {
+    const decoder = new AuditLineDecoder()
+    try {
+      for await (const chunk of createReadStream(file, { highWaterMark: 256 * 1024 })) {
+        for (const r of decoder.push(chunk as Buffer)) {
+          if (!p.filter(r)) continue
+          matched++
+          await out.record(r)
+        }
+      }
+    } catch (err) {
+      if (errorCode(err) === 'ENOENT') continue // rotated away meanwhile
+      throw err
+    }
+    if (decoder.end() > 0) partial.push(file)
+    malformed += decoder.malformed
+  }
+  await out.end()
+  if (matched === 0 && p.output === 'table') io.stderr.write('No matching records.\n')
+  if (malformed > 0) io.stderr.write(`note: skipped ${malformed} line(s) that are not records\n`)
+  for (const f of partial)
+    io.stderr.write(
+      `note: ignored an unterminated last line in ${f} (a write in progress, or a crash)\n`,
+    )
+  return 0
+}
+
+// --- follow ------------------------------------------------------------------------
+
+async function follow(p: Parsed, io: AuditCommandIO, out: Output): Promise<number> {
+  const pollMs = io.pollMs ?? DEFAULT_FOLLOW_POLL_MS
+  const signal = io.signal
+  const emit = async (r: AuditRecord): Promise<void> => {
+    if (p.filter(r)) await out.record(r)
+  }
+  let fh: FileHandle = await open(p.file, 'r')
+  try {
+    let ino = (await fh.stat()).ino
+    let pos: number
+    let decoder = new AuditLineDecoder()
+    out.streaming = true
+    if (p.since !== undefined) {
+      // History first: the rotated files (not the one we hold open, if it was rotated
+      // meanwhile), then the live file from its start.
+      for (const file of (await trailFiles(p.file)).slice(0, -1)) {
+        const st = await stat(file).catch(() => undefined)
+        if (st !== undefined && st.ino !== ino) await readWhole(file, emit)
+      }
+      pos = 0
+    } else {
+      pos = await startOfLastLine(fh)
+    }
+    const drain = async (): Promise<void> => {
+      const buf = Buffer.alloc(256 * 1024)
+      for (;;) {
+        const { bytesRead } = await fh.read(buf, 0, buf.length, pos)
+        if (bytesRead === 0) return
+        pos += bytesRead
+        for (const r of decoder.push(buf.subarray(0, bytesRead))) await emit(r)
+      }
+    }
+    while (signal?.aborted !== true) {
+      await drain()
+      let st
+      try {
+        st = await stat(p.file)
+      } catch (err) {
+        if (errorCode(err) !== 'ENOENT') throw err // between rename and re-create
+      }
+      if (st !== undefined && st.ino !== ino) {
+        // Rotated: finish the old file, read the files rotated after it (more than one
+        // rotation may have happened since the last poll), then follow the new live file.
+        await drain()
+        decoder.end()
+        await fh.close()
+        const next = await catchUp(p.file, ino, emit, pollMs, signal)
+        if (next === undefined) return 0 // stopped while waiting for the new file
+        fh = next.fh
+        ino = next.ino
+        pos = 0
+        decoder = new AuditLineDecoder()
+        continue
+      }
+      if (st !== undefined && st.size < pos) {
+        pos = 0 // truncated by someone else
+        decoder = new AuditLineDecoder()
+      }
+      await sleep(pollMs, signal)
+    }
+    await drain()
+    await out.end()
+    return 0
+  } finally {
+    await fh.close().catch(() => {})
+  }
+}
+
+/**
+ * After a rotation: reads, oldest first, every rotated file newer than the one with inode
+ * `lastIno`, then opens the live file. If anything rotates meanwhile (the listing is not the
+ * same afterwards), repeats; files already read are not read again. If `lastIno` is gone
+ * (deleted by retention), every rotated file is newer than it. Returns undefined when
+ * stopped while waiting for the new live file.
+ */
+async function catchUp(
+  path: string,
+  lastIno: number,
+  emit: (r: AuditRecord) => Promise<void>,
+  pollMs: number,
+  signal: AbortSignal | undefined,
+): Promise<{ fh: FileHandle; ino: number } | undefined> {
+  const done = new Set<number>([lastIno])
+  const listing = async (): Promise<{ path: string; ino: number }[]> => {
+    const entries: { path: string; ino: number }[] = []
+    for (const file of await trailFiles(path)) {
+      const st = await stat(file).catch(() => undefined)
+      if (st !== undefined) entries.push({ path: file, ino: st.ino })
+    }
+    return entries
+  }
+  const same = (a: { ino: number }[], b: { ino: number }[]): boolean =>
+    a.length === b.length && a.every((e, i) => e.ino === b[i]!.ino)
+  for (;;) {
+    if (signal?.aborted === true) return undefined
+    // A listing taken while a rotation renames files can be inconsistent: take it until
+    // two in a row agree.
+    let before = await listing()
+    for (let again = await listing(); !same(before, again); again = await listing()) before = again
+    const live = before.at(-1)
+    if (live?.path !== path) {
+      await sleep(Math.min(pollMs, 20), signal) // the new live file is not created yet
+      continue
+    }
+    const at = before.findIndex((e) => e.ino === lastIno)
+    let moved = false
+    for (const e of before.slice(at + 1, -1)) {
+      if (done.has(e.ino)) continue
+      // Open by name, then check it is still the file listed (a rotation renames them).
+      const fh = await open(e.path, 'r').catch(() => undefined)
+      if (fh === undefined || (await fh.stat()).ino !== e.ino) {
+        await fh?.close()
+        moved = true
+        break
+      }
+      await readHandle(fh, emit)
+      done.add(e.ino)
+    }
+    if (moved) continue
+    let fh: FileHandle
+    try {
+      fh = await open(path, 'r')
+    } catch (err) {
+      if (errorCode(err) !== 'ENOENT') throw err
+      continue // rotated again, not re-created yet
+    }
+    const ino = (await fh.stat()).ino
+    if (ino === live.ino && same(before, await listing())) return { fh, ino }
+    await fh.close()
+  }
+}
+
+/** Emits every record of an open (rotated, complete) file, and closes it. */
+async function readHandle(fh: FileHandle, emit: (r: AuditRecord) => Promise<void>): Promise<void> {
+  const d = new AuditLineDecoder()
+  try {
+    for await (const chunk of fh.createReadStream({ autoClose: false })) {
+      for (const r of d.push(chunk as Buffer)) await emit(r)
+    }
+  } finally {
+    await fh.close()
+  }
+}
+
+/** Emits every record of a (rotated, complete) file; a vanished file is skipped. */
+async function readWhole(file: string, emit: (r: AuditRecord) => Promise<void>): Promise<void> {
+  const d = new AuditLineDecoder()
+  try {
+    for await (const chunk of createReadStream(file)) {
+      for (const r of d.push(chunk as Buffer)) await emit(r)
+    }
+  } catch (err) {
+    if (errorCode(err) !== 'ENOENT') throw err
+  }
+}
+
+/** Where the last (possibly still incomplete) line of the file starts. */
+async function startOfLastLine(fh: FileHandle): Promise<number> {
+  const { size } = await fh.stat()
+  if (size === 0) return 0
+  const len = Math.min(size, 64 * 1024)
+  const buf = Buffer.alloc(len)
+  await fh.read(buf, 0, len, size - len)
+  if (buf[len - 1] === 0x0a) return size
+  const nl = buf.lastIndexOf(0x0a)
+  return nl === -1 ? (len === size ? 0 : size) : size - len + nl + 1
+}
+
+function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const done = (): void => {
+      clearTimeout(timer)
+      signal?.removeEventListener('abort', done)
+      resolve()
+    }
+    const timer = setTimeout(done, ms)
+    signal?.addEventListener('abort', done)
+  })
+}
+
+// --- output ------------------------------------------------------------------------
+
+const COLUMNS = ['TIME', 'TYPE', 'USER', 'TARGET', 'BYTES ↑/↓', 'DURATION', 'END/REASON'] as const
+
+/** Table rows (buffered to align them, or printed with fixed widths when following). */
+class Output {
+  readonly #stream: Writable
+  readonly #format: 'table' | 'json'
+  readonly #rows: string[][] = []
+  #headerDone = false
+  /** Print rows at once with fixed widths (follow) instead of aligning at the end. */
+  streaming = false
+
+  constructor(stream: Writable, format: 'table' | 'json') {
+    this.#stream = stream
+    this.#format = format
+  }
+
+  async record(r: AuditRecord): Promise<void> {
+    if (this.#format === 'json') return this.#write(`${JSON.stringify(r)}\n`)
+    const row = tableRow(r)
+    if (!this.streaming) {
+      this.#rows.push(row)
+      return
+    }
+    if (!this.#headerDone) {
+      this.#headerDone = true
+      await this.#write(`${formatRow([...COLUMNS], FOLLOW_WIDTHS)}\n`)
+    }
+    return this.#write(`${formatRow(row, FOLLOW_WIDTHS)}\n`)
+  }
+
+  async end(): Promise<void> {
+    if (this.#format === 'json' || this.streaming || this.#rows.length === 0) return
+    const widths = COLUMNS.map((c, i) => Math.max(c.length, ...this.#rows.map((r) => r[i]!.length)))
+    let text = `${formatRow([...COLUMNS], widths)}\n`
+    for (const row of this.#rows) {
+      text += `${formatRow(row, widths)}\n`
+      if (text.length > 64 * 1024) {
+        await this.#write(text)
+        text = ''
+      }
+    }
+    await this.#write(text)
+  }
+
+  async #write(text: string): Promise<void> {
+    if (text === '') return
+    if (!this.#stream.write(text)) await once(this.#stream, 'drain')
+  }
+}
+
+const FOLLOW_WIDTHS = [24, 14, 12, 32, 17, 9, 0]
+
+function formatRow(cells: string[], widths: readonly number[]): string {
+  return cells
+    .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i] ?? 0)))
+    .join('  ')
+    .trimEnd()
+}
+
+function tableRow(r: AuditRecord): string[] {
+  const target =
+    r.namespace !== undefined || r.pod !== undefined
+      ? `${r.namespace ?? '?'}/${r.pod ?? '?'}${r.port !== undefined ? `:${r.port}` : ''}`
+      : r.sourceAddress !== undefined
+        ? `from ${r.sourceAddress}`
+        : '-'
+  const bytes =
+    r.bytesClientToPod !== undefined || r.bytesPodToClient !== undefined
+      ? `${formatBytes(r.bytesClientToPod)}/${formatBytes(r.bytesPodToClient)}`
+      : '-'
+  return [
+    r.time,
+    r.type,
+    r.user ?? '-',
+    target,
+    bytes,
+    r.durationMs !== undefined ? formatDuration(r.durationMs) : '-',
+    endColumn(r),
+  ]
+}
+
+function endColumn(r: AuditRecord): string {
+  const parts: string[] = []
+  if (r.endedBy !== undefined)
+    parts.push(
+      r.endedBy === 'admin' && r.endedByUser !== undefined ? `admin:${r.endedByUser}` : r.endedBy,
+    )
+  if (r.status !== undefined) parts.push(String(r.status))
+  if (r.reason !== undefined && r.reason !== r.endedBy) parts.push(r.reason)
+  else if (r.error !== undefined) parts.push(r.error.code)
+  return parts.length > 0 ? parts.join(' ') : '-'
+}
+
+/** `1234` → `1.2K`; `undefined` → `?`. */
+export function formatBytes(n: number | undefined): string {
+  if (n === undefined) return '?'
+  if (n < 1024) return `${n}`
+  const units = ['K', 'M', 'G', 'T']
+  let v = n / 1024
+  let u = 0
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024
+    u++
+  }
+  return `${v < 10 ? v.toFixed(1) : Math.round(v)}${units[u]}`
+}
+
+/** `850` → `850ms`, `12300` → `12.3s`, `303000` → `5m03s`, `7440000` → `2h04m`. */
+export function formatDuration(ms: number): string {
+  if (ms < 1000) return `${Math.round(ms)}ms`
+  if (ms < 60_000) return `${(ms / 1000).toFixed(1)}s`
+  const s = Math.floor(ms / 1000)
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`
+  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`
+}

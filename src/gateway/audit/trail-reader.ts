@@ -1,0 +1,64 @@
+/**
+ * Reads a file trail (`audit.log` and its rotated files `audit.log.N` … `audit.log.1`)
+ * oldest first, one record at a time, in bounded memory. A line cut by a crash at the
+ * end of a file is skipped (see AuditLineDecoder). The CLI has its own copy of this small
+ * loop, because components do not import each other.
+ *
+ * @module
+ */
+import { createReadStream } from 'node:fs'
+import { readdir } from 'node:fs/promises'
+import { basename, dirname, join } from 'node:path'
+import type { AuditRecord } from '../../protocol/audit-record.js'
+import { AuditLineDecoder, orderTrailFiles } from '../../protocol/audit-record.js'
+import { errorCode } from '../../shared/errors.js'
+
+/** The trail's files, oldest first (full paths); empty when there are none. */
+export async function listTrailFiles(path: string): Promise<string[]> {
+  let names: string[]
+  try {
+    names = await readdir(dirname(path))
+  } catch (err) {
+    if (errorCode(err) === 'ENOENT') return []
+    throw err
+  }
+  return orderTrailFiles(basename(path), names).map((n) => join(dirname(path), n))
+}
+
+/** What {@link readTrail} found besides the records. */
+export interface TrailReadSummary {
+  files: string[]
+  records: number
+  /** Complete lines that were not records (skipped). */
+  malformed: number
+  /** Files that ended with an unterminated line (skipped). */
+  partialTails: number
+}
+
+/** Reads every record of the trail, oldest first, calling `onRecord` for each. */
+export async function readTrail(
+  path: string,
+  onRecord: (record: AuditRecord, file: string) => void,
+): Promise<TrailReadSummary> {
+  const files = await listTrailFiles(path)
+  const summary: TrailReadSummary = { files: [], records: 0, malformed: 0, partialTails: 0 }
+  for (const file of files) {
+    const decoder = new AuditLineDecoder()
+    try {
+      for await (const chunk of createReadStream(file, { highWaterMark: 256 * 1024 })) {
+        for (const r of decoder.push(chunk as Buffer)) {
+          summary.records++
+          onRecord(r, file)
+        }
+      }
+    } catch (err) {
+      // Rotated away (deleted by retention) between the listing and the read.
+      if (errorCode(err) === 'ENOENT') continue
+      throw err
+    }
+    summary.files.push(file)
+    if (decoder.end() > 0) summary.partialTails++
+    summary.malformed += decoder.malformed
+  }
+  return summary
+}

@@ -1,0 +1,310 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { Writable } from 'node:stream'
+import type { TestContext } from 'node:test'
+import { formatBytes, formatDuration, runAuditCommand } from '../../src/cli/audit-command.js'
+import { AUDIT_SCHEMA } from '../../src/protocol/audit-record.js'
+import type { AuditRecord } from '../../src/protocol/audit-record.js'
+import { FileSink } from '../../src/gateway/audit/file-sink.js'
+import { createAuditRecord } from '../../src/gateway/audit/record.js'
+import { defer, tempDir as auditTempDir } from '../gateway/audit/helpers.js'
+
+class Capture extends Writable {
+  text = ''
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: () => void): void {
+    this.text += chunk.toString()
+    cb()
+  }
+}
+
+async function run(
+  argv: string[],
+  extra: { signal?: AbortSignal; now?: () => Date; pollMs?: number } = {},
+): Promise<{ code: number; out: string; err: string }> {
+  const stdout = new Capture()
+  const stderr = new Capture()
+  const code = await runAuditCommand(argv, { stdout, stderr, ...extra })
+  return { code, out: stdout.text, err: stderr.text }
+}
+
+async function tempDir(t: TestContext): Promise<string> {
+  return auditTempDir(t, 'pfgate-cli-audit-')
+}
+
+let seq = 0
+function r(
+  time: string,
+  type: AuditRecord['type'],
+  fields: Partial<AuditRecord> = {},
+): AuditRecord {
+  return { schema: AUDIT_SCHEMA, id: `id-${++seq}`, time, type, ...fields }
+}
+
+const T = (m: number): string => new Date(Date.UTC(2024, 4, 1, 10, m)).toISOString()
+
+/** A trail of two rotated files and a live file that ends with a partial line. */
+async function sampleTrail(dir: string): Promise<{ path: string; all: AuditRecord[] }> {
+  const path = join(dir, 'audit.log')
+  const alice = { user: 'alice', groups: ['dev'], namespace: 'default', pod: 'web-0', port: 8080 }
+  const bob = { user: 'bob', namespace: 'shop', pod: 'db-0', port: 5432 }
+  const files: AuditRecord[][] = [
+    [
+      r(T(0), 'session.opened', { user: 'alice', sessionId: 'c1', sourceAddress: '10.0.0.1:5000' }),
+      r(T(1), 'stream.opened', { ...alice, sessionId: 'c1', streamId: 's1' }),
+    ],
+    [
+      r(T(2), 'stream.denied', { ...bob, status: 403, reason: 'forbidden' }),
+      r(T(3), 'stream.closed', {
+        ...alice,
+        streamId: 's1',
+        bytesClientToPod: 1536,
+        bytesPodToClient: 5 * 1024 * 1024,
+        durationMs: 123_400,
+        endedBy: 'client',
+      }),
+    ],
+    [
+      r(T(4), 'stream.failed', {
+        ...bob,
+        status: 502,
+        reason: 'connect-refused',
+        error: { code: 'PFG_ERR_RELAY_CONNECT_REFUSED', message: 'refused' },
+      }),
+      r(T(5), 'stream.closed', { ...bob, streamId: 's2', endedBy: 'limit', reason: 'idle' }),
+      r(T(6), 'session.closed', {
+        user: 'alice',
+        sessionId: 'c1',
+        endedBy: 'admin',
+        endedByUser: 'root',
+      }),
+    ],
+  ]
+  const text = (rs: AuditRecord[]): string => rs.map((x) => `${JSON.stringify(x)}\n`).join('')
+  await writeFile(`${path}.2`, text(files[0]!))
+  await writeFile(`${path}.1`, text(files[1]!))
+  await writeFile(path, `${text(files[2]!)}{"schema":"pfgate.aud`)
+  return { path, all: files.flat() }
+}
+
+const ids = (out: string): string[] =>
+  out
+    .trim()
+    .split('\n')
+    .filter((l) => l !== '')
+    .map((l) => (JSON.parse(l) as AuditRecord).id)
+
+test('usage errors exit 2, bad input exits 1, --help exits 0', async () => {
+  assert.equal((await run([])).code, 2)
+  const unknown = await run(['query', '--bogus'])
+  assert.equal(unknown.code, 2)
+  assert.match(unknown.err, /bogus/)
+  assert.match(unknown.err, /Usage:/)
+  assert.equal((await run(['tail'])).code, 2)
+  assert.equal((await run(['query', 'extra'])).code, 2)
+  const help = await run(['--help'])
+  assert.equal(help.code, 0)
+  assert.match(help.out, /pfgate audit query/)
+  for (const bad of [
+    ['--port', '0'],
+    ['--port', 'http'],
+    ['--since', 'yesterday'],
+    ['--until', '5 minutes'],
+    ['--outcome', 'great'],
+    ['-o', 'yaml'],
+    ['--type', 'Stream Opened'],
+  ]) {
+    const res = await run(['query', '--file', '/nonexistent/audit.log', ...bad])
+    assert.equal(res.code, 1, bad.join(' '))
+    assert.match(res.err, new RegExp(`--${bad[0] === '-o' ? 'output' : bad[0]!.slice(2)}`))
+  }
+})
+
+test('a missing trail exits 1 with a clear message', async (t) => {
+  const dir = await tempDir(t)
+  const res = await run(['query', '--file', join(dir, 'audit.log')])
+  assert.equal(res.code, 1)
+  assert.match(res.err, /no such file: .*audit\.log/)
+  const nodir = await run(['query', '--file', join(dir, 'nope', 'audit.log')])
+  assert.equal(nodir.code, 1)
+  assert.match(nodir.err, /cannot read/)
+  const f = await run(['follow', '--file', join(dir, 'audit.log')])
+  assert.equal(f.code, 1)
+})
+
+test('query reads rotated files in time order, skips the partial last line, and filters', async (t) => {
+  const dir = await tempDir(t)
+  const { path, all } = await sampleTrail(dir)
+  const q = async (...args: string[]): Promise<string[]> => {
+    const res = await run(['query', '--file', path, '-o', 'json', ...args])
+    assert.equal(res.code, 0, res.err)
+    return ids(res.out)
+  }
+  const pick = (f: (r: AuditRecord) => boolean): string[] => all.filter(f).map((r) => r.id)
+  assert.deepEqual(
+    await q(),
+    all.map((r) => r.id),
+  )
+  const res = await run(['query', '--file', path, '-o', 'json'])
+  assert.match(res.err, /unterminated last line/)
+  assert.deepEqual(
+    await q('--user', 'bob'),
+    pick((r) => r.user === 'bob'),
+  )
+  assert.deepEqual(
+    await q('-n', 'default'),
+    pick((r) => r.namespace === 'default'),
+  )
+  assert.deepEqual(
+    await q('--pod', 'db-0', '--port', '5432'),
+    pick((r) => r.pod === 'db-0'),
+  )
+  assert.deepEqual(
+    await q('--port', '8080,5432', '--type', 'stream.closed'),
+    pick((r) => r.type === 'stream.closed'),
+  )
+  assert.deepEqual(
+    await q('--type', 'session'),
+    pick((r) => r.type.startsWith('session.')),
+  )
+  assert.deepEqual(
+    await q('--outcome', 'denied'),
+    pick((r) => r.type === 'stream.denied'),
+  )
+  assert.deepEqual(
+    await q('--outcome', 'failed,limit'),
+    pick((r) => r.type === 'stream.failed' || r.endedBy === 'limit'),
+  )
+  assert.deepEqual(
+    await q('--outcome', 'admin'),
+    pick((r) => r.endedBy === 'admin'),
+  )
+  assert.deepEqual(
+    await q('--outcome', 'ok', '--type', 'stream'),
+    pick((r) => r.streamId === 's1'),
+  )
+  assert.deepEqual(
+    await q('--since', T(2), '--until', T(5)),
+    pick((r) => r.time >= T(2) && r.time < T(5)),
+  )
+  assert.deepEqual(
+    await q('--session', 'c1'),
+    pick((r) => r.sessionId === 'c1'),
+  )
+  // Durations are relative to now.
+  const now = new Date(Date.parse(T(10)))
+  const rel = await run(['query', '--file', path, '-o', 'json', '--since', '5m'], {
+    now: () => now,
+  })
+  assert.deepEqual(
+    ids(rel.out),
+    pick((r) => r.time >= T(5)),
+  )
+  const none = await run(['query', '--file', path, '--user', 'carol'])
+  assert.equal(none.code, 0)
+  assert.equal(none.out, '')
+  assert.match(none.err, /No matching records/)
+})
+
+test('query table output has aligned columns', async (t) => {
+  const dir = await tempDir(t)
+  const { path, all } = await sampleTrail(dir)
+  const res = await run(['query', '--file', path])
+  assert.equal(res.code, 0)
+  const lines = res.out.trimEnd().split('\n')
+  assert.equal(lines.length, all.length + 1)
+  const header = lines[0]!
+  const cols = ['TIME', 'TYPE', 'USER', 'TARGET', 'BYTES ↑/↓', 'DURATION', 'END/REASON']
+  const starts = cols.map((c) => header.indexOf(c))
+  assert.ok(
+    starts.every((s, i) => i === 0 || s > starts[i - 1]!),
+    header,
+  )
+  for (const line of lines.slice(1)) {
+    for (const s of starts.slice(1)) assert.equal(line[s - 1], ' ', `column at ${s}: ${line}`)
+  }
+  const closed = lines.find((l) => l.includes('stream.closed') && l.includes('alice'))!
+  assert.match(closed, /default\/web-0:8080/)
+  assert.match(closed, /1\.5K\/5\.0M/)
+  assert.match(closed, /2m03s/)
+  assert.match(closed, /client/)
+  assert.match(
+    lines.find((l) => l.includes('stream.denied'))!,
+    /403 forbidden/,
+  )
+  assert.match(
+    lines.find((l) => l.includes('session.closed'))!,
+    /admin:root/,
+  )
+  assert.match(
+    lines.find((l) => l.includes('session.opened'))!,
+    /from 10\.0\.0\.1:5000/,
+  )
+  assert.equal(formatBytes(512), '512')
+  assert.equal(formatBytes(20 * 1024 * 1024 * 1024), '20G')
+  assert.equal(formatDuration(850), '850ms')
+  assert.equal(formatDuration(12_340), '12.3s')
+  assert.equal(formatDuration(7_440_000), '2h04m')
+})
+
+test('follow prints new records as they are written, across rotation, until stopped', async (t) => {
+  const dir = await tempDir(t)
+  const path = join(dir, 'audit.log')
+  const sink = await FileSink.open({ path, maxBytes: 1500, retention: 50 })
+  defer(t, () => sink.close())
+  const old = createAuditRecord('stream.opened', { user: 'alice', streamId: 'old' })
+  await sink.write([old])
+  const stdout = new Capture()
+  const stderr = new Capture()
+  const ac = new AbortController()
+  const done = runAuditCommand(['follow', '--file', path, '-o', 'json', '--user', 'alice'], {
+    stdout,
+    stderr,
+    signal: ac.signal,
+    pollMs: 60, // slow polls: several rotations happen between two of them
+  })
+  await new Promise((res) => setTimeout(res, 80))
+  const written: string[] = []
+  for (let i = 0; i < 40; i++) {
+    const user = i % 4 === 3 ? 'bob' : 'alice'
+    const rec = createAuditRecord('stream.closed', {
+      user,
+      streamId: `f${i}`,
+      reason: 'x'.repeat(40),
+    })
+    await sink.write([rec])
+    if (user === 'alice') written.push(rec.id)
+  }
+  assert.ok(sink.stats.rotations >= 4, 'the file rotated while following')
+  const deadline = Date.now() + 5000
+  while (ids(stdout.text).length < written.length && Date.now() < deadline)
+    await new Promise((res) => setTimeout(res, 10))
+  ac.abort()
+  assert.equal(await done, 0, stderr.text)
+  assert.deepEqual(ids(stdout.text), written, 'every new matching record, once, in order')
+  assert.equal(stderr.text, '')
+
+  // --since: the history first, then new records.
+  const ac2 = new AbortController()
+  const out2 = new Capture()
+  const done2 = runAuditCommand(
+    ['follow', '--file', path, '-o', 'json', '--since', '1h', '--stream', 'old,late'],
+    {
+      stdout: out2,
+      stderr,
+      signal: ac2.signal,
+      pollMs: 10,
+    },
+  )
+  await new Promise((res) => setTimeout(res, 50))
+  const late = createAuditRecord('stream.closed', { streamId: 'late' })
+  await sink.write([late])
+  const until = Date.now() + 5000
+  while (ids(out2.text).length < 2 && Date.now() < until)
+    await new Promise((res) => setTimeout(res, 10))
+  await new Promise((res) => setTimeout(res, 50))
+  ac2.abort()
+  assert.equal(await done2, 0)
+  assert.deepEqual(ids(out2.text), [old.id, late.id], 'the rotated history, then the new one')
+})

@@ -1,0 +1,215 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { appendFile, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { AuditLog } from '../../../src/gateway/audit/audit-log.js'
+import { FileSink } from '../../../src/gateway/audit/file-sink.js'
+import { errorCode, isAppError } from '../../../src/shared/errors.js'
+import { defer, mountTmpfs, readAll, rec, tempDir, waitFor } from './helpers.js'
+
+/** Fills the file system holding `dir` with a filler file; returns a function that empties it. */
+async function fillUp(dir: string): Promise<() => Promise<void>> {
+  const filler = join(dir, 'filler')
+  const block = Buffer.alloc(4096, 0x61)
+  for (;;) {
+    try {
+      await appendFile(filler, block)
+    } catch (err) {
+      assert.equal(errorCode(err), 'ENOSPC')
+      break
+    }
+  }
+  return () => writeFile(filler, '')
+}
+
+/** Bigger than a page, so that it cannot fit in the file's last page on a full tmpfs. */
+const BIG = 'kubectl/v1.30.1 '.repeat(400)
+
+function isUnavailable(err: unknown): boolean {
+  return isAppError(err) && err.code === 'PFG_ERR_AUDIT_UNAVAILABLE' && err.statusCode === 503
+}
+
+test('group commit: 500 concurrent appends (blocking-strict, fsync always) take a few fsyncs', async (t) => {
+  const dir = await tempDir(t)
+  const sink = await FileSink.open({ path: join(dir, 'audit.log'), fsync: 'always' })
+  const log = new AuditLog({ sinks: [sink] })
+  defer(t, () => log.close())
+  const n = 500
+  await Promise.all(
+    Array.from({ length: n }, (_, i) => log.append(rec('stream.opened', { streamId: `s${i}` }))),
+  )
+  console.log(`group commit (audit log): ${n} concurrent appends -> ${sink.stats.syncs} fsyncs`)
+  assert.ok(sink.stats.syncs <= 3, `expected <= 3 fsyncs, got ${sink.stats.syncs}`)
+  // Concurrent waves: each wave of appends made while a write is in flight shares one.
+  let inFlight = 0
+  let maxInFlight = 0
+  const before = sink.stats.syncs
+  await Promise.all(
+    Array.from({ length: 200 }, async (_, w) => {
+      for (let i = 0; i < 5; i++) {
+        inFlight++
+        maxInFlight = Math.max(maxInFlight, inFlight)
+        await log.append(rec('stream.closed', { streamId: `w${w}-${i}` }))
+        inFlight--
+      }
+    }),
+  )
+  const syncs = sink.stats.syncs - before
+  console.log(`group commit: 200 workers x 5 appends -> ${syncs} fsyncs`)
+  assert.ok(syncs <= 12, `expected about 5 fsyncs, got ${syncs}`)
+  const m = log.metrics()
+  assert.equal(m.recordsAppended, n + 1000)
+  assert.equal(m.sinks[0]!.recordsWritten, n + 1000)
+  assert.equal(m.queueDepth, 0)
+  assert.equal((await readAll(join(dir, 'audit.log'))).records.length, n + 1000)
+})
+
+test('blocking-strict fails closed on a full file system, then recovers by itself', async (t) => {
+  const mnt = await mountTmpfs(t, 128)
+  const good = await tempDir(t)
+  const badPath = join(mnt, 'audit.log')
+  const goodPath = join(good, 'audit.log')
+  const bad = await FileSink.open({ path: badPath, name: 'file-tmpfs' })
+  const ok = await FileSink.open({ path: goodPath, name: 'file-good' })
+  const health: boolean[] = []
+  const log = new AuditLog({
+    sinks: [bad, ok],
+    retry: { initialMs: 20, maxMs: 100 },
+    onHealthChange: (h) => health.push(h),
+  })
+  defer(t, () => log.close())
+  await log.append(rec('session.opened', { sessionId: 'c1' }))
+  await log.append(rec('stream.opened', { sessionId: 'c1', streamId: 's1' }))
+  assert.equal(log.healthy(), true)
+
+  const makeRoom = await fillUp(mnt)
+  // The write fails for real (ENOSPC): the stream must be refused.
+  await assert.rejects(
+    log.append(rec('stream.opened', { streamId: 's2', userAgent: BIG })),
+    isUnavailable,
+  )
+  assert.equal(log.healthy(), false)
+  assert.deepEqual(health, [false])
+  const m = log.metrics()
+  assert.equal(m.healthy, false)
+  assert.equal(m.sinks[0]!.healthy, false)
+  assert.match(m.sinks[0]!.lastError ?? '', /ENOSPC/)
+  assert.equal(m.sinks[1]!.healthy, true)
+
+  // While failing: appends fail at once (before any I/O could happen), and nothing is lost.
+  const settledFirst = async (p: Promise<void>): Promise<unknown> =>
+    Promise.race([
+      p.then(
+        () => 'resolved',
+        (err: unknown) => err,
+      ),
+      new Promise((resolve) => setImmediate(() => resolve('still pending'))),
+    ])
+  const closeS1 = await settledFirst(
+    log.append(rec('stream.closed', { streamId: 's1', endedBy: 'client', userAgent: BIG })),
+  )
+  assert.ok(isUnavailable(closeS1), String(closeS1))
+  const openS3 = await settledFirst(log.append(rec('stream.opened', { streamId: 's3' })))
+  assert.ok(isUnavailable(openS3), String(openS3))
+
+  // Free space: the retry (the probe) succeeds without any new append.
+  await makeRoom()
+  await waitFor(() => log.healthy(), 'the audit log to recover', 5000)
+  assert.deepEqual(health, [false, true])
+  await log.append(rec('stream.opened', { streamId: 's4' }))
+  assert.equal(await log.flush(2000), true)
+
+  const expected = [
+    'session.opened c1',
+    'stream.opened s1',
+    'stream.opened s2',
+    'stream.failed s2 audit-unavailable',
+    'stream.closed s1',
+    'stream.failed s3 audit-unavailable',
+    'stream.opened s4',
+  ]
+  const show = (r: { type: string; streamId?: string; sessionId?: string; reason?: string }) =>
+    [r.type, r.streamId ?? r.sessionId, r.reason].filter((x) => x !== undefined).join(' ')
+  const inBad = await readAll(badPath)
+  const inGood = await readAll(goodPath)
+  assert.deepEqual(inBad.records.map(show), expected)
+  assert.deepEqual(inGood.records.map(show), expected)
+  // The same records (same ids), each once, in both sinks.
+  assert.deepEqual(
+    inBad.records.map((r) => r.id),
+    inGood.records.map((r) => r.id),
+  )
+  assert.equal(new Set(inGood.records.map((r) => r.id)).size, expected.length)
+  assert.equal(inBad.malformed, 0)
+  const failed = inGood.records[3]!
+  assert.equal(failed.status, 503)
+  assert.equal(failed.error?.code, 'PFG_ERR_AUDIT_UNAVAILABLE')
+  const after = log.metrics()
+  assert.equal(after.appendsRejected, 3)
+  assert.equal(after.recordsCompensated, 2)
+  assert.ok(after.sinks[0]!.failures >= 1)
+})
+
+test('blocking: a failing sink does not fail the stream; its records are written once it is back', async (t) => {
+  const mnt = await mountTmpfs(t, 128)
+  const path = join(mnt, 'audit.log')
+  const sink = await FileSink.open({ path })
+  const log = new AuditLog({ sinks: [sink], mode: 'blocking', retry: { initialMs: 20, maxMs: 50 } })
+  defer(t, () => log.close())
+  await log.append(rec('stream.opened', { streamId: 'a' }))
+  const makeRoom = await fillUp(mnt)
+  await log.append(rec('stream.opened', { streamId: 'b', userAgent: BIG })) // resolves
+  assert.equal(log.healthy(), false)
+  await log.append(rec('stream.closed', { streamId: 'b', userAgent: BIG })) // resolves at once
+  assert.equal(log.metrics().queueDepth, 2)
+  await makeRoom()
+  assert.equal(await log.flush(5000), true)
+  assert.equal(log.healthy(), true)
+  const { records } = await readAll(path)
+  assert.deepEqual(
+    records.map((r) => `${r.type} ${r.streamId}`),
+    ['stream.opened a', 'stream.opened b', 'stream.closed b'],
+  )
+  assert.equal(log.metrics().appendsRejected, 0)
+})
+
+test('batch: append returns at once; a full queue makes append wait, and nothing is dropped', async (t) => {
+  const mnt = await mountTmpfs(t, 128)
+  const path = join(mnt, 'audit.log')
+  const sink = await FileSink.open({ path })
+  const log = new AuditLog({
+    sinks: [sink],
+    mode: 'batch',
+    maxQueueRecords: 10,
+    retry: { initialMs: 20, maxMs: 50 },
+  })
+  defer(t, () => log.close())
+  const makeRoom = await fillUp(mnt)
+  for (let i = 0; i < 10; i++)
+    await log.append(rec('stream.opened', { streamId: `q${i}`, userAgent: BIG }))
+  let eleventh = false
+  const p = log.append(rec('stream.opened', { streamId: 'q10' })).then(() => {
+    eleventh = true
+  })
+  await new Promise((r) => setTimeout(r, 150))
+  assert.equal(eleventh, false, 'the 11th append waits for room in the queue')
+  assert.equal(log.metrics().queueDepth, 10)
+  await makeRoom()
+  await p
+  assert.equal(await log.flush(5000), true)
+  const { records } = await readAll(path)
+  assert.deepEqual(
+    records.map((r) => r.streamId),
+    Array.from({ length: 11 }, (_, i) => `q${i}`),
+  )
+  assert.equal(log.metrics().recordsDropped, 0)
+})
+
+test('after close, append rejects with PFG_ERR_AUDIT_UNAVAILABLE', async (t) => {
+  const dir = await tempDir(t)
+  const sink = await FileSink.open({ path: join(dir, 'audit.log') })
+  const log = new AuditLog({ sinks: [sink] })
+  await log.append(rec('gateway.started'))
+  await log.close()
+  await assert.rejects(log.append(rec('gateway.stopped')), isUnavailable)
+})
