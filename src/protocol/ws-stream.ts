@@ -11,8 +11,10 @@
  *   concatenated; message boundaries mean nothing;
  * - a text message is a protocol error: the WebSocket is closed with 1003 and the
  *   stream is destroyed with an error;
- * - close code 1000 (and 1005, no code) is a clean EOF; any other close, or a
- *   connection lost without a close frame (1006), destroys the stream with an error;
+ * - close code 1000, 1005 (no code) and 1006 (no close frame: how kubectl ends when
+ *   it is interrupted, PROTOCOLS.md §7.3) are EOF, as a TCP FIN is for plain SPDY
+ *   (the session still reports an EOF inside a frame); any other close code destroys
+ *   the stream with an error;
  * - reading pauses the WebSocket while the stream's buffer is full, and a write's
  *   callback waits for the socket to drain when too much is queued in `ws`;
  * - `end()` closes the WebSocket with 1000 after everything written was queued;
@@ -57,6 +59,7 @@ export interface WebSocketByteStreamOptions {
 const OPEN = 1
 const CLOSE_NORMAL = 1000
 const CLOSE_NO_STATUS = 1005
+const CLOSE_ABNORMAL = 1006
 const CLOSE_UNSUPPORTED_DATA = 1003
 const CLOSE_INTERNAL_ERROR = 1011
 
@@ -168,7 +171,7 @@ export function createWebSocketByteStream(
     wsClosed = true
     detach()
     if (duplex.destroyed) return
-    if (code === CLOSE_NORMAL || code === CLOSE_NO_STATUS) {
+    if (code === CLOSE_NORMAL || code === CLOSE_NO_STATUS || code === CLOSE_ABNORMAL) {
       duplex.push(null)
       // Nothing can be sent any more either: finish the writable side too.
       if (!duplex.writableEnded) duplex.end()
