@@ -188,7 +188,7 @@ async function refusedConnection(localPort: number): Promise<void> {
 
 const MiB = 1024 * 1024
 
-test('kubectl 1.33: SPDY tunneled in WebSocket, several MiB both ways, concurrent connections', async () => {
+test('kubectl 1.33: SPDY tunneled in WebSocket, several MiB both ways, concurrent connections', async (t) => {
   const bin = kubectl('1.33')
   const server = await startServer('k133')
   const pf = await portForward(bin, server, 'k133', [5000])
@@ -200,9 +200,7 @@ test('kubectl 1.33: SPDY tunneled in WebSocket, several MiB both ways, concurren
   assertEchoed(results[1], 3 * MiB)
   assertEchoed(await transfer(local, 1), 1)
   assertEchoed(await transfer(local, 0), 0)
-  console.log(
-    `# kubectl 1.33 tunnel: 14 MiB echoed through two concurrent connections in ${ms.toFixed(0)} ms`,
-  )
+  t.diagnostic(`kubectl 1.33 tunnel: 14 MiB echoed over two connections in ${ms.toFixed(0)} ms`)
   assert.deepEqual(
     server.upgrades.map((u) => u.protocol),
     ['ws-spdy'],
