@@ -183,6 +183,10 @@ export function relaySpdyRequestToTcp(
   })
   pod.on('close', () => {
     if (!req.settled) req.finish()
+    // The pod is gone: whatever the client still sends has nowhere to go. Drain it
+    // so this stream never holds up the session.
+    req.data.unpipe(pod)
+    req.data.resume()
   })
   req.data.on('close', () => {
     end('client-gone')

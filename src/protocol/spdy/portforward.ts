@@ -42,7 +42,12 @@ export const DEFAULT_STREAM_CREATION_TIMEOUT_MS = 30_000
  * - **client → pod**: read `data`; its `'end'` is the client's half-close (DATA FIN):
  *   half-close toward the pod and keep relaying the pod's bytes (§11 item 21).
  * - **pod → client**: write to `data` (backpressure as with any Writable); when the
- *   pod's side ends, call {@link finish}.
+ *   pod's side ends, call {@link finish}. Keep reading `data` until its `'end'` (the
+ *   client may still be sending, §11 item 21); if the pod connection is gone for
+ *   good, drain it with `data.resume()` or call {@link reset}. **An unread `data`
+ *   stream stops the whole session** once its buffer is full: there is no SPDY flow
+ *   control, only TCP's, so spdystream and this session stop reading the connection
+ *   (head-of-line blocking, PROTOCOLS.md §5.5).
  * - **failure** (the pod refused, the agent failed): call {@link fail} with one
  *   human-readable line, as the kubelet does. kubectl ≥ 1.23 then ends its whole
  *   session (every other forwarded connection too, §6.3), so use it only for real
@@ -68,7 +73,10 @@ export interface SpdyForwardRequest {
   readonly data: Duplex
   /** True once fail/finish/reset ran or the data stream closed. */
   readonly settled: boolean
-  /** Writes `message` on the error stream, then FINs the error stream and the data stream. */
+  /**
+   * Writes `message` on the error stream, then FINs the error stream and the data
+   * stream. Client bytes still arriving on `data` are discarded from then on.
+   */
   fail(message: string): void
   /** Normal end: FIN on the error stream, then FIN on the data stream after queued data. */
   finish(): void
@@ -166,7 +174,14 @@ class ForwardRequest implements SpdyForwardRequest {
       if (message.length > 0) err.write(message)
       err.end()
     }
-    endStream(this.dataStream)
+    // Nobody relays the client's bytes any more: drop them, so an unread data
+    // stream never holds up the session (its reads stop for everyone, §5.5).
+    const data = this.dataStream
+    if (!data.destroyed) {
+      data.unpipe()
+      data.resume()
+    }
+    endStream(data)
     this.onSettled()
   }
 
