@@ -185,7 +185,10 @@ export function createWebSocketByteStream(
   }
 
   const noop = (): void => {}
+  let detached = false
   const detach = (): void => {
+    if (detached) return
+    detached = true
     ws.off('message', onMessage)
     ws.off('error', onError)
     // Keep a listener: ws may still report an error while it closes.

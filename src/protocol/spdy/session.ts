@@ -221,7 +221,12 @@ export class SpdyStream extends Duplex {
     const st = this[kState]
     if (st.reply !== 'none' || this.destroyed) return
     st.reply = 'pending'
-    st.host.reply(this, headers)
+    try {
+      st.host.reply(this, headers)
+    } catch (err) {
+      st.reply = 'none'
+      throw err
+    }
   }
 
   /**
@@ -844,7 +849,6 @@ export class SpdySession extends EventEmitter<SpdySessionEvents> {
         this.closeTimer = undefined
         this.transport.destroy()
       }, this.closeTimeoutMs)
-      this.closeTimer.unref()
     }
     // Keep reading (and discarding) so the peer's close reaches us.
     this.congested.clear()
