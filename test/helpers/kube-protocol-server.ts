@@ -31,6 +31,13 @@ import type {
   PortForwardStreamIssue,
   SpdyForwardRequest,
 } from '../../src/protocol/spdy/portforward.js'
+import {
+  SPDY_TUNNEL_PROTOCOL,
+  isSpdyUpgradeRequest,
+  negotiateStreamProtocol,
+  offersSpdyTunnel,
+  spdyUpgradeResponse,
+} from '../../src/protocol/spdy/upgrade.js'
 import { createWebSocketByteStream } from '../../src/protocol/ws-stream.js'
 import {
   channelRole,
@@ -38,7 +45,6 @@ import {
   decodeChannelMessage,
   encodeChannelMessage,
   errorChannel,
-  parseOfferedProtocols,
   parsePortsQuery,
   portPrefixMessages,
   selectChannelProtocol,
@@ -46,9 +52,6 @@ import {
 import type { ChannelEncoding } from '../../src/protocol/ws-channel.js'
 
 const run = promisify(execFile)
-
-/** The WebSocket subprotocol kubectl ≥ 1.31 offers for the SPDY tunnel. */
-export const SPDY_TUNNEL_PROTOCOL = `SPDY/3.1+${PORT_FORWARD_PROTOCOL}`
 
 /** Creates a self-signed P-256 certificate for 127.0.0.1 with the openssl CLI. */
 export async function makeSelfSignedCert(dir: string): Promise<{ key: string; cert: string }> {
@@ -436,8 +439,7 @@ export async function startKubeProtocolServer(
     }
     const upgrade = (req.headers.upgrade ?? '').toLowerCase()
     if (upgrade === 'websocket') {
-      const offered = parseOfferedProtocols(req.headers['sec-websocket-protocol'])
-      if (offered.includes(SPDY_TUNNEL_PROTOCOL)) {
+      if (offersSpdyTunnel(req.headers['sec-websocket-protocol'])) {
         if (options.tunnel === false) {
           upgrades.push({ ...base, protocol: 'refused' })
           rawReply(
@@ -478,26 +480,20 @@ export async function startKubeProtocolServer(
       })
       return
     }
-    if (upgrade.includes('spdy/3.1')) {
-      const offered = parseOfferedProtocols(req.headers['x-stream-protocol-version'])
-      if (!offered.includes(PORT_FORWARD_PROTOCOL)) {
+    if (isSpdyUpgradeRequest(req.headers)) {
+      const choice = negotiateStreamProtocol(req.headers['x-stream-protocol-version'])
+      if (!choice.ok) {
         rawReply(
           socket,
-          403,
-          'Forbidden',
-          status(403, 'unsupported stream protocol', 'Forbidden'),
+          choice.status,
+          choice.status === 403 ? 'Forbidden' : 'Bad Request',
+          status(choice.status, choice.message, choice.status === 403 ? 'Forbidden' : 'BadRequest'),
           `X-Accepted-Stream-Protocol-Versions: ${PORT_FORWARD_PROTOCOL}\r\n`,
         )
         return
       }
       upgrades.push({ ...base, protocol: 'spdy' })
-      socket.write(
-        'HTTP/1.1 101 Switching Protocols\r\n' +
-          'Connection: Upgrade\r\n' +
-          'Upgrade: SPDY/3.1\r\n' +
-          `X-Stream-Protocol-Version: ${PORT_FORWARD_PROTOCOL}\r\n` +
-          `Date: ${new Date().toUTCString()}\r\n\r\n`,
-      )
+      socket.write(spdyUpgradeResponse(choice.protocol))
       startSpdy(socket, head)
       return
     }
