@@ -337,6 +337,8 @@ export class SpdySession extends EventEmitter<SpdySessionEvents> {
   private lastClientStreamId = 0
   private lastGoodStreamIdValue = 0
   private goawayReceived = false
+  /** GOAWAY status for the end of a graceful close. */
+  private drainStatus: number = GoawayStatus.OK
   private drainWaiters: WriteCallback[] = []
   private closeTimer: NodeJS.Timeout | undefined
   private closeError: Error | undefined
@@ -438,7 +440,8 @@ export class SpdySession extends EventEmitter<SpdySessionEvents> {
     if (options.graceful === true) {
       if (this.state === 'open') {
         this.state = 'draining'
-        this.maybeFinishDrain(status)
+        this.drainStatus = status
+        this.maybeFinishDrain()
       }
       return
     }
@@ -535,7 +538,12 @@ export class SpdySession extends EventEmitter<SpdySessionEvents> {
       }
       return
     }
-    if (piece.data.length > 0 && !stream.push(piece.data)) this.congested.add(stream)
+    if (piece.data.length > 0 && !stream.push(piece.data)) {
+      // (A 'data' listener may have destroyed the stream or the session meanwhile.)
+      if (this.streams.get(stream.id) === stream && this.state !== 'closing') {
+        this.congested.add(stream)
+      }
+    }
     if (piece.fin) {
       st.remoteFin = true
       stream.push(null)
@@ -563,7 +571,7 @@ export class SpdySession extends EventEmitter<SpdySessionEvents> {
         this.congested.delete(stream)
         stream.emit('reset', { status: frame.status } satisfies SpdyStreamResetInfo)
         stream.destroy()
-        this.maybeFinishDrain(GoawayStatus.OK)
+        this.maybeFinishDrain()
         return
       }
       case 'ping':
@@ -582,7 +590,7 @@ export class SpdySession extends EventEmitter<SpdySessionEvents> {
         if (!this.goawayReceived) {
           this.goawayReceived = true
           this.emit('goaway', { lastGoodStreamId: frame.lastGoodStreamId, status: frame.status })
-          this.maybeFinishDrain(GoawayStatus.OK)
+          this.maybeFinishDrain()
         }
         return
       case 'settings':
@@ -766,7 +774,7 @@ export class SpdySession extends EventEmitter<SpdySessionEvents> {
     const wasCongested = this.congested.delete(stream)
     if (st.reply === 'pending') st.pendingRst = status
     else this.writeRaw(encodeRstStream(stream.id, status))
-    this.maybeFinishDrain(GoawayStatus.OK)
+    this.maybeFinishDrain()
     if (wasCongested && this.congested.size === 0) this.schedulePump()
   }
 
@@ -793,7 +801,7 @@ export class SpdySession extends EventEmitter<SpdySessionEvents> {
         if (st.reply === 'pending') st.pendingRst = RstStatus.CANCEL
         else this.writeRaw(encodeRstStream(stream.id, RstStatus.CANCEL))
       }
-      this.maybeFinishDrain(GoawayStatus.OK)
+      this.maybeFinishDrain()
     }
     if (wasCongested && this.congested.size === 0) this.schedulePump()
   }
@@ -806,14 +814,14 @@ export class SpdySession extends EventEmitter<SpdySessionEvents> {
     const st = stream[kState]
     if (st.localFin && st.remoteFin && this.streams.get(stream.id) === stream) {
       this.streams.delete(stream.id)
-      this.maybeFinishDrain(GoawayStatus.OK)
+      this.maybeFinishDrain()
     }
   }
 
-  private maybeFinishDrain(status: number): void {
+  private maybeFinishDrain(): void {
     if (this.streams.size > 0) return
     if (this.state === 'draining') {
-      this.shutdown(status, undefined)
+      this.shutdown(this.drainStatus, undefined)
     } else if (this.state === 'open' && this.goawayReceived) {
       // The client said goodbye and nothing is left: end our side too.
       this.state = 'closing'
