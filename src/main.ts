@@ -56,6 +56,12 @@ export async function run(argv: string[]): Promise<number> {
       return (await import('./dev/token.js')).main(rest, io)
     case 'demo-pod':
       return (await import('./dev/demo-pod.js')).main(rest)
+    case 'audit': {
+      const { runAuditCommand } = await import('./cli/audit-command.js')
+      const ac = new AbortController()
+      void stopSignal().then(() => ac.abort())
+      return runAuditCommand(rest, { stdout: io.stdout, stderr: io.stderr, signal: ac.signal })
+    }
     case 'admin':
       return (await import('./cli/admin-command.js')).runAdminCommand(rest, io)
     case 'version':

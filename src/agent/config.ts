@@ -144,7 +144,11 @@ export function parseAgentConfig(value: unknown, source: string, baseDir: string
   })
 }
 
-/** Loads and validates an agent config file. */
-export function loadAgentConfig(path: string): AgentConfig {
-  return parseAgentConfig(readYamlFile(path), path, dirname(resolve(path)))
+/** Loads and validates an agent config file; `nodeName` (the --node-name flag) overrides the file's. */
+export function loadAgentConfig(path: string, overrides: { nodeName?: string } = {}): AgentConfig {
+  const value = readYamlFile(path)
+  if (overrides.nodeName !== undefined && typeof value === 'object' && value !== null) {
+    ;(value as { nodeName?: string }).nodeName = overrides.nodeName
+  }
+  return parseAgentConfig(value, path, dirname(resolve(path)))
 }

@@ -32,14 +32,18 @@ export async function main(argv: string[]): Promise<number> {
     options: {
       config: { type: 'string', short: 'c' },
       port: { type: 'string' },
+      'node-name': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   })
   if (values.help === true || values.config === undefined) {
-    process.stderr.write('usage: pfgate agent --config FILE [--port N]\n')
+    process.stderr.write('usage: pfgate agent --config FILE [--port N] [--node-name NAME]\n')
     return values.help === true ? 0 : 2
   }
-  const config = loadAgentConfig(values.config)
+  const config = loadAgentConfig(
+    values.config,
+    values['node-name'] !== undefined ? { nodeName: values['node-name'] } : {},
+  )
   setDefaultHighWaterMark(false, STREAM_HIGH_WATER_MARK)
   const logger = createLogger({ level: config.logLevel, name: `agent:${config.nodeName}` })
   const dialer = await createDialer(config, logger)

@@ -19,7 +19,5 @@ export function createNetnsDialerFromConfig(config: AgentConfig, log: Logger): P
   for (const p of config.pods) {
     if (p.netns !== undefined) pods.push([`${p.namespace}/${p.name}`, p.netns])
   }
-  return Promise.resolve(
-    new NetnsDialer({ pods, idleTimeoutMs: config.dialer.helperIdleMs, log }),
-  )
+  return Promise.resolve(new NetnsDialer({ pods, idleTimeoutMs: config.dialer.helperIdleMs, log }))
 }

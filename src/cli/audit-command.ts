@@ -14,7 +14,7 @@
  *
  * @module
  */
-import { createReadStream } from 'node:fs'
+import { createReadStream, existsSync } from 'node:fs'
 import { open, readdir, stat } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
@@ -25,8 +25,17 @@ import type { AuditRecord } from '../protocol/audit-record.js'
 import { AuditLineDecoder, orderTrailFiles } from '../protocol/audit-record.js'
 import { errorCode } from '../shared/errors.js'
 
-/** Where the gateway writes its trail unless configured otherwise. */
+/** Where a production gateway's trail is by convention (config/gateway.yaml). */
 export const DEFAULT_AUDIT_FILE = '/var/log/pfgate/audit.log'
+/** The dev cluster's trail (`pfgate dev`), used when present in the working directory. */
+export const DEV_AUDIT_FILE = '.pfgate/audit/audit.log'
+
+/** The trail to read: `--file`, else `$PFGATE_AUDIT_FILE`, else the dev trail if present, else the default. */
+export function defaultAuditFile(env: NodeJS.ProcessEnv = process.env): string {
+  const fromEnv = env.PFGATE_AUDIT_FILE
+  if (fromEnv !== undefined && fromEnv !== '') return fromEnv
+  return existsSync(DEV_AUDIT_FILE) ? DEV_AUDIT_FILE : DEFAULT_AUDIT_FILE
+}
 
 /** How often `follow` looks for new records. */
 export const DEFAULT_FOLLOW_POLL_MS = 250
@@ -60,7 +69,8 @@ Filters (all given must match; a comma-separated list matches any of its values)
   --until TIME|DUR      before TIME or DUR ago
 
 Options:
-  -f, --file PATH       the trail (default ${DEFAULT_AUDIT_FILE}); PATH.N rotated files too
+  -f, --file PATH       the trail (default $PFGATE_AUDIT_FILE, else ${DEV_AUDIT_FILE} when
+                        present, else ${DEFAULT_AUDIT_FILE}); PATH.N rotated files too
   -o, --output FORMAT   table (default) or json (one record per line, as stored)
   -h, --help            this help
 
@@ -218,7 +228,7 @@ function parse(argv: string[], io: AuditCommandIO): Parsed | 'help' {
   if (until !== undefined) filters.push((r) => Date.parse(r.time) < until)
   return {
     command,
-    file: values.file ?? DEFAULT_AUDIT_FILE,
+    file: values.file ?? defaultAuditFile(),
     output,
     filter: (r) => filters.every((f) => f(r)),
     since,

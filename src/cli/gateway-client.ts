@@ -9,6 +9,7 @@ import { EventEmitter } from 'node:events'
 import { connect, constants as h2c } from 'node:http2'
 import type { ClientHttp2Session, ClientHttp2Stream, OutgoingHttpHeaders } from 'node:http2'
 import { Backoff } from '../shared/backoff.js'
+import { resetStream } from '../shared/relay-endpoints.js'
 import { appError, describeError } from '../shared/errors.js'
 import { h2SessionOptions, widenConnectionWindow } from '../protocol/h2-settings.js'
 import { parseStatus, statusErrorCode } from '../protocol/status.js'
@@ -276,7 +277,7 @@ export class GatewayClient extends EventEmitter {
   close(): void {
     this.#closed = true
     if (this.#retryTimer !== undefined) clearTimeout(this.#retryTimer)
-    for (const s of this.streams) if (!s.destroyed) s.close(h2c.NGHTTP2_CANCEL)
+    for (const s of this.streams) resetStream(s, h2c.NGHTTP2_CANCEL)
     this.#session?.close()
     this.#session?.destroy()
     this.#session = undefined

@@ -20,7 +20,7 @@ import { RST, resetCodeName } from '../protocol/reset-codes.js'
 import { assertNamespace, assertObjectName } from '../protocol/names.js'
 import { DuplexRelay } from '../shared/duplex-relay.js'
 import { appError, describeError, isAppError } from '../shared/errors.js'
-import { h2Endpoint, socketEndpoint } from '../shared/relay-endpoints.js'
+import { h2Endpoint, resetStream, socketEndpoint } from '../shared/relay-endpoints.js'
 import { GatewayClient, GatewayHttpError } from './gateway-client.js'
 import { loadClientConfig } from './kubeconfig.js'
 import type { ClientOverrides } from './kubeconfig.js'
@@ -326,7 +326,7 @@ export async function runPortForward(argv: string[], io: CliIo): Promise<number>
           },
         )
         if (socket.destroyed || stopping) {
-          stream.close(RST.CANCEL)
+          resetStream(stream, RST.CANCEL)
           return
         }
         const relay = new DuplexRelay(socketEndpoint(socket), h2Endpoint(stream, RST.CANCEL), {

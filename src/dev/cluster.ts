@@ -261,11 +261,15 @@ export async function startDevCluster(options: DevClusterOptions): Promise<DevCl
       const proc =
         c.prefix === undefined
           ? fork(PFGATE_BIN, c.args, { cwd: dir, stdio: [...stdio], env: { ...process.env } })
-          : spawn(c.prefix[0] as string, [...c.prefix.slice(1), process.execPath, PFGATE_BIN, ...c.args], {
-              cwd: dir,
-              stdio: [...stdio],
-              env: { ...process.env },
-            })
+          : spawn(
+              c.prefix[0] as string,
+              [...c.prefix.slice(1), process.execPath, PFGATE_BIN, ...c.args],
+              {
+                cwd: dir,
+                stdio: [...stdio],
+                env: { ...process.env },
+              },
+            )
       c.proc = proc
       let started = false
       const timer = setTimeout(() => {
@@ -375,7 +379,10 @@ export async function startDevCluster(options: DevClusterOptions): Promise<DevCl
           pod.kind,
           '--name',
           pod.name,
-          ...pod.ports.flatMap((p) => ['--listen', ns !== undefined ? `127.0.0.1:${p.containerPort}` : '127.0.0.1:0']),
+          ...pod.ports.flatMap((p) => [
+            '--listen',
+            ns !== undefined ? `127.0.0.1:${p.containerPort}` : '127.0.0.1:0',
+          ]),
         ],
         ns !== undefined ? ['ip', 'netns', 'exec', ns] : undefined,
       )

@@ -9,6 +9,8 @@
 import { dirname, resolve } from 'node:path'
 import { parseDuration, parseSize, readYamlFile, validateConfig } from '../shared/config.js'
 import { appError } from '../shared/errors.js'
+import { KUBE_REGISTRY_CONFIG_SCHEMA, parseKubeRegistryConfig } from './registry/kube-registry.js'
+import type { KubeRegistrySettings } from './registry/kube-registry.js'
 
 /** Asymmetric JWS algorithms we accept (never `none`, never HMAC: DESIGN.md §4). */
 export const ALLOWED_JWT_ALGORITHMS = [
@@ -59,18 +61,6 @@ export type AuditSinkConfig =
       maxSpoolBytes: number
     }
 
-/** The Kubernetes registry source's options. */
-export interface KubeRegistrySourceConfig {
-  source: 'kubernetes'
-  kubeconfig?: string
-  context?: string
-  inCluster: boolean
-  namespaces: string[]
-  labelSelector?: string
-  agentPort: number
-  [key: string]: unknown
-}
-
 /** Gateway configuration, fully defaulted. */
 export interface GatewayConfig {
   listen: { host: string; port: number }
@@ -86,7 +76,7 @@ export interface GatewayConfig {
     connectTimeoutMs: number
     keepaliveMs: number
   }
-  registry: { source: 'static'; file: string } | KubeRegistrySourceConfig
+  registry: { source: 'static'; file: string } | KubeRegistrySettings
   auth: {
     issuer: string
     audience: string[]
@@ -178,6 +168,7 @@ const schema = {
         required: ['file'],
         properties: { source: { const: 'static' }, file: { type: 'string' } },
       },
+      else: KUBE_REGISTRY_CONFIG_SCHEMA,
     },
     auth: {
       type: 'object',
@@ -451,9 +442,7 @@ export function parseGatewayConfig(value: unknown, source: string, baseDir: stri
   if (raw.registry.source === 'static') {
     registry = { source: 'static', file: p(raw.registry.file as string) }
   } else {
-    const r = { ...raw.registry } as KubeRegistrySourceConfig
-    if (typeof r.kubeconfig === 'string') r.kubeconfig = p(r.kubeconfig)
-    registry = r
+    registry = parseKubeRegistryConfig((value as { registry: unknown }).registry, source, baseDir)
   }
   const config: GatewayConfig = {
     listen: { ...raw.listen },

@@ -33,7 +33,7 @@ import { DuplexRelay } from '../shared/duplex-relay.js'
 import type { AbortReason, RelayEndpoint, RelayOutcome } from '../shared/duplex-relay.js'
 import { AppError, appError, describeError, isAppError } from '../shared/errors.js'
 import type { Logger } from '../shared/log.js'
-import { h2Endpoint } from '../shared/relay-endpoints.js'
+import { h2Endpoint, resetStream } from '../shared/relay-endpoints.js'
 import type { Authenticator, Identity } from './auth/authenticator.js'
 import type { Authorizer } from './authz/authorizer.js'
 import type { GatewayConfig } from './config.js'
@@ -560,22 +560,25 @@ export class Forwarder {
       throw err
     }
 
-    if (agentR.status === 'fulfilled' && auditR.status === 'rejected') {
-      agentR.value.close(RST.REFUSED_STREAM)
-    }
     if (auditR.status === 'rejected') {
       this.#d.logger.error({ err: describeError(auditR.reason) }, 'audit open record failed')
       this.#d.metrics.auditFailures.inc({ sink: 'all' })
-      const err = isAppError(auditR.reason)
-        ? auditR.reason
-        : appError('PFG_ERR_AUDIT_UNAVAILABLE', 'audit trail unavailable; refusing new streams')
       if (this.#d.audit.mode === 'blocking-strict') {
-        if (agentR.status === 'fulfilled' && !agentR.value.destroyed)
-          agentR.value.close(RST.REFUSED_STREAM)
-        throw err.code === 'PFG_ERR_AUDIT_UNAVAILABLE'
-          ? err
-          : appError('PFG_ERR_AUDIT_UNAVAILABLE', 'audit trail unavailable; refusing new streams')
+        // Fail closed: no byte may flow without its open record.
+        if (agentR.status === 'fulfilled' && !agentR.value.destroyed) {
+          resetStream(agentR.value, RST.REFUSED_STREAM)
+        }
+        const reason: unknown = auditR.reason
+        const refused =
+          isAppError(reason) && reason.code === 'PFG_ERR_AUDIT_UNAVAILABLE'
+            ? reason
+            : appError('PFG_ERR_AUDIT_UNAVAILABLE', 'audit trail unavailable; refusing new streams')
+        // The audit log itself records this refused stream (stream.failed) once it can write.
+        ;(refused as AppError & { audited?: boolean }).audited = true
+        this.#countRejected(refused)
+        throw refused
       }
+      // blocking / batch: the failure is logged and counted; the stream goes on.
     }
     if (agentR.status === 'rejected') {
       let err = agentR.reason as AppError
@@ -618,7 +621,7 @@ export class Forwarder {
         if (settled) return
         done()
         this.#decUser(identity.user)
-        if (!upstream.destroyed) upstream.close(RST.CANCEL)
+        resetStream(upstream, RST.CANCEL)
         const close = this.#record('stream.closed', session, identity)
         this.#target(close, pod, node, port)
         close.streamId = streamId

@@ -71,11 +71,16 @@ export async function startGateway(
     gatewayId,
   })
   registry.on('ready', (ready) => logger.info({ ready }, 'registry readiness changed'))
-  try {
-    await registry.start()
-  } catch (err) {
-    // A registry that cannot sync yet keeps the gateway up but not ready (it retries).
-    logger.error({ err: describeError(err) }, 'registry start failed')
+  const started = registry.start()
+  if (config.registry.source === 'static') {
+    // A broken registry file is a configuration error: fail at start-up.
+    await started
+  } else {
+    // A cluster registry syncs in the background; until then /readyz is false and
+    // streams get 503 (PFG_ERR_ROUTE_NOT_READY).
+    started.catch((err: unknown) =>
+      logger.error({ err: describeError(err) }, 'kubernetes registry stopped before syncing'),
+    )
   }
   const gateway = await buildGateway({
     tls: { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) },

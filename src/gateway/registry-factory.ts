@@ -3,20 +3,15 @@
  *
  * @module
  */
-import { appError } from '../shared/errors.js'
 import type { Logger } from '../shared/log.js'
-import type { KubeRegistrySourceConfig } from './config.js'
+import { createKubeRegistry } from './registry/kube-registry.js'
+import type { KubeRegistrySettings } from './registry/kube-registry.js'
 import type { PodRegistry } from './registry/types.js'
 
 /** Creates the Kubernetes list+watch registry. */
 export function createKubeRegistryFromConfig(
-  _config: KubeRegistrySourceConfig,
-  _logger: Logger,
+  settings: KubeRegistrySettings,
+  logger: Logger,
 ): Promise<PodRegistry> {
-  return Promise.reject(
-    appError(
-      'PFG_ERR_CONFIG_INVALID',
-      'registry.source "kubernetes" is not available in this build',
-    ),
-  )
+  return Promise.resolve(createKubeRegistry(settings, { env: process.env, logger }))
 }

@@ -35,6 +35,12 @@ export interface RelayEndpoint {
    * `peerRstCode` is the HTTP/2 RST code the other side failed with, when it had one.
    */
   abort(reason: AbortReason, peerRstCode?: number): void
+  /**
+   * True when an EOF just read is really an abort in disguise. Node ends an HTTP/2
+   * stream's readable side (push(null)) when its session dies and nghttp2 closes the
+   * stream with NO_ERROR; a genuine END_STREAM leaves the stream open until we end ours.
+   */
+  eofIsAbort?(): boolean
 }
 
 /** How a relay ended. */
@@ -104,6 +110,7 @@ export class DuplexRelay {
   }
 
   #wire(src: Duplex, dst: Duplex, dir: 0 | 1): void {
+    const srcEndpoint = dir === DIR_A ? this.#a : this.#b
     const onData = (chunk: Buffer): void => {
       if (dir === DIR_A) this.bytesAtoB += chunk.length
       else this.bytesBtoA += chunk.length
@@ -114,6 +121,10 @@ export class DuplexRelay {
       src.resume()
     }
     const onEnd = (): void => {
+      if (srcEndpoint.eofIsAbort?.() === true) {
+        this.#fail(dir, 'closed')
+        return
+      }
       this.#eof[dir] = true
       this.#firstEof ??= dir === DIR_A ? 'a' : 'b'
       // Half-close: the peer's EOF becomes our end of the write side toward the other peer.

@@ -32,6 +32,23 @@ export function rstCodeFor(
 }
 
 /**
+ * Resets an HTTP/2 stream with `code` and nothing else. Node's `stream.close(code)`
+ * first ends the writable side, which can put an END_STREAM on the wire before the
+ * RST_STREAM: the peer would read a clean EOF, half-close its own peer, and only then
+ * learn of the reset. Replacing this instance's `_final` (the Writable hook that sends
+ * END_STREAM) with a no-op keeps the reset a reset; already-queued DATA still goes first.
+ */
+export function resetStream(stream: Http2Stream, code: number): void {
+  if (stream.destroyed || stream.closed) return
+  if (!stream.writableEnded) {
+    ;(stream as Http2Stream & { _final: (cb: (err?: Error | null) => void) => void })._final = (
+      cb,
+    ) => cb()
+  }
+  stream.close(code)
+}
+
+/**
  * An HTTP/2 stream endpoint. `peerFailureCode` is sent when the other side failed
  * without an RST code of its own (a socket error, a lost session).
  */
@@ -39,9 +56,10 @@ export function h2Endpoint(stream: Http2Stream, peerFailureCode: number): RelayE
   return {
     stream,
     abort(reason, peerRstCode) {
-      if (stream.destroyed || stream.closed) return
-      stream.close(rstCodeFor(reason, peerRstCode, peerFailureCode))
+      resetStream(stream, rstCodeFor(reason, peerRstCode, peerFailureCode))
     },
+    // Closed before we ended our side: the session died or the peer reset; not an END_STREAM.
+    eofIsAbort: () => stream.closed && !stream.writableEnded,
   }
 }
 

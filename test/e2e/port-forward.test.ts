@@ -96,7 +96,7 @@ describe('the seed examples print exactly the seed output', () => {
         cli.stdout(),
         `Forwarding from 127.0.0.1:${fwd[0]?.port} -> 5000\nForwarding from [::1]:${fwd[0]?.port} -> 5000\n`,
       )
-      const r = await echoRoundTrip(fwd[0]?.port as number, 1024, '::1')
+      const r = await echoRoundTrip(fwd[0]?.port, 1024, '::1')
       assert.equal(r.received, r.sent)
       assert.equal(await cli.stop(), 0)
     })
@@ -118,11 +118,17 @@ describe('data path', () => {
     t.after(() => cli.stop())
     const [fwd] = parseForwarding(await cli.waitForLines(2))
     const results = await Promise.all(
-      Array.from({ length: 200 }, (_, i) => echoRoundTrip(fwd?.port as number, 16 * 1024 + i, i % 2 ? '::1' : '127.0.0.1')),
+      Array.from({ length: 200 }, (_, i) =>
+        echoRoundTrip(fwd?.port as number, 16 * 1024 + i, i % 2 ? '::1' : '127.0.0.1'),
+      ),
     )
     for (const r of results) assert.equal(r.received, r.sent)
-    const sessions = await adminGet<{ items: { protocol: string; userAgent?: string }[] }>('/admin/v1/sessions')
-    const cliSessions = sessions.items.filter((s) => s.protocol === 'native-h2' && s.userAgent?.startsWith('pfgate/') === true)
+    const sessions = await adminGet<{ items: { protocol: string; userAgent?: string }[] }>(
+      '/admin/v1/sessions',
+    )
+    const cliSessions = sessions.items.filter(
+      (s) => s.protocol === 'native-h2' && s.userAgent?.startsWith('pfgate/') === true,
+    )
     assert.equal(cliSessions.length, 1, JSON.stringify(sessions.items))
   })
 })
@@ -159,7 +165,14 @@ describe('errors', () => {
   })
 
   test('bad arguments fail with a clear message and exit code 2', async () => {
-    for (const args of [['echo', '0'], ['echo', '65536'], ['echo', 'abc'], ['echo', '1:2:3'], ['echo', '-1'], ['echo']]) {
+    for (const args of [
+      ['echo', '0'],
+      ['echo', '65536'],
+      ['echo', 'abc'],
+      ['echo', '1:2:3'],
+      ['echo', '-1'],
+      ['echo'],
+    ]) {
       const r = await runCliToEnd(['port-forward', ...args], env)
       assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`)
       assert.match(r.stderr, /^error: /m)
@@ -298,7 +311,10 @@ describe('resilience', () => {
     const bulk = await echoRoundTrip(port, 64 * 1024 * 1024, '127.0.0.1', 60_000)
     assert.equal(bulk.received, bulk.sent)
     // Backpressure held end to end: the stalled writer got stuck at a bounded amount.
-    assert.ok(pushedAfterStall < 256 * 1024 * 1024, `stalled client pushed ${pushedAfterStall} bytes`)
+    assert.ok(
+      pushedAfterStall < 256 * 1024 * 1024,
+      `stalled client pushed ${pushedAfterStall} bytes`,
+    )
     assert.ok(pushed - pushedAfterStall < 64 * 1024 * 1024, 'the stalled writer stayed stuck')
     const rssAfter = rssKiB(gwPid)
     assert.ok(rssAfter - rssBefore < 200 * 1024, `gateway RSS grew by ${rssAfter - rssBefore} KiB`)
@@ -323,10 +339,18 @@ describe('resilience', () => {
     const closed = open.map((s) => new Promise((r) => s.once('close', r)))
     assert.equal(await cli.stop('SIGINT'), 0)
     await Promise.all(closed)
-    for (const f of fwd) assert.ok(await isRefused(f.port, f.address), `${f.address}:${f.port} still listening`)
-    await eventually(async () => (await adminGet<{ items: unknown[] }>('/admin/v1/streams')).items.length === 0, 5000, 'gateway streams to end')
+    for (const f of fwd)
+      assert.ok(await isRefused(f.port, f.address), `${f.address}:${f.port} still listening`)
+    await eventually(
+      async () => (await adminGet<{ items: unknown[] }>('/admin/v1/streams')).items.length === 0,
+      5000,
+      'gateway streams to end',
+    )
     const sessions = await adminGet<{ items: { userAgent?: string }[] }>('/admin/v1/sessions')
-    assert.equal(sessions.items.filter((s) => s.userAgent?.startsWith('pfgate/') === true).length, 0)
+    assert.equal(
+      sessions.items.filter((s) => s.userAgent?.startsWith('pfgate/') === true).length,
+      0,
+    )
     void netConnect
   })
 })

@@ -38,7 +38,11 @@ export function runCli(args: string[], env: NodeJS.ProcessEnv = {}): CliProcess 
       const tick = (): void => {
         if (cond()) return resolve()
         if (proc.exitCode !== null || proc.signalCode !== null) {
-          return reject(new Error(`pfgate exited (${proc.exitCode ?? proc.signalCode}) before ${what}\nstdout: ${out}\nstderr: ${err}`))
+          return reject(
+            new Error(
+              `pfgate exited (${proc.exitCode ?? proc.signalCode}) before ${what}\nstdout: ${out}\nstderr: ${err}`,
+            ),
+          )
         }
         if (Date.now() - started > timeoutMs) {
           return reject(new Error(`timed out waiting for ${what}\nstdout: ${out}\nstderr: ${err}`))
@@ -53,7 +57,11 @@ export function runCli(args: string[], env: NodeJS.ProcessEnv = {}): CliProcess 
     stderr: () => err,
     exited,
     async waitForLines(n, timeoutMs = 15_000) {
-      await poll(() => out.split('\n').filter((l) => l !== '').length >= n, `${n} stdout lines`, timeoutMs)
+      await poll(
+        () => out.split('\n').filter((l) => l !== '').length >= n,
+        `${n} stdout lines`,
+        timeoutMs,
+      )
       return out.split('\n').filter((l) => l !== '')
     },
     waitForStderr(re, timeoutMs = 15_000) {
@@ -80,10 +88,16 @@ export async function runCliToEnd(
 }
 
 /** Parses `Forwarding from ADDR:PORT -> REMOTE` lines. */
-export function parseForwarding(lines: string[]): { address: string; port: number; remote: number }[] {
+export function parseForwarding(
+  lines: string[],
+): { address: string; port: number; remote: number }[] {
   return lines.map((l) => {
     const m = /^Forwarding from (\[[^\]]+\]|[^:]+):(\d+) -> (\d+)$/.exec(l)
     if (m === null) throw new Error(`not a Forwarding line: ${JSON.stringify(l)}`)
-    return { address: (m[1] as string).replace(/^\[|\]$/g, ''), port: Number(m[2]), remote: Number(m[3]) }
+    return {
+      address: (m[1] as string).replace(/^\[|\]$/g, ''),
+      port: Number(m[2]),
+      remote: Number(m[3]),
+    }
   })
 }

@@ -22,7 +22,9 @@ export function h2Request(
   body?: Buffer | string,
 ): Promise<{ status: number; headers: Record<string, unknown>; body: string; rstCode?: number }> {
   return new Promise((resolve, reject) => {
-    const req = session.request(headers, { endStream: body === undefined && headers[':method'] === 'GET' })
+    const req = session.request(headers, {
+      endStream: body === undefined && headers[':method'] === 'GET',
+    })
     let status = 0
     let hdrs: Record<string, unknown> = {}
     const chunks: Buffer[] = []
@@ -31,9 +33,17 @@ export function h2Request(
       hdrs = h
     })
     req.on('data', (c: Buffer) => chunks.push(c))
-    req.on('end', () => resolve({ status, headers: hdrs, body: Buffer.concat(chunks).toString('utf8') }))
-    req.on('error', (err) => {
-      if (status !== 0) resolve({ status, headers: hdrs, body: Buffer.concat(chunks).toString('utf8'), rstCode: req.rstCode })
+    req.on('end', () =>
+      resolve({ status, headers: hdrs, body: Buffer.concat(chunks).toString('utf8') }),
+    )
+    req.on('error', (err: Error) => {
+      if (status !== 0)
+        resolve({
+          status,
+          headers: hdrs,
+          body: Buffer.concat(chunks).toString('utf8'),
+          rstCode: req.rstCode,
+        })
       else reject(err)
     })
     if (body !== undefined) req.end(body)

@@ -60,7 +60,11 @@ export async function echoRoundTrip(
 }
 
 /** Resolves when `fn` returns true, polling; rejects after the timeout. */
-export async function eventually(fn: () => boolean | Promise<boolean>, timeoutMs = 10_000, what = 'condition'): Promise<void> {
+export async function eventually(
+  fn: () => boolean | Promise<boolean>,
+  timeoutMs = 10_000,
+  what = 'condition',
+): Promise<void> {
   const start = Date.now()
   for (;;) {
     if (await fn()) return

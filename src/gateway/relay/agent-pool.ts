@@ -17,6 +17,7 @@ import { h2SessionOptions, widenConnectionWindow } from '../../protocol/h2-setti
 import { parseStatus, statusErrorCode } from '../../protocol/status.js'
 import { ERROR_CODES } from '../../shared/errors.js'
 import type { NodeInfo } from '../registry/types.js'
+import { resetStream } from '../../shared/relay-endpoints.js'
 
 /** TLS material and timings for the agent hop. */
 export interface AgentPoolOptions {
@@ -130,7 +131,7 @@ export class AgentConnection {
         if (err === undefined) {
           resolve(req)
         } else {
-          if (!req.destroyed) req.close(h2c.NGHTTP2_CANCEL)
+          resetStream(req, h2c.NGHTTP2_CANCEL)
           reject(err)
         }
       }
