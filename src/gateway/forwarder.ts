@@ -512,11 +512,6 @@ export class Forwarder {
   ): Promise<OpenedForward> {
     const { session } = req
     const streamId = `s-${this.#prefix}-${(++this.#seq).toString(36)}`
-    const openRec = this.#record('stream.opened', session, identity)
-    this.#target(openRec, pod, node, port)
-    openRec.streamId = streamId
-    if (req.userAgent !== undefined) openRec.userAgent = req.userAgent
-
     const ac = new AbortController()
     const onClientAbort = (): void => ac.abort()
     req.signal?.addEventListener('abort', onClientAbort, { once: true })
@@ -528,50 +523,54 @@ export class Forwarder {
     }
     if (pod.netns !== undefined) headers[POD_NETNS_HEADER] = pod.netns
 
-    // The open record and the agent dial run concurrently; nothing is relayed before both.
-    const auditP = this.#d.audit.append(openRec)
-    const agentP = this.#d.agents
-      .get(node)
-      .open(agentPortForwardPath(pod.namespace, pod.name), headers, {
-        signal: ac.signal,
-        timeoutMs: this.#d.limits.streamOpenTimeoutMs,
-      })
-    const [auditR, agentR] = await Promise.allSettled([auditP, agentP])
-    clearTimeout(openTimer)
-    req.signal?.removeEventListener('abort', onClientAbort)
-
-    const failWith = (err: AppError): never => {
-      // The open record may be in: close it so the trail has no dangling stream.
-      if (auditR.status === 'fulfilled') {
-        const close = this.#record('stream.closed', session, identity)
-        this.#target(close, pod, node, port)
-        close.streamId = streamId
-        close.endedBy = reasonFor(err) === 'client-gone' ? 'client' : 'error'
-        close.reason = reasonFor(err)
-        close.bytesClientToPod = 0
-        close.bytesPodToClient = 0
-        close.durationMs = this.#now() - started
-        close.error = { code: err.code, message: err.message }
-        close.status = err.statusCode
-        this.#appendLogged(close)
-        this.#countRejected(err)
-        ;(err as AppError & { audited?: boolean }).audited = true
+    // 1. The agent connects to the pod's port and answers 200.
+    let upstream: ClientHttp2Stream
+    try {
+      upstream = await this.#d.agents
+        .get(node)
+        .open(agentPortForwardPath(pod.namespace, pod.name), headers, {
+          signal: ac.signal,
+          timeoutMs: this.#d.limits.streamOpenTimeoutMs,
+        })
+    } catch (err) {
+      if (
+        isAppError(err) &&
+        err.code === 'PFG_ERR_RELAY_STREAM_RESET' &&
+        ac.signal.aborted &&
+        req.signal?.aborted !== true
+      ) {
+        this.#d.metrics.limitHits.inc({ limit: 'open-timeout' })
+        throw appError(
+          'PFG_ERR_LIMIT_OPEN_TIMEOUT',
+          `the stream did not open within ${this.#d.limits.streamOpenTimeoutMs} ms`,
+        )
       }
       throw err
+    } finally {
+      clearTimeout(openTimer)
+      req.signal?.removeEventListener('abort', onClientAbort)
     }
+    upstream.on('error', () => {
+      // Handled by the relay; keep unhandled errors from crashing the process.
+    })
 
-    if (auditR.status === 'rejected') {
-      this.#d.logger.error({ err: describeError(auditR.reason) }, 'audit open record failed')
+    // 2. The open record. In blocking-strict it is durable before the client hears 200,
+    //    so no byte is relayed without it (the pod may have sent a banner: it waits).
+    const openRec = this.#record('stream.opened', session, identity)
+    this.#target(openRec, pod, node, port)
+    openRec.streamId = streamId
+    if (req.userAgent !== undefined) openRec.userAgent = req.userAgent
+    try {
+      await this.#d.audit.append(openRec)
+    } catch (err) {
+      this.#d.logger.error({ err: describeError(err), streamId }, 'audit open record failed')
       this.#d.metrics.auditFailures.inc({ sink: 'all' })
       if (this.#d.audit.mode === 'blocking-strict') {
-        // Fail closed: no byte may flow without its open record.
-        if (agentR.status === 'fulfilled' && !agentR.value.destroyed) {
-          resetStream(agentR.value, RST.REFUSED_STREAM)
-        }
-        const reason: unknown = auditR.reason
+        // Fail closed.
+        resetStream(upstream, RST.REFUSED_STREAM)
         const refused =
-          isAppError(reason) && reason.code === 'PFG_ERR_AUDIT_UNAVAILABLE'
-            ? reason
+          isAppError(err) && err.code === 'PFG_ERR_AUDIT_UNAVAILABLE'
+            ? err
             : appError('PFG_ERR_AUDIT_UNAVAILABLE', 'audit trail unavailable; refusing new streams')
         // The audit log itself records this refused stream (stream.failed) once it can write.
         ;(refused as AppError & { audited?: boolean }).audited = true
@@ -580,27 +579,6 @@ export class Forwarder {
       }
       // blocking / batch: the failure is logged and counted; the stream goes on.
     }
-    if (agentR.status === 'rejected') {
-      let err = agentR.reason as AppError
-      if (
-        ac.signal.aborted &&
-        req.signal?.aborted !== true &&
-        err.code === 'PFG_ERR_RELAY_STREAM_RESET'
-      ) {
-        err = appError(
-          'PFG_ERR_LIMIT_OPEN_TIMEOUT',
-          `the stream did not open within ${this.#d.limits.streamOpenTimeoutMs} ms`,
-        )
-        this.#d.metrics.limitHits.inc({ limit: 'open-timeout' })
-      }
-      return failWith(
-        isAppError(err) ? err : appError('PFG_ERR_RELAY_AGENT_UNAVAILABLE', String(err)),
-      )
-    }
-    const upstream = agentR.value
-    upstream.on('error', () => {
-      // Handled by the relay; keep unhandled errors from crashing the process.
-    })
     let settled = false
     const done = (): void => {
       session.pending--
