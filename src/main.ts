@@ -20,6 +20,7 @@ Operator commands:
   agent          run a node agent (--config FILE)
   dev            run a local dev cluster: gateway, two agents, demo pods (npm start)
   token          mint a development token for the dev cluster (development only)
+  certs          create development certificates, a signing key and a kubeconfig (development only)
   demo-pod       run a demo pod server (echo or http), used by dev and docker-compose
 
 Run 'pfgate <command> --help' for a command's options.
@@ -36,6 +37,21 @@ function stopSignal(): Promise<string> {
     process.on('SIGTERM', on)
   })
 }
+
+/** Every subcommand (docker-compose.yml and the docs are checked against this list). */
+export const COMMANDS = [
+  'port-forward',
+  'audit',
+  'admin',
+  'gateway',
+  'agent',
+  'dev',
+  'token',
+  'certs',
+  'demo-pod',
+  'version',
+  'help',
+] as const
 
 /** Runs `argv` (without node and the script); resolves with the exit code. */
 export async function run(argv: string[]): Promise<number> {
@@ -54,6 +70,8 @@ export async function run(argv: string[]): Promise<number> {
       return (await import('./dev/main.js')).main(rest)
     case 'token':
       return (await import('./dev/token.js')).main(rest, io)
+    case 'certs':
+      return (await import('./dev/certs-command.js')).main(rest, io)
     case 'demo-pod':
       return (await import('./dev/demo-pod.js')).main(rest)
     case 'audit': {

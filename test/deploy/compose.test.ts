@@ -1,0 +1,155 @@
+/**
+ * docker compose cannot run on these machines, so this checks docker-compose.yml
+ * against the repository instead: every command is a real pfgate subcommand whose
+ * arguments parse, every config file it names exists (through its volume mounts)
+ * and validates, and every address and port agrees across compose, the gateway,
+ * agent and registry configs, and the demo pods.
+ */
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { existsSync, readFileSync } from 'node:fs'
+import { join, relative } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { parse as parseYaml } from 'yaml'
+import { COMMANDS } from '../../src/main.js'
+import { loadAgentConfig } from '../../src/agent/config.js'
+import { loadGatewayConfig } from '../../src/gateway/config.js'
+import { parseRegistry } from '../../src/gateway/registry/static-registry.js'
+import { readYamlFile } from '../../src/shared/config.js'
+import { DEMO_PODS, DEV_NODES } from '../../src/dev/cluster.js'
+
+const root = fileURLToPath(new URL('../../../', import.meta.url))
+
+interface Service {
+  build?: string
+  image?: string
+  command?: string[]
+  volumes?: string[]
+  ports?: string[]
+  expose?: string[]
+  depends_on?: Record<string, { condition: string }>
+}
+const compose = parseYaml(readFileSync(join(root, 'docker-compose.yml'), 'utf8'), {
+  merge: true,
+}) as {
+  services: Record<string, Service>
+  volumes: Record<string, unknown>
+}
+const services = compose.services
+
+/** Maps a container path to a repository path through the service's bind mounts (undefined for named volumes). */
+function hostPath(svc: Service, containerPath: string): string | undefined {
+  for (const v of svc.volumes ?? []) {
+    const [src, dst] = v.split(':') as [string, string]
+    if (containerPath === dst || containerPath.startsWith(dst + '/')) {
+      if (!src.startsWith('.')) return undefined // a named volume: created at run time
+      return join(root, src, containerPath.slice(dst.length))
+    }
+  }
+  throw new Error(`${containerPath} is not mounted into the service`)
+}
+
+function flag(cmd: string[], name: string): string | undefined {
+  const i = cmd.indexOf(name)
+  return i >= 0 ? cmd[i + 1] : undefined
+}
+
+test('every service runs the image built from this repository with a real subcommand', () => {
+  assert.ok(existsSync(join(root, 'Dockerfile')))
+  const dockerfile = readFileSync(join(root, 'Dockerfile'), 'utf8')
+  assert.match(dockerfile, /ENTRYPOINT \["node", "\/opt\/pfgate\/bin\/pfgate\.js"\]/)
+  assert.ok(existsSync(join(root, 'bin', 'pfgate.js')))
+  for (const [name, svc] of Object.entries(services)) {
+    assert.equal(svc.build, '.', `${name} builds the repository`)
+    assert.ok(Array.isArray(svc.command) && svc.command.length > 0, `${name} has a command`)
+    const sub = svc.command[0] as string
+    assert.ok((COMMANDS as readonly string[]).includes(sub), `${name}: unknown subcommand ${sub}`)
+  }
+  for (const v of Object.values(services).flatMap((s) => s.volumes ?? [])) {
+    const src = v.split(':')[0] as string
+    if (src.startsWith('.')) assert.ok(existsSync(join(root, src)), `bind mount ${src} exists`)
+    else assert.ok(src in compose.volumes, `named volume ${src} is declared`)
+  }
+})
+
+test('the gateway config validates and agrees with compose and the registry', () => {
+  const gw = services.gateway as Service
+  const file = hostPath(gw, flag(gw.command as string[], '--config') as string) as string
+  assert.ok(existsSync(file), relative(root, file))
+  const cfg = loadGatewayConfig(file)
+  // Published ports are the configured ones.
+  assert.ok(gw.ports?.includes(`${cfg.listen.port}:${cfg.listen.port}`), 'TLS port published')
+  assert.ok(
+    cfg.metrics !== null && gw.ports?.includes(`${cfg.metrics.port}:${cfg.metrics.port}`),
+    'metrics port published',
+  )
+  assert.equal(cfg.listen.host, '0.0.0.0', 'reachable from outside the container')
+  // TLS material lives on the certs volume that the certs service fills.
+  for (const p of [cfg.tls.cert, cfg.tls.key, cfg.agents.ca, cfg.agents.cert, cfg.agents.key]) {
+    assert.ok(p.startsWith('/etc/pfgate/certs/'), p)
+    assert.equal(hostPath(gw, p), undefined, `${p} comes from the certs volume`)
+  }
+  assert.equal(flag(services.certs?.command as string[], '--dir'), '/etc/pfgate/certs')
+  assert.ok(cfg.registry.source === 'static')
+  const regFile = hostPath(gw, cfg.registry.file) as string
+  const registry = parseRegistry(readYamlFile(regFile), regFile)
+  // Every node's agent is a compose service listening where the registry says.
+  for (const node of registry.nodes) {
+    const agent = services[node.address]
+    assert.ok(agent !== undefined, `node ${node.name}: no service "${node.address}"`)
+    const agentFile = hostPath(
+      agent,
+      flag(agent.command as string[], '--config') as string,
+    ) as string
+    const ac = loadAgentConfig(agentFile)
+    assert.equal(ac.nodeName, node.name)
+    assert.equal(ac.listen.port, node.port, `${node.name}: agent port`)
+    assert.ok(agent.expose?.includes(String(node.port)))
+    assert.ok(gw.depends_on?.[node.address] !== undefined, `gateway waits for ${node.address}`)
+    // The agent's certificate is issued for the name the gateway verifies.
+    assert.ok(ac.tls.cert.endsWith(`agent-${node.name}.crt`))
+    assert.equal(node.tlsServerName, node.name)
+  }
+  // Every pod runs on a node whose agent knows how to reach it, on a port its container serves.
+  for (const pod of registry.pods) {
+    const node = registry.nodes.find((n) => n.name === pod.nodeName)
+    assert.ok(node !== undefined, `pod ${pod.name}: unknown node ${pod.nodeName}`)
+    const agent = services[node.address] as Service
+    const ac = loadAgentConfig(
+      hostPath(agent, flag(agent.command as string[], '--config') as string) as string,
+    )
+    const entry = ac.pods.find((p) => p.namespace === pod.namespace && p.name === pod.name)
+    assert.ok(entry !== undefined, `agent ${node.name} does not know pod ${pod.name}`)
+    const podSvc = services[entry.host as string]
+    assert.ok(podSvc !== undefined, `pod ${pod.name}: no service "${entry.host}"`)
+    const listens = (podSvc.command as string[])
+      .map((a, i, all) => (all[i - 1] === '--listen' ? Number(a.split(':').pop()) : undefined))
+      .filter((x): x is number => x !== undefined)
+    for (const port of pod.ports) {
+      const hostPort = entry.ports?.[String(port.containerPort)] ?? port.containerPort
+      assert.ok(
+        listens.includes(hostPort),
+        `${pod.name}:${port.containerPort} -> ${entry.host}:${hostPort} is served`,
+      )
+      assert.ok(podSvc.expose?.includes(String(hostPort)))
+    }
+  }
+})
+
+test('compose runs the same topology as the dev cluster', () => {
+  const regFile = join(root, 'config', 'registry.yaml')
+  const registry = parseRegistry(readYamlFile(regFile), regFile)
+  assert.deepEqual(
+    registry.nodes.map((n) => n.name),
+    [...DEV_NODES],
+  )
+  assert.deepEqual(
+    registry.pods.map((p) => [
+      p.namespace,
+      p.name,
+      p.nodeName,
+      p.ports.map((x) => x.containerPort),
+    ]),
+    DEMO_PODS.map((p) => [p.namespace, p.name, p.node, p.ports.map((x) => x.containerPort)]),
+  )
+})

@@ -1,0 +1,92 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { fileURLToPath } from 'node:url'
+import { loadGatewayConfig, parseGatewayConfig } from '../../src/gateway/config.js'
+import { loadAgentConfig, parseAgentConfig } from '../../src/agent/config.js'
+
+const root = fileURLToPath(new URL('../../../', import.meta.url))
+
+test('the example configs validate, with defaults applied and paths resolved', () => {
+  const g = loadGatewayConfig(`${root}config/gateway.yaml`)
+  assert.equal(g.listen.port, 8443)
+  assert.equal(g.audit.mode, 'blocking-strict')
+  assert.equal(g.auth.clockToleranceS, 60)
+  assert.deepEqual(g.authorization.rules[0]?.ports, [{ from: 1, to: 65535 }])
+  assert.ok(Object.isFrozen(g))
+  const a = loadAgentConfig(`${root}config/agent-node-a.yaml`)
+  assert.equal(a.nodeName, 'node-a')
+  assert.equal(a.dialer.connectTimeoutMs, 5000)
+  assert.equal(
+    loadAgentConfig(`${root}config/agent-node-a.yaml`, { nodeName: 'n9' }).nodeName,
+    'n9',
+  )
+})
+
+test('every problem is listed at once, by path', () => {
+  assert.throws(
+    () =>
+      parseGatewayConfig(
+        {
+          tls: { cert: 'a' },
+          agents: { ca: 'c', cert: 'd', key: 'e' },
+          registry: { source: 'static' },
+          auth: { issuer: 'i', audience: 'a', jwks: {}, algorithms: ['HS256'] },
+          authorization: { rules: [{ namespaces: ['default'] }] },
+          limits: { idleTimeout: 'soon' },
+          bogus: 1,
+        },
+        'gw.yaml',
+        '/tmp',
+      ),
+    (err: Error) => {
+      for (const part of [
+        'gw.yaml: invalid configuration',
+        'unknown field "bogus"',
+        'tls: missing required field "key"',
+        'registry: missing required field "file"',
+        'auth.algorithms.0: must be one of',
+        'authorization.rules.0',
+      ]) {
+        assert.ok(err.message.includes(part), `missing ${JSON.stringify(part)} in:\n${err.message}`)
+      }
+      return (err as Error & { code?: string }).code === 'PFG_ERR_CONFIG_INVALID'
+    },
+  )
+})
+
+test('HMAC and none are not in the algorithm allow-list', () => {
+  for (const alg of ['HS256', 'HS512', 'none']) {
+    assert.throws(
+      () =>
+        parseGatewayConfig(
+          {
+            tls: { cert: 'a', key: 'b' },
+            agents: { ca: 'c', cert: 'd', key: 'e' },
+            registry: { source: 'static', file: 'r' },
+            auth: { issuer: 'i', audience: 'a', jwks: { file: 'j' }, algorithms: [alg] },
+          },
+          'x',
+          '/',
+        ),
+      { code: 'PFG_ERR_CONFIG_INVALID' },
+    )
+  }
+})
+
+test('agent config: bad port map and dialer type are reported', () => {
+  assert.throws(
+    () =>
+      parseAgentConfig(
+        {
+          nodeName: 'n',
+          tls: { cert: 'a', key: 'b', clientCa: 'c' },
+          dialer: { type: 'magic' },
+          pods: [{ namespace: 'd', name: 'p', ports: { '0': 1, '80': 70000 } }],
+        },
+        'agent.yaml',
+        '/',
+      ),
+    (err: Error) =>
+      /dialer.type: must be one of/.test(err.message) && /pods.0.ports/.test(err.message),
+  )
+})
