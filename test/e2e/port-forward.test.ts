@@ -285,6 +285,30 @@ describe('resilience', () => {
     assert.equal(cli.proc.exitCode, null, 'the CLI is still running')
   })
 
+  test('the gateway connection drops: the CLI reconnects and new local connections work again', async (t) => {
+    const cli = runCli(['port-forward', '--quiet', 'echo', ':5000'], env)
+    t.after(() => cli.stop())
+    const [fwd] = parseForwarding(await cli.waitForLines(2))
+    const port = fwd?.port as number
+    assert.equal((await echoRoundTrip(port, 4096)).receivedBytes, 4096)
+    // The supervisor restarts the gateway on the same port.
+    await cluster.kill('gateway', 'SIGKILL')
+    await cli.waitForStderr(/lost connection to the gateway; reconnecting/)
+    await eventually(
+      async () => {
+        try {
+          const r = await echoRoundTrip(port, 8192, '127.0.0.1', 5000)
+          return r.received === r.sent
+        } catch {
+          return false
+        }
+      },
+      30_000,
+      'forwarding through the restarted gateway',
+    )
+    assert.equal(cli.proc.exitCode, null, 'the CLI is still running')
+  })
+
   test('a stalled reader does not slow a bulk stream, and gateway memory stays bounded', async (t) => {
     const cli = runCli(['port-forward', '--quiet', 'echo', ':5000'], env)
     t.after(() => cli.stop())

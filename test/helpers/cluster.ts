@@ -10,6 +10,7 @@ import type { DevCluster } from '../../src/dev/cluster.js'
 /** Starts a dev cluster on free ports in a fresh temp dir. */
 export async function startTestCluster(
   gatewayOverrides: Record<string, unknown> = {},
+  options: { netns?: boolean } = {},
 ): Promise<DevCluster & { cleanup(): Promise<void> }> {
   const dir = mkdtempSync(join(tmpdir(), 'pfgate-test-'))
   const cluster = await startDevCluster({
@@ -19,6 +20,7 @@ export async function startTestCluster(
     logLevel: process.env.PFGATE_TEST_LOG_LEVEL ?? 'error',
     childStderr: process.env.PFGATE_TEST_LOG_LEVEL !== undefined ? 'inherit' : 'ignore',
     gatewayOverrides,
+    ...(options.netns === true ? { netns: true } : {}),
   })
   return Object.assign(cluster, {
     async cleanup() {
