@@ -6,12 +6,14 @@
  * authorization, resolution, limits, the agent hop, the relay and the audit trail
  * all live here and never know which protocol the client spoke (they record it).
  *
- * Order of checks for one stream: draining → authenticate (401) → names/port
- * (400) → authorize (403) → registry ready (503) → pod (404) → node check (404)
- * → phase (400) → node's agent known (503) → limits (429) → audit open record
- * (durable in blocking-strict; 503 if it cannot be written) ∥ agent dial
- * (502/504) → 200. No byte is relayed before both the open record and the
- * agent's 200 are in.
+ * Order of checks for one stream: header size (431) → draining (503) →
+ * authenticate (401) → names/port (400) → authorize (403) → registry ready (503)
+ * → pod (404) → node check (404) → phase (400) → node's agent known (503) →
+ * limits (429) → agent dial (502/504; the whole open is bounded by the
+ * stream-open timeout, 504) → audit open record (durable in blocking-strict; 503
+ * if it cannot be written) → 200. No byte is relayed before both the agent's 200
+ * and the open record are in. After 200, the sweeper ends streams that were idle
+ * or lived too long (RST_STREAM ENHANCE_YOUR_CALM, `endedBy: limit`).
  *
  * @module
  */
@@ -136,6 +138,12 @@ export interface ForwardRequest {
   userAgent?: string
   /** Aborted when the client goes away during the open. */
   signal?: AbortSignal
+  /**
+   * Size of the request's header list (RFC 9113 §6.5.2: name + value + 32 per field), when
+   * the adapter can measure it: above `limits.maxHeaderBytes` the stream is refused with 431
+   * before anything else is looked at (the token included).
+   */
+  headerBytes?: number
 }
 
 /** Admin view of a live stream. */
@@ -169,8 +177,10 @@ export class LiveStream {
   relay: DuplexRelay | undefined
   /** The agent stream. */
   upstream: ClientHttp2Stream | undefined
-  /** Set when an admin/limit/shutdown ended it: who and why. */
-  endedBy: { by: EndedBy; user?: string; reason: string } | undefined
+  /** Set when an admin/limit/shutdown ended it: who and why (and the limit's error). */
+  endedBy:
+    | { by: EndedBy; user?: string; reason: string; error?: { code: string; message: string } }
+    | undefined
 
   constructor(
     id: string,
@@ -193,9 +203,16 @@ export class LiveStream {
   }
 
   /** Ends the stream abnormally. */
-  kill(by: 'admin' | 'limit' | 'gateway', reason: string, user?: string): void {
+  kill(
+    by: 'admin' | 'limit' | 'gateway',
+    reason: string,
+    user?: string,
+    error?: { code: string; message: string },
+  ): void {
     if (this.relay === undefined || this.relay.done) return
-    this.endedBy = user === undefined ? { by, reason } : { by, reason, user }
+    this.endedBy = { by, reason }
+    if (user !== undefined) this.endedBy.user = user
+    if (error !== undefined) this.endedBy.error = error
     const abort: AbortReason = by === 'admin' ? 'admin' : by === 'limit' ? 'limit' : 'shutdown'
     this.relay.abort(abort)
   }
@@ -259,6 +276,8 @@ function reasonFor(err: AppError): string {
       return 'limit:streams-per-user'
     case 'PFG_ERR_LIMIT_OPEN_TIMEOUT':
       return 'limit:open-timeout'
+    case 'PFG_ERR_LIMIT_HEADER_TOO_LARGE':
+      return 'limit:header-size'
     case 'PFG_ERR_AUDIT_UNAVAILABLE':
       return 'audit-unavailable'
     case 'PFG_ERR_RELAY_DRAINING':
@@ -276,12 +295,19 @@ function reasonFor(err: AppError): string {
   }
 }
 
+/**
+ * Reasons recorded as `stream.denied` (refused by policy: authentication, authorization,
+ * limits, a bad request, shutdown); every other refusal is `stream.failed` (docs/audit.md),
+ * `audit-unavailable` included, like the record the audit log writes for a refused open.
+ */
 const DENIED_REASONS = new Set([
   'unauthenticated',
   'forbidden',
   'bad-request',
   'draining',
-  'audit-unavailable',
+  'limit:streams-per-connection',
+  'limit:streams-per-user',
+  'limit:header-size',
 ])
 
 /** Formats an address pair as `ip:port` with IPv6 in brackets. */
@@ -404,6 +430,14 @@ export class Forwarder {
     let pod: PodInfo | undefined
     let counted = false
     try {
+      const maxHeader = this.#d.limits.maxHeaderBytes
+      if (req.headerBytes !== undefined && req.headerBytes > maxHeader) {
+        this.#d.metrics.limitHits.inc({ limit: 'header-size' })
+        throw appError(
+          'PFG_ERR_LIMIT_HEADER_TOO_LARGE',
+          `request headers too large (${req.headerBytes} bytes; limit ${maxHeader})`,
+        )
+      }
       if (this.#draining) {
         throw appError('PFG_ERR_RELAY_DRAINING', 'the gateway is shutting down; retry shortly')
       }
@@ -673,6 +707,7 @@ export class Forwarder {
       rec.endedBy = e?.by ?? 'gateway'
       rec.reason = e?.reason ?? f.reason
       if (e?.user !== undefined) rec.endedByUser = e.user
+      if (e?.error !== undefined) rec.error = e.error
     } else if (f.side === 'a') {
       rec.endedBy = 'client'
       rec.reason = 'client reset'
@@ -709,10 +744,16 @@ export class Forwarder {
       if (relay === undefined || relay.done) continue
       if (maxLifetimeMs > 0 && now - s.openedAt >= maxLifetimeMs) {
         this.#d.metrics.limitHits.inc({ limit: 'max-lifetime' })
-        s.kill('limit', `limit:max-lifetime (${maxLifetimeMs} ms)`)
+        s.kill('limit', 'limit:max-lifetime', undefined, {
+          code: 'PFG_ERR_LIMIT_LIFETIME',
+          message: `the stream reached its maximum lifetime (${maxLifetimeMs} ms)`,
+        })
       } else if (idleTimeoutMs > 0 && now - relay.lastActivity >= idleTimeoutMs) {
         this.#d.metrics.limitHits.inc({ limit: 'idle-timeout' })
-        s.kill('limit', `limit:idle-timeout (${idleTimeoutMs} ms)`)
+        s.kill('limit', 'limit:idle-timeout', undefined, {
+          code: 'PFG_ERR_LIMIT_IDLE',
+          message: `no bytes either way for ${idleTimeoutMs} ms`,
+        })
       }
     }
   }
