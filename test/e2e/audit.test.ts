@@ -350,7 +350,7 @@ describe('blocking-strict: fail closed when the sink cannot write', () => {
       refused = st
     }
     assert.ok(refused !== undefined, 'a stream was refused once the file system was full')
-    t.diagnostic(`refused after ${attempts} stream(s) fit in the trail's last page`)
+    t.diagnostic(`refused on attempt ${attempts} (the ones before fit in the trail file's last page)`)
     await refused.closed
     assert.equal(refused.status, 503)
     const body = JSON.parse(refused.received().toString()) as {
