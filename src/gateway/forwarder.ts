@@ -270,6 +270,10 @@ function reasonFor(err: AppError): string {
       return 'wrong-node'
     case 'PFG_ERR_ROUTE_POD_NOT_RUNNING':
       return 'pod-not-running'
+    case 'PFG_ERR_ROUTE_NOT_READY':
+      return 'not-ready'
+    case 'PFG_ERR_ROUTE_NODE_UNKNOWN':
+      return 'node-unknown'
     case 'PFG_ERR_LIMIT_STREAMS_PER_CONNECTION':
       return 'limit:streams-per-connection'
     case 'PFG_ERR_LIMIT_STREAMS_PER_USER':
@@ -288,6 +292,12 @@ function reasonFor(err: AppError): string {
     case 'PFG_ERR_AGENT_CONNECT_TIMEOUT':
     case 'PFG_ERR_RELAY_CONNECT_TIMEOUT':
       return 'connect-timeout'
+    case 'PFG_ERR_AGENT_CONNECT_FAILED':
+      return 'connect-failed'
+    case 'PFG_ERR_AGENT_NETNS':
+      return 'netns'
+    case 'PFG_ERR_RELAY_AGENT_UNAVAILABLE':
+      return 'agent-unavailable'
     case 'PFG_ERR_RELAY_STREAM_RESET':
       return 'client-gone'
     default:
@@ -387,8 +397,10 @@ export class Forwarder {
       rec.bytesClientToPod = session.bytesClientToPod
       rec.bytesPodToClient = session.bytesPodToClient
       rec.endedBy = session.endedByUser !== undefined ? 'admin' : 'client'
-      if (session.endedByUser !== undefined) rec.endedByUser = session.endedByUser
-      rec.reason = `${session.streamCount} stream(s)`
+      if (session.endedByUser !== undefined) {
+        rec.endedByUser = session.endedByUser
+        rec.reason = 'admin:session'
+      }
       this.#appendLogged(rec)
     }
     audited.then(close, close)
@@ -398,7 +410,7 @@ export class Forwarder {
   killStream(id: string, admin: string): boolean {
     const s = this.#streams.get(id)
     if (s === undefined) return false
-    s.kill('admin', 'ended by an admin', admin)
+    s.kill('admin', 'admin:stream', admin)
     return true
   }
 
@@ -407,7 +419,7 @@ export class Forwarder {
     const session = this.#sessions.get(id)
     if (session === undefined) return false
     session.endedByUser = admin
-    for (const s of session.streams) s.kill('admin', 'session ended by an admin', admin)
+    for (const s of session.streams) s.kill('admin', 'admin:session', admin)
     session.terminate()
     return true
   }
@@ -638,7 +650,8 @@ export class Forwarder {
         this.#target(close, pod, node, port)
         close.streamId = streamId
         close.endedBy = 'client'
-        close.reason = reason
+        close.reason = 'client-gone'
+        close.error = { code: 'PFG_ERR_RELAY_STREAM_RESET', message: reason }
         close.bytesClientToPod = 0
         close.bytesPodToClient = 0
         close.durationMs = this.#now() - started
@@ -710,14 +723,14 @@ export class Forwarder {
       if (e?.error !== undefined) rec.error = e.error
     } else if (f.side === 'a') {
       rec.endedBy = 'client'
-      rec.reason = 'client reset'
+      rec.reason = 'client-reset'
       if (f.error !== undefined)
         rec.error = { code: 'PFG_ERR_RELAY_STREAM_RESET', message: describeError(f.error) }
     } else {
       // The agent resets with CONNECT_ERROR when the pod's connection failed (agent/app.ts).
       const podReset = live.upstream?.rstCode === RST.CONNECT_ERROR
       rec.endedBy = podReset ? 'pod' : 'error'
-      rec.reason = podReset ? 'pod connection reset' : 'agent stream failed'
+      rec.reason = podReset ? 'pod-reset' : 'agent-failed'
       rec.error = {
         code: podReset ? 'PFG_ERR_RELAY_STREAM_RESET' : 'PFG_ERR_RELAY_AGENT_UNAVAILABLE',
         message:
@@ -769,7 +782,10 @@ export class Forwarder {
       await new Promise((r) => setTimeout(r, 25))
     }
     for (const s of this.#streams.values())
-      s.kill('gateway', 'gateway shutdown: drain deadline passed')
+      s.kill('gateway', 'shutdown', undefined, {
+        code: 'PFG_ERR_RELAY_DRAINING',
+        message: 'gateway shutdown: the drain deadline passed',
+      })
     if (this.#sweeper !== undefined) clearInterval(this.#sweeper)
   }
 

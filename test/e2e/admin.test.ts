@@ -163,8 +163,8 @@ describe('pfgate admin', () => {
       'the close',
     )
     assert.deepEqual(
-      [rec.endedBy, rec.endedByUser, rec.bytesClientToPod, rec.bytesPodToClient],
-      ['admin', 'dev', 7_000, 7_000],
+      [rec.endedBy, rec.endedByUser, rec.reason, rec.bytesClientToPod, rec.bytesPodToClient],
+      ['admin', 'dev', 'admin:stream', 7_000, 7_000],
     )
     bystander.sock.end()
     await bystander.ended
@@ -199,9 +199,12 @@ describe('pfgate admin', () => {
       'the closes',
     )
     for (const c of records.closes) {
-      assert.deepEqual([c.endedBy, c.endedByUser], ['admin', 'dev'])
+      assert.deepEqual([c.endedBy, c.endedByUser, c.reason], ['admin', 'dev', 'admin:session'])
     }
-    assert.deepEqual([records.session.endedBy, records.session.endedByUser], ['admin', 'dev'])
+    assert.deepEqual(
+      [records.session.endedBy, records.session.endedByUser, records.session.reason],
+      ['admin', 'dev', 'admin:session'],
+    )
     // The port-forward keeps serving on a new gateway connection.
     const after = await echoRoundTrip(localPort, 4096)
     assert.equal(after.received, after.sent)
