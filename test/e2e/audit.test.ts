@@ -350,7 +350,9 @@ describe('blocking-strict: fail closed when the sink cannot write', () => {
       refused = st
     }
     assert.ok(refused !== undefined, 'a stream was refused once the file system was full')
-    t.diagnostic(`refused on attempt ${attempts} (the ones before fit in the trail file's last page)`)
+    t.diagnostic(
+      `refused on attempt ${attempts} (the ones before fit in the trail file's last page)`,
+    )
     await refused.closed
     assert.equal(refused.status, 503)
     const body = JSON.parse(refused.received().toString()) as {
@@ -393,6 +395,49 @@ describe('blocking-strict: fail closed when the sink cannot write', () => {
       assert.equal(f.status, 503)
       assert.equal(f.error?.code, 'PFG_ERR_AUDIT_UNAVAILABLE')
     }
+  })
+})
+
+describe('metrics', () => {
+  test('the separate Prometheus listener has every family, consistent with what happened', async (t) => {
+    const m = await scrape(cluster.metricsPort as number)
+    const v = (name: string, labels: Record<string, string> = {}): number =>
+      metricValue(m, name, labels)
+    for (const family of [
+      'pfgate_client_sessions',
+      'pfgate_streams_active',
+      'pfgate_agent_sessions',
+      'pfgate_audit_queue_depth',
+      'pfgate_audit_healthy',
+      'pfgate_streams_opened_total',
+      'pfgate_streams_closed_total',
+      'pfgate_streams_rejected_total',
+      'pfgate_bytes_total',
+      'pfgate_stream_open_seconds',
+      'pfgate_audit_failures_total',
+      'pfgate_audit_sink_failures',
+      'pfgate_limit_hits_total',
+    ]) {
+      assert.match(m, new RegExp(`^# TYPE ${family} `, 'm'), family)
+    }
+    // The echo of test 1 alone moved 3 MiB each way.
+    assert.ok(v('pfgate_bytes_total', { direction: 'client_to_pod' }) >= 3 * 1024 * 1024)
+    assert.ok(v('pfgate_bytes_total', { direction: 'pod_to_client' }) >= 3 * 1024 * 1024)
+    const opened = v('pfgate_streams_opened_total', { protocol: 'native-h2' })
+    assert.ok(opened >= 10)
+    assert.equal(v('pfgate_stream_open_seconds_count', { protocol: 'native-h2' }), opened)
+    assert.ok(v('pfgate_streams_rejected_total', { reason: 'unauthenticated', status: '401' }) >= 2)
+    assert.ok(v('pfgate_streams_rejected_total', { reason: 'forbidden', status: '403' }) >= 1)
+    assert.ok(
+      v('pfgate_streams_rejected_total', { reason: 'audit-unavailable', status: '503' }) >= 2,
+    )
+    assert.ok(v('pfgate_audit_failures_total', { sink: 'all' }) >= 1)
+    assert.ok(v('pfgate_audit_sink_failures') >= 1, 'the file sink failed while the disk was full')
+    assert.equal(v('pfgate_audit_healthy'), 1)
+    assert.ok(v('pfgate_agent_sessions') >= 2, 'node-a and node-b')
+    t.diagnostic(
+      `streams opened ${opened}, bytes up ${v('pfgate_bytes_total', { direction: 'client_to_pod' })}`,
+    )
   })
 })
 
