@@ -55,8 +55,8 @@ export interface DevClusterOptions {
   gatewayOverrides?: Record<string, unknown>
   /** Log level of the children (default `info`; tests use `warn`). */
   logLevel?: string
-  /** Where children's stderr goes (default: inherited). */
-  childStderr?: 'inherit' | 'ignore' | 'pipe'
+  /** Where children's stderr goes (default: inherited); a number is an open file descriptor. */
+  childStderr?: 'inherit' | 'ignore' | 'pipe' | number
   /** Called with one line per notable event. */
   log?: (line: string) => void
   /**

@@ -65,34 +65,85 @@ export async function mintToken(dir: string, claims: TokenClaims): Promise<strin
   return jwt.sign(key)
 }
 
-/** `pfgate token`. */
+const TOKEN_USAGE = `usage: pfgate token [--user NAME] [--group G ...] [--ttl 1h] [--dir .pfgate]
+
+DEVELOPMENT ONLY. Mints a bearer token for the dev cluster (\`pfgate dev\`), signed with its
+key (DIR/signing-key.jwk; the dev gateway trusts DIR/jwks.json). Production gateways verify
+tokens from your identity provider and never read this key.
+
+  -u, --user NAME       the subject (sub claim; the username)          default: dev
+  -g, --group G         a group (groups claim); repeat for more        default: none
+      --ttl DURATION    lifetime (30s, 15m, 8h; at most 720h)          default: 1h
+      --not-before DUR  valid only from DUR from now (nbf claim)       default: now
+      --dir DIR         the dev cluster's state directory              default: .pfgate
+
+The token goes to stdout; a DEVELOPMENT notice with its claims goes to stderr.
+Dev cluster groups: pfgate:developers (port-forward in namespace default), pfgate:admins.
+`
+
+/** The longest lifetime \`pfgate token\` mints (dev tokens should not live for ever). */
+export const MAX_DEV_TOKEN_TTL_MS = 30 * 86_400_000
+
+/** \`pfgate token\`: exit 0 with the token on stdout, 1 when it cannot mint, 2 on usage errors. */
 export async function main(
   argv: string[],
   io: { stdout: Writable; stderr: Writable },
 ): Promise<number> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      dir: { type: 'string', default: '.pfgate' },
-      user: { type: 'string', short: 'u', default: 'dev' },
-      group: { type: 'string', short: 'g', multiple: true, default: [] },
-      ttl: { type: 'string', default: '24h' },
-      help: { type: 'boolean', short: 'h' },
-    },
-  })
+  let values
+  try {
+    ;({ values } = parseArgs({
+      args: argv,
+      options: {
+        dir: { type: 'string', default: '.pfgate' },
+        user: { type: 'string', short: 'u', default: 'dev' },
+        group: { type: 'string', short: 'g', multiple: true, default: [] },
+        ttl: { type: 'string', default: '1h' },
+        'not-before': { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    }))
+  } catch (err) {
+    io.stderr.write(`error: ${(err as Error).message}\n${TOKEN_USAGE}`)
+    return 2
+  }
   if (values.help === true) {
-    io.stdout.write(
-      'usage: pfgate token [--user NAME] [--group G ...] [--ttl 24h] [--dir .pfgate]\n' +
-        'Mints a DEVELOPMENT token signed with the dev cluster key (.pfgate/signing-key.jwk).\n',
-    )
+    io.stdout.write(TOKEN_USAGE)
     return 0
   }
-  const token = await mintToken(values.dir, {
-    subject: values.user,
-    groups: values.group,
-    ttlMs: parseDuration(values.ttl, '--ttl'),
-  })
-  io.stderr.write('pfgate token: DEVELOPMENT token for the dev cluster only\n')
+  let ttlMs: number
+  let notBeforeMs: number | undefined
+  try {
+    ttlMs = parseDuration(values.ttl, '--ttl')
+    if (!(ttlMs >= 1000 && ttlMs <= MAX_DEV_TOKEN_TTL_MS)) {
+      throw new RangeError(`--ttl ${values.ttl}: must be between 1s and 720h (30 days)`)
+    }
+    if (values['not-before'] !== undefined) {
+      notBeforeMs = parseDuration(values['not-before'], '--not-before')
+    }
+    if (values.user === '' || values.group.some((g) => g === '')) {
+      throw new RangeError('--user and --group must not be empty')
+    }
+  } catch (err) {
+    io.stderr.write(`error: ${(err as Error).message}\n`)
+    return 2
+  }
+  let token: string
+  try {
+    token = await mintToken(values.dir, {
+      subject: values.user,
+      groups: values.group,
+      ttlMs,
+      ...(notBeforeMs !== undefined ? { notBeforeMs } : {}),
+    })
+  } catch (err) {
+    io.stderr.write(`error: ${(err as Error).message}\n`)
+    return 1
+  }
+  const expires = new Date(Date.now() + ttlMs).toISOString().replace(/\.\d{3}Z$/, 'Z')
+  io.stderr.write(
+    `pfgate token: DEVELOPMENT token for the dev cluster only (user "${values.user}", ` +
+      `groups [${values.group.join(', ')}], expires ${expires})\n`,
+  )
   io.stdout.write(token + '\n')
   return 0
 }

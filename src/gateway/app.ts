@@ -29,12 +29,21 @@ import type { AppError } from '../shared/errors.js'
 import type { Logger } from '../shared/log.js'
 import type { Authenticator, Identity } from './auth/authenticator.js'
 import type { Authorizer } from './authz/authorizer.js'
+import { formatAddress } from './forwarder.js'
 import type { AuditPort, Forwarder } from './forwarder.js'
 import type { GatewayMetrics } from './metrics.js'
 import type { AgentPool } from './relay/agent-pool.js'
 import type { PodRegistry } from './registry/types.js'
 import { NATIVE_PATH, NativeH2Adapter } from './edge/native-h2.js'
+import {
+  advertisedHeaderListSize,
+  createClientErrorHandler,
+  headerListSize,
+  headerTooLargeMessage,
+} from './header-limit.js'
 import { podObject } from './kube-api.js'
+import { registerNodeProxy } from './node-proxy.js'
+import { respondStatus } from '../shared/h2-util.js'
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -58,6 +67,11 @@ export interface GatewayDeps {
   metrics: GatewayMetrics
   forwarder: Forwarder
   maxHeaderBytes: number
+  /** The agent hop's mTLS material, for the admin node proxy (none: its paths are 404s). */
+  nodeProxy?: {
+    tls: { ca: string | Buffer; cert: string | Buffer; key: string | Buffer }
+    connectTimeoutMs: number
+  }
   /** Reported by `/version` (kubectl's gcloud dispatcher picks a kubectl from it). */
   version?: { major: string; minor: string; gitVersion: string }
 }
@@ -114,9 +128,16 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
       key: deps.tls.key,
       minVersion: 'TLSv1.2',
       ...h2SessionOptions(),
-      settings: { ...h2SessionOptions().settings, maxHeaderListSize: deps.maxHeaderBytes },
+      // Advertise more than the limit: a compliant client whose headers are a little too
+      // large then gets the gateway's clear 431 instead of a local ENHANCE_YOUR_CALM.
+      settings: {
+        ...h2SessionOptions().settings,
+        maxHeaderListSize: advertisedHeaderListSize(deps.maxHeaderBytes),
+      },
     },
     loggerInstance: logger,
+    // HTTP/1.1 parse errors, header overflow included: Kubernetes Status bodies (431).
+    clientErrorHandler: createClientErrorHandler(deps.maxHeaderBytes, deps.metrics, logger),
     // Per-request lines would log every kubectl discovery call; errors are still logged.
     logController: new LogController({ disableRequestLogging: true }),
     return503OnClosing: true,
@@ -141,8 +162,27 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number, raw: string[]) => {
       const path = headers[':path']
       const m = path !== undefined ? NATIVE_PATH.exec(path) : null
+      // Node does not enforce the SETTINGS_MAX_HEADER_LIST_SIZE it advertises: measure.
+      const size = headerListSize(raw)
       if (m !== null) {
-        native.handle(stream, headers, m)
+        native.handle(stream, headers, m, size)
+        return
+      }
+      if (size > deps.maxHeaderBytes) {
+        stream.on('error', () => undefined)
+        deps.metrics.limitHits.inc({ limit: 'header-size' })
+        const socket = stream.session?.socket
+        logger.info(
+          { source: formatAddress(socket?.remoteAddress, socket?.remotePort), size },
+          'request refused: headers too large',
+        )
+        respondStatus(
+          stream,
+          appError(
+            'PFG_ERR_LIMIT_HEADER_TOO_LARGE',
+            headerTooLargeMessage(deps.maxHeaderBytes, size),
+          ),
+        )
         return
       }
       for (const l of compat) l.call(server, stream, headers, flags, raw)
@@ -258,6 +298,16 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
       'native port-forward needs HTTP/2 (or a SPDY/WebSocket upgrade on the Kubernetes paths)',
     )
   })
+
+  // --- Node proxy (admins: each agent's /healthz and /metrics over the mTLS hop)
+  if (deps.nodeProxy !== undefined) {
+    await registerNodeProxy(app as unknown as FastifyInstance, {
+      registry: deps.registry,
+      tls: deps.nodeProxy.tls,
+      connectTimeoutMs: deps.nodeProxy.connectTimeoutMs,
+      logger,
+    })
+  }
 
   // --- Admin API
   app.get('/admin/v1/sessions', { config: { auth: 'admin' } }, async () => ({

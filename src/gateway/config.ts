@@ -81,7 +81,15 @@ export interface GatewayConfig {
     issuer: string
     audience: string[]
     jwks:
-      { file: string } | { url: string; timeoutMs: number; cacheMaxAgeMs: number; caFile?: string }
+      | { file: string }
+      | {
+          url: string
+          timeoutMs: number
+          cacheMaxAgeMs: number
+          /** Least time between two fetches (an unknown `kid` refetches after it). */
+          minRefreshIntervalMs: number
+          caFile?: string
+        }
     algorithms: string[]
     clockToleranceS: number
     usernameClaim: string
@@ -190,6 +198,7 @@ const schema = {
             url: { type: 'string', pattern: '^https?://' },
             timeout: { ...duration, default: '5s' },
             cacheMaxAge: { ...duration, default: '10m' },
+            minRefreshInterval: { ...duration, default: '30s' },
             caFile: { type: 'string' },
           },
           oneOf: [{ required: ['file'] }, { required: ['url'] }],
@@ -349,6 +358,7 @@ type Raw = Record<string, unknown> & {
       url?: string
       timeout: string | number
       cacheMaxAge: string | number
+      minRefreshInterval: string | number
       caFile?: string
     }
     algorithms: string[]
@@ -466,6 +476,10 @@ export function parseGatewayConfig(value: unknown, source: string, baseDir: stri
               url: jwks.url as string,
               timeoutMs: parseDuration(jwks.timeout, 'auth.jwks.timeout'),
               cacheMaxAgeMs: parseDuration(jwks.cacheMaxAge, 'auth.jwks.cacheMaxAge'),
+              minRefreshIntervalMs: parseDuration(
+                jwks.minRefreshInterval,
+                'auth.jwks.minRefreshInterval',
+              ),
               ...(jwks.caFile !== undefined ? { caFile: p(jwks.caFile) } : {}),
             },
       algorithms: [...raw.auth.algorithms],

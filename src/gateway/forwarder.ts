@@ -6,12 +6,14 @@
  * authorization, resolution, limits, the agent hop, the relay and the audit trail
  * all live here and never know which protocol the client spoke (they record it).
  *
- * Order of checks for one stream: draining → authenticate (401) → names/port
- * (400) → authorize (403) → registry ready (503) → pod (404) → node check (404)
- * → phase (400) → node's agent known (503) → limits (429) → audit open record
- * (durable in blocking-strict; 503 if it cannot be written) ∥ agent dial
- * (502/504) → 200. No byte is relayed before both the open record and the
- * agent's 200 are in.
+ * Order of checks for one stream: header size (431) → draining (503) →
+ * authenticate (401) → names/port (400) → authorize (403) → registry ready (503)
+ * → pod (404) → node check (404) → phase (400) → node's agent known (503) →
+ * limits (429) → agent dial (502/504; the whole open is bounded by the
+ * stream-open timeout, 504) → audit open record (durable in blocking-strict; 503
+ * if it cannot be written) → 200. No byte is relayed before both the agent's 200
+ * and the open record are in. After 200, the sweeper ends streams that were idle
+ * or lived too long (RST_STREAM ENHANCE_YOUR_CALM, `endedBy: limit`).
  *
  * @module
  */
@@ -136,6 +138,12 @@ export interface ForwardRequest {
   userAgent?: string
   /** Aborted when the client goes away during the open. */
   signal?: AbortSignal
+  /**
+   * Size of the request's header list (RFC 9113 §6.5.2: name + value + 32 per field), when
+   * the adapter can measure it: above `limits.maxHeaderBytes` the stream is refused with 431
+   * before anything else is looked at (the token included).
+   */
+  headerBytes?: number
 }
 
 /** Admin view of a live stream. */
@@ -169,8 +177,10 @@ export class LiveStream {
   relay: DuplexRelay | undefined
   /** The agent stream. */
   upstream: ClientHttp2Stream | undefined
-  /** Set when an admin/limit/shutdown ended it: who and why. */
-  endedBy: { by: EndedBy; user?: string; reason: string } | undefined
+  /** Set when an admin/limit/shutdown ended it: who and why (and the limit's error). */
+  endedBy:
+    | { by: EndedBy; user?: string; reason: string; error?: { code: string; message: string } }
+    | undefined
 
   constructor(
     id: string,
@@ -193,9 +203,16 @@ export class LiveStream {
   }
 
   /** Ends the stream abnormally. */
-  kill(by: 'admin' | 'limit' | 'gateway', reason: string, user?: string): void {
+  kill(
+    by: 'admin' | 'limit' | 'gateway',
+    reason: string,
+    user?: string,
+    error?: { code: string; message: string },
+  ): void {
     if (this.relay === undefined || this.relay.done) return
-    this.endedBy = user === undefined ? { by, reason } : { by, reason, user }
+    this.endedBy = { by, reason }
+    if (user !== undefined) this.endedBy.user = user
+    if (error !== undefined) this.endedBy.error = error
     const abort: AbortReason = by === 'admin' ? 'admin' : by === 'limit' ? 'limit' : 'shutdown'
     this.relay.abort(abort)
   }
@@ -253,12 +270,18 @@ function reasonFor(err: AppError): string {
       return 'wrong-node'
     case 'PFG_ERR_ROUTE_POD_NOT_RUNNING':
       return 'pod-not-running'
+    case 'PFG_ERR_ROUTE_NOT_READY':
+      return 'not-ready'
+    case 'PFG_ERR_ROUTE_NODE_UNKNOWN':
+      return 'node-unknown'
     case 'PFG_ERR_LIMIT_STREAMS_PER_CONNECTION':
       return 'limit:streams-per-connection'
     case 'PFG_ERR_LIMIT_STREAMS_PER_USER':
       return 'limit:streams-per-user'
     case 'PFG_ERR_LIMIT_OPEN_TIMEOUT':
       return 'limit:open-timeout'
+    case 'PFG_ERR_LIMIT_HEADER_TOO_LARGE':
+      return 'limit:header-size'
     case 'PFG_ERR_AUDIT_UNAVAILABLE':
       return 'audit-unavailable'
     case 'PFG_ERR_RELAY_DRAINING':
@@ -269,6 +292,12 @@ function reasonFor(err: AppError): string {
     case 'PFG_ERR_AGENT_CONNECT_TIMEOUT':
     case 'PFG_ERR_RELAY_CONNECT_TIMEOUT':
       return 'connect-timeout'
+    case 'PFG_ERR_AGENT_CONNECT_FAILED':
+      return 'connect-failed'
+    case 'PFG_ERR_AGENT_NETNS':
+      return 'netns'
+    case 'PFG_ERR_RELAY_AGENT_UNAVAILABLE':
+      return 'agent-unavailable'
     case 'PFG_ERR_RELAY_STREAM_RESET':
       return 'client-gone'
     default:
@@ -276,12 +305,19 @@ function reasonFor(err: AppError): string {
   }
 }
 
+/**
+ * Reasons recorded as `stream.denied` (refused by policy: authentication, authorization,
+ * limits, a bad request, shutdown); every other refusal is `stream.failed` (docs/audit.md),
+ * `audit-unavailable` included, like the record the audit log writes for a refused open.
+ */
 const DENIED_REASONS = new Set([
   'unauthenticated',
   'forbidden',
   'bad-request',
   'draining',
-  'audit-unavailable',
+  'limit:streams-per-connection',
+  'limit:streams-per-user',
+  'limit:header-size',
 ])
 
 /** Formats an address pair as `ip:port` with IPv6 in brackets. */
@@ -361,8 +397,10 @@ export class Forwarder {
       rec.bytesClientToPod = session.bytesClientToPod
       rec.bytesPodToClient = session.bytesPodToClient
       rec.endedBy = session.endedByUser !== undefined ? 'admin' : 'client'
-      if (session.endedByUser !== undefined) rec.endedByUser = session.endedByUser
-      rec.reason = `${session.streamCount} stream(s)`
+      if (session.endedByUser !== undefined) {
+        rec.endedByUser = session.endedByUser
+        rec.reason = 'admin:session'
+      }
       this.#appendLogged(rec)
     }
     audited.then(close, close)
@@ -372,7 +410,7 @@ export class Forwarder {
   killStream(id: string, admin: string): boolean {
     const s = this.#streams.get(id)
     if (s === undefined) return false
-    s.kill('admin', 'ended by an admin', admin)
+    s.kill('admin', 'admin:stream', admin)
     return true
   }
 
@@ -381,7 +419,7 @@ export class Forwarder {
     const session = this.#sessions.get(id)
     if (session === undefined) return false
     session.endedByUser = admin
-    for (const s of session.streams) s.kill('admin', 'session ended by an admin', admin)
+    for (const s of session.streams) s.kill('admin', 'admin:session', admin)
     session.terminate()
     return true
   }
@@ -404,6 +442,14 @@ export class Forwarder {
     let pod: PodInfo | undefined
     let counted = false
     try {
+      const maxHeader = this.#d.limits.maxHeaderBytes
+      if (req.headerBytes !== undefined && req.headerBytes > maxHeader) {
+        this.#d.metrics.limitHits.inc({ limit: 'header-size' })
+        throw appError(
+          'PFG_ERR_LIMIT_HEADER_TOO_LARGE',
+          `request headers too large (${req.headerBytes} bytes; limit ${maxHeader})`,
+        )
+      }
       if (this.#draining) {
         throw appError('PFG_ERR_RELAY_DRAINING', 'the gateway is shutting down; retry shortly')
       }
@@ -604,7 +650,8 @@ export class Forwarder {
         this.#target(close, pod, node, port)
         close.streamId = streamId
         close.endedBy = 'client'
-        close.reason = reason
+        close.reason = 'client-gone'
+        close.error = { code: 'PFG_ERR_RELAY_STREAM_RESET', message: reason }
         close.bytesClientToPod = 0
         close.bytesPodToClient = 0
         close.durationMs = this.#now() - started
@@ -673,16 +720,17 @@ export class Forwarder {
       rec.endedBy = e?.by ?? 'gateway'
       rec.reason = e?.reason ?? f.reason
       if (e?.user !== undefined) rec.endedByUser = e.user
+      if (e?.error !== undefined) rec.error = e.error
     } else if (f.side === 'a') {
       rec.endedBy = 'client'
-      rec.reason = 'client reset'
+      rec.reason = 'client-reset'
       if (f.error !== undefined)
         rec.error = { code: 'PFG_ERR_RELAY_STREAM_RESET', message: describeError(f.error) }
     } else {
       // The agent resets with CONNECT_ERROR when the pod's connection failed (agent/app.ts).
       const podReset = live.upstream?.rstCode === RST.CONNECT_ERROR
       rec.endedBy = podReset ? 'pod' : 'error'
-      rec.reason = podReset ? 'pod connection reset' : 'agent stream failed'
+      rec.reason = podReset ? 'pod-reset' : 'agent-failed'
       rec.error = {
         code: podReset ? 'PFG_ERR_RELAY_STREAM_RESET' : 'PFG_ERR_RELAY_AGENT_UNAVAILABLE',
         message:
@@ -709,10 +757,16 @@ export class Forwarder {
       if (relay === undefined || relay.done) continue
       if (maxLifetimeMs > 0 && now - s.openedAt >= maxLifetimeMs) {
         this.#d.metrics.limitHits.inc({ limit: 'max-lifetime' })
-        s.kill('limit', `limit:max-lifetime (${maxLifetimeMs} ms)`)
+        s.kill('limit', 'limit:max-lifetime', undefined, {
+          code: 'PFG_ERR_LIMIT_LIFETIME',
+          message: `the stream reached its maximum lifetime (${maxLifetimeMs} ms)`,
+        })
       } else if (idleTimeoutMs > 0 && now - relay.lastActivity >= idleTimeoutMs) {
         this.#d.metrics.limitHits.inc({ limit: 'idle-timeout' })
-        s.kill('limit', `limit:idle-timeout (${idleTimeoutMs} ms)`)
+        s.kill('limit', 'limit:idle-timeout', undefined, {
+          code: 'PFG_ERR_LIMIT_IDLE',
+          message: `no bytes either way for ${idleTimeoutMs} ms`,
+        })
       }
     }
   }
@@ -728,7 +782,10 @@ export class Forwarder {
       await new Promise((r) => setTimeout(r, 25))
     }
     for (const s of this.#streams.values())
-      s.kill('gateway', 'gateway shutdown: drain deadline passed')
+      s.kill('gateway', 'shutdown', undefined, {
+        code: 'PFG_ERR_RELAY_DRAINING',
+        message: 'gateway shutdown: the drain deadline passed',
+      })
     if (this.#sweeper !== undefined) clearInterval(this.#sweeper)
   }
 

@@ -50,10 +50,13 @@ export async function startGateway(
   const registry = await createRegistry(config, logger)
   const authenticator = new Authenticator(config.auth, logger)
   const authorizer = new Authorizer(config.authorization)
-  const agents = new AgentPool({
+  const agentTls = {
     ca: readFileSync(config.agents.ca),
     cert: readFileSync(config.agents.cert),
     key: readFileSync(config.agents.key),
+  }
+  const agents = new AgentPool({
+    ...agentTls,
     connectTimeoutMs: config.agents.connectTimeoutMs,
     keepaliveMs: config.agents.keepaliveMs,
     logger,
@@ -93,6 +96,7 @@ export async function startGateway(
     metrics,
     forwarder,
     maxHeaderBytes: config.limits.maxHeaderBytes,
+    nodeProxy: { tls: agentTls, connectTimeoutMs: config.agents.connectTimeoutMs },
   })
   const addr = await gateway.listen(
     overrides.port ?? config.listen.port,

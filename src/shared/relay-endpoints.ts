@@ -58,8 +58,11 @@ export function h2Endpoint(stream: Http2Stream, peerFailureCode: number): RelayE
     abort(reason, peerRstCode) {
       resetStream(stream, rstCodeFor(reason, peerRstCode, peerFailureCode))
     },
-    // Closed before we ended our side: the session died or the peer reset; not an END_STREAM.
-    eofIsAbort: () => stream.closed && !stream.writableEnded,
+    // An EOF on a stream that is already closed by a reset (rstCode ≠ NO_ERROR) or while our
+    // side was still open (`aborted`: the session died) is not an END_STREAM. Node ends our
+    // writable side itself when a stream closes, so `writableEnded` cannot tell.
+    eofIsAbort: () =>
+      stream.closed && (stream.aborted || (stream.rstCode ?? RST.NO_ERROR) !== RST.NO_ERROR),
   }
 }
 

@@ -97,12 +97,13 @@ export class Authenticator {
         },
       })
       this.#agent = agent
-      // jose refetches on an unknown `kid` (after a cooldown) and when the cache is older
-      // than cacheMaxAge; the timeout bounds each fetch.
+      // jose refetches on an unknown `kid` (at most once per minRefreshInterval, so forged
+      // kids cannot hammer the IdP) and when the cache is older than cacheMaxAge; the
+      // timeout bounds each fetch.
       this.#getKey = createRemoteJWKSet(new URL(jwks.url), {
         timeoutDuration: jwks.timeoutMs,
         cacheMaxAge: jwks.cacheMaxAgeMs,
-        cooldownDuration: 30_000,
+        cooldownDuration: jwks.minRefreshIntervalMs,
         [customFetch]: (url: string, options: object) =>
           undiciFetch(url, { ...options, dispatcher: agent }),
       })

@@ -65,8 +65,16 @@ export class NativeH2Adapter {
     return s
   }
 
-  /** Handles one stream whose path matched {@link NATIVE_PATH}. */
-  handle(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, m: RegExpExecArray): void {
+  /**
+   * Handles one stream whose path matched {@link NATIVE_PATH}. `headerBytes` is the size
+   * of its header list (the forwarder enforces `limits.maxHeaderSize` with it).
+   */
+  handle(
+    stream: ServerHttp2Stream,
+    headers: IncomingHttpHeaders,
+    m: RegExpExecArray,
+    headerBytes?: number,
+  ): void {
     stream.on('error', () => {
       // Reported through the relay or the forwarder; a stream error never crashes the gateway.
     })
@@ -105,6 +113,7 @@ export class NativeH2Adapter {
         node: typeof node === 'string' ? node : '',
         port,
         ...(ua !== undefined ? { userAgent: ua } : {}),
+        ...(headerBytes !== undefined ? { headerBytes } : {}),
         signal: ac.signal,
       })
       .then(

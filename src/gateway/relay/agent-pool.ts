@@ -105,7 +105,9 @@ export class AgentConnection {
     headers: OutgoingHttpHeaders,
     options: AgentStreamOptions,
   ): Promise<ClientHttp2Stream> {
-    const session = await this.#ready(options.signal)
+    // The signal also cuts the wait for a session being connected (a blackholed agent must
+    // not hold the stream past its open timeout); the connect itself goes on for later streams.
+    const session = await abortable(this.#ready(options.signal), options.signal)
     if (options.signal?.aborted === true) {
       throw appError('PFG_ERR_RELAY_STREAM_RESET', 'the client went away')
     }
@@ -314,6 +316,21 @@ export class AgentConnection {
     }
     this.#session = undefined
   }
+}
+
+/** `promise`, or a rejection (`PFG_ERR_RELAY_STREAM_RESET`) as soon as `signal` aborts. */
+function abortable<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (signal === undefined) return promise
+  const gone = (): AppError => appError('PFG_ERR_RELAY_STREAM_RESET', 'the client went away')
+  if (signal.aborted) {
+    promise.catch(() => undefined)
+    return Promise.reject(gone())
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(gone())
+    signal.addEventListener('abort', onAbort, { once: true })
+    promise.finally(() => signal.removeEventListener('abort', onAbort)).then(resolve, reject)
+  })
 }
 
 function connectionKey(node: NodeInfo): string {
