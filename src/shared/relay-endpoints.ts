@@ -53,23 +53,45 @@ export function resetStream(stream: Http2Stream, code: number): void {
  * without an RST code of its own (a socket error, a lost session).
  */
 export function h2Endpoint(stream: Http2Stream, peerFailureCode: number): RelayEndpoint {
-  return {
-    stream,
-    abort(reason, peerRstCode) {
-      resetStream(stream, rstCodeFor(reason, peerRstCode, peerFailureCode))
-    },
-    // Closed before we ended our side: the session died or the peer reset; not an END_STREAM.
-    eofIsAbort: () => stream.closed && !stream.writableEnded,
-  }
+  return new H2Endpoint(stream, peerFailureCode)
 }
 
 /** A TCP socket endpoint: an abort is a TCP RST (the pod or local client sees ECONNRESET). */
 export function socketEndpoint(socket: Socket): RelayEndpoint {
-  return {
-    stream: socket,
-    abort() {
-      if (socket.destroyed) return
-      socket.resetAndDestroy()
-    },
+  return new SocketEndpoint(socket)
+}
+
+// Classes rather than object literals with closures: one small object per endpoint,
+// the methods shared (memory per idle stream, docs/performance.md).
+
+class H2Endpoint implements RelayEndpoint {
+  readonly stream: Http2Stream
+  readonly #peerFailureCode: number
+
+  constructor(stream: Http2Stream, peerFailureCode: number) {
+    this.stream = stream
+    this.#peerFailureCode = peerFailureCode
+  }
+
+  abort(reason: AbortReason, peerRstCode?: number): void {
+    resetStream(this.stream, rstCodeFor(reason, peerRstCode, this.#peerFailureCode))
+  }
+
+  /** Closed before we ended our side: the session died or the peer reset; not an END_STREAM. */
+  eofIsAbort(): boolean {
+    return this.stream.closed && !this.stream.writableEnded
+  }
+}
+
+class SocketEndpoint implements RelayEndpoint {
+  readonly stream: Socket
+
+  constructor(socket: Socket) {
+    this.stream = socket
+  }
+
+  abort(): void {
+    if (this.stream.destroyed) return
+    this.stream.resetAndDestroy()
   }
 }
