@@ -46,6 +46,8 @@ export interface SystemOptions {
   verbose?: boolean
   /** Extra gateway config merged over the production-like one. */
   gatewayOverrides?: Record<string, unknown>
+  /** Another build's `bin/pfgate.js` for the gateway, agent and CLI (A/B comparisons). */
+  bin?: string
 }
 
 /** A gateway process. */
@@ -80,11 +82,11 @@ export interface BenchSystem {
 export function forkComponent(
   name: string,
   args: string[],
-  options: { cwd: string; nodeArgs?: string[]; verbose?: boolean },
+  options: { cwd: string; nodeArgs?: string[]; verbose?: boolean; bin?: string },
 ): Promise<{ proc: ChildProcess; ports: number[] }> {
   return new Promise((resolve, reject) => {
     const proc = track(
-      fork(PFGATE_BIN, args, {
+      fork(options.bin ?? PFGATE_BIN, args, {
         cwd: options.cwd,
         execArgv: options.nodeArgs ?? [],
         stdio:
@@ -148,7 +150,12 @@ export async function startIperfServer(): Promise<{ proc: ChildProcess; port: nu
 export async function startSystem(options: SystemOptions = {}): Promise<BenchSystem> {
   const dir = mkdtempSync(join(tmpdir(), 'pfgate-bench-'))
   const logLevel = options.logLevel ?? 'error'
-  const common = { cwd: dir, nodeArgs: options.nodeArgs ?? [], verbose: options.verbose === true }
+  const common = {
+    cwd: dir,
+    nodeArgs: options.nodeArgs ?? [],
+    verbose: options.verbose === true,
+    bin: options.bin ?? PFGATE_BIN,
+  }
   const started: ChildProcess[] = []
   const stop = async (): Promise<void> => {
     for (const p of [...started].reverse()) await stopChild(p)
@@ -297,13 +304,13 @@ export async function startSystem(options: SystemOptions = {}): Promise<BenchSys
 /** `pfgate port-forward -q bench :5201 :5000`; resolves with the local ports. */
 async function startCli(
   kubeconfig: string,
-  options: { cwd: string; nodeArgs: string[]; verbose: boolean },
+  options: { cwd: string; nodeArgs: string[]; verbose: boolean; bin: string },
 ): Promise<{ proc: ChildProcess; iperfPort: number; echoPort: number }> {
   const proc = spawnTracked(
     process.execPath,
     [
       ...options.nodeArgs,
-      PFGATE_BIN,
+      options.bin,
       'port-forward',
       '-q',
       '--kubeconfig',
