@@ -114,7 +114,7 @@ export interface ManyStreamsResult {
 /**
  * Opens `n` streams on one client connection (at most `inFlight` opening at a time),
  * checks each echoes, measures the gateway's RSS growth per open stream, then closes
- * them all.
+ * them all. `warmup` short-lived streams (open, echo, close) come first.
  */
 export async function manyStreams(
   url: string,
@@ -123,14 +123,20 @@ export async function manyStreams(
   pids: { gateway: number | undefined; agent: number | undefined },
   n: number,
   inFlight = 256,
+  warmup = 3000,
 ): Promise<ManyStreamsResult> {
   const session = await connectGateway(url, dir)
   const streams: ClientHttp2Stream[] = []
   try {
-    // Warm up (JIT, session, agent connection) with streams that are closed again.
-    for (let i = 0; i < 4; i++) {
-      await Promise.all(Array.from({ length: 64 }, () => cycle(session, token)))
-    }
+    // Warm up (JIT, session, agent connection) with short-lived streams, at the same
+    // concurrency as below: V8's young generation grows with the allocation rate, and that
+    // growth is not memory per idle stream. None stays open (freed memory would be reused).
+    let warm = 0
+    await Promise.all(
+      Array.from({ length: Math.min(inFlight, n) }, async () => {
+        while (warm++ < warmup) await cycle(session, token)
+      }),
+    )
     await sleep(500)
     const gw0 = rssKiB(pids.gateway)
     const ag0 = rssKiB(pids.agent)
