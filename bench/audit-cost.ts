@@ -21,20 +21,24 @@ export interface AuditCost {
   errors: number
 }
 
-/** Measures the open rate of both gateways at `concurrency`, `rounds` alternating rounds of `ms`. */
+/**
+ * Measures the open rate of both gateways at `concurrency`: `rounds` alternating rounds
+ * of `ms` each, after `warmupMs` of warm-up on each gateway.
+ */
 export async function measureAuditCost(
   sys: BenchSystem,
   concurrency: number,
   rounds: number,
   ms: number,
+  warmupMs = 2000,
 ): Promise<AuditCost> {
   const strict = await connectGateway(sys.gateway.url, sys.dir)
   const cheap = await connectGateway(sys.cheapGateway.url, sys.dir)
   try {
     // Warm-up of both paths (JIT, agent sessions): seconds, not less — a gateway that
     // served fewer streams before is measurably slower for a while.
-    await openRate(cheap, sys.token, 32, 2000)
-    await openRate(strict, sys.token, 32, 2000)
+    await openRate(cheap, sys.token, 32, warmupMs)
+    await openRate(strict, sys.token, 32, warmupMs)
     const s: number[] = []
     const c: number[] = []
     let errors = 0

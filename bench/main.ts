@@ -361,12 +361,28 @@ export async function runBench(options: {
     ...(options.nodeArgs !== undefined ? { nodeArgs: options.nodeArgs } : {}),
     verbose: options.verbose === true,
   })
+  let mark = t0
+  const lap = (what: string): void => {
+    const now = performance.now()
+    log(`${what}: done in ${((now - mark) / 1000).toFixed(1)} s`)
+    mark = now
+  }
+  lap('start-up')
   try {
     if (want('streams')) {
       const n = 10_000
       log(`streams: ${n} concurrent streams on one connection`)
-      report.streams = await manyStreams(sys.gateway.url, sys.dir, sys.token, sys.pids(), n)
+      report.streams = await manyStreams(
+        sys.gateway.url,
+        sys.dir,
+        sys.token,
+        sys.pids(),
+        n,
+        256,
+        quick ? 1500 : 3000,
+      )
     }
+    if (want('streams')) lap('streams')
     if (want('latency')) {
       const n = quick ? 300 : 1000
       log(`latency: ${n} sequential opens through pfgate, direct, socat 3-hop`)
@@ -390,13 +406,17 @@ export async function runBench(options: {
         pfgate: await parallelOpens(sys.cli.echoPort, 1000),
       }
     }
+    if (want('latency')) lap('latency')
     if (want('audit')) {
       report.audit = []
       for (const c of quick ? [32] : [1, 32]) {
         log(`audit: open rate at concurrency ${c}, blocking-strict vs batch`)
-        report.audit.push(await measureAuditCost(sys, c, quick ? 6 : 10, quick ? 500 : 1000))
+        report.audit.push(
+          await measureAuditCost(sys, c, quick ? 6 : 10, quick ? 500 : 1000, quick ? 1000 : 2000),
+        )
       }
     }
+    if (want('audit')) lap('audit')
     if (want('throughput')) {
       const all: Mode[] = [UP1, DOWN1, UP8, DOWN8]
       const ones: Mode[] = [UP1, DOWN1]
@@ -422,6 +442,7 @@ export async function runBench(options: {
         log,
       })
     }
+    if (want('throughput')) lap('throughput')
     if (want('kubectl')) {
       const fn = await loadKubectlSection().catch((err: unknown) => {
         report.kubectl = { error: (err as Error).message }
