@@ -16,14 +16,14 @@ export interface AuditCost {
   concurrency: number
   strictPerSec: number
   cheapPerSec: number
-  /** Median over back-to-back pairs of (cheap − strict) / cheap, percent. */
+  /** Median over rounds of (cheap − strict) / cheap, percent. */
   costPct: number
   errors: number
 }
 
 /**
- * Measures the open rate of both gateways at `concurrency`: `rounds` alternating rounds
- * of `ms` each, after `warmupMs` of warm-up on each gateway.
+ * Measures the open rate of both gateways at `concurrency`: `rounds` rounds of four runs
+ * of `ms` each (cheap, strict, strict, cheap), after `warmupMs` of warm-up on each.
  */
 export async function measureAuditCost(
   sys: BenchSystem,
@@ -36,30 +36,37 @@ export async function measureAuditCost(
   const cheap = await connectGateway(sys.cheapGateway.url, sys.dir)
   try {
     // Warm-up of both paths (JIT, agent sessions): seconds, not less — a gateway that
-    // served fewer streams before is measurably slower for a while.
+    // served fewer streams before is measurably slower for a while, which showed as a
+    // "negative cost" with 300 ms of warm-up.
     await openRate(cheap, sys.token, 32, warmupMs)
     await openRate(strict, sys.token, 32, warmupMs)
     const s: number[] = []
     const c: number[] = []
+    const roundCost: number[] = []
     let errors = 0
     for (let i = 0; i < rounds; i++) {
-      // Alternate which goes first so a drift in machine speed hits both alike.
-      const order = i % 2 === 0 ? (['cheap', 'strict'] as const) : (['strict', 'cheap'] as const)
-      for (const which of order) {
+      // Each round is cheap, strict, strict, cheap: a linear drift in machine speed during
+      // the round hits both alike. The round's cost is 1 − (strict total)/(cheap total).
+      let strictSum = 0
+      let cheapSum = 0
+      for (const which of ['cheap', 'strict', 'strict', 'cheap'] as const) {
         const r = await openRate(which === 'strict' ? strict : cheap, sys.token, concurrency, ms)
         errors += r.errors
-        ;(which === 'strict' ? s : c).push(r.perSec)
+        if (which === 'strict') {
+          s.push(r.perSec)
+          strictSum += r.perSec
+        } else {
+          c.push(r.perSec)
+          cheapSum += r.perSec
+        }
       }
+      roundCost.push(1 - strictSum / cheapSum)
     }
-    // The cost is the median over rounds of 1 − strict/cheap, each pair measured back to
-    // back: slow and fast phases of a shared machine cancel out better than in the ratio
-    // of two medians.
-    const pairCost = s.map((x, i) => 1 - x / (c[i] as number))
     return {
       concurrency,
       strictPerSec: Math.round(median(s)),
       cheapPerSec: Math.round(median(c)),
-      costPct: Math.round(median(pairCost) * 1000) / 10,
+      costPct: Math.round(median(roundCost) * 1000) / 10,
       errors,
     }
   } finally {

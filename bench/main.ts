@@ -412,7 +412,7 @@ export async function runBench(options: {
       for (const c of quick ? [32] : [1, 32]) {
         log(`audit: open rate at concurrency ${c}, blocking-strict vs batch`)
         report.audit.push(
-          await measureAuditCost(sys, c, quick ? 6 : 10, quick ? 500 : 1000, quick ? 1000 : 2000),
+          await measureAuditCost(sys, c, quick ? 5 : 9, quick ? 400 : 600, quick ? 1500 : 3000),
         )
       }
     }
