@@ -2,8 +2,9 @@
  * What the durable audit trail costs in stream opens: the same open-echo-close cycle
  * through two identical gateways in front of the same agent and pod, one with the
  * production audit (blocking-strict, file sink, fdatasync before the client hears
- * 200) and one with the cheapest audit the config allows (batch, no fsync). Rounds
- * alternate between the two; each figure is the median of its rounds.
+ * 200) and one with the cheapest audit the config allows (batch, no fsync). Each round
+ * measures cheap, strict, strict, cheap back to back; the rates are medians, the cost is
+ * the median of the rounds' costs.
  *
  * @module
  */
