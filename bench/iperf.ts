@@ -32,15 +32,17 @@ interface IperfJson {
 /**
  * Runs `iperf3 -c 127.0.0.1 -p PORT -t S -P N [-R] -J`. The server serves one test at
  * a time and may still be closing the previous one (its connections end through the
- * path under test): "busy" answers are retried for a few seconds.
+ * path under test): "busy" answers are retried for a few seconds, other failures once.
  */
 export async function runIperf(run: IperfRun): Promise<IperfResult> {
   for (let attempt = 0; ; attempt++) {
     try {
       return await runIperfOnce(run)
     } catch (err) {
-      if (attempt >= 30 || !(err as Error).message.includes('busy')) throw err
-      await new Promise((resolve) => setTimeout(resolve, 200))
+      // "Busy" is retried for a few seconds; any other failure once, after a second.
+      const busy = (err as Error).message.includes('busy')
+      if (busy ? attempt >= 30 : attempt >= 1) throw err
+      await new Promise((resolve) => setTimeout(resolve, busy ? 200 : 1000))
     }
   }
 }

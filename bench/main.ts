@@ -64,6 +64,8 @@ export interface BenchReport {
   audit?: AuditCost[]
   throughput?: Cell[]
   kubectl?: KubectlBenchResult | { error: string } | 'not available'
+  /** Sections that failed, with the error. */
+  errors?: Partial<Record<string, string>>
   rows: Row[]
   seconds: number
 }
@@ -269,6 +271,14 @@ export function buildRows(r: BenchReport): Row[] {
     })
   }
 
+  for (const [name, message] of Object.entries(r.errors ?? {})) {
+    row({
+      figure: `section ${name}`,
+      value: `error: ${message ?? ''}`.slice(0, 80),
+      result: 'FAIL',
+    })
+  }
+
   // kubectl.
   const k = r.kubectl
   if (k === 'not available') {
@@ -368,8 +378,20 @@ export async function runBench(options: {
     mark = now
   }
   lap('start-up')
+  /** Runs one section; a failure is reported in the table (FAIL) and the run goes on. */
+  const section = async (name: Section, fn: () => Promise<void>): Promise<void> => {
+    if (!want(name)) return
+    try {
+      await fn()
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err)
+      log(`${name}: failed: ${message}`)
+      report.errors = { ...report.errors, [name]: message }
+    }
+    lap(name)
+  }
   try {
-    if (want('streams')) {
+    await section('streams', async () => {
       const n = 10_000
       log(`streams: ${n} concurrent streams on one connection`)
       report.streams = await manyStreams(
@@ -381,9 +403,8 @@ export async function runBench(options: {
         256,
         quick ? 1500 : 3000,
       )
-    }
-    if (want('streams')) lap('streams')
-    if (want('latency')) {
+    })
+    await section('latency', async () => {
       const n = quick ? 300 : 1000
       log(`latency: ${n} sequential opens through pfgate, direct, socat 3-hop`)
       const socat3 = await startSocatChain('plain3', sys.pod.echoPort, sys.dir)
@@ -405,9 +426,8 @@ export async function runBench(options: {
         direct: await parallelOpens(sys.pod.echoPort, 1000),
         pfgate: await parallelOpens(sys.cli.echoPort, 1000),
       }
-    }
-    if (want('latency')) lap('latency')
-    if (want('audit')) {
+    })
+    await section('audit', async () => {
       report.audit = []
       for (const c of quick ? [32] : [1, 32]) {
         log(`audit: open rate at concurrency ${c}, blocking-strict vs batch`)
@@ -415,9 +435,8 @@ export async function runBench(options: {
           await measureAuditCost(sys, c, quick ? 5 : 9, quick ? 400 : 600, quick ? 1500 : 3000),
         )
       }
-    }
-    if (want('audit')) lap('audit')
-    if (want('throughput')) {
+    })
+    await section('throughput', async () => {
       const all: Mode[] = [UP1, DOWN1, UP8, DOWN8]
       const ones: Mode[] = [UP1, DOWN1]
       const plan: { path: PathName; modes: Mode[] }[] = quick
@@ -441,33 +460,32 @@ export async function runBench(options: {
         plan,
         log,
       })
-    }
-    if (want('throughput')) lap('throughput')
-    if (want('kubectl')) {
+    })
+    await section('kubectl', async () => {
       const fn = await loadKubectlSection().catch((err: unknown) => {
         report.kubectl = { error: (err as Error).message }
         return undefined
       })
       if (fn === undefined) {
         report.kubectl ??= 'not available'
-      } else {
-        log('kubectl: bench/kubectl.ts')
-        try {
-          report.kubectl = await fn({
-            quick,
-            dir: sys.dir,
-            kubeconfig: sys.kubeconfig,
-            gatewayUrl: sys.gateway.url,
-            token: sys.token,
-            pod: { ...BENCH_POD },
-            iperf: { seconds: quick ? 1 : 3, reps: quick ? 1 : 3, run: runIperf },
-            log,
-          })
-        } catch (err) {
-          report.kubectl = { error: (err as Error).message }
-        }
+        return
       }
-    }
+      log('kubectl: bench/kubectl.ts')
+      try {
+        report.kubectl = await fn({
+          quick,
+          dir: sys.dir,
+          kubeconfig: sys.kubeconfig,
+          gatewayUrl: sys.gateway.url,
+          token: sys.token,
+          pod: { ...BENCH_POD },
+          iperf: { seconds: quick ? 1 : 3, reps: quick ? 1 : 3, run: runIperf },
+          log,
+        })
+      } catch (err) {
+        report.kubectl = { error: (err as Error).message }
+      }
+    })
   } finally {
     await sys.stop()
   }
