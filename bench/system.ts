@@ -13,7 +13,7 @@
  */
 import { fork } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { stringify as toYaml } from 'yaml'
@@ -351,13 +351,4 @@ async function startCli(
       reject(new Error(`pfgate port-forward exited (${code}): ${out}${err}`))
     })
   })
-}
-
-/** The number of lines in a gateway's audit trail (all files). */
-export function auditLines(gw: GatewayProc): number {
-  try {
-    return readFileSync(join(gw.auditDir, 'audit.log'), 'utf8').split('\n').length - 1
-  } catch {
-    return 0
-  }
 }

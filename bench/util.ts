@@ -8,7 +8,7 @@
 import { spawn } from 'node:child_process'
 import type { ChildProcess, SpawnOptions } from 'node:child_process'
 import { readFileSync } from 'node:fs'
-import { connect, createServer } from 'node:net'
+import { createServer } from 'node:net'
 
 /** The median of `xs` (NaN when empty). */
 export function median(xs: readonly number[]): number {
@@ -176,28 +176,6 @@ export async function waitForListen(port: number, timeoutMs = 10_000): Promise<v
   while (!isListening(port)) {
     if (Date.now() > deadline) throw new Error(`nothing listens on port ${port}`)
     await sleep(10)
-  }
-}
-
-/** Resolves once `host:port` accepts TCP connections; rejects after `timeoutMs`. */
-export async function waitForPort(
-  port: number,
-  timeoutMs = 10_000,
-  host = '127.0.0.1',
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = connect({ host, port })
-      s.once('connect', () => {
-        s.destroy()
-        resolve(true)
-      })
-      s.once('error', () => resolve(false))
-    })
-    if (ok) return
-    if (Date.now() > deadline) throw new Error(`nothing listens on ${host}:${port}`)
-    await sleep(20)
   }
 }
 
