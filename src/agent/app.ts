@@ -59,6 +59,10 @@ export interface AgentServer {
 const PF_PATH = /^\/portForward\/([^/?#]+)\/([^/?#]+)(?:\/([^/?#]+))?$/
 
 const kAuthorized = Symbol('pfgate.agent.authorized')
+
+/** An 'error' listener that only keeps an error from being unhandled. */
+function ignoreError(): void {}
+
 type AgentSession = ServerHttp2Session & { [kAuthorized]?: boolean; peer?: string }
 
 /** Builds the agent's HTTP/2 server (not listening yet). */
@@ -142,9 +146,9 @@ export function createAgentServer(options: AgentServerOptions): AgentServer {
   })
 
   server.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => {
-    stream.on('error', () => {
-      // Reported through the relay or the response path; never crash on a stream error.
-    })
+    // Reported through the relay or the response path; never crash on a stream error.
+    // Module-level, so the listener does not keep this call's scope alive with the stream.
+    stream.on('error', ignoreError)
     const session = stream.session as AgentSession | undefined
     if (session?.[kAuthorized] !== true) {
       respondStatus(

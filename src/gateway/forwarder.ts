@@ -320,6 +320,9 @@ const DENIED_REASONS = new Set([
   'limit:header-size',
 ])
 
+/** An 'error' listener that only keeps an error from being unhandled (errors are reported elsewhere). */
+function ignoreError(): void {}
+
 /** Formats an address pair as `ip:port` with IPv6 in brackets. */
 export function formatAddress(address: string | undefined, port: number | undefined): string {
   if (address === undefined) return 'unknown'
@@ -596,9 +599,10 @@ export class Forwarder {
       clearTimeout(openTimer)
       req.signal?.removeEventListener('abort', onClientAbort)
     }
-    upstream.on('error', () => {
-      // Handled by the relay; keep unhandled errors from crashing the process.
-    })
+    // Handled by the relay; keep unhandled errors from crashing the process. A module-level
+    // listener: a closure here would keep this whole function's scope (the request, the
+    // abort controller, the timer, the open record) alive as long as the stream lives.
+    upstream.on('error', ignoreError)
 
     // 2. The open record. In blocking-strict it is durable before the client hears 200,
     //    so no byte is relayed without it (the pod may have sent a banner: it waits).

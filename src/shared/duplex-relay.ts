@@ -66,9 +66,18 @@ export interface RelayOptions {
 const DIR_A = 0
 const DIR_B = 1
 
+/** The relay a stream belongs to, stored on the stream for the shared listeners. */
+const kRelay = Symbol('pfgate.relay')
+type RelayStream = Duplex & { [kRelay]?: DuplexRelay }
+
 /**
  * Joins A and B. Data flows as soon as it is constructed; call it only once both
  * sides may carry bytes (e.g. after the 200).
+ *
+ * The stream listeners are shared by every relay (static functions that find their
+ * relay through a symbol property on the stream) rather than closures per relay: an
+ * idle relay then costs two small objects, not a dozen closures and their scopes
+ * (docs/performance.md: memory per idle stream).
  */
 export class DuplexRelay {
   bytesAtoB = 0
@@ -92,8 +101,8 @@ export class DuplexRelay {
     this.#opts = options
     this.#now = options.now ?? Date.now
     this.lastActivity = this.#now()
-    this.#wire(a.stream, b.stream, DIR_A)
-    this.#wire(b.stream, a.stream, DIR_B)
+    DuplexRelay.#wire(this, a.stream)
+    DuplexRelay.#wire(this, b.stream)
   }
 
   /** True once onDone has been called. */
@@ -109,47 +118,78 @@ export class DuplexRelay {
     this.#b.abort(reason)
   }
 
-  #wire(src: Duplex, dst: Duplex, dir: 0 | 1): void {
-    const srcEndpoint = dir === DIR_A ? this.#a : this.#b
-    const onData = (chunk: Buffer): void => {
-      if (dir === DIR_A) this.bytesAtoB += chunk.length
-      else this.bytesBtoA += chunk.length
-      this.lastActivity = this.#now()
-      if (!dst.write(chunk)) src.pause()
-    }
-    const onDrain = (): void => {
-      src.resume()
-    }
-    const onEnd = (): void => {
-      if (srcEndpoint.eofIsAbort?.() === true) {
-        this.#fail(dir, 'closed')
-        return
-      }
-      this.#eof[dir] = true
-      this.#firstEof ??= dir === DIR_A ? 'a' : 'b'
-      // Half-close: the peer's EOF becomes our end of the write side toward the other peer.
-      dst.end()
-    }
-    const onFinish = (): void => {
-      // `src` here is the destination of the other direction: our writes to it are done.
-      this.#finished[dir] = true
-      this.#check()
-    }
-    const onError = (err: Error): void => {
-      this.#fail(dir, 'error', err)
-    }
-    const onClose = (): void => {
-      if (!(this.#eof[dir] && this.#finished[dir])) this.#fail(dir, 'closed')
-      else this.#check()
-    }
-    src.on('data', onData)
-    src.on('end', onEnd)
-    src.on('finish', onFinish)
-    src.on('error', onError)
-    src.on('close', onClose)
-    dst.on('drain', onDrain)
+  /**
+   * Listens on one side. A stream is the source of one direction (its bytes go to the
+   * other side) and the destination of the other; `dir` below is the direction the
+   * stream is the source of, found by identity (A is the source of A→B).
+   */
+  static #wire(relay: DuplexRelay, stream: RelayStream): void {
+    stream[kRelay] = relay
+    stream.on('data', DuplexRelay.#onData)
+    stream.on('end', DuplexRelay.#onEnd)
+    stream.on('finish', DuplexRelay.#onFinish)
+    stream.on('error', DuplexRelay.#onError)
+    stream.on('close', DuplexRelay.#onClose)
+    stream.on('drain', DuplexRelay.#onDrain)
     // Streams that arrive already flowing-capable but paused: start reading.
-    src.resume()
+    stream.resume()
+  }
+
+  /** The direction `stream` is the source of, and the stream it writes to. */
+  #dirOf(stream: Duplex): 0 | 1 {
+    return this.#a.stream === stream ? DIR_A : DIR_B
+  }
+
+  #other(dir: 0 | 1): Duplex {
+    return dir === DIR_A ? this.#b.stream : this.#a.stream
+  }
+
+  static #onData = function (this: RelayStream, chunk: Buffer): void {
+    const r = this[kRelay] as DuplexRelay
+    const dir = r.#dirOf(this)
+    if (dir === DIR_A) r.bytesAtoB += chunk.length
+    else r.bytesBtoA += chunk.length
+    r.lastActivity = r.#now()
+    if (!r.#other(dir).write(chunk)) this.pause()
+  }
+
+  /** The stream we write to drained: resume the one we read from. */
+  static #onDrain = function (this: RelayStream): void {
+    const r = this[kRelay] as DuplexRelay
+    r.#other(r.#dirOf(this)).resume()
+  }
+
+  static #onEnd = function (this: RelayStream): void {
+    const r = this[kRelay] as DuplexRelay
+    const dir = r.#dirOf(this)
+    const endpoint = dir === DIR_A ? r.#a : r.#b
+    if (endpoint.eofIsAbort?.() === true) {
+      r.#fail(dir, 'closed')
+      return
+    }
+    r.#eof[dir] = true
+    r.#firstEof ??= dir === DIR_A ? 'a' : 'b'
+    // Half-close: the peer's EOF becomes our end of the write side toward the other peer.
+    r.#other(dir).end()
+  }
+
+  static #onFinish = function (this: RelayStream): void {
+    // Our writes to this stream (the destination of the other direction) are done.
+    const r = this[kRelay] as DuplexRelay
+    r.#finished[r.#dirOf(this)] = true
+    r.#check()
+  }
+
+  static #onError = function (this: RelayStream, err: Error): void {
+    const r = this[kRelay] as DuplexRelay
+    r.#fail(r.#dirOf(this), 'error', err)
+  }
+
+  static #onClose = function (this: RelayStream): void {
+    const r = this[kRelay] as DuplexRelay
+    const dir = r.#dirOf(this)
+    if (!(r.#eof[dir] && r.#finished[dir])) r.#fail(dir, 'closed')
+    else r.#check()
   }
 
   #check(): void {

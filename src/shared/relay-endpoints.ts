@@ -53,26 +53,50 @@ export function resetStream(stream: Http2Stream, code: number): void {
  * without an RST code of its own (a socket error, a lost session).
  */
 export function h2Endpoint(stream: Http2Stream, peerFailureCode: number): RelayEndpoint {
-  return {
-    stream,
-    abort(reason, peerRstCode) {
-      resetStream(stream, rstCodeFor(reason, peerRstCode, peerFailureCode))
-    },
-    // An EOF on a stream that is already closed by a reset (rstCode ≠ NO_ERROR) or while our
-    // side was still open (`aborted`: the session died) is not an END_STREAM. Node ends our
-    // writable side itself when a stream closes, so `writableEnded` cannot tell.
-    eofIsAbort: () =>
-      stream.closed && (stream.aborted || (stream.rstCode ?? RST.NO_ERROR) !== RST.NO_ERROR),
-  }
+  return new H2Endpoint(stream, peerFailureCode)
 }
 
 /** A TCP socket endpoint: an abort is a TCP RST (the pod or local client sees ECONNRESET). */
 export function socketEndpoint(socket: Socket): RelayEndpoint {
-  return {
-    stream: socket,
-    abort() {
-      if (socket.destroyed) return
-      socket.resetAndDestroy()
-    },
+  return new SocketEndpoint(socket)
+}
+
+// Classes rather than object literals with closures: one small object per endpoint,
+// the methods shared (memory per idle stream, docs/performance.md).
+
+class H2Endpoint implements RelayEndpoint {
+  readonly stream: Http2Stream
+  readonly #peerFailureCode: number
+
+  constructor(stream: Http2Stream, peerFailureCode: number) {
+    this.stream = stream
+    this.#peerFailureCode = peerFailureCode
+  }
+
+  abort(reason: AbortReason, peerRstCode?: number): void {
+    resetStream(this.stream, rstCodeFor(reason, peerRstCode, this.#peerFailureCode))
+  }
+
+  /**
+   * An EOF on a stream that is already closed by a reset (rstCode ≠ NO_ERROR) or while our
+   * side was still open (`aborted`: the session died) is not an END_STREAM. Node ends our
+   * writable side itself when a stream closes, so `writableEnded` cannot tell.
+   */
+  eofIsAbort(): boolean {
+    const s = this.stream
+    return s.closed && (s.aborted || (s.rstCode ?? RST.NO_ERROR) !== RST.NO_ERROR)
+  }
+}
+
+class SocketEndpoint implements RelayEndpoint {
+  readonly stream: Socket
+
+  constructor(socket: Socket) {
+    this.stream = socket
+  }
+
+  abort(): void {
+    if (this.stream.destroyed) return
+    this.stream.resetAndDestroy()
   }
 }

@@ -34,6 +34,9 @@ function decode(part: string): string | AppError {
   }
 }
 
+/** An 'error' listener that only keeps an error from being unhandled. */
+function ignoreError(): void {}
+
 /** Handles native streams for one gateway. */
 export class NativeH2Adapter {
   readonly #forwarder: Forwarder
@@ -75,9 +78,9 @@ export class NativeH2Adapter {
     m: RegExpExecArray,
     headerBytes?: number,
   ): void {
-    stream.on('error', () => {
-      // Reported through the relay or the forwarder; a stream error never crashes the gateway.
-    })
+    // Reported through the relay or the forwarder; a stream error never crashes the gateway.
+    // Module-level, so the listener does not keep this call's scope (headers...) alive.
+    stream.on('error', ignoreError)
     if (headers[':method'] !== 'POST') {
       respondStatus(
         stream,

@@ -1,0 +1,556 @@
+/**
+ * `npm run bench [-- --quick] [-- --json FILE] [-- --only a,b] [-- --node-arg=FLAG]`:
+ * pfgate's performance in one run, on this machine, next to baselines measured in the
+ * same run, printed as one table: each figure, its baseline, the ratio, the target
+ * and pass/fail (docs/performance.md explains each figure and the tuning behind it).
+ *
+ * Sections (in this order, on one system under test started from bench/system.ts):
+ * 1. `streams`: 10,000 concurrent streams on one client connection; gateway RSS per stream;
+ * 2. `latency`: 1,000 sequential stream opens (connect → first echoed byte) through the
+ *    CLI, directly, and through a plain socat three-hop chain; 1,000 opens at once;
+ * 3. `audit`: stream-open rate with blocking-strict audit vs the cheapest audit;
+ * 4. `throughput`: iperf3 through pfgate, directly, and through socat chains (two and
+ *    three hops in clear, three hops with the same TLS as pfgate), 1 and 8 streams, both
+ *    directions, with CPU seconds per GB for the CLI, the gateway and the agent;
+ * 5. `kubectl`: bench/kubectl.ts when present (see bench/kubectl-contract.ts).
+ *
+ * `--quick` (under a minute) uses shorter runs, one repetition and fewer baselines.
+ *
+ * @module
+ */
+import { execFileSync } from 'node:child_process'
+import { existsSync, readFileSync, writeFileSync } from 'node:fs'
+import { cpus } from 'node:os'
+import { parseArgs } from 'node:util'
+import {
+  CONNECTION_WINDOW,
+  MAX_FRAME_SIZE,
+  STREAM_HIGH_WATER_MARK,
+  STREAM_WINDOW,
+} from '../src/protocol/h2-settings.js'
+import { measureAuditCost } from './audit-cost.js'
+import type { AuditCost } from './audit-cost.js'
+import { manyStreams } from './h2-streams.js'
+import type { ManyStreamsResult } from './h2-streams.js'
+import { runIperf } from './iperf.js'
+import type { BenchKubectl, KubectlBenchResult } from './kubectl-contract.js'
+import { interleavedOpens, parallelOpens } from './opens.js'
+import type { OpenLatency, ParallelOpens } from './opens.js'
+import { startSocatChain } from './socat.js'
+import { BENCH_POD, startSystem } from './system.js'
+import type { BenchSystem } from './system.js'
+import { PATH_NAMES, measureThroughput, modeLabel } from './throughput.js'
+import type { Cell, Mode, PathName } from './throughput.js'
+import { killAllTracked, median } from './util.js'
+
+/** One line of the result table. */
+export interface Row {
+  figure: string
+  value: string
+  baseline: string
+  baseValue: string
+  ratio: string
+  target: string
+  result: '' | 'PASS' | 'FAIL'
+}
+
+/** Everything one run measured (the `--json` output). */
+export interface BenchReport {
+  quick: boolean
+  environment: Record<string, string | number>
+  streams?: ManyStreamsResult
+  latency?: { pfgate: OpenLatency; direct: OpenLatency; socat3: OpenLatency }
+  parallel?: { pfgate: ParallelOpens; direct: ParallelOpens }
+  audit?: AuditCost[]
+  throughput?: Cell[]
+  kubectl?: KubectlBenchResult | { error: string } | 'not available'
+  /** Sections that failed, with the error. */
+  errors?: Partial<Record<string, string>>
+  rows: Row[]
+  seconds: number
+}
+
+const SECTIONS = ['streams', 'latency', 'audit', 'throughput', 'kubectl'] as const
+type Section = (typeof SECTIONS)[number]
+
+const UP1: Mode = { parallel: 1, direction: 'up' }
+const DOWN1: Mode = { parallel: 1, direction: 'down' }
+const UP8: Mode = { parallel: 8, direction: 'up' }
+const DOWN8: Mode = { parallel: 8, direction: 'down' }
+
+function log(line: string): void {
+  process.stderr.write(line + '\n')
+}
+
+/** Raises this process's open-file limit so the children (which inherit it) have room. */
+function raiseFileLimit(): string {
+  try {
+    execFileSync('prlimit', [`--pid=${process.pid}`, '--nofile=65536:65536'], { stdio: 'ignore' })
+  } catch {
+    // Not permitted here: keep the current limit (10,000 streams fit in 20,000).
+  }
+  const limits = readFileSync('/proc/self/limits', 'utf8')
+  return /^Max open files\s+(\d+)/m.exec(limits)?.[1] ?? 'unknown'
+}
+
+function toolVersion(cmd: string, args: string[]): string {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
+      .split('\n')
+      .find((l) => /\d+\.\d+/.test(l))
+      ?.trim()
+      .slice(0, 60) as string
+  } catch {
+    throw new Error(`${cmd} is required (Debian package ${cmd}); it was not found`)
+  }
+}
+
+const f2 = (x: number): string => (Number.isFinite(x) ? x.toFixed(2) : 'n/a')
+const f3 = (x: number): string => (Number.isFinite(x) ? x.toFixed(3) : 'n/a')
+const ratio = (a: number, b: number): string => (b > 0 ? `${(a / b).toFixed(2)}×` : 'n/a')
+const verdict = (ok: boolean): 'PASS' | 'FAIL' => (ok ? 'PASS' : 'FAIL')
+
+/**
+ * The ratio of two throughput cells: the median over repetitions of each repetition's
+ * ratio (both were measured within seconds of each other in that repetition), which
+ * cancels the slow and fast phases of a shared machine better than a ratio of medians.
+ */
+export function pairedRatio(a: Cell, b: Cell): number {
+  const n = Math.min(a.samples.length, b.samples.length)
+  if (n === 0) return NaN
+  return median(
+    Array.from({ length: n }, (_, i) => (a.samples[i] as number) / (b.samples[i] as number)),
+  )
+}
+
+/** Builds the table rows from what was measured. */
+export function buildRows(r: BenchReport): Row[] {
+  const rows: Row[] = []
+  const row = (x: Partial<Row> & { figure: string }): void => {
+    rows.push({ value: '', baseline: '', baseValue: '', ratio: '', target: '', result: '', ...x })
+  }
+
+  // Throughput.
+  const cells = r.throughput ?? []
+  const cell = (path: PathName, m: Mode): Cell | undefined =>
+    cells.find(
+      (c) => c.path === path && c.mode.parallel === m.parallel && c.mode.direction === m.direction,
+    )
+  for (const m of [UP1, DOWN1]) {
+    const p = cell('pfgate', m)
+    if (p === undefined) continue
+    const figure = `throughput, ${modeLabel(m)} (Gbit/s)`
+    const targets: Partial<Record<PathName, number>> = { tls3: 0.9, plain3: 0.6 }
+    let first = true
+    for (const path of ['tls3', 'plain3', 'plain2', 'direct'] as const) {
+      const b = cell(path, m)
+      if (b === undefined) continue
+      const t = targets[path]
+      const q = pairedRatio(p, b)
+      row({
+        figure: first ? figure : '',
+        value: first ? f2(p.gbps) : '',
+        baseline: PATH_NAMES[path],
+        baseValue: f2(b.gbps),
+        ratio: `${f2(q)}×`,
+        target: t !== undefined ? `≥ ${t}×` : '',
+        result: t !== undefined ? verdict(q >= t) : '',
+      })
+      first = false
+    }
+  }
+  for (const [m8, m1] of [
+    [UP8, UP1],
+    [DOWN8, DOWN1],
+  ] as const) {
+    const p = cell('pfgate', m8)
+    const one = cell('pfgate', m1)
+    if (p === undefined || one === undefined) continue
+    const q = pairedRatio(p, one)
+    row({
+      figure: `throughput, ${modeLabel(m8)}, one connection (Gbit/s)`,
+      value: f2(p.gbps),
+      baseline: `pfgate, ${modeLabel(m1)}`,
+      baseValue: f2(one.gbps),
+      ratio: `${f2(q)}×`,
+      target: '≥ 1.0×',
+      result: verdict(q >= 1),
+    })
+    for (const path of ['tls3', 'direct'] as const) {
+      const b = cell(path, m8)
+      if (b === undefined) continue
+      row({
+        figure: '',
+        baseline: `${PATH_NAMES[path]}, ${modeLabel(m8)}`,
+        baseValue: f2(b.gbps),
+        ratio: `${f2(pairedRatio(p, b))}×`,
+      })
+    }
+  }
+  for (const m of [UP1, DOWN1]) {
+    const p = cell('pfgate', m)
+    const s = cell('tls3', m)
+    if (p?.cpuPerGB === undefined) continue
+    const socatMid = s?.cpuPerGB?.hop1
+    for (const proc of ['cli', 'gateway', 'agent'] as const) {
+      const v = p.cpuPerGB[proc] as number
+      const isGw = proc === 'gateway'
+      row({
+        figure: `CPU s/GB, ${proc}, ${modeLabel(m)}`,
+        value: f2(v),
+        baseline: isGw && socatMid !== undefined ? 'socat TLS middle hop' : '',
+        baseValue: isGw && socatMid !== undefined ? f2(socatMid) : '',
+        ratio: isGw && socatMid !== undefined ? ratio(v, socatMid) : '',
+      })
+    }
+  }
+
+  // Stream opens.
+  if (r.latency !== undefined) {
+    const { pfgate, direct, socat3 } = r.latency
+    for (const q of ['p50', 'p99'] as const) {
+      const k = q === 'p50' ? 'p50Ms' : 'p99Ms'
+      const limit = q === 'p50' ? 1 : 5
+      const added = pfgate[k] - direct[k]
+      row({
+        figure: `stream open ${q}, ${pfgate.n} sequential (ms)`,
+        value: f3(pfgate[k]),
+        baseline: 'direct TCP',
+        baseValue: f3(direct[k]),
+        ratio: `+${f3(added)} ms`,
+        target: `≤ +${limit} ms`,
+        result: verdict(added <= limit),
+      })
+      row({
+        figure: '',
+        baseline: 'socat 3-hop TCP',
+        baseValue: f3(socat3[k]),
+        ratio: `${added >= socat3[k] - direct[k] ? '+' : '−'}${f3(Math.abs(pfgate[k] - socat3[k]))} ms`,
+      })
+    }
+  }
+  if (r.parallel !== undefined) {
+    const { pfgate, direct } = r.parallel
+    row({
+      figure: `${pfgate.n} opens at once: echoed`,
+      value: `${pfgate.ok}/${pfgate.n} in ${pfgate.ms} ms`,
+      baseline: 'direct TCP',
+      baseValue: `${direct.ok}/${direct.n} in ${direct.ms} ms`,
+      target: 'all',
+      result: verdict(pfgate.ok === pfgate.n),
+    })
+  }
+  if (r.streams !== undefined) {
+    const s = r.streams
+    row({
+      figure: `${s.target} concurrent streams, one connection`,
+      value: `${s.ok} echoed, ${s.errors} errors`,
+      baseValue: `opened in ${s.openMs} ms`,
+      target: 'all, 0 errors',
+      result: verdict(s.ok === s.target && s.errors === 0),
+    })
+    row({
+      figure: 'gateway RSS per idle stream (KiB)',
+      value: f2(s.gatewayKiBPerStream),
+      baseline: 'agent, per stream',
+      baseValue: f2(s.agentKiBPerStream),
+      target: '≤ 16 KiB',
+      result: verdict(s.gatewayKiBPerStream <= 16),
+    })
+  }
+  for (const a of r.audit ?? []) {
+    const evaluated = a.concurrency > 1
+    row({
+      figure: `open rate, blocking-strict audit, ${a.concurrency} concurrent (/s)`,
+      value: String(a.strictPerSec),
+      baseline: 'batch audit, no fsync',
+      baseValue: String(a.cheapPerSec),
+      ratio: `cost ${a.costPct.toFixed(1)} %`,
+      target: evaluated ? '≤ 10 %' : '',
+      result: evaluated ? verdict(a.costPct <= 10 && a.errors === 0) : '',
+    })
+  }
+
+  for (const [name, message] of Object.entries(r.errors ?? {})) {
+    row({
+      figure: `section ${name}`,
+      value: `error: ${message ?? ''}`.slice(0, 80),
+      result: 'FAIL',
+    })
+  }
+
+  // kubectl.
+  const k = r.kubectl
+  if (k === 'not available') {
+    row({ figure: 'kubectl paths (bench/kubectl.ts)', value: 'not available' })
+  } else if (k !== undefined && 'error' in k) {
+    row({ figure: 'kubectl paths (bench/kubectl.ts)', value: `error: ${k.error}`, result: 'FAIL' })
+  } else if (k !== undefined) {
+    for (const kr of k.rows) {
+      const native = cell('pfgate', { parallel: 1, direction: kr.direction })
+      row({
+        figure: `${kr.path}, 1 stream ${kr.direction} (Gbit/s)`,
+        value: f2(kr.gbps),
+        baseline: 'pfgate native HTTP/2',
+        baseValue: native !== undefined ? f2(native.gbps) : 'n/a',
+        ratio: native !== undefined ? ratio(kr.gbps, native.gbps) : '',
+        target: '≥ 0.7×',
+        result: native !== undefined ? verdict(kr.gbps >= 0.7 * native.gbps) : '',
+      })
+    }
+  }
+  return rows
+}
+
+/** Formats rows as an aligned text table. */
+export function formatTable(rows: readonly Row[]): string {
+  const cols = ['figure', 'value', 'baseline', 'baseValue', 'ratio', 'target', 'result'] as const
+  const head: Record<(typeof cols)[number], string> = {
+    figure: 'figure',
+    value: 'pfgate',
+    baseline: 'baseline (same run)',
+    baseValue: 'baseline',
+    ratio: 'ratio',
+    target: 'target',
+    result: 'result',
+  }
+  const all: Record<(typeof cols)[number], string>[] = [head, ...rows]
+  const widths = cols.map((c) => Math.max(...all.map((r) => r[c].length)))
+  const line = (r: Record<(typeof cols)[number], string>): string =>
+    cols
+      .map((c, i) => {
+        const w = widths[i] as number
+        return c === 'figure' || c === 'baseline' ? r[c].padEnd(w) : r[c].padStart(w)
+      })
+      .join('  ')
+      .trimEnd()
+  const sep = widths.map((w) => '-'.repeat(w)).join('  ')
+  return [line(head), sep, ...rows.map(line)].join('\n')
+}
+
+async function loadKubectlSection(): Promise<BenchKubectl | undefined> {
+  const url = new URL('./kubectl.js', import.meta.url)
+  if (!existsSync(url)) return undefined
+  const mod = (await import(url.href)) as Record<string, unknown>
+  const fn = mod.benchKubectl ?? mod.runKubectlBench ?? mod.default
+  if (typeof fn !== 'function') {
+    throw new Error('bench/kubectl.ts has no benchKubectl export (see bench/kubectl-contract.ts)')
+  }
+  return fn as BenchKubectl
+}
+
+/** Runs the benchmark; returns the report. */
+export async function runBench(options: {
+  quick: boolean
+  only?: readonly Section[]
+  nodeArgs?: string[]
+  verbose?: boolean
+}): Promise<BenchReport> {
+  const t0 = performance.now()
+  const { quick } = options
+  const want = (s: Section): boolean => options.only === undefined || options.only.includes(s)
+  const fileLimit = raiseFileLimit()
+  const report: BenchReport = {
+    quick,
+    environment: {
+      node: process.version,
+      cpus: cpus().length,
+      cpu: cpus()[0]?.model ?? 'unknown',
+      kernel: execFileSync('uname', ['-r'], { encoding: 'utf8' }).trim(),
+      iperf3: toolVersion('iperf3', ['--version']),
+      socat: toolVersion('socat', ['-V']),
+      openFileLimit: fileLimit,
+      h2: `stream window ${STREAM_WINDOW / 1024} KiB, connection window ${CONNECTION_WINDOW / 1048576} MiB, max frame ${MAX_FRAME_SIZE / 1024} KiB, stream HWM ${STREAM_HIGH_WATER_MARK / 1024} KiB`,
+      componentNodeArgs: (options.nodeArgs ?? []).join(' ') || '(none)',
+    },
+    rows: [],
+    seconds: 0,
+  }
+  log(`pfgate bench${quick ? ' --quick' : ''}: starting the system under test`)
+  const sys: BenchSystem = await startSystem({
+    ...(options.nodeArgs !== undefined ? { nodeArgs: options.nodeArgs } : {}),
+    verbose: options.verbose === true,
+  })
+  let mark = t0
+  const lap = (what: string): void => {
+    const now = performance.now()
+    log(`${what}: done in ${((now - mark) / 1000).toFixed(1)} s`)
+    mark = now
+  }
+  lap('start-up')
+  /** Runs one section; a failure is reported in the table (FAIL) and the run goes on. */
+  const section = async (name: Section, fn: () => Promise<void>): Promise<void> => {
+    if (!want(name)) return
+    try {
+      await fn()
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err)
+      log(`${name}: failed: ${message}`)
+      report.errors = { ...report.errors, [name]: message }
+    }
+    lap(name)
+  }
+  try {
+    await section('streams', async () => {
+      const n = 10_000
+      log(`streams: ${n} concurrent streams on one connection`)
+      report.streams = await manyStreams(
+        sys.gateway.url,
+        sys.dir,
+        sys.token,
+        sys.pids(),
+        n,
+        256,
+        quick ? 1500 : 3000,
+      )
+    })
+    await section('latency', async () => {
+      const n = quick ? 300 : 1000
+      log(`latency: ${n} sequential opens through pfgate, direct, socat 3-hop`)
+      const socat3 = await startSocatChain('plain3', sys.pod.echoPort, sys.dir)
+      try {
+        const [direct, pfgate, socat] = await interleavedOpens(
+          [sys.pod.echoPort, sys.cli.echoPort, socat3.port],
+          [n, n, quick ? 100 : 300],
+        )
+        report.latency = {
+          direct: direct as OpenLatency,
+          pfgate: pfgate as OpenLatency,
+          socat3: socat as OpenLatency,
+        }
+      } finally {
+        await socat3.stop()
+      }
+      log('latency: 1000 opens at once')
+      report.parallel = {
+        direct: await parallelOpens(sys.pod.echoPort, 1000),
+        pfgate: await parallelOpens(sys.cli.echoPort, 1000),
+      }
+    })
+    await section('audit', async () => {
+      report.audit = []
+      for (const c of quick ? [32] : [1, 32]) {
+        log(`audit: open rate at concurrency ${c}, blocking-strict vs batch`)
+        report.audit.push(
+          await measureAuditCost(sys, c, quick ? 5 : 9, quick ? 400 : 600, quick ? 1500 : 3000),
+        )
+      }
+    })
+    await section('throughput', async () => {
+      const all: Mode[] = [UP1, DOWN1, UP8, DOWN8]
+      const ones: Mode[] = [UP1, DOWN1]
+      const plan: { path: PathName; modes: Mode[] }[] = quick
+        ? [
+            { path: 'pfgate', modes: all },
+            { path: 'tls3', modes: ones },
+            { path: 'plain3', modes: ones },
+            { path: 'direct', modes: ones },
+          ]
+        : [
+            { path: 'pfgate', modes: all },
+            { path: 'tls3', modes: all },
+            { path: 'plain3', modes: ones },
+            { path: 'plain2', modes: ones },
+            { path: 'direct', modes: all },
+          ]
+      log('throughput: iperf3 through pfgate and the baselines')
+      report.throughput = await measureThroughput(sys, {
+        seconds: quick ? 1 : 3,
+        reps: quick ? 1 : 3,
+        plan,
+        log,
+      })
+    })
+    await section('kubectl', async () => {
+      const fn = await loadKubectlSection().catch((err: unknown) => {
+        report.kubectl = { error: (err as Error).message }
+        return undefined
+      })
+      if (fn === undefined) {
+        report.kubectl ??= 'not available'
+        return
+      }
+      log('kubectl: bench/kubectl.ts')
+      try {
+        report.kubectl = await fn({
+          quick,
+          dir: sys.dir,
+          kubeconfig: sys.kubeconfig,
+          gatewayUrl: sys.gateway.url,
+          token: sys.token,
+          pod: { ...BENCH_POD },
+          iperf: { seconds: quick ? 1 : 3, reps: quick ? 1 : 3, run: runIperf },
+          log,
+        })
+      } catch (err) {
+        report.kubectl = { error: (err as Error).message }
+      }
+    })
+  } finally {
+    await sys.stop()
+  }
+  report.rows = buildRows(report)
+  report.seconds = Math.round((performance.now() - t0) / 1000)
+  return report
+}
+
+async function main(): Promise<number> {
+  const { values } = parseArgs({
+    args: process.argv.slice(2),
+    options: {
+      quick: { type: 'boolean' },
+      json: { type: 'string' },
+      only: { type: 'string' },
+      'node-arg': { type: 'string', multiple: true },
+      verbose: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  })
+  if (values.help === true) {
+    process.stdout.write(
+      `usage: npm run bench -- [--quick] [--json FILE] [--only ${SECTIONS.join(',')}] [--node-arg=FLAG ...] [--verbose]\n`,
+    )
+    return 0
+  }
+  let only: Section[] | undefined
+  if (values.only !== undefined) {
+    only = values.only.split(',').map((s) => s.trim()) as Section[]
+    const bad = only.filter((s) => !SECTIONS.includes(s))
+    if (bad.length > 0) throw new Error(`unknown section(s) ${bad.join(', ')}`)
+  }
+  const report = await runBench({
+    quick: values.quick === true,
+    ...(only !== undefined ? { only } : {}),
+    ...(values['node-arg'] !== undefined ? { nodeArgs: values['node-arg'] } : {}),
+    verbose: values.verbose === true,
+  })
+  const env = Object.entries(report.environment)
+    .map(([k, v]) => `${k}: ${v}`)
+    .join('\n')
+  process.stdout.write(`\n${env}\n\n${formatTable(report.rows)}\n\n`)
+  const failed = report.rows.filter((r) => r.result === 'FAIL').length
+  const passed = report.rows.filter((r) => r.result === 'PASS').length
+  process.stdout.write(`${passed} passed, ${failed} failed; ${report.seconds} s\n`)
+  if (values.json !== undefined) writeFileSync(values.json, JSON.stringify(report, null, 2) + '\n')
+  return 0
+}
+
+process.on('exit', () => killAllTracked())
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(sig, () => {
+    killAllTracked()
+    process.exit(130)
+  })
+}
+main().then(
+  (code) => {
+    process.exitCode = code
+  },
+  (err: unknown) => {
+    process.stderr.write(
+      `bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`,
+    )
+    killAllTracked()
+    process.exitCode = 1
+  },
+)
