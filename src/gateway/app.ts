@@ -34,7 +34,16 @@ import type { GatewayMetrics } from './metrics.js'
 import type { AgentPool } from './relay/agent-pool.js'
 import type { PodRegistry } from './registry/types.js'
 import { NATIVE_PATH, NativeH2Adapter } from './edge/native-h2.js'
-import { podObject } from './kube-api.js'
+import { UpgradeHandler } from './edge/upgrade.js'
+import {
+  aggregatedDiscovery,
+  aggregatedDiscoveryContentType,
+  aggregatedDiscoveryVersion,
+  apiGroupList,
+  apiVersions,
+  coreV1Resources,
+  podObject,
+} from './kube-api.js'
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -60,6 +69,8 @@ export interface GatewayDeps {
   maxHeaderBytes: number
   /** Reported by `/version` (kubectl's gcloud dispatcher picks a kubectl from it). */
   version?: { major: string; minor: string; gitVersion: string }
+  /** The Kubernetes-compatible surface (default: the WebSocket tunnel is on). */
+  kubernetes?: { websocketTunnel: boolean }
 }
 
 /** The Fastify instance type of the gateway (HTTP/2 secure server with HTTP/1.1 fallback). */
@@ -148,6 +159,14 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
       for (const l of compat) l.call(server, stream, headers, flags, raw)
     },
   )
+
+  // Kubernetes port-forward upgrades (SPDY, WebSocket) on HTTP/1.1 connections.
+  const upgrades = new UpgradeHandler({
+    forwarder,
+    logger,
+    websocketTunnel: deps.kubernetes?.websocketTunnel ?? true,
+  })
+  server.on('upgrade', upgrades.listener)
 
   app.decorateRequest('identity', undefined)
   app.addHook('onRequest', async (request, reply) => {
@@ -251,6 +270,44 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     },
   )
 
+  // Discovery: legacy documents, or aggregated ones when the Accept header asks for them.
+  for (const root of ['api', 'apis'] as const) {
+    app.get(`/${root}`, async (request, reply) => {
+      const v = aggregatedDiscoveryVersion(request.headers.accept)
+      reply.header('vary', 'Accept')
+      if (v !== undefined) {
+        return reply
+          .type(aggregatedDiscoveryContentType(v))
+          .send(JSON.stringify(aggregatedDiscovery(v, root)))
+      }
+      return reply
+        .type('application/json')
+        .send(root === 'api' ? apiVersions(request.headers.host ?? '') : apiGroupList())
+    })
+  }
+  app.get('/api/v1', async (_request, reply) =>
+    reply.type('application/json').send(coreV1Resources()),
+  )
+  app.route({
+    method: ['POST', 'PUT', 'PATCH', 'DELETE'],
+    url: '/api/v1/namespaces/:ns/pods/:pod',
+    handler: async (request) => {
+      throw appError(
+        'PFG_ERR_ROUTE_METHOD_NOT_ALLOWED',
+        `the server does not allow this method on the requested resource (${request.method} pods)`,
+      )
+    },
+  })
+  // Port-forward needs an upgrade (edge/upgrade.ts); a plain request is the apiserver's 400.
+  for (const path of [
+    '/api/v1/namespaces/:ns/pods/:pod/portforward',
+    '/api/v1/nodes/:node/proxy/portForward/:ns/:pod',
+  ]) {
+    app.all(path, async () => {
+      throw appError('PFG_ERR_PROTO_UPGRADE_REQUIRED', 'Upgrade request required')
+    })
+  }
+
   // The native path over HTTP/1.1 without an upgrade cannot carry a half-closable stream.
   app.all('/proxy/nodes/:node/portForward/:ns/:pod', async () => {
     throw appError(
@@ -352,8 +409,11 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     async close(graceMs) {
       // GOAWAY to every client: no new streams; in-flight ones continue until the deadline.
       for (const s of sessions) if (!s.closed && !s.destroyed) s.close()
+      // Upgraded connections: no new upgrades or SPDY streams; open streams go on.
+      upgrades.drain()
       const closing = app.close()
       await forwarder.drain(graceMs)
+      upgrades.destroy()
       deps.agents.close(false)
       for (const s of sessions) s.destroy()
       await closing

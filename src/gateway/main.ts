@@ -93,6 +93,7 @@ export async function startGateway(
     metrics,
     forwarder,
     maxHeaderBytes: config.limits.maxHeaderBytes,
+    kubernetes: config.kubernetes,
   })
   const addr = await gateway.listen(
     overrides.port ?? config.listen.port,
