@@ -276,9 +276,11 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
       const v = aggregatedDiscoveryVersion(request.headers.accept)
       reply.header('vary', 'Accept')
       if (v !== undefined) {
+        // A Buffer keeps the Content-Type verbatim (for a string Fastify would quote its
+        // parameters and add a charset, unlike kube-apiserver).
         return reply
-          .type(aggregatedDiscoveryContentType(v))
-          .send(JSON.stringify(aggregatedDiscovery(v, root)))
+          .header('content-type', aggregatedDiscoveryContentType(v))
+          .send(Buffer.from(JSON.stringify(aggregatedDiscovery(v, root))))
       }
       return reply
         .type('application/json')

@@ -210,7 +210,9 @@ export async function refusedThrough(port: number, timeoutMs = 30_000): Promise<
   const sock: Socket = netConnect({ port, host: '127.0.0.1' })
   let how = 'closed'
   sock.on('error', (e: NodeJS.ErrnoException) => (how = e.code ?? e.message))
-  const closed = once(sock, 'close')
+  // Not events.once: it rejects on 'error', and kubectl may well reset the connection
+  // (it closes with our unread bytes in its buffer).
+  const closed = new Promise<void>((resolve) => sock.once('close', () => resolve()))
   await once(sock, 'connect')
   sock.write('hello?')
   sock.resume()

@@ -14,7 +14,8 @@
  * - after the open, an abnormal end (agent or pod reset, admin, limit, shutdown) is
  *   RST_STREAM CANCEL on the data stream and a FIN on the error stream, never error
  *   text (which would end every other connection of the kubectl session too);
- * - a normal end is a FIN on both streams; the error stream always gets its FIN.
+ * - a normal end is a FIN on the error stream, then on the data stream; the error
+ *   stream always gets its FIN.
  *
  * @module
  */
@@ -106,6 +107,14 @@ export function serveSpdyPortForward(transport: Duplex, options: SpdyServeOption
             opened.cancel('client went away before the stream opened')
             return
           }
+          // The kubelet's closing order (PROTOCOLS.md §6.4): when the pod's side ends, the
+          // error stream's FIN, then the data stream's (after its queued bytes). Registered
+          // before the relay's own listener; an EOF that is really a lost agent stream is
+          // left to the relay (a reset).
+          const up = opened.upstream
+          up.once('end', () => {
+            if (!(up.closed && !up.writableEnded)) req.finish()
+          })
           opened.start(spdyEndpoint(req))
         },
         (err: unknown) => {

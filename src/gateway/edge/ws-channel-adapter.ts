@@ -102,6 +102,13 @@ class PortStream extends Duplex {
     this.#conn.finishPort(this.index)
     cb()
   }
+
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    // A full stream that goes away must not keep the WebSocket paused (its close
+    // handshake and the other ports would wait for ever: found by the gateway fuzzer).
+    this.#conn.readMore(this)
+    cb(err)
+  }
 }
 
 /** The state of one channel connection. */
