@@ -237,6 +237,20 @@ for (const v of VERSIONS) {
   })
 }
 
+describe('the kubectl on PATH with the dev kubeconfig as it is', () => {
+  test('KUBECONFIG=<dev kubeconfig> kubectl port-forward echo 5000', async () => {
+    const f = await startKubectlForward('dispatcher', ['echo', '5000'], 1, {
+      ...opts(),
+      kubeconfigEnv: true,
+    })
+    forwards.add(f)
+    assert.deepEqual(f.local, [{ port: 5000, remote: 5000 }])
+    assert.match(f.stdout(), /^Forwarding from 127\.0\.0\.1:5000 -> 5000$/m)
+    assertEchoed(await echoThrough(5000, 1024 * 1024).catch(explain(f)), 1024 * 1024, 'port 5000')
+    assert.equal(await f.stop(), 0)
+  })
+})
+
 describe('kubectl 1.32: forced SPDY and the fallback', () => {
   test('KUBECTL_PORT_FORWARD_WEBSOCKETS=false speaks SPDY', async () => {
     const before = readAudit(cluster.dir).length

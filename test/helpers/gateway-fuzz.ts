@@ -137,6 +137,19 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms))
 }
 
+/** `p`'s result, or `fallback` after `ms`; never leaves a timer behind. */
+async function within<T>(p: Promise<T>, ms: number, fallback: T): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  try {
+    return await Promise.race([
+      p,
+      new Promise<T>((r) => (timer = setTimeout(() => r(fallback), ms))),
+    ])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
 /** GET /healthz over HTTPS; resolves true on a 200 within `ms`. */
 function healthy(t: FuzzTarget, ms = 3000): Promise<boolean> {
   return new Promise((resolve) => {
@@ -398,10 +411,11 @@ function note(ctx: Ctx, what: string): void {
 /** Waits until the socket closes (the gateway ended it) or `ms` pass; then destroys it. */
 async function finish(ctx: Ctx, socket: TLSSocket, ms: number): Promise<void> {
   if (socket.destroyed) return
-  const closed = await Promise.race([
+  const closed = await within(
     new Promise<boolean>((r) => socket.once('close', () => r(true))),
-    sleep(ms).then(() => false),
-  ])
+    ms,
+    false,
+  )
   if (closed) ctx.report.closedByGateway++
   note(ctx, closed ? 'closed-by-gateway' : 'client-destroyed')
   if (ctx.rng.int(2) === 0) socket.end()
@@ -611,10 +625,11 @@ function spdyNeighbour(ctx: Ctx): Promise<Neighbour> {
             throw new Error(`neighbour echo wrong: ${data.received}/${payload.length} bytes`)
           }
         })()
-        const ok = await Promise.race([
+        const ok = await within(
           round.then(() => true),
-          sleep(10_000).then(() => false),
-        ]).catch((e: unknown) => {
+          10_000,
+          false,
+        ).catch((e: unknown) => {
           ctx.fail(`SPDY neighbour: ${String(e)}`)
           return true
         })
@@ -676,7 +691,7 @@ function v4Neighbour(ctx: Ctx): Promise<Neighbour> {
         stopped = true
         await loop
         ws.close(1000)
-        await Promise.race([ws.closed, sleep(2000)])
+        await within(ws.closed, 2000, undefined)
         ws.socket.destroy()
       },
     }

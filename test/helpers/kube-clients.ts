@@ -28,6 +28,11 @@ export const KUBECTL_BUILDS: Record<string, { env: string; paths: string[] }> = 
   '1.32': { env: 'PFGATE_KUBECTL_1_32', paths: ['/usr/lib/google-cloud-sdk/bin/kubectl.1.32'] },
   '1.28': { env: 'PFGATE_KUBECTL_1_28', paths: ['/usr/lib/google-cloud-sdk/bin/kubectl.1.28'] },
   '1.20': { env: 'PFGATE_KUBECTL_1_20', paths: ['/opt/kubectl-1.20/usr/bin/kubectl'] },
+  /** The `kubectl` users have on PATH: gcloud's dispatcher, which picks a build from /version. */
+  dispatcher: {
+    env: 'PFGATE_KUBECTL',
+    paths: ['/usr/bin/kubectl', '/usr/lib/google-cloud-sdk/bin/kubectl'],
+  },
 }
 
 /** The path of a kubectl build, or throws saying what is missing (tests fail, never skip). */
@@ -69,6 +74,8 @@ export interface KubectlRunOptions {
   /** A private HOME (kubectl's discovery cache lives there). */
   home: string
   env?: NodeJS.ProcessEnv
+  /** Pass the kubeconfig as `KUBECONFIG` instead of `--kubeconfig`. */
+  kubeconfigEnv?: boolean
 }
 
 /** Spawns kubectl with a private HOME and the given kubeconfig. */
@@ -77,10 +84,20 @@ export function spawnKubectl(
   args: string[],
   options: KubectlRunOptions,
 ): ChildProcessWithoutNullStreams {
-  return spawn(kubectlPath(version), ['--kubeconfig', options.kubeconfig, ...args], {
-    env: { HOME: options.home, PATH: process.env.PATH ?? '/usr/bin:/bin', ...options.env },
-    stdio: 'pipe',
-  })
+  const viaEnv = options.kubeconfigEnv === true
+  return spawn(
+    kubectlPath(version),
+    viaEnv ? args : ['--kubeconfig', options.kubeconfig, ...args],
+    {
+      env: {
+        HOME: options.home,
+        PATH: process.env.PATH ?? '/usr/bin:/bin',
+        ...(viaEnv ? { KUBECONFIG: options.kubeconfig } : {}),
+        ...options.env,
+      },
+      stdio: 'pipe',
+    },
+  )
 }
 
 /** Runs kubectl to its end; kills it after `timeoutMs`. */

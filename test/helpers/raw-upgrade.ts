@@ -59,14 +59,18 @@ export async function rawRequest(
       socket.destroy()
       reject(new Error(`no complete answer to ${method} ${path} within ${timeoutMs} ms`))
     }, timeoutMs)
+    let settledHead = false
     const finish = (r: RawResponse): void => {
+      settledHead = true
       clearTimeout(timer)
       socket.off('data', onData)
       socket.off('end', onEnd)
       resolve(r)
     }
     const onEnd = (): void => {
+      if (settledHead) return
       if (head === undefined) {
+        settledHead = true
         clearTimeout(timer)
         reject(new Error(`connection ended before an answer to ${method} ${path}`))
         return
@@ -108,6 +112,10 @@ export async function rawRequest(
     }
     socket.on('data', onData)
     socket.once('end', onEnd)
+    // A reset instead of a FIN: answer with what arrived, or fail, at once.
+    socket.once('close', () => {
+      if (settledHead === false) onEnd()
+    })
     socket.on('error', () => {})
   })
 }

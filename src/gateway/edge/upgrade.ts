@@ -52,7 +52,7 @@ import { formatAddress } from '../forwarder.js'
 import type { Forwarder } from '../forwarder.js'
 import { serveSpdyPortForward } from './spdy-adapter.js'
 import type { UpgradeTarget } from './spdy-adapter.js'
-import { serveChannelPortForward } from './ws-channel-adapter.js'
+import { closeWebSocket, serveChannelPortForward } from './ws-channel-adapter.js'
 
 /** `/api/v1/namespaces/{ns}/pods/{pod}/portforward` */
 const POD_PATH = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/]+)\/portforward$/
@@ -411,7 +411,12 @@ export class UpgradeHandler {
       if (choice.protocol === 'ws-spdy') {
         const conn = serveSpdyPortForward(createWebSocketByteStream(ws), {
           ...base,
-          onClose: () => untrack(),
+          onClose: () => {
+            untrack()
+            // The session ended its byte stream (close 1000) or lost it: the WebSocket goes
+            // too, within a bounded time.
+            closeWebSocket(ws, 1000)
+          },
         })
         served = {
           drain: () => conn.drain(),

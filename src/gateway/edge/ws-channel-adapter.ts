@@ -41,9 +41,31 @@ import type { UpgradeTarget } from './spdy-adapter.js'
 /** How long pod connections may finish after the client closed the WebSocket. */
 export const CLOSE_GRACE_MS = 1000
 
+const kClosing = Symbol('pfgate.gateway.wsClosing')
+
+/** How long a WebSocket's close handshake may take before the connection is cut. */
+export const CLOSE_LINGER_MS = 2000
+
+/**
+ * Closes a WebSocket (when still open) and makes sure it goes: reading resumes (a
+ * paused socket would never see the peer's close frame) and the connection is cut
+ * {@link CLOSE_LINGER_MS} later if the peer has not finished the handshake (`ws` itself
+ * waits 30 s). Idempotent.
+ */
+export function closeWebSocket(ws: WebSocket, code: number): void {
+  const tagged = ws as WebSocket & { [kClosing]?: true }
+  if (ws.readyState === OPEN) ws.close(code)
+  ws.resume()
+  if (tagged[kClosing] === true || ws.readyState === CLOSED) return
+  tagged[kClosing] = true
+  const timer = setTimeout(() => ws.terminate(), CLOSE_LINGER_MS)
+  ws.once('close', () => clearTimeout(timer))
+}
+
 /** Readable/writable high-water mark of each port's stream. */
 const HWM = 256 * 1024
 const OPEN = 1
+const CLOSED = 3
 const CLOSE_NORMAL = 1000
 const CLOSE_NO_STATUS = 1005
 const CLOSE_ABNORMAL = 1006
@@ -158,9 +180,7 @@ class Conn {
   finishPort(index: number): void {
     if (this.finished[index] === true) return
     this.finished[index] = true
-    if (this.finished.every(Boolean) && !this.#closed && this.ws.readyState === OPEN) {
-      this.ws.close(CLOSE_NORMAL)
-    }
+    if (this.finished.every(Boolean) && !this.#closed) closeWebSocket(this.ws, CLOSE_NORMAL)
   }
 
   /** A message from the client. */
@@ -170,8 +190,8 @@ class Conn {
       m = decodeChannelMessage(data, isBinary, this.encoding)
     } catch {
       // Wrong message type or bad base64: only this connection ends.
-      this.ws.close(isBinary ? CLOSE_PROTOCOL_ERROR : CLOSE_UNSUPPORTED)
       this.abortAll()
+      closeWebSocket(this.ws, isBinary ? CLOSE_PROTOCOL_ERROR : CLOSE_UNSUPPORTED)
       return
     }
     if (m === undefined) return
