@@ -41,9 +41,18 @@ import {
   headerListSize,
   headerTooLargeMessage,
 } from './header-limit.js'
-import { podObject } from './kube-api.js'
 import { registerNodeProxy } from './node-proxy.js'
 import { respondStatus } from '../shared/h2-util.js'
+import { UpgradeHandler } from './edge/upgrade.js'
+import {
+  aggregatedDiscovery,
+  aggregatedDiscoveryContentType,
+  aggregatedDiscoveryVersion,
+  apiGroupList,
+  apiVersions,
+  coreV1Resources,
+  podObject,
+} from './kube-api.js'
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -74,6 +83,8 @@ export interface GatewayDeps {
   }
   /** Reported by `/version` (kubectl's gcloud dispatcher picks a kubectl from it). */
   version?: { major: string; minor: string; gitVersion: string }
+  /** The Kubernetes-compatible surface (default: the WebSocket tunnel is on). */
+  kubernetes?: { websocketTunnel: boolean }
 }
 
 /** The Fastify instance type of the gateway (HTTP/2 secure server with HTTP/1.1 fallback). */
@@ -189,6 +200,14 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     },
   )
 
+  // Kubernetes port-forward upgrades (SPDY, WebSocket) on HTTP/1.1 connections.
+  const upgrades = new UpgradeHandler({
+    forwarder,
+    logger,
+    websocketTunnel: deps.kubernetes?.websocketTunnel ?? true,
+  })
+  server.on('upgrade', upgrades.listener)
+
   app.decorateRequest('identity', undefined)
   app.addHook('onRequest', async (request, reply) => {
     // Routes without a config (404s) still require a user: default deny.
@@ -290,6 +309,46 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
       return reply.type('application/json').send(podObject(info))
     },
   )
+
+  // Discovery: legacy documents, or aggregated ones when the Accept header asks for them.
+  for (const root of ['api', 'apis'] as const) {
+    app.get(`/${root}`, async (request, reply) => {
+      const v = aggregatedDiscoveryVersion(request.headers.accept)
+      reply.header('vary', 'Accept')
+      if (v !== undefined) {
+        // A Buffer keeps the Content-Type verbatim (for a string Fastify would quote its
+        // parameters and add a charset, unlike kube-apiserver).
+        return reply
+          .header('content-type', aggregatedDiscoveryContentType(v))
+          .send(Buffer.from(JSON.stringify(aggregatedDiscovery(v, root))))
+      }
+      return reply
+        .type('application/json')
+        .send(root === 'api' ? apiVersions(request.headers.host ?? '') : apiGroupList())
+    })
+  }
+  app.get('/api/v1', async (_request, reply) =>
+    reply.type('application/json').send(coreV1Resources()),
+  )
+  app.route({
+    method: ['POST', 'PUT', 'PATCH', 'DELETE'],
+    url: '/api/v1/namespaces/:ns/pods/:pod',
+    handler: async (request) => {
+      throw appError(
+        'PFG_ERR_ROUTE_METHOD_NOT_ALLOWED',
+        `the server does not allow this method on the requested resource (${request.method} pods)`,
+      )
+    },
+  })
+  // Port-forward needs an upgrade (edge/upgrade.ts); a plain request is the apiserver's 400.
+  for (const path of [
+    '/api/v1/namespaces/:ns/pods/:pod/portforward',
+    '/api/v1/nodes/:node/proxy/portForward/:ns/:pod',
+  ]) {
+    app.all(path, async () => {
+      throw appError('PFG_ERR_PROTO_UPGRADE_REQUIRED', 'Upgrade request required')
+    })
+  }
 
   // The native path over HTTP/1.1 without an upgrade cannot carry a half-closable stream.
   app.all('/proxy/nodes/:node/portForward/:ns/:pod', async () => {
@@ -402,8 +461,11 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     async close(graceMs) {
       // GOAWAY to every client: no new streams; in-flight ones continue until the deadline.
       for (const s of sessions) if (!s.closed && !s.destroyed) s.close()
+      // Upgraded connections: no new upgrades or SPDY streams; open streams go on.
+      upgrades.drain()
       const closing = app.close()
       await forwarder.drain(graceMs)
+      upgrades.destroy()
       deps.agents.close(false)
       for (const s of sessions) s.destroy()
       await closing

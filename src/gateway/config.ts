@@ -115,6 +115,15 @@ export interface GatewayConfig {
     mode: 'blocking-strict' | 'blocking' | 'batch'
     sinks: AuditSinkConfig[]
   }
+  /** The Kubernetes-compatible surface (kubectl and client libraries). */
+  kubernetes: {
+    /**
+     * Accept the SPDY-over-WebSocket tunnel (`SPDY/3.1+portforward.k8s.io`, kubectl ≥ 1.31's
+     * default). When false it is refused with a non-101 answer and kubectl falls back to
+     * the plain SPDY upgrade (docs/kubernetes-clients.md).
+     */
+    websocketTunnel: boolean
+  }
   shutdownGraceMs: number
   logLevel: string
 }
@@ -330,6 +339,14 @@ const schema = {
         },
       },
     },
+    kubernetes: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        websocketTunnel: { type: 'boolean', default: true },
+      },
+    },
     shutdownGrace: { ...duration, default: '10s' },
     logLevel: {
       enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
@@ -390,6 +407,7 @@ type Raw = Record<string, unknown> & {
     mode: GatewayConfig['audit']['mode']
     sinks: (Record<string, unknown> & { type: string })[]
   }
+  kubernetes: { websocketTunnel: boolean }
   shutdownGrace: string | number
   logLevel: string
 }
@@ -514,6 +532,7 @@ export function parseGatewayConfig(value: unknown, source: string, baseDir: stri
       mode: raw.audit.mode,
       sinks: raw.audit.sinks.map((s, i) => parseSink(s, baseDir, `audit.sinks.${i}`)),
     },
+    kubernetes: { websocketTunnel: raw.kubernetes.websocketTunnel },
     shutdownGraceMs: parseDuration(raw.shutdownGrace, 'shutdownGrace'),
     logLevel: raw.logLevel,
   }

@@ -146,6 +146,31 @@ export interface ForwardRequest {
   headerBytes?: number
 }
 
+/** An upgrade to check before it is accepted ({@link Forwarder.admit}). */
+export interface AdmitRequest {
+  session: ClientSession
+  /** The Authorization header value as received. */
+  authorization: string | string[] | undefined
+  namespace: string
+  pod: string
+  /** The node the client named, if any (checked, never trusted). */
+  node?: string
+  /**
+   * The ports named up front (WebSocket channels: `?ports=`), the adapter's parse error
+   * for them (thrown only after authentication), or undefined when each stream names
+   * its own (SPDY).
+   */
+  ports?: readonly number[] | AppError
+  /** User agent of this request, if it differs from the session's. */
+  userAgent?: string
+}
+
+/** What the checks learnt before one of them refused (for the audit record). */
+interface Found {
+  identity?: Identity
+  pod?: PodInfo
+}
+
 /** Admin view of a live stream. */
 export interface LiveStreamView {
   id: string
@@ -441,8 +466,7 @@ export class Forwarder {
       node: req.node,
       port: typeof req.port === 'number' ? req.port : 0,
     }
-    let identity: Identity | undefined
-    let pod: PodInfo | undefined
+    const found: Found = {}
     let counted = false
     try {
       const maxHeader = this.#d.limits.maxHeaderBytes
@@ -453,58 +477,14 @@ export class Forwarder {
           `request headers too large (${req.headerBytes} bytes; limit ${maxHeader})`,
         )
       }
-      if (this.#draining) {
-        throw appError('PFG_ERR_RELAY_DRAINING', 'the gateway is shutting down; retry shortly')
-      }
-      identity = await this.#d.authenticator.authenticate(req.authorization)
-      if (session.user === undefined) {
-        session.user = identity.user
-        session.groups = identity.groups
-      }
-      this.#auditSession(session)
-      if (typeof req.port !== 'number') throw req.port
-      const port = req.port
-      assertNamespace(req.namespace)
-      assertObjectName('pod', req.pod)
-      if (req.node !== undefined) assertObjectName('node', req.node)
-      if (!this.#d.authorizer.canPortForward(identity, req.namespace, req.pod, port)) {
-        throw appError(
-          'PFG_ERR_AUTH_FORBIDDEN',
-          `user "${identity.user}" cannot forward to port ${port} of pod ${req.namespace}/${req.pod}`,
-        )
-      }
-      if (!this.#d.registry.isReady()) {
-        throw appError(
-          'PFG_ERR_ROUTE_NOT_READY',
-          'the pod registry has not synced yet; retry shortly',
-        )
-      }
-      pod = this.#d.registry.getPod(req.namespace, req.pod)
-      if (pod === undefined) {
-        throw appError(
-          'PFG_ERR_ROUTE_POD_NOT_FOUND',
-          `pods "${req.pod}" not found in namespace "${req.namespace}"`,
-        )
-      }
-      if (req.node !== undefined && req.node !== pod.nodeName) {
-        throw appError(
-          'PFG_ERR_ROUTE_WRONG_NODE',
-          `pod ${req.namespace}/${req.pod} is not on node "${req.node}"`,
-        )
-      }
-      if (pod.phase !== 'Running') {
-        throw appError(
-          'PFG_ERR_ROUTE_POD_NOT_RUNNING',
-          `unable to forward port because pod is not running. Current status=${pod.phase}`,
-        )
-      }
-      const node = pod.nodeName === '' ? undefined : this.#d.registry.getNode(pod.nodeName)
-      if (node === undefined) {
-        throw appError(
-          'PFG_ERR_ROUTE_NODE_UNKNOWN',
-          `no agent address is known for node "${pod.nodeName}" of pod ${req.namespace}/${req.pod}`,
-        )
-      }
+      const node = await this.#check(
+        req,
+        typeof req.port === 'number' ? [req.port] : req.port,
+        found,
+      )
+      const identity = found.identity as Identity
+      const pod = found.pod as PodInfo
+      const port = req.port as number
       this.#checkLimits(session, identity)
       counted = true
       session.pending++
@@ -519,6 +499,7 @@ export class Forwarder {
       )
       return opened
     } catch (err) {
+      const { identity, pod } = found
       if (counted && identity !== undefined) {
         session.pending--
         this.#decUser(identity.user)
@@ -531,6 +512,113 @@ export class Forwarder {
       }
       throw e
     }
+  }
+
+  /**
+   * Checks an upgrade (SPDY, WebSocket) before it is answered 101, so that a bad token
+   * gets 401 and a forbidden target 403 as an HTTP status the client shows: draining,
+   * authentication, names, authorization (every port named up front, or, when the ports
+   * come later with each stream, some port of the pod), registry, pod, node, phase.
+   * Throws the AppError (audited as `open` audits it). Every stream is checked again by
+   * {@link open} (a token that expires mid-session opens no new stream).
+   */
+  async admit(req: AdmitRequest): Promise<Identity> {
+    const first = req.ports instanceof AppError ? undefined : req.ports?.[0]
+    const target = {
+      namespace: req.namespace,
+      pod: req.pod,
+      node: req.node,
+      port: first ?? 0,
+    }
+    const found: Found = {}
+    try {
+      await this.#check(req, req.ports, found)
+      return found.identity as Identity
+    } catch (err) {
+      const e = isAppError(err)
+        ? err
+        : appError('PFG_ERR_RELAY_AGENT_UNAVAILABLE', describeError(err), { cause: err })
+      this.#rejected(req, found.identity, found.pod, target, e)
+      throw e
+    }
+  }
+
+  /**
+   * The checks a stream and an upgrade share, in order; `found` learns the identity and
+   * the pod as they are established (for the audit record of a refusal). `ports`
+   * undefined: any port of the pod will do (SPDY upgrades name ports per stream).
+   */
+  async #check(
+    req: AdmitRequest,
+    ports: readonly number[] | AppError | undefined,
+    found: Found,
+  ): Promise<NodeInfo> {
+    const { session } = req
+    if (this.#draining) {
+      throw appError('PFG_ERR_RELAY_DRAINING', 'the gateway is shutting down; retry shortly')
+    }
+    const identity = await this.#d.authenticator.authenticate(req.authorization)
+    found.identity = identity
+    if (session.user === undefined) {
+      session.user = identity.user
+      session.groups = identity.groups
+    }
+    this.#auditSession(session)
+    if (ports instanceof AppError) throw ports
+    assertNamespace(req.namespace)
+    assertObjectName('pod', req.pod)
+    if (req.node !== undefined) assertObjectName('node', req.node)
+    if (ports === undefined) {
+      if (!this.#d.authorizer.canAccessPod(identity, req.namespace, req.pod)) {
+        throw appError(
+          'PFG_ERR_AUTH_FORBIDDEN',
+          `user "${identity.user}" cannot forward to pod ${req.namespace}/${req.pod}`,
+        )
+      }
+    } else {
+      for (const port of ports) {
+        if (!this.#d.authorizer.canPortForward(identity, req.namespace, req.pod, port)) {
+          throw appError(
+            'PFG_ERR_AUTH_FORBIDDEN',
+            `user "${identity.user}" cannot forward to port ${port} of pod ${req.namespace}/${req.pod}`,
+          )
+        }
+      }
+    }
+    if (!this.#d.registry.isReady()) {
+      throw appError(
+        'PFG_ERR_ROUTE_NOT_READY',
+        'the pod registry has not synced yet; retry shortly',
+      )
+    }
+    const pod = this.#d.registry.getPod(req.namespace, req.pod)
+    if (pod === undefined) {
+      throw appError(
+        'PFG_ERR_ROUTE_POD_NOT_FOUND',
+        `pods "${req.pod}" not found in namespace "${req.namespace}"`,
+      )
+    }
+    found.pod = pod
+    if (req.node !== undefined && req.node !== pod.nodeName) {
+      throw appError(
+        'PFG_ERR_ROUTE_WRONG_NODE',
+        `pod ${req.namespace}/${req.pod} is not on node "${req.node}"`,
+      )
+    }
+    if (pod.phase !== 'Running') {
+      throw appError(
+        'PFG_ERR_ROUTE_POD_NOT_RUNNING',
+        `unable to forward port because pod is not running. Current status=${pod.phase}`,
+      )
+    }
+    const node = pod.nodeName === '' ? undefined : this.#d.registry.getNode(pod.nodeName)
+    if (node === undefined) {
+      throw appError(
+        'PFG_ERR_ROUTE_NODE_UNKNOWN',
+        `no agent address is known for node "${pod.nodeName}" of pod ${req.namespace}/${req.pod}`,
+      )
+    }
+    return node
   }
 
   #checkLimits(session: ClientSession, identity: Identity): void {
@@ -805,7 +893,7 @@ export class Forwarder {
   }
 
   #rejected(
-    req: ForwardRequest,
+    req: AdmitRequest,
     identity: Identity | undefined,
     pod: PodInfo | undefined,
     target: { namespace: string; pod: string; node: string | undefined; port: number },
@@ -819,7 +907,7 @@ export class Forwarder {
     )
     rec.namespace = target.namespace
     rec.pod = target.pod
-    rec.port = target.port
+    if (target.port > 0) rec.port = target.port
     if (pod !== undefined) {
       rec.podUid = pod.uid
       rec.node = pod.nodeName

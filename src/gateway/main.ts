@@ -97,6 +97,7 @@ export async function startGateway(
     forwarder,
     maxHeaderBytes: config.limits.maxHeaderBytes,
     nodeProxy: { tls: agentTls, connectTimeoutMs: config.agents.connectTimeoutMs },
+    kubernetes: config.kubernetes,
   })
   const addr = await gateway.listen(
     overrides.port ?? config.listen.port,

@@ -8,8 +8,19 @@
 
 /** Per-stream receive window advertised in SETTINGS (bounds memory per stalled stream). */
 export const STREAM_WINDOW = 4 * 1024 * 1024
-/** Connection receive window, raised with `setLocalWindowSize` (not a SETTINGS value). */
-export const CONNECTION_WINDOW = 64 * 1024 * 1024
+/**
+ * Connection receive window, raised with `setLocalWindowSize` (not a SETTINGS value).
+ *
+ * Not larger: Node's HTTP/2 session stops reading its socket while one of its own
+ * writes is in progress (node_http2.cc `MaybeStopReading`). When both ends of a
+ * connection push more than the kernel's socket buffers hold at once (many streams
+ * echoing bulk data both ways), both writes wait for a reader that has stopped: a
+ * deadlock that only a PING timeout ends. The connection window bounds what a peer can
+ * have in flight; at 64 MiB, 50 streams × 256 KiB echoed through one agent session
+ * hung (test/protocol/h2-settings.test.ts); at 4 MiB (Linux's default `tcp_wmem`
+ * maximum) it does not, and a single stream still gets its whole {@link STREAM_WINDOW}.
+ */
+export const CONNECTION_WINDOW = 4 * 1024 * 1024
 /** Largest frame we accept (the peer may send frames up to this size). */
 export const MAX_FRAME_SIZE = 64 * 1024
 /** nghttp2's per-session memory cap in MiB; the default (10) fails near 10,000 streams. */

@@ -1,0 +1,143 @@
+/**
+ * Edge adapter for Kubernetes' SPDY port-forward (protocols A and B of
+ * PROTOCOLS.md): a {@link SpdySession} over the upgraded TLS socket (SPDY/3.1,
+ * kubectl ≤ 1.30, the fallback of later ones, every client-go program) or over the
+ * byte stream of a WebSocket (`SPDY/3.1+portforward.k8s.io`, kubectl ≥ 1.31), with
+ * the port-forward layer on top. Each error+data stream pair is one forwarded TCP
+ * connection: {@link Forwarder.open}, then a relay between the data stream and the
+ * agent stream.
+ *
+ * Error semantics are the kubelet's (PROTOCOLS.md §6.3, §6.4, §11 items 9, 20):
+ * - a refused open (pod port refused, forbidden, pod not running, limits...) writes
+ *   one line on the error stream, then FINs it and the data stream; kubectl ≥ 1.23
+ *   then ends its whole session, kubectl 1.20 only logs the line;
+ * - after the open, an abnormal end (agent or pod reset, admin, limit, shutdown) is
+ *   RST_STREAM CANCEL on the data stream and a FIN on the error stream, never error
+ *   text (which would end every other connection of the kubectl session too);
+ * - a normal end is a FIN on the error stream, then on the data stream; the error
+ *   stream always gets its FIN.
+ *
+ * @module
+ */
+import type { Duplex } from 'node:stream'
+import { SpdySession } from '../../protocol/spdy/session.js'
+import { servePortForward } from '../../protocol/spdy/portforward.js'
+import type { SpdyForwardRequest } from '../../protocol/spdy/portforward.js'
+import type { RelayEndpoint } from '../../shared/duplex-relay.js'
+import { describeError, isAppError } from '../../shared/errors.js'
+import type { Logger } from '../../shared/log.js'
+import type { ClientSession, Forwarder } from '../forwarder.js'
+
+/** The target every stream of a session forwards to (from the upgrade's path). */
+export interface UpgradeTarget {
+  namespace: string
+  pod: string
+  /** The node named in the path, if any (checked against the registry, never trusted). */
+  node?: string
+}
+
+/** What {@link serveSpdyPortForward} needs. */
+export interface SpdyServeOptions {
+  forwarder: Forwarder
+  logger: Logger
+  /** The ClientSession created for this upgrade (its protocol is `spdy` or `ws-spdy`). */
+  session: ClientSession
+  /** The upgrade request's Authorization header (every stream is authenticated with it). */
+  authorization: string | string[] | undefined
+  target: UpgradeTarget
+  /** Bytes that followed the upgrade request (protocol A only). */
+  head?: Buffer
+  /** Called once when the SPDY session has ended (after endSession). */
+  onClose?: () => void
+}
+
+/** A served SPDY connection, for the gateway's shutdown and admin kills. */
+export interface SpdyConnection {
+  readonly spdy: SpdySession
+  /** Refuses new streams; GOAWAY and close once the open ones have finished. */
+  drain(): void
+  /** Ends everything now. */
+  destroy(): void
+}
+
+/** A relay endpoint for a forwarded connection's data stream: any abort is a reset. */
+export function spdyEndpoint(req: SpdyForwardRequest): RelayEndpoint {
+  return {
+    stream: req.data,
+    abort() {
+      // RST CANCEL on the data stream, FIN on the error stream (no text: it would end
+      // the client's whole kubectl session, PROTOCOLS.md §6.3).
+      req.reset()
+    },
+  }
+}
+
+/** The line written on the error stream for a refused stream (kubectl prints it). */
+export function errorStreamText(err: unknown): string {
+  return isAppError(err) ? err.message : 'internal error'
+}
+
+/**
+ * Serves port-forward over `transport` (already upgraded: the 101 or the WebSocket
+ * handshake has been written). The session ends when the transport closes.
+ */
+export function serveSpdyPortForward(transport: Duplex, options: SpdyServeOptions): SpdyConnection {
+  const { forwarder, logger, session, target } = options
+  const spdy = new SpdySession(transport, options.head !== undefined ? { head: options.head } : {})
+  const log = logger.child({ session: session.id, protocol: session.protocol })
+
+  const onRequest = (req: SpdyForwardRequest): void => {
+    const ac = new AbortController()
+    const onGone = (): void => ac.abort()
+    req.data.once('close', onGone)
+    forwarder
+      .open({
+        session,
+        authorization: options.authorization,
+        namespace: target.namespace,
+        pod: target.pod,
+        ...(target.node !== undefined ? { node: target.node } : {}),
+        port: req.port,
+        signal: ac.signal,
+      })
+      .then(
+        (opened) => {
+          req.data.off('close', onGone)
+          if (req.settled || req.data.destroyed) {
+            opened.cancel('client went away before the stream opened')
+            return
+          }
+          // The kubelet's closing order (PROTOCOLS.md §6.4): when the pod's side ends, the
+          // error stream's FIN, then the data stream's (after its queued bytes). Registered
+          // before the relay's own listener; an EOF that is really a lost agent stream is
+          // left to the relay (a reset).
+          const up = opened.upstream
+          up.once('end', () => {
+            if (!(up.closed && !up.writableEnded)) req.finish()
+          })
+          opened.start(spdyEndpoint(req))
+        },
+        (err: unknown) => {
+          req.data.off('close', onGone)
+          // The kubelet's answer to a stream it cannot forward: one line, then FINs.
+          req.fail(errorStreamText(err))
+        },
+      )
+  }
+
+  const pf = servePortForward(spdy, {
+    onRequest,
+    onStreamIssue: (issue) => log.debug({ issue }, 'port-forward stream turned away'),
+  })
+  spdy.once('close', (err) => {
+    pf.close()
+    if (err !== undefined) log.info({ err: describeError(err) }, 'SPDY session ended with an error')
+    forwarder.endSession(session)
+    options.onClose?.()
+  })
+  return {
+    spdy,
+    drain: () => spdy.close({ graceful: true }),
+    destroy: () => spdy.destroy(),
+  }
+}
