@@ -96,7 +96,13 @@ class SocketEndpoint implements RelayEndpoint {
   }
 
   abort(): void {
-    if (this.stream.destroyed) return
-    this.stream.resetAndDestroy()
+    const s = this.stream
+    if (s.destroyed) return
+    // After end(), libuv refuses uv_tcp_close_reset (a shutdown is in progress), and
+    // Node's resetAndDestroy() then drops the handle without closing it: the process
+    // can no longer exit (it spins in Environment::CleanupHandles). Our FIN is already
+    // on the wire then, so a plain close is all that is left to do.
+    if (s.writableEnded) s.destroy()
+    else s.resetAndDestroy()
   }
 }
