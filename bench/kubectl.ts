@@ -23,6 +23,7 @@
  *
  * @module
  */
+import type { BenchKubectl, KubectlBenchRow } from './kubectl-contract.js'
 import { once } from 'node:events'
 import { randomBytes } from 'node:crypto'
 import { readFileSync, realpathSync } from 'node:fs'
@@ -59,7 +60,7 @@ export interface KubectlPathResult {
 }
 
 /** What {@link benchKubectl} measured. */
-export interface KubectlBenchResult {
+export interface KubectlEchoBenchResult {
   tunnel: KubectlPathResult
   spdy: KubectlPathResult
   params: { throughputMiB: number; runs: number; opens: number }
@@ -198,7 +199,9 @@ async function measure(
  * console.log(r.tunnel.throughputMiBps, r.spdy.open.p50Ms)
  * ```
  */
-export async function benchKubectl(options: KubectlBenchOptions = {}): Promise<KubectlBenchResult> {
+export async function benchKubectlEcho(
+  options: KubectlBenchOptions = {},
+): Promise<KubectlEchoBenchResult> {
   const o = {
     throughputMiB: options.throughputMiB ?? 64,
     runs: options.runs ?? 3,
@@ -236,7 +239,7 @@ if (isMain) {
   const mib = arg('mib')
   const opens = arg('opens')
   const runs = arg('runs')
-  const r = await benchKubectl({
+  const r = await benchKubectlEcho({
     ...(mib !== undefined ? { throughputMiB: mib } : {}),
     ...(opens !== undefined ? { opens } : {}),
     ...(runs !== undefined ? { runs } : {}),
@@ -253,4 +256,49 @@ if (isMain) {
       )
     }
   }
+}
+
+/**
+ * The `npm run bench` section (bench/kubectl-contract.ts): iperf3 through
+ * `kubectl port-forward` to the bench pod of the same system under test, the same way
+ * main.ts measures the native path, so each row's ratio to native HTTP/2 compares like
+ * with like. kubectl 1.33 speaks the WebSocket tunnel, 1.28 plain SPDY.
+ */
+export const benchKubectl: BenchKubectl = async (ctx) => {
+  const rows: KubectlBenchRow[] = []
+  const paths = [
+    { version: '1.33', path: 'kubectl 1.33 WebSocket tunnel' },
+    { version: '1.28', path: 'kubectl 1.28 SPDY' },
+  ]
+  for (const { version, path } of paths) {
+    const f = await startKubectlForward(
+      version,
+      ['-n', ctx.pod.namespace, ctx.pod.name, `:${ctx.pod.iperfPort}`],
+      1,
+      { kubeconfig: ctx.kubeconfig, home: join(ctx.dir, `bench-home-${version}`) },
+    )
+    try {
+      const port = f.local[0]!.port
+      for (const direction of ['up', 'down'] as const) {
+        const runs: number[] = []
+        for (let i = 0; i < ctx.iperf.reps; i++) {
+          const r = await ctx.iperf.run({
+            port,
+            seconds: ctx.iperf.seconds,
+            parallel: 1,
+            direction,
+          })
+          runs.push(r.gbps)
+          ctx.log(
+            `  rep ${i + 1}/${ctx.iperf.reps} ${path}, 1 stream ${direction}: ${r.gbps.toFixed(2)} Gbit/s`,
+          )
+        }
+        runs.sort((a, b) => a - b)
+        rows.push({ path, direction, gbps: runs[Math.floor(runs.length / 2)] as number })
+      }
+    } finally {
+      await f.stop()
+    }
+  }
+  return { rows }
 }
