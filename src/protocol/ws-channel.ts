@@ -174,27 +174,6 @@ export function encodePortPrefix(port: number): Buffer {
   return out
 }
 
-/**
- * The messages to send right after the handshake, before any data: for every port
- * *i*, the port prefix on channel 2i, then on channel 2i+1 (the kubelet's order).
- * For port 5000, binary: `00 88 13`, `01 88 13`; base64: `"0iBM="`, `"1iBM="`.
- */
-export function portPrefixMessages(
-  ports: readonly number[],
-  encoding: ChannelEncoding,
-): (Buffer | string)[] {
-  if (ports.length > MAX_CHANNEL_PORTS) {
-    throw new RangeError(`at most ${MAX_CHANNEL_PORTS} ports, got ${ports.length}`)
-  }
-  const out: (Buffer | string)[] = []
-  ports.forEach((port, i) => {
-    const prefix = encodePortPrefix(port)
-    out.push(encodeChannelMessage(dataChannel(i), prefix, encoding))
-    out.push(encodeChannelMessage(errorChannel(i), prefix, encoding))
-  })
-  return out
-}
-
 const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/
 
 /**

@@ -43,13 +43,12 @@ import {
   channelRole,
   dataChannel,
   decodeChannelMessage,
-  encodeChannelMessage,
   errorChannel,
   parsePortsQuery,
-  portPrefixMessages,
   selectChannelProtocol,
 } from '../../src/protocol/ws-channel.js'
 import type { ChannelEncoding } from '../../src/protocol/ws-channel.js'
+import { ChannelWriter } from '../../src/protocol/ws-channel-writer.js'
 
 const run = promisify(execFile)
 
@@ -206,17 +205,19 @@ function serveV4(
   refused: number,
   record: (r: ForwardRecord) => void,
 ): void {
-  const binary = encoding === 'binary'
-  const send = (channel: number, payload: Buffer): void => {
-    if (ws.readyState === ws.OPEN) {
-      ws.send(encodeChannelMessage(channel, payload, encoding), { binary })
-    }
-  }
-  for (const m of portPrefixMessages(ports, encoding)) ws.send(m, { binary })
+  // One frame per socket write, as the kubelet (Go) does: see ChannelWriter.
+  const writer = new ChannelWriter(ws, encoding)
+  const send = (channel: number, payload: Buffer, whole = false): void =>
+    writer.send(channel, payload, undefined, whole)
+  writer.sendPortPrefixes(ports)
   const finished = ports.map(() => false)
   const finish = (i: number): void => {
     finished[i] = true
-    if (finished.every(Boolean) && ws.readyState === ws.OPEN) ws.close(1000)
+    if (finished.every(Boolean)) {
+      writer.whenIdle(() => {
+        if (ws.readyState === ws.OPEN) ws.close(1000)
+      })
+    }
   }
   const conns = ports.map((port, i) => {
     const sock = net.connect({ host: '127.0.0.1', port: targets[port] ?? refused })
@@ -229,7 +230,7 @@ function serveV4(
     })
     sock.on('error', (err) => {
       const message = `error forwarding port ${port} to pod demo, uid : ${err.message}`
-      if (!connected) send(errorChannel(i), Buffer.from(message))
+      if (!connected) send(errorChannel(i), Buffer.from(message), true)
       record({ protocol: 'ws-v4', port, outcome: 'failed', message })
       finish(i)
     })

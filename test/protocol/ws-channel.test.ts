@@ -20,10 +20,10 @@ import {
   errorChannel,
   parseOfferedProtocols,
   parsePortsQuery,
-  portPrefixMessages,
   selectChannelProtocol,
 } from '../../src/protocol/ws-channel.js'
 import { isAppError } from '../../src/shared/errors.js'
+import { ChannelWriter } from '../../src/protocol/ws-channel-writer.js'
 import { startKubeProtocolServer } from '../helpers/kube-protocol-server.js'
 import type { KubeProtocolServer } from '../helpers/kube-protocol-server.js'
 
@@ -101,20 +101,107 @@ test('channels: data 2i, error 2i+1', () => {
   assert.equal(channelRole(-1, 3), undefined)
 })
 
+/** A WebSocket stand-in that records sends and completes them when told. */
+class RecordingSocket {
+  readyState = 1
+  readonly sent: (Buffer | string)[] = []
+  readonly #callbacks: ((err?: Error) => void)[] = []
+  send(data: Buffer | string, _o: { binary: boolean }, cb: (err?: Error) => void): void {
+    this.sent.push(data)
+    this.#callbacks.push(cb)
+  }
+  get inFlight(): number {
+    return this.#callbacks.length
+  }
+  complete(): void {
+    this.#callbacks.shift()?.()
+  }
+}
+
 test('port prefixes: 2-byte little-endian on both channels of each port (PROTOCOLS.md §8.2)', () => {
   assert.deepEqual(encodePortPrefix(5000), Buffer.from([0x88, 0x13]))
-  assert.deepEqual(portPrefixMessages([5000], 'binary'), [
+  assert.throws(() => encodePortPrefix(0), RangeError)
+  const prefixes = (ports: number[], encoding: 'binary' | 'base64'): (Buffer | string)[] => {
+    const ws = new RecordingSocket()
+    new ChannelWriter(ws, encoding).sendPortPrefixes(ports)
+    while (ws.inFlight > 0) ws.complete()
+    return ws.sent
+  }
+  assert.deepEqual(prefixes([5000], 'binary'), [
     Buffer.from([0x00, 0x88, 0x13]),
     Buffer.from([0x01, 0x88, 0x13]),
   ])
-  assert.deepEqual(portPrefixMessages([5000], 'base64'), ['0iBM=', '1iBM='])
-  assert.deepEqual(portPrefixMessages([5000, 1], 'binary'), [
+  assert.deepEqual(prefixes([5000], 'base64'), ['0iBM=', '1iBM='])
+  assert.deepEqual(prefixes([5000, 1], 'binary'), [
     Buffer.from([0, 0x88, 0x13]),
     Buffer.from([1, 0x88, 0x13]),
     Buffer.from([2, 1, 0]),
     Buffer.from([3, 1, 0]),
   ])
-  assert.throws(() => encodePortPrefix(0), RangeError)
+  assert.throws(() => prefixes(new Array<number>(MAX_CHANNEL_PORTS + 1).fill(80), 'binary'))
+})
+
+test('writer: one frame in flight; queued data on a channel merges, whole messages do not', () => {
+  const ws = new RecordingSocket()
+  const w = new ChannelWriter(ws, 'binary', { highWaterMark: 10, maxMergedBytes: 6 })
+  w.sendPortPrefixes([5000])
+  assert.equal(ws.sent.length, 1, 'the second prefix waits for the first write')
+  w.send(0, Buffer.from('ab'))
+  w.send(0, Buffer.from('cd'))
+  w.send(1, Buffer.from('oops'), undefined, true)
+  w.send(0, Buffer.from('efg'))
+  w.send(0, Buffer.from('hij'))
+  w.send(0, Buffer.from('k'))
+  while (ws.inFlight > 0) {
+    assert.equal(ws.inFlight, 1)
+    ws.complete()
+  }
+  assert.deepEqual(
+    ws.sent.map((m) => [...(m as Buffer)]),
+    [
+      [0, 0x88, 0x13],
+      [1, 0x88, 0x13],
+      [0, ...Buffer.from('abcd')],
+      [1, ...Buffer.from('oops')],
+      [0, ...Buffer.from('efghij')],
+      [0, ...Buffer.from('k')],
+    ],
+  )
+  assert.equal(w.pendingBytes, 0)
+})
+
+test('writer: callbacks wait above the high-water mark; whenIdle runs after the last write', () => {
+  const ws = new RecordingSocket()
+  const w = new ChannelWriter(ws, 'binary', { highWaterMark: 4, maxMergedBytes: 100 })
+  const order: string[] = []
+  w.send(0, Buffer.from('abc'), () => order.push('a'))
+  w.send(0, Buffer.from('def'), () => order.push('b'))
+  w.whenIdle(() => order.push('idle'))
+  assert.deepEqual(order, ['a'], 'b is above the mark and waits')
+  ws.complete()
+  assert.deepEqual(order, ['a'], 'b waits until its own bytes are written')
+  assert.equal(w.pendingBytes, 3)
+  ws.complete()
+  assert.deepEqual(order, ['a', 'b', 'idle'])
+  w.whenIdle(() => order.push('now'))
+  assert.equal(order.at(-1), 'now')
+})
+
+test('writer: a closed socket drops what is queued and still calls back', () => {
+  const ws = new RecordingSocket()
+  const w = new ChannelWriter(ws, 'binary', { highWaterMark: 1 })
+  const order: string[] = []
+  w.send(0, Buffer.from('abc'), () => order.push('first'))
+  w.send(0, Buffer.from('def'), () => order.push('second'))
+  w.whenIdle(() => order.push('idle'))
+  ws.readyState = 3
+  ws.complete()
+  assert.deepEqual(order, ['first', 'second', 'idle'])
+  assert.equal(ws.sent.length, 1)
+  w.send(0, Buffer.from('late'), () => order.push('late'))
+  assert.equal(order.at(-1), 'late')
+  assert.equal(ws.sent.length, 1)
+  assert.equal(w.pendingBytes, 0)
 })
 
 test('encode and decode messages in both encodings', () => {

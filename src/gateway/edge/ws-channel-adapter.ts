@@ -26,12 +26,11 @@ import type { WebSocket } from 'ws'
 import {
   dataChannel,
   decodeChannelMessage,
-  encodeChannelMessage,
   errorChannel,
   channelRole,
-  portPrefixMessages,
 } from '../../protocol/ws-channel.js'
 import type { ChannelEncoding } from '../../protocol/ws-channel.js'
+import { ChannelWriter } from '../../protocol/ws-channel-writer.js'
 import type { AbortReason, RelayEndpoint } from '../../shared/duplex-relay.js'
 import { isAppError } from '../../shared/errors.js'
 import type { Logger } from '../../shared/log.js'
@@ -45,6 +44,9 @@ const kClosing = Symbol('pfgate.gateway.wsClosing')
 
 /** How long a WebSocket's close handshake may take before the connection is cut. */
 export const CLOSE_LINGER_MS = 2000
+
+/** How long queued pod bytes may take to reach the client once every port has finished. */
+export const CLOSE_DRAIN_MS = 10_000
 
 /**
  * Closes a WebSocket (when still open) and makes sure it goes: reading resumes (a
@@ -140,11 +142,13 @@ class Conn {
   readonly ports: readonly number[]
   readonly streams: PortStream[]
   readonly finished: boolean[]
+  readonly writer: ChannelWriter
   /** Streams whose read buffer is full (the WebSocket is paused while any is). */
   readonly #full = new Set<PortStream>()
   #paused = false
   #closed = false
   #graceTimer: NodeJS.Timeout | undefined
+  #drainTimer: NodeJS.Timeout | undefined
 
   constructor(ws: WebSocket, encoding: ChannelEncoding, ports: readonly number[]) {
     this.ws = ws
@@ -152,35 +156,36 @@ class Conn {
     this.ports = ports
     this.streams = ports.map((_, i) => new PortStream(this, i))
     this.finished = ports.map(() => false)
+    this.writer = new ChannelWriter(ws, encoding, { highWaterMark: HWM, maxMergedBytes: HWM })
   }
 
-  /** Sends `payload` on `channel`; `cb` waits when too much is queued in the socket. */
+  /**
+   * Sends `payload` on `channel`; `cb` waits when too much is queued. Once the client
+   * is gone the bytes are dropped (the relay learns it from the stream's end).
+   */
   send(channel: number, payload: Buffer, cb: (err?: Error | null) => void): void {
-    const ws = this.ws
-    if (this.#closed || ws.readyState !== OPEN) {
-      // The client is gone; the relay learns it from the stream's end.
-      cb()
-      return
-    }
-    let called = false
-    const done = (): void => {
-      if (called) return
-      called = true
-      cb()
-    }
-    const binary = this.encoding === 'binary'
-    ws.send(encodeChannelMessage(channel, payload, this.encoding), { binary }, done)
-    if (ws.bufferedAmount <= HWM) done()
+    if (this.#closed) cb()
+    else this.writer.send(channel, payload, () => cb())
   }
 
   sendError(index: number, text: string): void {
-    if (text.length > 0) this.send(errorChannel(index), Buffer.from(text), () => {})
+    if (text.length > 0 && !this.#closed) {
+      this.writer.send(errorChannel(index), Buffer.from(text), undefined, true)
+    }
   }
 
+  /** Every port finished: the WebSocket closes with 1000 once what is queued is written. */
   finishPort(index: number): void {
     if (this.finished[index] === true) return
     this.finished[index] = true
-    if (this.finished.every(Boolean) && !this.#closed) closeWebSocket(this.ws, CLOSE_NORMAL)
+    if (!this.finished.every(Boolean) || this.#closed) return
+    // A client that stops reading must not hold the connection for ever.
+    this.#drainTimer = setTimeout(() => this.ws.terminate(), CLOSE_DRAIN_MS)
+    this.writer.whenIdle(() => {
+      clearTimeout(this.#drainTimer)
+      this.#drainTimer = undefined
+      closeWebSocket(this.ws, CLOSE_NORMAL)
+    })
   }
 
   /** A message from the client. */
@@ -248,8 +253,10 @@ class Conn {
 
   /** Everything released (the WebSocket and every stream are gone). */
   dispose(): void {
-    if (this.#graceTimer !== undefined) clearTimeout(this.#graceTimer)
+    clearTimeout(this.#graceTimer)
+    clearTimeout(this.#drainTimer)
     this.#graceTimer = undefined
+    this.#drainTimer = undefined
   }
 
   get closed(): boolean {
@@ -279,8 +286,7 @@ export function serveChannelPortForward(
 ): ChannelConnection {
   const { forwarder, session, target, ports, encoding } = options
   const conn = new Conn(ws, encoding, ports)
-  const binary = encoding === 'binary'
-  for (const m of portPrefixMessages(ports, encoding)) ws.send(m, { binary })
+  conn.writer.sendPortPrefixes(ports)
 
   ws.on('message', (data: Buffer, isBinary: boolean) => conn.onMessage(data, isBinary))
   ws.on('error', () => {
