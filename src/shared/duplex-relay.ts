@@ -169,8 +169,10 @@ export class DuplexRelay {
     }
     r.#eof[dir] = true
     r.#firstEof ??= dir === DIR_A ? 'a' : 'b'
-    // Half-close: the peer's EOF becomes our end of the write side toward the other peer.
-    r.#other(dir).end()
+    // Half-close: the peer's EOF becomes our end of the write side toward the other peer
+    // (unless that side is already gone: end() would only build an error to drop).
+    const other = r.#other(dir)
+    if (!other.writableEnded && !other.destroyed) other.end()
   }
 
   static #onFinish = function (this: RelayStream): void {

@@ -44,6 +44,8 @@ export interface AgentStreamOptions {
 
 const MAX_ERROR_BODY = 64 * 1024
 
+function ignoreStreamError(): void {}
+
 /** The client-facing error for an agent's non-200 answer. */
 function errorFromAgent(status: number, body: string, node: string): AppError {
   const st = parseStatus(body)
@@ -130,7 +132,12 @@ export class AgentConnection {
         clearTimeout(timer)
         options.signal?.removeEventListener('abort', onAbort)
         req.off('response', onResponse)
+        req.off('error', onError)
+        req.off('close', onClose)
         if (err === undefined) {
+          // Until the caller's relay listens, an error must not go unhandled. A module-level
+          // listener: a closure would keep this scope alive as long as the stream lives.
+          req.on('error', ignoreStreamError)
           resolve(req)
         } else {
           resetStream(req, h2c.NGHTTP2_CANCEL)
@@ -164,8 +171,7 @@ export class AgentConnection {
         req.once('end', done)
         req.once('close', done)
       }
-      req.on('response', onResponse)
-      req.on('error', (err) => {
+      const onError = (err: Error): void =>
         settle(
           appError(
             'PFG_ERR_RELAY_AGENT_UNAVAILABLE',
@@ -173,15 +179,16 @@ export class AgentConnection {
             { cause: err },
           ),
         )
-      })
-      req.once('close', () =>
+      const onClose = (): void =>
         settle(
           appError(
             'PFG_ERR_RELAY_AGENT_UNAVAILABLE',
             `node agent ${this.node.name} closed the stream (code ${req.rstCode ?? 'none'})`,
           ),
-        ),
-      )
+        )
+      req.on('response', onResponse)
+      req.on('error', onError)
+      req.on('close', onClose)
       if (options.signal !== undefined) {
         if (options.signal.aborted) onAbort()
         else options.signal.addEventListener('abort', onAbort, { once: true })
