@@ -15,6 +15,8 @@
  */
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
+import net from 'node:net'
+import { once } from 'node:events'
 import { join } from 'node:path'
 import { startTestCluster } from '../helpers/cluster.js'
 import {
@@ -290,6 +292,39 @@ describe('kubectl 1.32: forced SPDY and the fallback', () => {
       await c.cleanup()
     }
   })
+})
+
+/**
+ * Sends `bytes` to the echo pod through `port` and hangs up as soon as the echo starts
+ * coming back: the pod keeps sending to a local connection that is gone.
+ */
+async function hangUpWhileSending(port: number, bytes: number): Promise<void> {
+  const sock = net.connect({ host: '127.0.0.1', port })
+  await once(sock, 'connect')
+  sock.write(Buffer.alloc(bytes, 7))
+  await once(sock, 'data')
+  sock.destroy()
+}
+
+describe('a local client that hangs up while the pod still sends', () => {
+  // kubectl before 1.32 wedges its whole SPDY connection here, whatever the server does
+  // (kubernetes/kubernetes#128681): see docs/kubernetes-clients.md, Known limits.
+  for (const [version, env, what] of [
+    ['1.33', {}, 'the WebSocket tunnel'],
+    ['1.32', { KUBECTL_PORT_FORWARD_WEBSOCKETS: 'false' }, 'SPDY'],
+  ] as const) {
+    test(`kubectl ${version} over ${what} keeps forwarding new connections`, async () => {
+      const f = await forward(version, ['echo', ':5000'], 1, { env })
+      const port = f.local[0]!.port
+      for (let i = 0; i < 4; i++) await hangUpWhileSending(port, 8 * MiB)
+      assertEchoed(
+        await echoThrough(port, MiB, 20_000).catch(explain(f)),
+        MiB,
+        'after the hang-ups',
+      )
+      assert.equal(await f.stop(), 0)
+    })
+  }
 })
 
 describe('checks per stream, not only per upgrade', () => {

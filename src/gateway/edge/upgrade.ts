@@ -129,18 +129,6 @@ export function rejectUpgrade(
   socket.once('close', () => clearTimeout(timer))
 }
 
-/**
- * Makes every write of `socket` its own TLS write, so a TLS record never holds the end of
- * one WebSocket frame and the start of the next. Node otherwise joins the writes queued
- * behind a busy socket into one TLS record, and the Python client (which `select()`s on
- * the raw socket before reading each frame, blind to what its TLS layer has buffered)
- * then stalls on a frame that already arrived. Go's TLS (the kubelet) writes each
- * frame on its own too. Used on channel connections only: the SPDY clients are Go.
- */
-export function oneFramePerTlsWrite(socket: Duplex): void {
-  ;(socket as unknown as { _writev: null })._writev = null
-}
-
 /** What {@link UpgradeHandler} needs. */
 export interface UpgradeHandlerOptions {
   forwarder: Forwarder
@@ -398,7 +386,6 @@ export class UpgradeHandler {
       if (choice.subprotocol !== '') this.#subprotocol.set(req, choice.subprotocol)
       // No (supported) offer besides, maybe, the bearer token: answer no subprotocol.
       else delete req.headers['sec-websocket-protocol']
-      oneFramePerTlsWrite(socket)
     }
     // ws answers 400 itself if the handshake headers are wrong; the session ends with the socket.
     const onEarlyClose = (): void => {
