@@ -1,6 +1,15 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { appendFile, readdir, readFile, stat, truncate, writeFile } from 'node:fs/promises'
+import { constants as fsConstants } from 'node:fs'
+import {
+  appendFile,
+  readdir,
+  readFile,
+  readlink,
+  stat,
+  truncate,
+  writeFile,
+} from 'node:fs/promises'
 import { join } from 'node:path'
 import { FileSink } from '../../../src/gateway/audit/file-sink.js'
 import { errorCode } from '../../../src/shared/errors.js'
@@ -40,6 +49,38 @@ test('an existing trail file with wider permissions is set back to 0600', async 
   const sink = await FileSink.open({ path })
   await sink.close()
   assert.equal((await stat(path)).mode & 0o777, 0o600)
+})
+
+/** The open flags (from /proc/self/fdinfo) of this process's descriptors open on `path`. */
+async function openFlags(path: string): Promise<number[]> {
+  const out: number[] = []
+  for (const fd of await readdir('/proc/self/fd')) {
+    const target = await readlink(`/proc/self/fd/${fd}`).catch(() => '')
+    if (target !== path) continue
+    const info = await readFile(`/proc/self/fdinfo/${fd}`, 'utf8')
+    out.push(parseInt(/^flags:\s*([0-7]+)/m.exec(info)![1]!, 8))
+  }
+  return out
+}
+
+test('fsync always: the trail is opened O_DSYNC (each write durable on return); other policies are not', async (t) => {
+  const dir = await tempDir(t)
+  for (const fsync of ['always', 'interval', 'never'] as const) {
+    const path = join(dir, `audit-${fsync}.log`)
+    const sink = await FileSink.open({ path, fsync })
+    defer(t, () => sink.close())
+    await sink.write([rec('stream.opened', { streamId: fsync })])
+    const flags = await openFlags(path)
+    assert.equal(flags.length, 1, `one descriptor on ${path}`)
+    assert.equal(
+      (flags[0]! & fsConstants.O_DSYNC) !== 0,
+      fsync === 'always',
+      `O_DSYNC with fsync: ${fsync}`,
+    )
+    assert.notEqual(flags[0]! & fsConstants.O_APPEND, 0, 'O_APPEND')
+    await sink.close()
+    assert.equal((await readAll(path)).records.length, 1)
+  }
 })
 
 test('group commit: 400 concurrent writes cost a handful of fdatasyncs, not 400', async (t) => {
