@@ -10,5 +10,6 @@ COPY src ./src
 COPY test ./test
 COPY bench ./bench
 RUN npm ci --no-audit --no-fund && npm prune --omit=dev
-ENTRYPOINT ["node", "/opt/pfgate/bin/pfgate.js"]
+# --single-threaded-gc: src/shared/node-flags.ts (+20 % throughput on 2 cores).
+ENTRYPOINT ["node", "--single-threaded-gc", "/opt/pfgate/bin/pfgate.js"]
 CMD ["help"]

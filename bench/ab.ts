@@ -72,7 +72,13 @@ async function main(): Promise<void> {
   const systems: BenchSystem[] = []
   try {
     for (const v of variants) {
-      systems.push(await startSystem({ nodeArgs: v.nodeArgs, ...(v.bin ? { bin: v.bin } : {}) }))
+      systems.push(
+        await startSystem({
+          nodeArgs: v.nodeArgs,
+          relayFlags: [],
+          ...(v.bin ? { bin: v.bin } : {}),
+        }),
+      )
     }
     const acc: Acc[] = variants.map(() => ({
       gbps: new Map(),

@@ -42,6 +42,7 @@ import type { BenchSystem } from './system.js'
 import { PATH_NAMES, measureThroughput, modeLabel } from './throughput.js'
 import type { Cell, Mode, PathName } from './throughput.js'
 import { killAllTracked, median } from './util.js'
+import { relayNodeFlags } from '../src/shared/node-flags.js'
 
 /** One line of the result table. */
 export interface Row {
@@ -361,6 +362,7 @@ export async function runBench(options: {
       socat: toolVersion('socat', ['-V']),
       openFileLimit: fileLimit,
       h2: `stream window ${STREAM_WINDOW / 1024} KiB, connection window ${CONNECTION_WINDOW / 1048576} MiB, max frame ${MAX_FRAME_SIZE / 1024} KiB, stream HWM ${STREAM_HIGH_WATER_MARK / 1024} KiB`,
+      relayNodeFlags: relayNodeFlags().join(' ') || '(none)',
       componentNodeArgs: (options.nodeArgs ?? []).join(' ') || '(none)',
     },
     rows: [],

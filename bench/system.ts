@@ -25,6 +25,7 @@ import {
   writeKubeconfig,
 } from '../src/dev/cluster.js'
 import { mintToken } from '../src/dev/token.js'
+import { relayNodeFlags } from '../src/shared/node-flags.js'
 import { freePort, spawnTracked, stopChild, track } from './util.js'
 
 /** The bench pod: where it lives and its container ports. */
@@ -40,6 +41,12 @@ export const BENCH_POD = {
 export interface SystemOptions {
   /** Node flags for the gateway, agent and CLI processes (e.g. `--cpu-prof`). */
   nodeArgs?: string[]
+  /**
+   * Flags for the gateway and the agent only, before `nodeArgs`: by default those they
+   * run with in the dev cluster and the container image (src/shared/node-flags.ts). The
+   * CLI runs as users start it, with none.
+   */
+  relayFlags?: string[]
   /** Children's log level (default `error`). */
   logLevel?: string
   /** Show children's stderr (default: kept, shown only when a start fails). */
@@ -156,6 +163,10 @@ export async function startSystem(options: SystemOptions = {}): Promise<BenchSys
     verbose: options.verbose === true,
     bin: options.bin ?? PFGATE_BIN,
   }
+  const relay = {
+    ...common,
+    nodeArgs: [...(options.relayFlags ?? relayNodeFlags()), ...common.nodeArgs],
+  }
   const started: ChildProcess[] = []
   const stop = async (): Promise<void> => {
     for (const p of [...started].reverse()) await stopChild(p)
@@ -203,7 +214,7 @@ export async function startSystem(options: SystemOptions = {}): Promise<BenchSys
         logLevel,
       }),
     )
-    const agent = await forkComponent('agent', ['agent', '--config', agentFile], common)
+    const agent = await forkComponent('agent', ['agent', '--config', agentFile], relay)
     started.push(agent.proc)
 
     // 3. The registry and two gateways (strict and cheap audit).
@@ -244,7 +255,7 @@ export async function startSystem(options: SystemOptions = {}): Promise<BenchSys
       }
       const file = join(dir, `gateway-${name}.yaml`)
       writeFileSync(file, toYaml(config))
-      const gw = await forkComponent(`gateway:${name}`, ['gateway', '--config', file], common)
+      const gw = await forkComponent(`gateway:${name}`, ['gateway', '--config', file], relay)
       started.push(gw.proc)
       const port = gw.ports[0] as number
       return { proc: gw.proc, port, url: `https://127.0.0.1:${port}`, auditDir }

@@ -16,6 +16,7 @@ import { GATEWAY_IDENTITY_CN, GATEWAY_IDENTITY_URI } from '../protocol/constants
 import { certRemainingMs, createCa, isIssuedBy, issueCert } from './pki.js'
 import type { CertKeyPair } from './pki.js'
 import { DEV_AUDIENCE, DEV_ISSUER, createSigningKey, mintToken } from './token.js'
+import { relayNodeFlags } from '../shared/node-flags.js'
 
 /** The bin script that runs every component. */
 export const PFGATE_BIN = fileURLToPath(new URL('../../../bin/pfgate.js', import.meta.url))
@@ -258,12 +259,23 @@ export async function startDevCluster(options: DevClusterOptions): Promise<DevCl
   const spawnChild = (c: Child): Promise<number[]> =>
     new Promise((resolveStart, reject) => {
       const stdio = ['ignore', 'inherit', options.childStderr ?? 'inherit', 'ipc'] as const
+      // The gateway and the agents run as a deployment should (src/shared/node-flags.ts).
+      const relays = c.args[0] === 'gateway' || c.args[0] === 'agent'
+      const flags = relays ? relayNodeFlags() : []
       const proc =
         c.prefix === undefined
-          ? fork(PFGATE_BIN, c.args, { cwd: dir, stdio: [...stdio], env: { ...process.env } })
+          ? fork(PFGATE_BIN, c.args, {
+              cwd: dir,
+              stdio: [...stdio],
+              env: { ...process.env },
+              execArgv: [
+                ...process.execArgv,
+                ...flags.filter((f) => !process.execArgv.includes(f)),
+              ],
+            })
           : spawn(
               c.prefix[0] as string,
-              [...c.prefix.slice(1), process.execPath, PFGATE_BIN, ...c.args],
+              [...c.prefix.slice(1), process.execPath, ...flags, PFGATE_BIN, ...c.args],
               {
                 cwd: dir,
                 stdio: [...stdio],

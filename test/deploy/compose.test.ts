@@ -17,6 +17,7 @@ import { loadGatewayConfig } from '../../src/gateway/config.js'
 import { parseRegistry } from '../../src/gateway/registry/static-registry.js'
 import { readYamlFile } from '../../src/shared/config.js'
 import { DEMO_PODS, DEV_NODES } from '../../src/dev/cluster.js'
+import { RELAY_NODE_FLAGS } from '../../src/shared/node-flags.js'
 
 const root = fileURLToPath(new URL('../../../', import.meta.url))
 
@@ -57,7 +58,14 @@ function flag(cmd: string[], name: string): string | undefined {
 test('every service runs the image built from this repository with a real subcommand', () => {
   assert.ok(existsSync(join(root, 'Dockerfile')))
   const dockerfile = readFileSync(join(root, 'Dockerfile'), 'utf8')
-  assert.match(dockerfile, /ENTRYPOINT \["node", "\/opt\/pfgate\/bin\/pfgate\.js"\]/)
+  // The relaying components run with the flags the dev cluster gives them.
+  const entry = /^ENTRYPOINT (\[.*\])$/m.exec(dockerfile)
+  assert.ok(entry, 'the Dockerfile has an exec-form ENTRYPOINT')
+  assert.deepEqual(JSON.parse(entry[1]!), [
+    'node',
+    ...RELAY_NODE_FLAGS,
+    '/opt/pfgate/bin/pfgate.js',
+  ])
   assert.ok(existsSync(join(root, 'bin', 'pfgate.js')))
   for (const [name, svc] of Object.entries(services)) {
     assert.equal(svc.build, '.', `${name} builds the repository`)

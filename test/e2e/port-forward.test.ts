@@ -13,6 +13,7 @@ import { parseForwarding, runCli, runCliToEnd } from '../helpers/cli.js'
 import { dial, echoRoundTrip, eventually, isRefused } from '../helpers/net.js'
 import { connectGateway, h2Request } from '../helpers/h2.js'
 import type { DevCluster } from '../../src/dev/cluster.js'
+import { RELAY_NODE_FLAGS } from '../../src/shared/node-flags.js'
 
 let cluster: DevCluster & { cleanup(): Promise<void> }
 let env: NodeJS.ProcessEnv
@@ -101,6 +102,20 @@ describe('the seed examples print exactly the seed output', () => {
       assert.equal(await cli.stop(), 0)
     })
   }
+})
+
+describe('the dev cluster', () => {
+  test('runs the gateway and the agents with the relay node flags, the demo pods without', async () => {
+    const cmdline = (name: string): string[] => {
+      const pid = cluster.pid(name)
+      assert.ok(pid !== undefined, `${name} is running`)
+      return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')
+    }
+    for (const name of ['gateway', 'agent:node-a', 'agent:node-b']) {
+      for (const f of RELAY_NODE_FLAGS) assert.ok(cmdline(name).includes(f), `${name} has ${f}`)
+    }
+    for (const f of RELAY_NODE_FLAGS) assert.ok(!cmdline('pod:echo').includes(f))
+  })
 })
 
 describe('data path', () => {
