@@ -94,6 +94,7 @@ export async function createAuditLog(
   const log = new AuditLog({
     sinks,
     mode: config.audit.mode,
+    lingerMs: config.audit.lingerMs,
     logger,
     onHealthChange: (healthy) => {
       if (healthy) logger.info('audit sinks healthy again: accepting new streams')

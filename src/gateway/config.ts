@@ -114,6 +114,8 @@ export interface GatewayConfig {
   audit: {
     mode: 'blocking-strict' | 'blocking' | 'batch'
     sinks: AuditSinkConfig[]
+    /** Blocking modes: how long records other than `stream.opened` may wait to share a write. */
+    lingerMs: number
   }
   /** The Kubernetes-compatible surface (kubectl and client libraries). */
   kubernetes: {
@@ -289,6 +291,7 @@ const schema = {
       default: {},
       properties: {
         mode: { enum: ['blocking-strict', 'blocking', 'batch'], default: 'blocking-strict' },
+        linger: { ...duration, default: '10ms' },
         sinks: {
           type: 'array',
           default: [{ type: 'file', path: 'audit/audit.log' }],
@@ -405,6 +408,7 @@ type Raw = Record<string, unknown> & {
   }
   audit: {
     mode: GatewayConfig['audit']['mode']
+    linger: string | number
     sinks: (Record<string, unknown> & { type: string })[]
   }
   kubernetes: { websocketTunnel: boolean }
@@ -531,6 +535,7 @@ export function parseGatewayConfig(value: unknown, source: string, baseDir: stri
     audit: {
       mode: raw.audit.mode,
       sinks: raw.audit.sinks.map((s, i) => parseSink(s, baseDir, `audit.sinks.${i}`)),
+      lingerMs: parseDuration(raw.audit.linger, 'audit.linger'),
     },
     kubernetes: { websocketTunnel: raw.kubernetes.websocketTunnel },
     shutdownGraceMs: parseDuration(raw.shutdownGrace, 'shutdownGrace'),

@@ -15,7 +15,7 @@ import { startTestCluster } from '../helpers/cluster.js'
 import { parseForwarding, runCli, runCliToEnd } from '../helpers/cli.js'
 import type { CliProcess } from '../helpers/cli.js'
 import { dial, echoRoundTrip, eventually } from '../helpers/net.js'
-import { tokenFor, trailPath, trailRecords, waitForRecords } from '../helpers/gateway.js'
+import { settledTrail, tokenFor, trailPath, waitForRecords } from '../helpers/gateway.js'
 import type { DevCluster } from '../../src/dev/cluster.js'
 import type { AuditRecord } from '../../src/protocol/audit-record.js'
 
@@ -239,7 +239,7 @@ describe('pfgate audit', () => {
       /^audit\.log\.\d+$/.test(n),
     )
     assert.ok(rotated.length >= 3, `rotated files: ${rotated.join(' ')}`)
-    const all = await trailRecords(file)
+    const all = await settledTrail(file)
     const q = await runCliToEnd(['audit', 'query', '--file', file, '-o', 'json'])
     assert.equal(q.code, 0, q.stderr)
     const lines = q.stdout.split('\n').filter((l) => l !== '')

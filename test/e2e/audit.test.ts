@@ -230,13 +230,16 @@ describe('records and byte counts', () => {
       [cluster.token, 'nosuchpod', 404, 'stream.failed', 'pod-not-found'],
     ]
     for (const [token, pod, status, type, reason] of cases) {
+      // Only this attempt's record (the previous case's looks the same but for its ref).
+      const before = (await trailRecords(trail)).length
       const st = await openRaw(s, { node: 'node-a', pod, port: 5000 }, token)
       await st.closed
       assert.equal(st.status, status)
       const body = st.received().toString()
       const rec = await waitForRecords(
         trail,
-        (rs) => rs.findLast((x) => x.type === type && x.reason === reason && x.pod === pod),
+        (rs) =>
+          rs.slice(before).find((x) => x.type === type && x.reason === reason && x.pod === pod),
         `${type} ${reason}`,
       )
       assert.equal(rec.status, status)

@@ -211,10 +211,18 @@ for (const v of VERSIONS) {
         assert.equal(f.proc.exitCode, null)
         await f.stop()
       }
-      const failed = readAudit(cluster.dir).filter(
-        (r) => r.type === 'stream.failed' && r.port === refused,
+      // Records other than stream.opened may linger a few ms before they are written.
+      await until(
+        () =>
+          readAudit(cluster.dir).some(
+            (r) =>
+              r.type === 'stream.failed' &&
+              r.port === refused &&
+              r.reason === 'connect-refused' &&
+              r.status === 502,
+          ),
+        'the stream.failed record of the refused port',
       )
-      assert.ok(failed.some((r) => r.reason === 'connect-refused' && r.status === 502))
     })
 
     test('a forbidden namespace', async () => {

@@ -191,10 +191,18 @@ describe('the Python client over v4.channel.k8s.io', () => {
   test('a forbidden namespace is refused with 403 before the upgrade', async () => {
     const r = await runPython(['restricted', 'echo', '5000', '10'])
     assert.match(r.upgradeError ?? '', /403/)
-    const denied = readAudit(cluster.dir).filter(
-      (x) => x.type === 'stream.denied' && x.namespace === 'restricted',
+    // Records other than stream.opened may linger a few ms before they are written.
+    await until(
+      () =>
+        readAudit(cluster.dir).some(
+          (x) =>
+            x.type === 'stream.denied' &&
+            x.namespace === 'restricted' &&
+            x.protocol === 'ws-v4' &&
+            x.reason === 'forbidden',
+        ),
+      'the stream.denied record',
     )
-    assert.ok(denied.some((x) => x.protocol === 'ws-v4' && x.reason === 'forbidden'))
   })
 
   test('a pod that is not running is refused with 400', async () => {

@@ -54,6 +54,22 @@ export async function waitForRecords<T>(
   }
 }
 
+/**
+ * The trail once it has stopped growing for `quietMs` (records other than
+ * `stream.opened` may linger before they are written: `audit.linger`, 10 ms by default).
+ */
+export async function settledTrail(path: string, quietMs = 200): Promise<AuditRecord[]> {
+  let records = await trailRecords(path)
+  let since = Date.now()
+  while (Date.now() - since < quietMs) {
+    await new Promise((r) => setTimeout(r, 20))
+    const now = await trailRecords(path)
+    if (now.length !== records.length) since = Date.now()
+    records = now
+  }
+  return records
+}
+
 /** GETs the gateway's Prometheus text. */
 export function scrape(port: number): Promise<string> {
   return new Promise((resolve, reject) => {

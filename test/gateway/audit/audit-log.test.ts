@@ -213,3 +213,62 @@ test('after close, append rejects with PFG_ERR_AUDIT_UNAVAILABLE', async (t) => 
   await log.close()
   await assert.rejects(log.append(rec('gateway.stopped')), isUnavailable)
 })
+
+/** A sink that records each write's record types and when it happened. */
+class RecordingSink {
+  readonly name = 'recording'
+  readonly writes: { at: number; types: string[] }[] = []
+  write(records: readonly { type: string }[]): Promise<void> {
+    this.writes.push({ at: performance.now(), types: records.map((r) => r.type) })
+    return Promise.resolve()
+  }
+  close(): Promise<void> {
+    return Promise.resolve()
+  }
+}
+
+test('linger: a close waits for the next stream.opened to share its write, or lingerMs', async () => {
+  const sink = new RecordingSink()
+  const log = new AuditLog({ sinks: [sink], mode: 'blocking-strict', lingerMs: 200 })
+  // A close alone is not written at once...
+  const t0 = performance.now()
+  let closedAt = 0
+  const closed = log.append(rec('stream.closed')).then(() => (closedAt = performance.now()))
+  await new Promise((r) => setTimeout(r, 20))
+  assert.equal(sink.writes.length, 0, 'nothing written while the close lingers')
+  // ...an open takes it along, in one write, and both appends resolve.
+  await log.append(rec('stream.opened'))
+  await closed
+  assert.deepEqual(sink.writes, [
+    { at: sink.writes[0]!.at, types: ['stream.closed', 'stream.opened'] },
+  ])
+  assert.ok(closedAt - t0 < 150, 'the close did not wait for its whole linger')
+  // With no open coming, the linger writes it.
+  const t1 = performance.now()
+  await log.append(rec('session.closed'))
+  const waited = performance.now() - t1
+  assert.equal(sink.writes.length, 2)
+  assert.deepEqual(sink.writes[1]!.types, ['session.closed'])
+  assert.ok(waited >= 190, `written after the linger (${waited.toFixed(0)} ms)`)
+  // close() does not wait for a linger.
+  void log.append(rec('stream.denied'))
+  const t2 = performance.now()
+  await log.close()
+  assert.ok(performance.now() - t2 < 150, 'close() wrote the lingering record at once')
+  assert.deepEqual(sink.writes[2]!.types, ['stream.denied'])
+})
+
+test('linger 0, and batch mode, write every record at once', async () => {
+  for (const options of [
+    { mode: 'blocking-strict' as const, lingerMs: 0 },
+    { mode: 'batch' as const, lingerMs: 500 },
+  ]) {
+    const sink = new RecordingSink()
+    const log = new AuditLog({ sinks: [sink], ...options })
+    const t0 = performance.now()
+    await log.append(rec('stream.closed'))
+    await waitFor(() => sink.writes.length === 1, `${options.mode}: written`, 1000)
+    assert.ok(performance.now() - t0 < 100, `${options.mode}: at once`)
+    await log.close()
+  }
+})
