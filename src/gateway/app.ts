@@ -53,6 +53,7 @@ import {
   coreV1Resources,
   podObject,
 } from './kube-api.js'
+import { matchesLabels, parseLabelSelector, podList, podTable, wantsTable } from './kube-list.js'
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -306,9 +307,56 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
       if (info === undefined) {
         return sendStatus(reply, appError('PFG_ERR_ROUTE_POD_NOT_FOUND', `pods "${pod}" not found`))
       }
+      if (wantsTable(request.headers.accept)) {
+        return reply.type('application/json').send(podTable([info], Date.now()))
+      }
       return reply.type('application/json').send(podObject(info))
     },
   )
+
+  // kubectl get pods [-n NS | -A] [-l SELECTOR]: the pods the user may forward to.
+  for (const url of ['/api/v1/namespaces/:ns/pods', '/api/v1/pods']) {
+    app.get<{ Params: { ns?: string }; Querystring: Record<string, string | undefined> }>(
+      url,
+      async (request, reply) => {
+        const ns = request.params.ns
+        if (ns !== undefined) assertNamespace(ns)
+        const q = request.query
+        if (q.watch === 'true' || q.watch === '1') {
+          throw appError(
+            'PFG_ERR_ROUTE_METHOD_NOT_ALLOWED',
+            'the server does not allow this method on the requested resource (watch pods)',
+          )
+        }
+        if (q.fieldSelector !== undefined && q.fieldSelector !== '') {
+          throw appError(
+            'PFG_ERR_ROUTE_BAD_QUERY',
+            'field selectors are not supported on pods here',
+          )
+        }
+        const selector = parseLabelSelector(q.labelSelector)
+        if (!deps.registry.isReady()) {
+          throw appError(
+            'PFG_ERR_ROUTE_NOT_READY',
+            'the pod registry has not synced yet; retry shortly',
+          )
+        }
+        const identity = request.identity as Identity
+        const pods = deps.registry
+          .listPods()
+          .filter(
+            (p) =>
+              (ns === undefined || p.namespace === ns) &&
+              matchesLabels(p.labels, selector) &&
+              deps.authorizer.canAccessPod(identity, p.namespace, p.name),
+          )
+          .sort((a, b) => a.namespace.localeCompare(b.namespace) || a.name.localeCompare(b.name))
+        return reply
+          .type('application/json')
+          .send(wantsTable(request.headers.accept) ? podTable(pods, Date.now()) : podList(pods))
+      },
+    )
+  }
 
   // Discovery: legacy documents, or aggregated ones when the Accept header asks for them.
   for (const root of ['api', 'apis'] as const) {

@@ -92,7 +92,7 @@ const POD_RESOURCE = {
   singularName: 'pod',
   namespaced: true,
   kind: 'Pod',
-  verbs: ['get'],
+  verbs: ['get', 'list'],
   shortNames: ['po'],
 }
 const PORTFORWARD_RESOURCE = {

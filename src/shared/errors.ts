@@ -22,6 +22,7 @@ export const ERROR_CODES = {
   // ROUTE: request shape and resolution
   PFG_ERR_ROUTE_BAD_NAME: { status: 400, summary: 'a namespace, pod or node name is invalid' },
   PFG_ERR_ROUTE_BAD_PORT: { status: 400, summary: 'the port is missing or not 1..65535' },
+  PFG_ERR_ROUTE_BAD_QUERY: { status: 400, summary: 'a query parameter is not supported' },
   PFG_ERR_ROUTE_POD_NOT_FOUND: { status: 404, summary: 'no such pod' },
   PFG_ERR_ROUTE_WRONG_NODE: { status: 404, summary: 'the pod is not on the named node' },
   PFG_ERR_ROUTE_NOT_FOUND: { status: 404, summary: 'no such path' },

@@ -261,6 +261,59 @@ describe('the kubectl on PATH with the dev kubeconfig as it is', () => {
   })
 })
 
+describe('kubectl get pods: the pods the user may forward to', () => {
+  for (const version of ['1.33', '1.20']) {
+    test(`kubectl ${version}: tables, all namespaces, selectors, JSON, and nothing hidden leaks`, async () => {
+      const get = async (
+        ...args: string[]
+      ): Promise<{ code: number; stdout: string; stderr: string }> =>
+        runKubectl(version, ['get', ...args], opts())
+      const rows = (out: string): string[][] =>
+        out
+          .trim()
+          .split('\n')
+          .map((l) => l.trim().split(/\s+/))
+      const all = await get('pods', '-A')
+      assert.equal(all.code, 0, all.stderr)
+      const table = rows(all.stdout)
+      assert.deepEqual(table[0], ['NAMESPACE', 'NAME', 'READY', 'STATUS', 'RESTARTS', 'AGE'])
+      assert.deepEqual(
+        table.slice(1).map((r) => `${r[0]}/${r[1]} ${r[2]} ${r[3]}`),
+        [
+          'default/echo 1/1 Running',
+          'default/pending 0/1 Pending',
+          'default/web 1/1 Running',
+          'limited/echo 1/1 Running',
+        ],
+        'restricted/echo is not listed: the user may not forward to it',
+      )
+      const selected = await get('pods', '-l', 'app=echo')
+      assert.equal(selected.code, 0, selected.stderr)
+      assert.deepEqual(
+        rows(selected.stdout)
+          .slice(1)
+          .map((r) => r[0]),
+        ['echo'],
+      )
+      const json = await get('pods', '-o', 'json')
+      const list = JSON.parse(json.stdout) as { items: { metadata: { name: string } }[] }
+      assert.deepEqual(
+        list.items.map((i) => i.metadata.name),
+        ['echo', 'pending', 'web'],
+      )
+      const hidden = await get('pods', '-n', 'restricted')
+      assert.equal(hidden.code, 0, hidden.stderr)
+      assert.match(hidden.stderr, /No resources found in restricted namespace/)
+      const forbidden = await get('pod', 'echo', '-n', 'restricted')
+      assert.equal(forbidden.code, 1)
+      assert.match(forbidden.stderr, /Forbidden|forbidden/)
+      const setBased = await get('pods', '-l', 'app in (echo)')
+      assert.equal(setBased.code, 1)
+      assert.match(setBased.stderr, /set-based selectors are not supported/)
+    })
+  }
+})
+
 describe('kubectl 1.32: forced SPDY and the fallback', () => {
   test('KUBECTL_PORT_FORWARD_WEBSOCKETS=false speaks SPDY', async () => {
     const before = readAudit(cluster.dir).length

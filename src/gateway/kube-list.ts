@@ -1,0 +1,159 @@
+/**
+ * `kubectl get pods` against the gateway: pod lists, label selectors and the
+ * server-side `Table` rendering kubectl asks for (`Accept: application/json;as=Table;
+ * v=v1;g=meta.k8s.io, ...`). Only pods the user may forward to are listed (the same
+ * rule as a single pod's GET: no existence leak). No watch, no field selectors.
+ *
+ * @module
+ */
+import { appError } from '../shared/errors.js'
+import { podObject } from './kube-api.js'
+import type { PodInfo } from './registry/types.js'
+
+/** One requirement of a label selector: `k=v`, `k==v`, `k!=v`, `k`, `!k`. */
+export interface LabelRequirement {
+  key: string
+  op: '=' | '!=' | 'exists' | '!exists'
+  value?: string
+}
+
+const LABEL_KEY = /^([a-z0-9]([-a-z0-9.]*[a-z0-9])?\/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/
+const LABEL_VALUE = /^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$/
+
+/**
+ * Parses the equality-based label selectors kubectl sends for `-l` (comma = and).
+ * Set-based ones (`in`, `notin`) are refused with `PFG_ERR_ROUTE_BAD_QUERY`.
+ */
+export function parseLabelSelector(selector: string | undefined): LabelRequirement[] {
+  if (selector === undefined || selector.trim() === '') return []
+  return selector.split(',').map((raw) => {
+    const part = raw.trim()
+    const bad = (why: string): never => {
+      throw appError('PFG_ERR_ROUTE_BAD_QUERY', `unable to parse label selector "${part}": ${why}`)
+    }
+    let req: LabelRequirement
+    const m = /^([^=!]+?)\s*(==|=|!=)\s*(.*)$/.exec(part)
+    if (m !== null) {
+      req = { key: m[1]!.trim(), op: m[2] === '!=' ? '!=' : '=', value: m[3]!.trim() }
+      if (!LABEL_VALUE.test(req.value!) || req.value!.length > 63) bad('invalid label value')
+    } else if (part.startsWith('!')) {
+      req = { key: part.slice(1).trim(), op: '!exists' }
+    } else {
+      if (/\s(in|notin)\s*\(/.test(part)) bad('set-based selectors are not supported')
+      req = { key: part, op: 'exists' }
+    }
+    if (!LABEL_KEY.test(req.key)) bad('invalid label key')
+    return req
+  })
+}
+
+/** Does a pod's label set satisfy every requirement? */
+export function matchesLabels(
+  labels: Record<string, string> | undefined,
+  reqs: readonly LabelRequirement[],
+): boolean {
+  const l = labels ?? {}
+  return reqs.every((r) => {
+    const has = Object.hasOwn(l, r.key)
+    switch (r.op) {
+      case '=':
+        return has && l[r.key] === r.value
+      case '!=':
+        return !has || l[r.key] !== r.value
+      case 'exists':
+        return has
+      case '!exists':
+        return !has
+    }
+  })
+}
+
+/** A `v1.PodList`. */
+export function podList(pods: readonly PodInfo[]): Record<string, unknown> {
+  return {
+    kind: 'PodList',
+    apiVersion: 'v1',
+    metadata: { resourceVersion: '1' },
+    items: pods.map(podObject),
+  }
+}
+
+/** Does the Accept header ask for a `meta.k8s.io` Table (as kubectl get does)? */
+export function wantsTable(accept: string | undefined): boolean {
+  if (accept === undefined) return false
+  return accept
+    .split(',')
+    .some(
+      (t) => /;\s*as=Table\b/.test(t) && /;\s*g=meta\.k8s\.io\b/.test(t) && /;\s*v=v1\b/.test(t),
+    )
+}
+
+/** kube's `duration.HumanDuration`: the AGE column. */
+export function humanDuration(ms: number): string {
+  const seconds = Math.floor(ms / 1000)
+  if (seconds < -1) return '<invalid>'
+  if (seconds < 0) return '0s'
+  if (seconds < 120) return `${seconds}s`
+  const minutes = Math.floor(seconds / 60)
+  if (minutes < 10) return seconds % 60 === 0 ? `${minutes}m` : `${minutes}m${seconds % 60}s`
+  if (minutes < 180) return `${minutes}m`
+  const hours = Math.floor(minutes / 60)
+  if (hours < 8) return minutes % 60 === 0 ? `${hours}h` : `${hours}h${minutes % 60}m`
+  if (hours < 48) return `${hours}h`
+  const days = Math.floor(hours / 24)
+  if (hours < 24 * 8) return hours % 24 === 0 ? `${days}d` : `${days}d${hours % 24}h`
+  if (hours < 24 * 365 * 2) return `${days}d`
+  const years = Math.floor(days / 365)
+  if (hours < 24 * 365 * 8) return days % 365 === 0 ? `${years}y` : `${years}y${days % 365}d`
+  return `${years}y`
+}
+
+const COLUMNS = [
+  ['Name', 'string', 'name', 0, 'Name of the pod.'],
+  ['Ready', 'string', '', 0, 'Ready containers of the pod.'],
+  ['Status', 'string', '', 0, 'The pod phase.'],
+  ['Restarts', 'string', '', 0, 'Container restarts.'],
+  ['Age', 'string', '', 0, 'Time since the pod was created.'],
+  ['Node', 'string', '', 1, 'The node the pod is on; the gateway routes to it.'],
+] as const
+
+/** A `meta.k8s.io/v1` Table of pods, as kube-apiserver renders it for kubectl get. */
+export function podTable(pods: readonly PodInfo[], now: number): Record<string, unknown> {
+  return {
+    kind: 'Table',
+    apiVersion: 'meta.k8s.io/v1',
+    metadata: { resourceVersion: '1' },
+    columnDefinitions: COLUMNS.map(([name, type, format, priority, description]) => ({
+      name,
+      type,
+      format,
+      description,
+      priority,
+    })),
+    rows: pods.map((p) => {
+      const created = p.creationTimestamp ?? new Date(0).toISOString()
+      return {
+        cells: [
+          p.name,
+          p.phase === 'Running' ? '1/1' : '0/1',
+          p.phase,
+          '0',
+          humanDuration(now - Date.parse(created)),
+          p.nodeName === '' ? '<none>' : p.nodeName,
+        ],
+        object: {
+          kind: 'PartialObjectMetadata',
+          apiVersion: 'meta.k8s.io/v1',
+          metadata: {
+            name: p.name,
+            namespace: p.namespace,
+            uid: p.uid,
+            resourceVersion: '1',
+            creationTimestamp: created,
+            ...(p.labels !== undefined ? { labels: p.labels } : {}),
+          },
+        },
+      }
+    }),
+  }
+}
