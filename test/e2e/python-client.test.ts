@@ -175,6 +175,18 @@ describe('the Python client over v4.channel.k8s.io', () => {
     }
   })
 
+  test('64 MiB in one sendall: frames as large as the client reads keep its loop from deadlocking', async (t) => {
+    // The client reads up to 1 MiB from the application per loop, writes it with a
+    // blocking TLS write, and reads one frame back: with the gateway's frames capped at
+    // 256 KiB this hung every time (the echo filled every buffer on the way), at 1 MiB it
+    // completes (src/gateway/edge/ws-channel-adapter.ts, CHANNEL_WRITE_HWM).
+    const r = await runPython(['default', 'echo', '5000', String(64 * MiB)])
+    const p = r.ports?.['5000']
+    assert.equal(p?.gotBytes, 64 * MiB)
+    assert.equal(p?.ok, true, 'sha256 of the echo')
+    t.diagnostic(`python client: 64 MiB echoed in ${p?.seconds.toFixed(2)} s`)
+  })
+
   test('a refused port: its error channel says so, the other port works', async () => {
     const refused = await closedPort()
     const r = await runPython(['default', 'echo', `5000,${refused}`, String(MiB)])

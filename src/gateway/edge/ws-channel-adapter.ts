@@ -66,6 +66,15 @@ export function closeWebSocket(ws: WebSocket, code: number): void {
 
 /** Readable/writable high-water mark of each port's stream. */
 const HWM = 256 * 1024
+/**
+ * What a channel connection may queue toward the client, and the largest frame that
+ * queued data is merged into. 1 MiB because of the Python client: its proxy thread reads
+ * up to 1 MiB from the application per loop, sends it with a blocking TLS write, and reads
+ * only one frame back per loop. With smaller frames a large upload outpaces what it reads
+ * back, the pod's echo fills every buffer on the way, and its blocking write never ends
+ * (seen once in the 2 × 16 MiB test). Frames as large as its reads keep its loop balanced.
+ */
+const CHANNEL_WRITE_HWM = 1024 * 1024
 const OPEN = 1
 const CLOSED = 3
 const CLOSE_NORMAL = 1000
@@ -156,7 +165,10 @@ class Conn {
     this.ports = ports
     this.streams = ports.map((_, i) => new PortStream(this, i))
     this.finished = ports.map(() => false)
-    this.writer = new ChannelWriter(ws, encoding, { highWaterMark: HWM, maxMergedBytes: HWM })
+    this.writer = new ChannelWriter(ws, encoding, {
+      highWaterMark: CHANNEL_WRITE_HWM,
+      maxMergedBytes: CHANNEL_WRITE_HWM,
+    })
   }
 
   /**
