@@ -12,7 +12,9 @@
  * 4. `throughput`: iperf3 through pfgate, directly, and through socat chains (two and
  *    three hops in clear, three hops with the same TLS as pfgate), 1 and 8 streams, both
  *    directions, with CPU seconds per GB for the CLI, the gateway and the agent;
- * 5. `kubectl`: bench/kubectl.ts when present (see bench/kubectl-contract.ts).
+ * 5. `kubectl`: bench/kubectl.ts when present (see bench/kubectl-contract.ts);
+ * 6. `netns`: the agent's network-namespace dialer against the static dialer and against
+ *    `nsenter … socat` per connection (bench/netns-dialer.ts; its own namespaces; root).
  *
  * `--quick` (under a minute) uses shorter runs, one repetition and fewer baselines.
  *
@@ -36,6 +38,8 @@ import { runIperf } from './iperf.js'
 import type { BenchKubectl, KubectlBenchResult } from './kubectl-contract.js'
 import { interleavedOpens, parallelOpens } from './opens.js'
 import type { OpenLatency, ParallelOpens } from './opens.js'
+import { benchNetnsDialer } from './netns-dialer.js'
+import type { NetnsBenchResult } from './netns-dialer.js'
 import { startSocatChain } from './socat.js'
 import { BENCH_POD, startSystem } from './system.js'
 import type { BenchSystem } from './system.js'
@@ -65,13 +69,15 @@ export interface BenchReport {
   audit?: AuditCost[]
   throughput?: Cell[]
   kubectl?: KubectlBenchResult | { error: string } | 'not available'
+  /** The agent's network-namespace dialer against the static one (bench/netns-dialer.ts). */
+  netns?: NetnsBenchResult
   /** Sections that failed, with the error. */
   errors?: Partial<Record<string, string>>
   rows: Row[]
   seconds: number
 }
 
-const SECTIONS = ['streams', 'latency', 'audit', 'throughput', 'kubectl'] as const
+const SECTIONS = ['streams', 'latency', 'audit', 'throughput', 'kubectl', 'netns'] as const
 type Section = (typeof SECTIONS)[number]
 
 const UP1: Mode = { parallel: 1, direction: 'up' }
@@ -300,6 +306,44 @@ export function buildRows(r: BenchReport): Row[] {
       })
     }
   }
+
+  // The netns dialer (issue 5): ratios to the static dialer, and to nsenter+socat per connection.
+  const n = r.netns
+  if (n !== undefined) {
+    const t = n.throughputMiBps
+    row({
+      figure: 'netns dialer, 1 connection (MiB/s each way)',
+      value: f2(t.netns),
+      baseline: 'static dialer (host port)',
+      baseValue: f2(t.static),
+      ratio: ratio(t.netns, t.static),
+    })
+    row({
+      figure: '',
+      baseline: 'nsenter + socat per connection',
+      baseValue: f2(t.socat),
+      ratio: ratio(t.netns, t.socat),
+    })
+    row({
+      figure: 'netns dialer, dial to first echo p50 (ms)',
+      value: f3(n.dial.netns.p50Ms),
+      baseline: 'static dialer (host port)',
+      baseValue: f3(n.dial.static.p50Ms),
+      ratio: ratio(n.dial.netns.p50Ms, n.dial.static.p50Ms),
+    })
+    row({
+      figure: '',
+      baseline: 'nsenter + socat per connection',
+      baseValue: f3(n.dial.socat.p50Ms),
+      ratio: ratio(n.dial.netns.p50Ms, n.dial.socat.p50Ms),
+    })
+  } else if (r.errors?.netns !== undefined) {
+    row({
+      figure: 'netns dialer (bench/netns-dialer.ts)',
+      value: `error: ${r.errors.netns}`,
+      result: 'FAIL',
+    })
+  }
   return rows
 }
 
@@ -487,6 +531,13 @@ export async function runBench(options: {
       } catch (err) {
         report.kubectl = { error: (err as Error).message }
       }
+    })
+    await section('netns', async () => {
+      // Its own namespaces and echo servers, not the system under test (needs root, ip, socat).
+      log('netns: the agent dialer in a network namespace vs the static dialer')
+      report.netns = await benchNetnsDialer(
+        quick ? { dials: 100, socatDials: 20, throughputMiB: 16, runs: 1 } : {},
+      )
     })
   } finally {
     await sys.stop()
