@@ -436,6 +436,14 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
   app.get('/admin/v1/streams', { config: { auth: 'admin' } }, async () => ({
     items: forwarder.streams().map((s) => s.view()),
   }))
+  /** The Status body of an admin action that worked. */
+  const successStatus = (message: string): Record<string, unknown> => ({
+    kind: 'Status',
+    apiVersion: 'v1',
+    status: 'Success',
+    code: 200,
+    message,
+  })
   app.delete<{ Params: { id: string } }>(
     '/admin/v1/streams/:id',
     { config: { auth: 'admin' } },
@@ -445,13 +453,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
         throw appError('PFG_ERR_ROUTE_NOT_FOUND', `no live stream "${request.params.id}"`)
       }
       request.log.info({ stream: request.params.id, admin }, 'admin ended a stream')
-      return {
-        kind: 'Status',
-        apiVersion: 'v1',
-        status: 'Success',
-        code: 200,
-        message: 'stream ended',
-      }
+      return successStatus('stream ended')
     },
   )
   app.delete<{ Params: { id: string } }>(
@@ -463,13 +465,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
         throw appError('PFG_ERR_ROUTE_NOT_FOUND', `no live session "${request.params.id}"`)
       }
       request.log.info({ session: request.params.id, admin }, 'admin ended a session')
-      return {
-        kind: 'Status',
-        apiVersion: 'v1',
-        status: 'Success',
-        code: 200,
-        message: 'session ended',
-      }
+      return successStatus('session ended')
     },
   )
 

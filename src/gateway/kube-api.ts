@@ -9,6 +9,18 @@
  */
 import type { PodInfo } from './registry/types.js'
 
+/** A pod's `metadata`, as in the Pod object and in a Table row's partial object. */
+export function podMetadata(pod: PodInfo): Record<string, unknown> {
+  return {
+    name: pod.name,
+    namespace: pod.namespace,
+    uid: pod.uid,
+    resourceVersion: '1',
+    creationTimestamp: pod.creationTimestamp ?? new Date(0).toISOString(),
+    ...(pod.labels !== undefined ? { labels: pod.labels } : {}),
+  }
+}
+
 /** A `v1.Pod` object built from the registry's view of a pod. */
 export function podObject(pod: PodInfo): Record<string, unknown> {
   const containerPorts = pod.ports.map((p) => ({
@@ -19,14 +31,7 @@ export function podObject(pod: PodInfo): Record<string, unknown> {
   return {
     kind: 'Pod',
     apiVersion: 'v1',
-    metadata: {
-      name: pod.name,
-      namespace: pod.namespace,
-      uid: pod.uid,
-      resourceVersion: '1',
-      creationTimestamp: pod.creationTimestamp ?? new Date(0).toISOString(),
-      ...(pod.labels !== undefined ? { labels: pod.labels } : {}),
-    },
+    metadata: podMetadata(pod),
     spec: {
       nodeName: pod.nodeName,
       containers: [{ name: 'main', image: 'pfgate.local/demo', ports: containerPorts }],

@@ -7,7 +7,7 @@
  * @module
  */
 import { appError } from '../shared/errors.js'
-import { podObject } from './kube-api.js'
+import { podMetadata, podObject } from './kube-api.js'
 import type { PodInfo } from './registry/types.js'
 
 /** One requirement of a label selector: `k=v`, `k==v`, `k!=v`, `k`, `!k`. */
@@ -131,28 +131,17 @@ export function podTable(pods: readonly PodInfo[], now: number): Record<string, 
       priority,
     })),
     rows: pods.map((p) => {
-      const created = p.creationTimestamp ?? new Date(0).toISOString()
+      const metadata = podMetadata(p)
       return {
         cells: [
           p.name,
           p.phase === 'Running' ? '1/1' : '0/1',
           p.phase,
           '0',
-          humanDuration(now - Date.parse(created)),
+          humanDuration(now - Date.parse(metadata.creationTimestamp as string)),
           p.nodeName === '' ? '<none>' : p.nodeName,
         ],
-        object: {
-          kind: 'PartialObjectMetadata',
-          apiVersion: 'meta.k8s.io/v1',
-          metadata: {
-            name: p.name,
-            namespace: p.namespace,
-            uid: p.uid,
-            resourceVersion: '1',
-            creationTimestamp: created,
-            ...(p.labels !== undefined ? { labels: p.labels } : {}),
-          },
-        },
+        object: { kind: 'PartialObjectMetadata', apiVersion: 'meta.k8s.io/v1', metadata },
       }
     }),
   }

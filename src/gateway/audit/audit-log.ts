@@ -170,8 +170,11 @@ interface Entry {
   /** The record, sanitized and encoded once for every sink. */
   line: string
   ticket?: Ticket
-  /** Something waits for this record to be written (a `stream.opened`): write at once. */
-  urgent?: boolean
+}
+
+/** Something waits for a `stream.opened` to be written (the relay): it never lingers. */
+function isUrgent(entry: Entry): boolean {
+  return entry.record.type === 'stream.opened'
 }
 
 interface Lane {
@@ -393,17 +396,15 @@ export class AuditLog {
       return Promise.reject(err)
     }
     const ticket = new Ticket(this.#lanes.length)
-    const urgent = record.type === 'stream.opened'
-    for (const lane of this.#lanes) this.#push(lane, { record, line, ticket, urgent })
+    for (const lane of this.#lanes) this.#push(lane, { record, line, ticket })
     return ticket.promise
   }
 
   #appendBlocking(record: AuditRecord, line: string): Promise<void> {
     const healthy = this.#lanes.filter((l) => !l.failing)
     const ticket = new Ticket(healthy.length)
-    const urgent = record.type === 'stream.opened'
     for (const lane of this.#lanes) {
-      this.#push(lane, lane.failing ? { record, line } : { record, line, ticket, urgent })
+      this.#push(lane, lane.failing ? { record, line } : { record, line, ticket })
     }
     return ticket.promise
   }
@@ -432,7 +433,7 @@ export class AuditLog {
       return
     }
     lane.queue.push(entry)
-    if (entry.urgent === true) lane.urgent++
+    if (isUrgent(entry)) lane.urgent++
     this.#schedule(lane)
   }
 
@@ -479,7 +480,7 @@ export class AuditLog {
       return
     }
     lane.queue.splice(0, batch.length)
-    for (const e of batch) if (e.urgent === true) lane.urgent--
+    for (const e of batch) if (isUrgent(e)) lane.urgent--
     lane.recordsWritten += batch.length
     lane.batchesWritten++
     for (const e of batch) e.ticket?.ok()
