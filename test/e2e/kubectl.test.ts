@@ -20,6 +20,7 @@ import { once } from 'node:events'
 import { join } from 'node:path'
 import { startTestCluster } from '../helpers/cluster.js'
 import {
+  addPods,
   closedPort,
   echoThrough,
   gatewayGet,
@@ -99,23 +100,14 @@ before(async () => {
   refused = await closedPort()
   // A pod in a namespace the dev user may not use, one that is not running, and one in
   // the port-limited namespace (on node-a; only refusals are tested with them).
-  updateRegistry(cluster.dir, (pods) => [
-    ...pods,
-    { namespace: 'restricted', name: 'echo', node: 'node-a', phase: 'Running', ports: [] },
-    { namespace: 'default', name: 'pending', node: 'node-a', phase: 'Pending', ports: [] },
-    { namespace: 'limited', name: 'echo', node: 'node-a', phase: 'Running', ports: [] },
-  ])
-  await until(
-    async () =>
-      (
-        await gatewayGet(
-          cluster.gatewayUrl,
-          cluster.dir,
-          '/api/v1/namespaces/default/pods/pending',
-          cluster.token,
-        )
-      ).status === 200,
-    'the gateway to reload its registry',
+  await addPods(
+    cluster,
+    [
+      { namespace: 'restricted', name: 'echo', node: 'node-a', phase: 'Running', ports: [] },
+      { namespace: 'default', name: 'pending', node: 'node-a', phase: 'Pending', ports: [] },
+      { namespace: 'limited', name: 'echo', node: 'node-a', phase: 'Running', ports: [] },
+    ],
+    'pending',
   )
 })
 

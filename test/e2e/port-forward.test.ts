@@ -264,6 +264,16 @@ describe('errors', () => {
   })
 })
 
+/** Does an 8 KiB round trip through `port` come back whole (false on any error)? */
+async function echoes(port: number): Promise<boolean> {
+  try {
+    const r = await echoRoundTrip(port, 8192, '127.0.0.1', 5000)
+    return r.received === r.sent
+  } catch {
+    return false
+  }
+}
+
 describe('resilience', () => {
   test('agent killed mid-transfer: the stream ends with an error, the CLI survives and works again', async (t) => {
     const cli = runCli(['port-forward', 'echo', ':5000'], env)
@@ -285,18 +295,7 @@ describe('resilience', () => {
     clearInterval(pump)
     assert.ok(['ECONNRESET', 'close', 'error', 'EPIPE'].includes(how), how)
     // The supervisor restarts the agent on the same port; new connections work again.
-    await eventually(
-      async () => {
-        try {
-          const r = await echoRoundTrip(port, 8192, '127.0.0.1', 5000)
-          return r.received === r.sent
-        } catch {
-          return false
-        }
-      },
-      20_000,
-      'forwarding to work again after the agent restart',
-    )
+    await eventually(() => echoes(port), 20_000, 'forwarding to work again after the agent restart')
     assert.equal(cli.proc.exitCode, null, 'the CLI is still running')
   })
 
@@ -309,18 +308,7 @@ describe('resilience', () => {
     // The supervisor restarts the gateway on the same port.
     await cluster.kill('gateway', 'SIGKILL')
     await cli.waitForStderr(/lost connection to the gateway; reconnecting/)
-    await eventually(
-      async () => {
-        try {
-          const r = await echoRoundTrip(port, 8192, '127.0.0.1', 5000)
-          return r.received === r.sent
-        } catch {
-          return false
-        }
-      },
-      30_000,
-      'forwarding through the restarted gateway',
-    )
+    await eventually(() => echoes(port), 30_000, 'forwarding through the restarted gateway')
     assert.equal(cli.proc.exitCode, null, 'the CLI is still running')
   })
 

@@ -13,13 +13,7 @@ import { execFile } from 'node:child_process'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { startTestCluster } from '../helpers/cluster.js'
-import {
-  closedPort,
-  gatewayGet,
-  readAudit,
-  until,
-  updateRegistry,
-} from '../helpers/kube-clients.js'
+import { addPods, closedPort, readAudit, until } from '../helpers/kube-clients.js'
 import type { DevCluster } from '../../src/dev/cluster.js'
 
 const PYTHON = process.env.PFGATE_PYTHON ?? '/usr/bin/python3'
@@ -116,22 +110,13 @@ before(async () => {
   cluster = await startTestCluster()
   script = join(cluster.dir, 'pf.py')
   await writeFile(script, CLIENT)
-  updateRegistry(cluster.dir, (pods) => [
-    ...pods,
-    { namespace: 'restricted', name: 'echo', node: 'node-a', phase: 'Running', ports: [] },
-    { namespace: 'default', name: 'pending', node: 'node-a', phase: 'Pending', ports: [] },
-  ])
-  await until(
-    async () =>
-      (
-        await gatewayGet(
-          cluster.gatewayUrl,
-          cluster.dir,
-          '/api/v1/namespaces/default/pods/pending',
-          cluster.token,
-        )
-      ).status === 200,
-    'the gateway to reload its registry',
+  await addPods(
+    cluster,
+    [
+      { namespace: 'restricted', name: 'echo', node: 'node-a', phase: 'Running', ports: [] },
+      { namespace: 'default', name: 'pending', node: 'node-a', phase: 'Pending', ports: [] },
+    ],
+    'pending',
   )
 })
 

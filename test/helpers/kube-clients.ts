@@ -21,6 +21,8 @@ import { join } from 'node:path'
 import { parse as parseYaml, stringify as toYaml } from 'yaml'
 import { isAuditRecord } from '../../src/protocol/audit-record.js'
 import type { AuditRecord } from '../../src/protocol/audit-record.js'
+import type { DevCluster } from '../../src/dev/cluster.js'
+import { eventually } from './net.js'
 
 /** Where each kubectl build is looked for: `$ENV`, then the listed paths. */
 export const KUBECTL_BUILDS: Record<string, { env: string; paths: string[] }> = {
@@ -292,6 +294,30 @@ export function updateRegistry(dir: string, edit: (pods: RegistryPod[]) => Regis
   writeFileSync(file, toYaml(doc))
 }
 
+/**
+ * Adds `pods` to a dev cluster's registry file and waits until the gateway serves
+ * `default/<visible>` (one of them the dev user may read) to the dev token.
+ */
+export async function addPods(
+  cluster: Pick<DevCluster, 'dir' | 'gatewayUrl' | 'token'>,
+  pods: RegistryPod[],
+  visible: string,
+): Promise<void> {
+  updateRegistry(cluster.dir, (existing) => [...existing, ...pods])
+  await until(
+    async () =>
+      (
+        await gatewayGet(
+          cluster.gatewayUrl,
+          cluster.dir,
+          `/api/v1/namespaces/default/pods/${visible}`,
+          cluster.token,
+        )
+      ).status === 200,
+    'the gateway to reload its registry',
+  )
+}
+
 /** A plain HTTPS request to the gateway (HTTP/1.1), trusting the dev CA. */
 export function gatewayGet(
   url: string,
@@ -324,16 +350,11 @@ export function gatewayGet(
   })
 }
 
-/** Polls until `fn` is true (every 50 ms), or throws after `timeoutMs`. */
-export async function until(
+/** {@link eventually} with the description first (the order these tests read best in). */
+export function until(
   fn: () => boolean | Promise<boolean>,
   what: string,
   timeoutMs = 10_000,
 ): Promise<void> {
-  const end = Date.now() + timeoutMs
-  for (;;) {
-    if (await fn()) return
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 50))
-  }
+  return eventually(fn, timeoutMs, what)
 }
