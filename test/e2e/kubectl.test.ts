@@ -254,6 +254,34 @@ describe('the kubectl on PATH with the dev kubeconfig as it is', () => {
 })
 
 describe('kubectl get pods: the pods the user may forward to', () => {
+  test('what a list does not serve is a Status: watch 405, field selectors 400', async () => {
+    const get = (query: string) =>
+      gatewayGet(
+        cluster.gatewayUrl,
+        cluster.dir,
+        `/api/v1/namespaces/default/pods?${query}`,
+        cluster.token,
+      )
+    const cases: [string, number, string, RegExp][] = [
+      ['watch=true', 405, 'PFG_ERR_ROUTE_METHOD_NOT_ALLOWED', /watch pods/],
+      ['fieldSelector=status.phase%3DRunning', 400, 'PFG_ERR_ROUTE_BAD_QUERY', /field selectors/],
+      ['labelSelector=app%20in%20(echo)', 400, 'PFG_ERR_ROUTE_BAD_QUERY', /set-based/],
+    ]
+    for (const [query, status, code, message] of cases) {
+      const r = await get(query)
+      assert.equal(r.status, status, query)
+      const body = JSON.parse(r.body) as {
+        kind: string
+        message: string
+        details?: { causes?: { reason: string }[] }
+      }
+      assert.equal(body.kind, 'Status')
+      assert.match(body.message, message)
+      assert.equal(body.details?.causes?.[0]?.reason, code)
+    }
+    assert.equal((await get('limit=500')).status, 200, 'chunking is answered with everything')
+  })
+
   for (const version of ['1.33', '1.20']) {
     test(`kubectl ${version}: tables, all namespaces, selectors, JSON, and nothing hidden leaks`, async () => {
       const get = async (
