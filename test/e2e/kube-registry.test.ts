@@ -6,7 +6,7 @@
  */
 import { after, before, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { stringify } from 'yaml'
@@ -47,9 +47,11 @@ async function forwardWorks(): Promise<boolean> {
   }
 }
 
+let dir: string | undefined
+
 before(async () => {
   api = await FakeKubeApiServer.start({ tokens: ['gateway-sa-token'] })
-  const dir = mkdtempSync(join(tmpdir(), 'pfgate-kube-'))
+  dir = mkdtempSync(join(tmpdir(), 'pfgate-kube-'))
   const kubeconfig = join(dir, 'kubeconfig')
   writeFileSync(
     kubeconfig,
@@ -96,6 +98,7 @@ after(async () => {
   await cli?.stop()
   await cluster?.cleanup()
   await api?.close()
+  if (dir !== undefined) rmSync(dir, { recursive: true, force: true })
 })
 
 test('a pod listed by the API server is forwarded to its node', async () => {
