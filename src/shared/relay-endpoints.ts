@@ -10,17 +10,24 @@ import type { Socket } from 'node:net'
 import { RST } from '../protocol/reset-codes.js'
 import type { AbortReason, RelayEndpoint } from './duplex-relay.js'
 
-/** The RST code for an abort, given the code to use when the peer failed without one. */
+/**
+ * The RST code for an abort. `peerFailureCode` is the code to use when the peer failed
+ * without a code of its own; `passThrough`, when given, lists the peer codes propagated
+ * as they are (any other becomes `peerFailureCode`).
+ */
 export function rstCodeFor(
   reason: AbortReason,
   peerRstCode: number | undefined,
   peerFailureCode: number,
+  passThrough?: readonly number[],
 ): number {
   switch (reason) {
     case 'peer-reset':
-      if (peerRstCode === undefined) return peerFailureCode
-      // A peer that closed with NO_ERROR before both sides ended still cut the tunnel short.
-      return peerRstCode === RST.NO_ERROR ? RST.CANCEL : peerRstCode
+      // NO_ERROR before both sides ended is no reset of the peer's own (Node closes the
+      // streams of a session destroyed without a code with it): the peer's side failed.
+      if (peerRstCode === undefined || peerRstCode === RST.NO_ERROR) return peerFailureCode
+      if (passThrough !== undefined && !passThrough.includes(peerRstCode)) return peerFailureCode
+      return peerRstCode
     case 'admin':
     case 'shutdown':
       return RST.CANCEL
@@ -50,10 +57,15 @@ export function resetStream(stream: Http2Stream, code: number): void {
 
 /**
  * An HTTP/2 stream endpoint. `peerFailureCode` is sent when the other side failed
- * without an RST code of its own (a socket error, a lost session).
+ * without an RST code of its own (a socket error, a lost session), and instead of any
+ * code the other side failed with that is not in `passThrough` (when given).
  */
-export function h2Endpoint(stream: Http2Stream, peerFailureCode: number): RelayEndpoint {
-  return new H2Endpoint(stream, peerFailureCode)
+export function h2Endpoint(
+  stream: Http2Stream,
+  peerFailureCode: number,
+  passThrough?: readonly number[],
+): RelayEndpoint {
+  return new H2Endpoint(stream, peerFailureCode, passThrough)
 }
 
 /** A TCP socket endpoint: an abort is a TCP RST (the pod or local client sees ECONNRESET). */
@@ -67,14 +79,19 @@ export function socketEndpoint(socket: Socket): RelayEndpoint {
 class H2Endpoint implements RelayEndpoint {
   readonly stream: Http2Stream
   readonly #peerFailureCode: number
+  readonly #passThrough: readonly number[] | undefined
 
-  constructor(stream: Http2Stream, peerFailureCode: number) {
+  constructor(stream: Http2Stream, peerFailureCode: number, passThrough?: readonly number[]) {
     this.stream = stream
     this.#peerFailureCode = peerFailureCode
+    this.#passThrough = passThrough
   }
 
   abort(reason: AbortReason, peerRstCode?: number): void {
-    resetStream(this.stream, rstCodeFor(reason, peerRstCode, this.#peerFailureCode))
+    resetStream(
+      this.stream,
+      rstCodeFor(reason, peerRstCode, this.#peerFailureCode, this.#passThrough),
+    )
   }
 
   /**

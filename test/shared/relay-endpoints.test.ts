@@ -42,10 +42,22 @@ test('aborting a socket right after end() still closes it', async () => {
 
 test('RST codes for each abort reason', () => {
   assert.equal(rstCodeFor('peer-reset', RST.CONNECT_ERROR, RST.INTERNAL_ERROR), RST.CONNECT_ERROR)
-  assert.equal(rstCodeFor('peer-reset', RST.NO_ERROR, RST.INTERNAL_ERROR), RST.CANCEL)
+  assert.equal(rstCodeFor('peer-reset', RST.NO_ERROR, RST.INTERNAL_ERROR), RST.INTERNAL_ERROR)
+  assert.equal(rstCodeFor('peer-reset', RST.NO_ERROR, RST.CANCEL), RST.CANCEL)
   assert.equal(rstCodeFor('peer-reset', undefined, RST.INTERNAL_ERROR), RST.INTERNAL_ERROR)
   assert.equal(rstCodeFor('admin', undefined, RST.INTERNAL_ERROR), RST.CANCEL)
   assert.equal(rstCodeFor('shutdown', undefined, RST.INTERNAL_ERROR), RST.CANCEL)
   assert.equal(rstCodeFor('limit', undefined, RST.INTERNAL_ERROR), RST.ENHANCE_YOUR_CALM)
   assert.equal(rstCodeFor('internal', undefined, RST.CANCEL), RST.INTERNAL_ERROR)
+  // Toward a native client only the pod's reset passes; a lost agent is INTERNAL_ERROR.
+  const toClient = [RST.CONNECT_ERROR]
+  assert.equal(
+    rstCodeFor('peer-reset', RST.CONNECT_ERROR, RST.INTERNAL_ERROR, toClient),
+    RST.CONNECT_ERROR,
+  )
+  assert.equal(
+    rstCodeFor('peer-reset', RST.CANCEL, RST.INTERNAL_ERROR, toClient),
+    RST.INTERNAL_ERROR,
+  )
+  assert.equal(rstCodeFor('admin', undefined, RST.INTERNAL_ERROR, toClient), RST.CANCEL)
 })

@@ -37,6 +37,9 @@ function decode(part: string): string | AppError {
 /** An 'error' listener that only keeps an error from being unhandled. */
 function ignoreError(): void {}
 
+/** The agent stream's RST codes a native client gets as they are. */
+const PASS_TO_CLIENT = [RST.CONNECT_ERROR]
+
 /** Handles native streams for one gateway. */
 export class NativeH2Adapter {
   readonly #forwarder: Forwarder
@@ -133,8 +136,10 @@ export class NativeH2Adapter {
             opened.cancel('client went away before the stream opened')
             return
           }
-          // Toward the client: an agent/session loss without its own code is INTERNAL_ERROR.
-          opened.start(h2Endpoint(stream, RST.INTERNAL_ERROR))
+          // Toward the client (docs/protocol.md): the pod's reset is CONNECT_ERROR; any other
+          // failure of the agent's side is INTERNAL_ERROR, whatever code Node gave the agent
+          // stream (it closes the streams of a lost connection with CANCEL).
+          opened.start(h2Endpoint(stream, RST.INTERNAL_ERROR, PASS_TO_CLIENT))
         },
         (err: unknown) => {
           stream.off('close', onClose)
