@@ -92,8 +92,15 @@ export interface DevCluster {
   podPorts: Record<string, number[]>
   /** Network namespace of each demo pod, when they run in namespaces. */
   podNetns: Record<string, string> | undefined
-  /** Kills a component (e.g. `agent:node-a`) with a signal; it is restarted unless `restart` is false. */
-  kill(name: string, signal?: NodeJS.Signals, restart?: boolean): Promise<void>
+  /**
+   * Kills a component (e.g. `agent:node-a`) with a signal; it is restarted unless `restart`
+   * is false. Resolves with how the process exited.
+   */
+  kill(
+    name: string,
+    signal?: NodeJS.Signals,
+    restart?: boolean,
+  ): Promise<{ code: number | null; signal: NodeJS.Signals | null }>
   /** Starts a component that was killed with restart=false. */
   restart(name: string): Promise<void>
   /** The pid of a component. */
@@ -262,10 +269,15 @@ export async function startDevCluster(options: DevClusterOptions): Promise<DevCl
       // The gateway and the agents run as a deployment should (src/shared/node-flags.ts).
       const relays = c.args[0] === 'gateway' || c.args[0] === 'agent'
       const flags = relays ? relayNodeFlags() : []
+      // Each child in its own process group: the terminal's Ctrl-C reaches only this
+      // supervisor, which stops the gateway first (it drains while the agents and pods
+      // still carry its streams), then the agents, then the pods. A child whose
+      // supervisor vanished stops when its IPC channel closes.
       const proc =
         c.prefix === undefined
           ? fork(PFGATE_BIN, c.args, {
               cwd: dir,
+              detached: true,
               stdio: [...stdio],
               env: { ...process.env },
               execArgv: [
@@ -278,6 +290,7 @@ export async function startDevCluster(options: DevClusterOptions): Promise<DevCl
               [...c.prefix.slice(1), process.execPath, ...flags, PFGATE_BIN, ...c.args],
               {
                 cwd: dir,
+                detached: true,
                 stdio: [...stdio],
                 env: { ...process.env },
               },
@@ -512,9 +525,11 @@ export async function startDevCluster(options: DevClusterOptions): Promise<DevCl
         if (c === undefined) throw new RangeError(`no component ${name}`)
         if (!restart) c.stopping = true
         const p = c.proc
-        if (p === undefined || p.exitCode !== null) return
-        await new Promise<void>((r) => {
-          p.once('exit', () => r())
+        if (p === undefined || p.exitCode !== null || p.signalCode !== null) {
+          return { code: p?.exitCode ?? null, signal: p?.signalCode ?? null }
+        }
+        return new Promise((r) => {
+          p.once('exit', (code, sig) => r({ code, signal: sig }))
           p.kill(signal)
         })
       },

@@ -77,10 +77,17 @@ export async function main(argv: string[]): Promise<number> {
       '',
     ].join('\n'),
   )
+  // The handlers stay while the cluster stops: Ctrl-C of `npm start` may deliver a second
+  // signal (npm forwards one), whose default action would kill this supervisor mid-stop.
+  let stopping = false
   await new Promise<void>((resolve) => {
-    const stop = (): void => resolve()
-    process.once('SIGINT', stop)
-    process.once('SIGTERM', stop)
+    const stop = (): void => {
+      if (stopping) say('already stopping (the gateway drains first)')
+      stopping = true
+      resolve()
+    }
+    process.on('SIGINT', stop)
+    process.on('SIGTERM', stop)
   })
   say('stopping ...')
   await cluster.stop()

@@ -42,6 +42,7 @@ import {
   headerTooLargeMessage,
 } from './header-limit.js'
 import { registerNodeProxy } from './node-proxy.js'
+import { ConnectionTracker } from './connections.js'
 import { respondStatus } from '../shared/h2-util.js'
 import { UpgradeHandler } from './edge/upgrade.js'
 import {
@@ -110,6 +111,13 @@ export interface Gateway {
   close(graceMs: number): Promise<void>
 }
 
+/** How long shutdown waits, after the last connection closed, for its audit records. */
+const SETTLE_MS = 500
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref())
+}
+
 /** The Kubernetes version the gateway reports (kubectl ≥ 1.31 then uses the WebSocket tunnel). */
 export const DEFAULT_VERSION = { major: '1', minor: '33', gitVersion: 'v1.33.0-pfgate' }
 
@@ -157,6 +165,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
   const server = app.server
   // The HTTP/1.1 side (upgrades) reads this property for its header-size limit.
   ;(server as Http2SecureServer & { maxHeaderSize?: number }).maxHeaderSize = deps.maxHeaderBytes
+  const connections = new ConnectionTracker(server)
   const sessions = new Set<Http2Session>()
   server.on('session', (session: Http2Session) => {
     widenConnectionWindow(session)
@@ -503,6 +512,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
       return result
     },
     async close(graceMs) {
+      const deadline = Date.now() + graceMs
       // GOAWAY to every client: no new streams; in-flight ones continue until the deadline.
       for (const s of sessions) if (!s.closed && !s.destroyed) s.close()
       // Upgraded connections: no new upgrades or SPDY streams; open streams go on.
@@ -512,7 +522,14 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
       upgrades.destroy()
       deps.agents.close(false)
       for (const s of sessions) s.destroy()
+      // Connections still open (a peer that never reads or never closes its side, an
+      // unfinished HTTP/1.1 request) may close by themselves until the deadline; then
+      // their sockets are destroyed.
+      await Promise.race([closing, sleep(Math.max(0, deadline - Date.now()))])
+      connections.destroyAll()
       await closing
+      // Every session.closed (and stream.closed) record is in before gateway.stopped.
+      await Promise.race([forwarder.settle(), sleep(SETTLE_MS)])
       deps.agents.close(true)
       if (metricsServer !== undefined) {
         await new Promise<void>((resolve) => metricsServer?.close(() => resolve()))

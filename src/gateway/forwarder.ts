@@ -363,6 +363,8 @@ export class Forwarder {
   readonly #streams = new Map<string, LiveStream>()
   readonly #perUser = new Map<string, number>()
   #draining = false
+  /** Audit appends in progress (shutdown waits for them: {@link settle}). */
+  readonly #inflight = new Set<Promise<unknown>>()
   #seq = 0
   #sessionSeq = 0
   readonly #prefix: string
@@ -431,7 +433,22 @@ export class Forwarder {
       }
       this.#appendLogged(rec)
     }
-    audited.then(close, close)
+    this.#track(audited.then(close, close))
+  }
+
+  /**
+   * Shutdown, once the client connections are gone: ends the sessions still registered
+   * and resolves when every audit record the forwarder has begun to append is in (so
+   * that each `session.closed` precedes `gateway.stopped`).
+   */
+  async settle(): Promise<void> {
+    for (const s of [...this.#sessions.values()]) this.endSession(s)
+    while (this.#inflight.size > 0) await Promise.allSettled([...this.#inflight])
+  }
+
+  #track(p: Promise<unknown>): void {
+    this.#inflight.add(p)
+    void p.finally(() => this.#inflight.delete(p))
   }
 
   /** Ends one stream (admin). Returns false when no such stream is live. */
@@ -940,13 +957,15 @@ export class Forwarder {
   }
 
   #appendLogged(rec: AuditRecord): void {
-    this.#d.audit.append(rec).catch((err: unknown) => {
-      this.#d.metrics.auditFailures.inc({ sink: 'all' })
-      this.#d.logger.error(
-        { err: describeError(err), type: rec.type, streamId: rec.streamId },
-        'audit write failed',
-      )
-    })
+    this.#track(
+      this.#d.audit.append(rec).catch((err: unknown) => {
+        this.#d.metrics.auditFailures.inc({ sink: 'all' })
+        this.#d.logger.error(
+          { err: describeError(err), type: rec.type, streamId: rec.streamId },
+          'audit write failed',
+        )
+      }),
+    )
   }
 
   #record(type: AuditRecord['type'], session: ClientSession, identity?: Identity): AuditRecord {

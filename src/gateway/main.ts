@@ -145,10 +145,17 @@ export async function main(argv: string[]): Promise<number> {
   // The supervisor's IPC channel must not keep this process alive after a shutdown.
   process.channel?.unref()
   await new Promise<void>((resolve) => {
+    let stopping = false
+    // The handlers stay until the process ends: Ctrl-C of `npm start` delivers SIGINT (from
+    // the terminal) and then SIGTERM (from the dev supervisor), and the default action of a
+    // second signal would kill the gateway mid-drain. The drain is bounded (shutdownGrace).
     const stop = (signal: string): void => {
+      if (stopping) {
+        logger.info({ signal }, 'gateway already stopping: signal ignored')
+        return
+      }
+      stopping = true
       logger.info({ signal }, 'gateway stopping: draining streams')
-      process.off('SIGTERM', stop)
-      process.off('SIGINT', stop)
       gw.stop().then(resolve, (err: unknown) => {
         logger.error({ err: describeError(err) }, 'shutdown error')
         resolve()
