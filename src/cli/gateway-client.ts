@@ -9,6 +9,7 @@ import { EventEmitter } from 'node:events'
 import { connect, constants as h2c } from 'node:http2'
 import type { ClientHttp2Session, ClientHttp2Stream, OutgoingHttpHeaders } from 'node:http2'
 import { Backoff } from '../shared/backoff.js'
+import { keepAlive } from '../shared/keepalive.js'
 import { resetStream } from '../shared/relay-endpoints.js'
 import { appError, describeError } from '../shared/errors.js'
 import { h2SessionOptions, widenConnectionWindow } from '../protocol/h2-settings.js'
@@ -163,22 +164,8 @@ export class GatewayClient extends EventEmitter {
   }
 
   #keepalive(session: ClientHttp2Session): void {
-    if (this.#keepaliveMs <= 0) return
-    const timer = setInterval(() => {
-      if (session.destroyed) return clearInterval(timer)
-      const watchdog = setTimeout(() => session.destroy(), this.#keepaliveMs)
-      watchdog.unref()
-      try {
-        session.ping((err) => {
-          clearTimeout(watchdog)
-          if (err !== null) session.destroy()
-        })
-      } catch {
-        clearTimeout(watchdog)
-      }
-    }, this.#keepaliveMs)
-    timer.unref()
-    session.once('close', () => clearInterval(timer))
+    const stop = keepAlive(session, this.#keepaliveMs, () => session.destroy())
+    session.once('close', stop)
   }
 
   #headers(extra: OutgoingHttpHeaders): OutgoingHttpHeaders {

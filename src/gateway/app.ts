@@ -42,7 +42,9 @@ import {
   headerTooLargeMessage,
 } from './header-limit.js'
 import { registerNodeProxy } from './node-proxy.js'
-import { ConnectionTracker } from './connections.js'
+import { keepAlive } from '../shared/keepalive.js'
+import { ConnectionGuard, clientSessionMemoryMb, preauthSettings } from './connections.js'
+import type { ConnectionLimits } from './connections.js'
 import { respondStatus } from '../shared/h2-util.js'
 import { UpgradeHandler } from './edge/upgrade.js'
 import {
@@ -78,6 +80,8 @@ export interface GatewayDeps {
   metrics: GatewayMetrics
   forwarder: Forwarder
   maxHeaderBytes: number
+  /** Bounds on client connections (src/gateway/connections.ts) and their PING interval. */
+  limits: ConnectionLimits & { clientKeepaliveMs: number }
   /** The agent hop's mTLS material, for the admin node proxy (none: its paths are 404s). */
   nodeProxy?: {
     tls: { ca: string | Buffer; cert: string | Buffer; key: string | Buffer }
@@ -147,11 +151,16 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
       cert: deps.tls.cert,
       key: deps.tls.key,
       minVersion: 'TLSv1.2',
+      handshakeTimeout: deps.limits.handshakeTimeoutMs,
       ...h2SessionOptions(),
+      // What one client connection may make nghttp2 hold (the agent hop keeps its own).
+      maxSessionMemory: clientSessionMemoryMb(deps.limits),
       // Advertise more than the limit: a compliant client whose headers are a little too
       // large then gets the gateway's clear 431 instead of a local ENHANCE_YOUR_CALM.
+      // A small stream allowance and window until a request authenticates.
       settings: {
         ...h2SessionOptions().settings,
+        ...preauthSettings(deps.limits),
         maxHeaderListSize: advertisedHeaderListSize(deps.maxHeaderBytes),
       },
     },
@@ -163,24 +172,50 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     return503OnClosing: true,
   })
   const server = app.server
-  // The HTTP/1.1 side (upgrades) reads this property for its header-size limit.
-  ;(server as Http2SecureServer & { maxHeaderSize?: number }).maxHeaderSize = deps.maxHeaderBytes
-  const connections = new ConnectionTracker(server)
+  // The HTTP/1.1 side (upgrades) reads these properties: its header-size limit, how long
+  // a request may take (headers: at most a minute), how long an idle keep-alive lingers.
+  const http1 = server as Http2SecureServer & {
+    maxHeaderSize?: number
+    requestTimeout?: number
+    headersTimeout?: number
+    keepAliveTimeout?: number
+  }
+  http1.maxHeaderSize = deps.maxHeaderBytes
+  http1.requestTimeout = deps.limits.requestTimeoutMs
+  http1.headersTimeout = Math.min(60_000, deps.limits.requestTimeoutMs)
+  http1.keepAliveTimeout = 5000
+  const connections = new ConnectionGuard(server, {
+    limits: deps.limits,
+    metrics: deps.metrics,
+    logger,
+  })
   const sessions = new Set<Http2Session>()
   server.on('session', (session: Http2Session) => {
     widenConnectionWindow(session)
     sessions.add(session)
     session.on('error', (err) => logger.debug({ err: describeError(err) }, 'client session error'))
-    session.once('close', () => sessions.delete(session))
+    // A client whose link went down says nothing: PINGs find it, and its streams end.
+    const socket = session.socket
+    const stopPings = keepAlive(session, deps.limits.clientKeepaliveMs, (why) => {
+      if (session.destroyed) return
+      native.unresponsive(session, why)
+      session.destroy()
+      connections.destroy(socket)
+    })
+    session.once('close', () => {
+      sessions.delete(session)
+      stopPings()
+    })
   })
 
   // Take native streams off the raw server before Node's compat layer (which Fastify uses).
-  const native = new NativeH2Adapter(forwarder, logger)
+  const native = new NativeH2Adapter(forwarder, logger, connections)
   const compat = server.listeners('stream') as ((...args: unknown[]) => void)[]
   server.removeAllListeners('stream')
   server.on(
     'stream',
     (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number, raw: string[]) => {
+      connections.watch(stream)
       const path = headers[':path']
       const m = path !== undefined ? NATIVE_PATH.exec(path) : null
       // Node does not enforce the SETTINGS_MAX_HEADER_LIST_SIZE it advertises: measure.
@@ -215,6 +250,8 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     forwarder,
     logger,
     websocketTunnel: deps.kubernetes?.websocketTunnel ?? true,
+    onAuthenticated: (socket) => connections.authenticated(socket),
+    keepaliveMs: deps.limits.clientKeepaliveMs,
   })
   server.on('upgrade', upgrades.listener)
 
@@ -225,6 +262,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     if (mode === 'public') return undefined
     try {
       request.identity = await deps.authenticator.authenticate(request.headers.authorization)
+      connections.authenticated(request.raw.socket)
     } catch (err) {
       const e = isAppError(err) ? err : appError('PFG_ERR_AUTH_INVALID', 'Unauthorized')
       sendStatus(reply, e, { 'www-authenticate': 'Bearer realm="pfgate"' })

@@ -110,6 +110,21 @@ export interface GatewayConfig {
     /** 0 disables. */
     maxLifetimeMs: number
     maxHeaderBytes: number
+    /**
+     * SETTINGS_MAX_CONCURRENT_STREAMS on an HTTP/2 connection until one of its requests
+     * has authenticated (then streamsPerConnection + this).
+     */
+    unauthenticatedStreams: number
+    /** Connections from one source address (IPv6: its /64) that have authenticated nothing; 0 disables. */
+    connectionsPerSource: number
+    /** How long any request other than a forwarded connection may stay open. */
+    requestTimeoutMs: number
+    /** How long a client may take to complete its TLS handshake. */
+    handshakeTimeoutMs: number
+    /** PING interval for client HTTP/2 and upgraded connections; unanswered for this long ends them. 0 disables. */
+    clientKeepaliveMs: number
+    /** Bytes the relayed streams may hold in the gateway's buffers, all together. */
+    bufferBudgetBytes: number
   }
   audit: {
     mode: 'blocking-strict' | 'blocking' | 'batch'
@@ -283,6 +298,12 @@ const schema = {
         idleTimeout: { ...duration, default: 0 },
         maxLifetime: { ...duration, default: 0 },
         maxHeaderSize: { ...size, default: '16KiB' },
+        unauthenticatedStreams: { type: 'integer', minimum: 1, maximum: 10000, default: 100 },
+        connectionsPerSource: { type: 'integer', minimum: 0, default: 32 },
+        requestTimeout: { ...duration, default: '30s' },
+        handshakeTimeout: { ...duration, default: '10s' },
+        clientKeepalive: { ...duration, default: '30s' },
+        bufferBudget: { ...size, default: '256MiB' },
       },
     },
     audit: {
@@ -405,6 +426,12 @@ type Raw = Record<string, unknown> & {
     idleTimeout: string | number
     maxLifetime: string | number
     maxHeaderSize: string | number
+    unauthenticatedStreams: number
+    connectionsPerSource: number
+    requestTimeout: string | number
+    handshakeTimeout: string | number
+    clientKeepalive: string | number
+    bufferBudget: string | number
   }
   audit: {
     mode: GatewayConfig['audit']['mode']
@@ -531,6 +558,12 @@ export function parseGatewayConfig(value: unknown, source: string, baseDir: stri
       idleTimeoutMs: parseDuration(raw.limits.idleTimeout, 'limits.idleTimeout'),
       maxLifetimeMs: parseDuration(raw.limits.maxLifetime, 'limits.maxLifetime'),
       maxHeaderBytes: parseSize(raw.limits.maxHeaderSize, 'limits.maxHeaderSize'),
+      unauthenticatedStreams: raw.limits.unauthenticatedStreams,
+      connectionsPerSource: raw.limits.connectionsPerSource,
+      requestTimeoutMs: parseDuration(raw.limits.requestTimeout, 'limits.requestTimeout'),
+      handshakeTimeoutMs: parseDuration(raw.limits.handshakeTimeout, 'limits.handshakeTimeout'),
+      clientKeepaliveMs: parseDuration(raw.limits.clientKeepalive, 'limits.clientKeepalive'),
+      bufferBudgetBytes: parseSize(raw.limits.bufferBudget, 'limits.bufferBudget'),
     },
     audit: {
       mode: raw.audit.mode,
@@ -541,7 +574,33 @@ export function parseGatewayConfig(value: unknown, source: string, baseDir: stri
     shutdownGraceMs: parseDuration(raw.shutdownGrace, 'shutdownGrace'),
     logLevel: raw.logLevel,
   }
+  checkLimits(config.limits, source)
   return Object.freeze(config)
+}
+
+/** Limits that only make sense together. */
+function checkLimits(l: GatewayConfig['limits'], source: string): void {
+  const problems: string[] = []
+  // A native stream's deadline runs from its HEADERS, through its open, until its 200.
+  if (l.requestTimeoutMs <= l.streamOpenTimeoutMs) {
+    problems.push(
+      `limits.requestTimeout (${l.requestTimeoutMs} ms) must be longer than limits.streamOpenTimeout (${l.streamOpenTimeoutMs} ms)`,
+    )
+  }
+  for (const [key, ms] of [
+    ['requestTimeout', l.requestTimeoutMs],
+    ['handshakeTimeout', l.handshakeTimeoutMs],
+  ] as const) {
+    if (ms <= 0) problems.push(`limits.${key} must be more than 0`)
+  }
+  if (l.bufferBudgetBytes < 16 * 1024 * 1024)
+    problems.push('limits.bufferBudget must be at least 16MiB')
+  if (problems.length > 0) {
+    throw appError(
+      'PFG_ERR_CONFIG_INVALID',
+      `${source}: invalid configuration:\n  - ${problems.join('\n  - ')}`,
+    )
+  }
 }
 
 /** Loads and validates a gateway config file. */

@@ -103,6 +103,8 @@ export class ClientSession {
   /** The session.opened record has been appended. */
   audited: Promise<void> | undefined
   endedByUser: string | undefined
+  /** Why the gateway ended the connection, when it did (the session.closed `reason`). */
+  endReason: string | undefined
   readonly #terminate: () => void
 
   constructor(id: string, info: ClientSessionInfo, now: number) {
@@ -136,6 +138,8 @@ export interface ForwardRequest {
   port: number | AppError
   /** User agent of this request, if it differs from the session's. */
   userAgent?: string
+  /** Called once the request's token has verified (before the other checks). */
+  onAuthenticated?: () => void
   /** Aborted when the client goes away during the open. */
   signal?: AbortSignal
   /**
@@ -163,6 +167,8 @@ export interface AdmitRequest {
   ports?: readonly number[] | AppError
   /** User agent of this request, if it differs from the session's. */
   userAgent?: string
+  /** Called once the request's token has verified (before the other checks). */
+  onAuthenticated?: () => void
 }
 
 /** What the checks learnt before one of them refused (for the audit record). */
@@ -227,9 +233,9 @@ export class LiveStream {
     this.userAgent = userAgent
   }
 
-  /** Ends the stream abnormally. */
+  /** Ends the stream abnormally (`client`: the gateway found the client gone). */
   kill(
-    by: 'admin' | 'limit' | 'gateway',
+    by: 'admin' | 'limit' | 'gateway' | 'client',
     reason: string,
     user?: string,
     error?: { code: string; message: string },
@@ -238,7 +244,14 @@ export class LiveStream {
     this.endedBy = { by, reason }
     if (user !== undefined) this.endedBy.user = user
     if (error !== undefined) this.endedBy.error = error
-    const abort: AbortReason = by === 'admin' ? 'admin' : by === 'limit' ? 'limit' : 'shutdown'
+    const abort: AbortReason =
+      by === 'admin'
+        ? 'admin'
+        : by === 'limit'
+          ? 'limit'
+          : by === 'client'
+            ? 'peer-reset'
+            : 'shutdown'
     this.relay.abort(abort)
   }
 
@@ -430,6 +443,8 @@ export class Forwarder {
       if (session.endedByUser !== undefined) {
         rec.endedByUser = session.endedByUser
         rec.reason = 'admin:session'
+      } else if (session.endReason !== undefined) {
+        rec.reason = session.endReason
       }
       this.#appendLogged(rec)
     }
@@ -457,6 +472,26 @@ export class Forwarder {
     if (s === undefined) return false
     s.kill('admin', 'admin:stream', admin)
     return true
+  }
+
+  /**
+   * The client of `session` stopped answering PINGs (its link went down): its streams end
+   * now, audited as ended by the client with reason `client-unresponsive` (the adapter
+   * then closes the connection; its session.closed record gives the same reason).
+   */
+  clientUnresponsive(session: ClientSession, why: string): void {
+    session.endReason = 'client-unresponsive'
+    this.#d.metrics.limitHits.inc({ limit: 'client-keepalive' })
+    this.#d.logger.info(
+      { session: session.id, source: session.sourceAddress, streams: session.streams.size, why },
+      'client unresponsive: ending its connection',
+    )
+    for (const s of session.streams) {
+      s.kill('client', 'client-unresponsive', undefined, {
+        code: 'PFG_ERR_RELAY_CLIENT_UNRESPONSIVE',
+        message: why,
+      })
+    }
   }
 
   /** Ends a whole client session (admin). */
@@ -576,6 +611,7 @@ export class Forwarder {
     }
     const identity = await this.#d.authenticator.authenticate(req.authorization)
     found.identity = identity
+    req.onAuthenticated?.()
     if (session.user === undefined) {
       session.user = identity.user
       session.groups = identity.groups

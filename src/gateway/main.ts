@@ -96,6 +96,7 @@ export async function startGateway(
     metrics,
     forwarder,
     maxHeaderBytes: config.limits.maxHeaderBytes,
+    limits: config.limits,
     nodeProxy: { tls: agentTls, connectTimeoutMs: config.agents.connectTimeoutMs },
     kubernetes: config.kubernetes,
   })

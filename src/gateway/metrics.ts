@@ -11,6 +11,8 @@ export interface MetricSources {
   streams(): number
   agentSessions(): number
   auditQueueDepth(): number
+  /** Client TCP connections, by whether one of their requests has authenticated. */
+  connections(): { authenticated: number; unauthenticated: number }
 }
 
 /** Every gateway metric. */
@@ -28,6 +30,7 @@ export class GatewayMetrics {
     streams: () => 0,
     agentSessions: () => 0,
     auditQueueDepth: () => 0,
+    connections: () => ({ authenticated: 0, unauthenticated: 0 }),
   }
 
   constructor() {
@@ -56,6 +59,17 @@ export class GatewayMetrics {
       registers: [r],
       collect() {
         this.set(src().agentSessions())
+      },
+    })
+    new Gauge({
+      name: 'pfgate_client_connections',
+      help: 'Client TCP connections, by whether one of their requests has authenticated',
+      labelNames: ['state'],
+      registers: [r],
+      collect() {
+        const c = src().connections()
+        this.set({ state: 'authenticated' }, c.authenticated)
+        this.set({ state: 'unauthenticated' }, c.unauthenticated)
       },
     })
     new Gauge({

@@ -49,13 +49,16 @@ export function h2SessionOptions() {
     maxHeaderListPairs: 128,
     // Our streams are long-lived byte pipes; do not let nghttp2 cap outstanding pings/settings low.
     maxOutstandingPings: 16,
-    peerMaxConcurrentStreams: maxPeer(),
+    // What a client assumes the server allows until the server's SETTINGS arrive (RFC 9113
+    // §5.1.2's recommended minimum): the gateway starts unauthenticated connections at 100
+    // (limits.unauthenticatedStreams), and a client that opened more before it heard so
+    // would have streams refused. nghttp2 queues the others until the SETTINGS arrive.
+    peerMaxConcurrentStreams: PEER_STREAMS_BEFORE_SETTINGS,
   }
 }
 
-function maxPeer(): number {
-  return MAX_CONCURRENT_STREAMS
-}
+/** Concurrent streams a client opens before the server's SETTINGS say how many it allows. */
+export const PEER_STREAMS_BEFORE_SETTINGS = 100
 
 /** Raises the connection-level receive window on a new session. */
 export function widenConnectionWindow(session: { setLocalWindowSize?: (n: number) => void }): void {

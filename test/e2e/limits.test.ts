@@ -15,7 +15,7 @@ import type { AddressInfo, Server, Socket } from 'node:net'
 import { join } from 'node:path'
 import type { ClientHttp2Session } from 'node:http2'
 import { startTestCluster } from '../helpers/cluster.js'
-import { connectGateway, h2Request } from '../helpers/h2.js'
+import { h2Request, trackedSession } from '../helpers/h2.js'
 import { eventually } from '../helpers/net.js'
 import {
   extendRegistry,
@@ -95,11 +95,8 @@ after(async () => {
   await cluster?.cleanup()
 })
 
-async function session(): Promise<ClientHttp2Session> {
-  const s = await connectGateway(cluster.gatewayUrl, cluster.dir)
-  s.on('error', () => undefined)
-  sessions.push(s)
-  return s
+function session(): Promise<ClientHttp2Session> {
+  return trackedSession(cluster, sessions)
 }
 
 async function metrics(): Promise<string> {

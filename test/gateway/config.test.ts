@@ -12,6 +12,12 @@ test('the example configs validate, with defaults applied and paths resolved', (
   assert.equal(g.audit.mode, 'blocking-strict')
   assert.equal(g.auth.clockToleranceS, 60)
   assert.deepEqual(g.authorization.rules[0]?.ports, [{ from: 1, to: 65535 }])
+  assert.equal(g.limits.unauthenticatedStreams, 100)
+  assert.equal(g.limits.connectionsPerSource, 32)
+  assert.equal(g.limits.requestTimeoutMs, 30_000)
+  assert.equal(g.limits.handshakeTimeoutMs, 10_000)
+  assert.equal(g.limits.clientKeepaliveMs, 30_000)
+  assert.equal(g.limits.bufferBudgetBytes, 256 * 1024 * 1024)
   assert.ok(Object.isFrozen(g))
   const a = loadAgentConfig(`${root}config/agent-node-a.yaml`)
   assert.equal(a.nodeName, 'node-a')
@@ -88,5 +94,33 @@ test('agent config: bad port map and dialer type are reported', () => {
       ),
     (err: Error) =>
       /dialer.type: must be one of/.test(err.message) && /pods.0.ports/.test(err.message),
+  )
+})
+
+test('a request deadline shorter than the stream-open timeout is refused, with the reason', () => {
+  const base = {
+    tls: { cert: 'a', key: 'b' },
+    agents: { ca: 'c', cert: 'd', key: 'e' },
+    registry: { source: 'static', file: 'r.yaml' },
+    auth: { issuer: 'i', audience: 'a', jwks: { file: 'j' } },
+  }
+  assert.throws(
+    () =>
+      parseGatewayConfig(
+        {
+          ...base,
+          limits: { streamOpenTimeout: '20s', requestTimeout: '10s', bufferBudget: '1MiB' },
+        },
+        'gw.yaml',
+        '/tmp',
+      ),
+    (err: Error) => {
+      assert.match(
+        err.message,
+        /limits\.requestTimeout \(10000 ms\) must be longer than limits\.streamOpenTimeout/,
+      )
+      assert.match(err.message, /limits\.bufferBudget must be at least 16MiB/)
+      return (err as Error & { code?: string }).code === 'PFG_ERR_CONFIG_INVALID'
+    },
   )
 })

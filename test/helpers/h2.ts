@@ -50,3 +50,17 @@ export function h2Request(
     else if (headers[':method'] !== 'GET') req.end()
   })
 }
+
+/**
+ * Connects to the gateway like {@link connectGateway}, ignores the session's errors (each
+ * test checks what it expects) and adds it to `sessions` (destroyed in the file's `after`).
+ */
+export async function trackedSession(
+  cluster: { gatewayUrl: string; dir: string },
+  sessions: ClientHttp2Session[],
+): Promise<ClientHttp2Session> {
+  const s = await connectGateway(cluster.gatewayUrl, cluster.dir)
+  s.on('error', () => undefined)
+  sessions.push(s)
+  return s
+}

@@ -1,10 +1,10 @@
 /**
  * Test helpers: real TCP clients that push random bytes through an echo path and
- * check what came back.
+ * check what came back; a TCP proxy whose links can be cut like a lost network.
  */
 import { createHash, randomBytes } from 'node:crypto'
-import { connect } from 'node:net'
-import type { Socket } from 'node:net'
+import { connect, createServer } from 'node:net'
+import type { AddressInfo, Socket } from 'node:net'
 
 /** sha256 hex. */
 export function sha256(b: Buffer): string {
@@ -82,4 +82,56 @@ export function isRefused(port: number, host = '127.0.0.1'): Promise<boolean> {
     },
     (err: NodeJS.ErrnoException) => err.code === 'ECONNREFUSED',
   )
+}
+
+/** A TCP proxy whose links can be cut the way a lost network cuts them. */
+export interface FreezableProxy {
+  port: number
+  /** Upstream (target-side) sockets, one per accepted connection. */
+  readonly upstreams: Socket[]
+  /** Stops relaying both ways on every link, without a FIN or an RST: nothing is closed. */
+  freeze(): void
+  close(): Promise<void>
+}
+
+/**
+ * A TCP proxy to 127.0.0.1:`target`. After {@link FreezableProxy.freeze} neither side hears
+ * from the other again and no connection is closed: to the target, the client vanished.
+ */
+export async function startFreezableProxy(target: number): Promise<FreezableProxy> {
+  const links: [Socket, Socket][] = []
+  const upstreams: Socket[] = []
+  const server = createServer((client) => {
+    const up = connect({ port: target, host: '127.0.0.1' })
+    for (const s of [client, up]) s.on('error', () => undefined)
+    client.pipe(up)
+    up.pipe(client)
+    client.once('close', () => up.destroy())
+    up.once('close', () => client.destroy())
+    links.push([client, up])
+    upstreams.push(up)
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  return {
+    port: (server.address() as AddressInfo).port,
+    upstreams,
+    freeze() {
+      for (const [client, up] of links) {
+        client.unpipe(up)
+        up.unpipe(client)
+        client.pause()
+        up.pause()
+        // A closed side must not close the other either.
+        client.removeAllListeners('close')
+        up.removeAllListeners('close')
+      }
+    },
+    async close() {
+      for (const [client, up] of links) {
+        client.destroy()
+        up.destroy()
+      }
+      await new Promise((resolve) => server.close(resolve))
+    },
+  }
 }

@@ -7,7 +7,12 @@
  *
  * @module
  */
-import type { IncomingHttpHeaders, ServerHttp2Session, ServerHttp2Stream } from 'node:http2'
+import type {
+  Http2Session,
+  IncomingHttpHeaders,
+  ServerHttp2Session,
+  ServerHttp2Stream,
+} from 'node:http2'
 import { constants as h2c } from 'node:http2'
 import { PORT_HEADER, STREAM_ID_HEADER } from '../../protocol/constants.js'
 import { parsePortHeader } from '../../protocol/names.js'
@@ -17,6 +22,8 @@ import type { AppError } from '../../shared/errors.js'
 import type { Logger } from '../../shared/log.js'
 import { respondStatus } from '../../shared/h2-util.js'
 import { h2Endpoint } from '../../shared/relay-endpoints.js'
+import { relayed } from '../connections.js'
+import type { ConnectionGuard } from '../connections.js'
 import { formatAddress } from '../forwarder.js'
 import type { ClientSession, Forwarder } from '../forwarder.js'
 
@@ -44,10 +51,12 @@ const PASS_TO_CLIENT = [RST.CONNECT_ERROR]
 export class NativeH2Adapter {
   readonly #forwarder: Forwarder
   readonly #logger: Logger
+  readonly #connections: ConnectionGuard | undefined
 
-  constructor(forwarder: Forwarder, logger: Logger) {
+  constructor(forwarder: Forwarder, logger: Logger, connections?: ConnectionGuard) {
     this.#forwarder = forwarder
     this.#logger = logger
+    this.#connections = connections
   }
 
   /** The ClientSession of an HTTP/2 session, created on its first native stream. */
@@ -69,6 +78,15 @@ export class NativeH2Adapter {
       h2.once('close', () => this.#forwarder.endSession(session))
     }
     return s
+  }
+
+  /**
+   * The client of `h2` stopped answering PINGs: its forwarded streams end with an audit
+   * record saying so (the caller destroys the connection).
+   */
+  unresponsive(h2: Http2Session, why: string): void {
+    const s = (h2 as TaggedSession)[kSession]
+    if (s !== undefined) this.#forwarder.clientUnresponsive(s, why)
   }
 
   /**
@@ -105,7 +123,8 @@ export class NativeH2Adapter {
       // Malformed escapes: reject as a bad name, still only after authentication.
       port = [node, namespace, pod].find((x): x is AppError => typeof x !== 'string') as AppError
     }
-    const session = this.#session(stream.session as TaggedSession, headers)
+    const h2 = stream.session as TaggedSession
+    const session = this.#session(h2, headers)
     const ac = new AbortController()
     const onClose = (): void => ac.abort()
     stream.once('close', onClose)
@@ -120,6 +139,7 @@ export class NativeH2Adapter {
         port,
         ...(ua !== undefined ? { userAgent: ua } : {}),
         ...(headerBytes !== undefined ? { headerBytes } : {}),
+        onAuthenticated: () => this.#connections?.authenticated(h2.socket),
         signal: ac.signal,
       })
       .then(
@@ -139,6 +159,7 @@ export class NativeH2Adapter {
           // Toward the client (docs/protocol.md): the pod's reset is CONNECT_ERROR; any other
           // failure of the agent's side is INTERNAL_ERROR, whatever code Node gave the agent
           // stream (it closes the streams of a lost connection with CANCEL).
+          relayed(stream)
           opened.start(h2Endpoint(stream, RST.INTERNAL_ERROR, PASS_TO_CLIENT))
         },
         (err: unknown) => {

@@ -25,6 +25,7 @@ import { servePortForward } from '../../protocol/spdy/portforward.js'
 import type { SpdyForwardRequest } from '../../protocol/spdy/portforward.js'
 import type { RelayEndpoint } from '../../shared/duplex-relay.js'
 import { describeError, isAppError } from '../../shared/errors.js'
+import { keepAlive } from '../../shared/keepalive.js'
 import type { Logger } from '../../shared/log.js'
 import type { ClientSession, Forwarder } from '../forwarder.js'
 
@@ -47,6 +48,11 @@ export interface SpdyServeOptions {
   target: UpgradeTarget
   /** Bytes that followed the upgrade request (protocol A only). */
   head?: Buffer
+  /**
+   * PING interval (0: none). A client that does not answer within it is gone: its streams
+   * end (audited `client-unresponsive`) and so does the session. kubectl answers PINGs.
+   */
+  keepaliveMs?: number
   /** Called once when the SPDY session has ended (after endSession). */
   onClose?: () => void
 }
@@ -129,7 +135,13 @@ export function serveSpdyPortForward(transport: Duplex, options: SpdyServeOption
     onRequest,
     onStreamIssue: (issue) => log.debug({ issue }, 'port-forward stream turned away'),
   })
+  const stopPings = keepAlive(spdy, options.keepaliveMs ?? 0, (why) => {
+    if (spdy.closed) return
+    forwarder.clientUnresponsive(session, why)
+    spdy.destroy()
+  })
   spdy.once('close', (err) => {
+    stopPings()
     pf.close()
     if (err !== undefined) log.info({ err: describeError(err) }, 'SPDY session ended with an error')
     forwarder.endSession(session)

@@ -135,6 +135,10 @@ export interface UpgradeHandlerOptions {
   logger: Logger
   /** Accept the SPDY-over-WebSocket tunnel (default true); off makes kubectl fall back. */
   websocketTunnel?: boolean
+  /** Called with the connection's socket once its upgrade request has authenticated. */
+  onAuthenticated?: (socket: Socket) => void
+  /** PING interval of upgraded connections (SPDY PING, WebSocket ping); 0 disables. */
+  keepaliveMs?: number
 }
 
 interface Served {
@@ -158,6 +162,8 @@ export class UpgradeHandler {
   readonly #forwarder: Forwarder
   readonly #logger: Logger
   readonly #tunnel: boolean
+  readonly #onAuthenticated: ((socket: Socket) => void) | undefined
+  readonly #keepaliveMs: number
   readonly #wss: WebSocketServer
   /** The subprotocol to answer for a request (the tunnel's is added in 'headers'). */
   readonly #subprotocol = new WeakMap<IncomingMessage, string>()
@@ -170,6 +176,8 @@ export class UpgradeHandler {
     this.#forwarder = options.forwarder
     this.#logger = options.logger
     this.#tunnel = options.websocketTunnel ?? true
+    this.#onAuthenticated = options.onAuthenticated
+    this.#keepaliveMs = options.keepaliveMs ?? 0
     this.#wss = new WebSocketServer({
       noServer: true,
       clientTracking: false,
@@ -342,6 +350,7 @@ export class UpgradeHandler {
       return
     }
     this.#pending.delete(socket)
+    this.#onAuthenticated?.(tcp)
     if (socket.destroyed || this.#draining) {
       if (!socket.destroyed) {
         rejectUpgrade(socket, appError('PFG_ERR_RELAY_DRAINING', 'the gateway is shutting down'))
@@ -359,6 +368,7 @@ export class UpgradeHandler {
       session,
       authorization,
       target,
+      keepaliveMs: this.#keepaliveMs,
     }
     const track = (s: Served): (() => void) => {
       this.#live.add(s)

@@ -33,6 +33,7 @@ import type { ChannelEncoding } from '../../protocol/ws-channel.js'
 import { ChannelWriter } from '../../protocol/ws-channel-writer.js'
 import type { AbortReason, RelayEndpoint } from '../../shared/duplex-relay.js'
 import { isAppError } from '../../shared/errors.js'
+import { keepAlive } from '../../shared/keepalive.js'
 import type { Logger } from '../../shared/log.js'
 import type { ClientSession, Forwarder } from '../forwarder.js'
 import type { UpgradeTarget } from './spdy-adapter.js'
@@ -94,6 +95,11 @@ export interface ChannelServeOptions {
   encoding: ChannelEncoding
   /** Called once when the WebSocket has closed (after endSession). */
   onClose?: () => void
+  /**
+   * WebSocket ping interval (0: none). A client that sends no pong within it is gone: its
+   * ports end (audited `client-unresponsive`) and the WebSocket is cut.
+   */
+  keepaliveMs?: number
 }
 
 /** A served channel connection, for the gateway's shutdown and admin kills. */
@@ -304,8 +310,31 @@ export function serveChannelPortForward(
   ws.on('error', () => {
     // A protocol fault from ws (bad frame, oversized message): 'close' follows.
   })
+  // Pings: one in flight at a time (keepAlive), answered by the next pong.
+  let pong: ((err: Error | null) => void) | undefined
+  ws.on('pong', () => {
+    const cb = pong
+    pong = undefined
+    cb?.(null)
+  })
+  const stopPings = keepAlive(
+    {
+      ping: (cb) => {
+        pong = cb
+        ws.ping()
+      },
+    },
+    options.keepaliveMs ?? 0,
+    (why) => {
+      if (conn.closed || ws.readyState === CLOSED) return
+      forwarder.clientUnresponsive(session, why)
+      conn.abortAll()
+      ws.terminate()
+    },
+  )
   let closedOnce = false
   ws.on('close', (code: number) => {
+    stopPings()
     conn.onClose(code)
     // The streams end (normally or by the grace timer); the session with the WebSocket.
     const settleAll = (): void => {

@@ -18,6 +18,7 @@ import { parseStatus, statusErrorCode } from '../../protocol/status.js'
 import { ERROR_CODES } from '../../shared/errors.js'
 import type { NodeInfo } from '../registry/types.js'
 import { resetStream } from '../../shared/relay-endpoints.js'
+import { keepAlive } from '../../shared/keepalive.js'
 
 /** TLS material and timings for the agent hop. */
 export interface AgentPoolOptions {
@@ -280,27 +281,12 @@ export class AgentConnection {
   }
 
   #keepalive(session: ClientHttp2Session): void {
-    const every = this.#opts.keepaliveMs
-    if (every <= 0) return
-    const log = this.#opts.logger
-    const timer = setInterval(() => {
-      if (session.destroyed) return clearInterval(timer)
-      const watchdog = setTimeout(() => {
-        log.warn({ node: this.node.name }, 'agent PING unanswered; closing session')
-        session.destroy()
-      }, every)
-      watchdog.unref()
-      try {
-        session.ping((err) => {
-          clearTimeout(watchdog)
-          if (err !== null && !session.destroyed) session.destroy()
-        })
-      } catch {
-        clearTimeout(watchdog)
-      }
-    }, every)
-    timer.unref()
-    session.once('close', () => clearInterval(timer))
+    const stop = keepAlive(session, this.#opts.keepaliveMs, (why) => {
+      if (session.destroyed) return
+      this.#opts.logger.warn({ node: this.node.name, why }, 'agent unresponsive; closing session')
+      session.destroy()
+    })
+    session.once('close', stop)
   }
 
   #detach(session: ClientHttp2Session): void {
