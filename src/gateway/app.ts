@@ -82,6 +82,8 @@ export interface GatewayDeps {
   maxHeaderBytes: number
   /** Bounds on client connections (src/gateway/connections.ts) and their PING interval. */
   limits: ConnectionLimits & { clientKeepaliveMs: number }
+  /** Sets authenticated connections' stream windows (src/gateway/buffer-budget.ts). */
+  budget?: { register(session: Http2Session): void }
   /** The agent hop's mTLS material, for the admin node proxy (none: its paths are 404s). */
   nodeProxy?: {
     tls: { ca: string | Buffer; cert: string | Buffer; key: string | Buffer }
@@ -184,10 +186,12 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
   http1.requestTimeout = deps.limits.requestTimeoutMs
   http1.headersTimeout = Math.min(60_000, deps.limits.requestTimeoutMs)
   http1.keepAliveTimeout = 5000
+  const budget = deps.budget
   const connections = new ConnectionGuard(server, {
     limits: deps.limits,
     metrics: deps.metrics,
     logger,
+    ...(budget !== undefined ? { onAuthenticated: (s: Http2Session) => budget.register(s) } : {}),
   })
   const sessions = new Set<Http2Session>()
   server.on('session', (session: Http2Session) => {

@@ -145,13 +145,22 @@ export class ConnectionGuard {
   /** TLS sockets whose handshake completed. */
   readonly #tls = new Set<TLSSocket>()
 
+  readonly #onAuthenticated: ((session: Http2Session) => void) | undefined
+
   constructor(
     server: TlsServer,
-    options: { limits: ConnectionLimits; metrics: GatewayMetrics; logger: Logger },
+    options: {
+      limits: ConnectionLimits
+      metrics: GatewayMetrics
+      logger: Logger
+      /** Called with an HTTP/2 connection once it authenticated (the buffer budget). */
+      onAuthenticated?: (session: Http2Session) => void
+    },
   ) {
     this.#limits = options.limits
     this.#metrics = options.metrics
     this.#logger = options.logger
+    this.#onAuthenticated = options.onAuthenticated
     server.on('connection', (socket: Socket) => this.#accept(socket))
     server.on('secureConnection', (socket: TLSSocket) => {
       this.#tls.add(socket)
@@ -224,7 +233,7 @@ export class ConnectionGuard {
   /**
    * A request on the connection of `socket` (a TLS socket, or an HTTP/2 session's socket)
    * authenticated: the connection leaves its source's count, and an HTTP/2 connection gets
-   * its full stream allowance and window.
+   * its full stream allowance, and its window from the buffer budget (`onAuthenticated`).
    */
   authenticated(socket: { remoteAddress?: string; remotePort?: number } | undefined): void {
     if (socket === undefined) return
@@ -235,13 +244,18 @@ export class ConnectionGuard {
     const session = conn.session
     if (session === undefined || session.destroyed || session.closed) return
     try {
-      session.settings({
-        maxConcurrentStreams: authenticatedMaxStreams(this.#limits),
-        initialWindowSize: STREAM_WINDOW,
-      })
+      session.settings({ maxConcurrentStreams: authenticatedMaxStreams(this.#limits) })
     } catch (err) {
       // Too many SETTINGS unacknowledged: the peer keeps the small allowance.
       this.#logger.debug({ err: String(err) }, 'could not raise the stream allowance')
+    }
+    if (this.#onAuthenticated !== undefined) this.#onAuthenticated(session)
+    else {
+      try {
+        session.settings({ initialWindowSize: STREAM_WINDOW })
+      } catch {
+        // as above
+      }
     }
   }
 

@@ -71,6 +71,8 @@ export interface ForwarderDeps {
   logger: Logger
   /** This gateway instance's id (in every audit record). */
   gatewayId: string
+  /** Told of each relayed stream that starts and ends (the buffer budget). */
+  budget?: { started(live: LiveStream): void; ended(live: LiveStream): void }
   now?: () => number
 }
 
@@ -836,11 +838,13 @@ export class Forwarder {
       now: this.#now,
       onDone: (outcome) => this.#closed(live, outcome),
     })
+    this.#d.budget?.started(live)
     return live
   }
 
   #closed(live: LiveStream, outcome: RelayOutcome): void {
     this.#streams.delete(live.id)
+    this.#d.budget?.ended(live)
     const { session } = live
     session.streams.delete(live)
     session.bytesClientToPod += outcome.bytesAtoB

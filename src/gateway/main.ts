@@ -19,6 +19,7 @@ import type { GatewayConfig } from './config.js'
 import { Forwarder, newGatewayId } from './forwarder.js'
 import { createAuditLog } from './audit-factory.js'
 import { GatewayMetrics } from './metrics.js'
+import { BufferBudget } from './buffer-budget.js'
 import { AgentPool } from './relay/agent-pool.js'
 import { StaticRegistry } from './registry/static-registry.js'
 import type { PodRegistry } from './registry/types.js'
@@ -55,11 +56,13 @@ export async function startGateway(
     cert: readFileSync(config.agents.cert),
     key: readFileSync(config.agents.key),
   }
+  const budget = new BufferBudget({ budgetBytes: config.limits.bufferBudgetBytes, metrics, logger })
   const agents = new AgentPool({
     ...agentTls,
     connectTimeoutMs: config.agents.connectTimeoutMs,
     keepaliveMs: config.agents.keepaliveMs,
     logger,
+    onSession: (s) => budget.register(s),
   })
   const audit = await createAuditLog(config, { logger, gatewayId, metrics })
   const forwarder = new Forwarder({
@@ -72,6 +75,7 @@ export async function startGateway(
     metrics,
     logger,
     gatewayId,
+    budget,
   })
   registry.on('ready', (ready) => logger.info({ ready }, 'registry readiness changed'))
   const started = registry.start()
@@ -97,6 +101,7 @@ export async function startGateway(
     forwarder,
     maxHeaderBytes: config.limits.maxHeaderBytes,
     limits: config.limits,
+    budget,
     nodeProxy: { tls: agentTls, connectTimeoutMs: config.agents.connectTimeoutMs },
     kubernetes: config.kubernetes,
   })
@@ -111,6 +116,7 @@ export async function startGateway(
     gatewayId,
     async stop() {
       await gateway.close(config.shutdownGraceMs)
+      budget.close()
       await audit.close()
       await registry.close()
       authenticator.close()

@@ -13,6 +13,8 @@ export interface MetricSources {
   auditQueueDepth(): number
   /** Client TCP connections, by whether one of their requests has authenticated. */
   connections(): { authenticated: number; unauthenticated: number }
+  /** What the relays held at the last sweep, and the per-stream window granted now. */
+  buffers(): { bytes: number; window: number }
 }
 
 /** Every gateway metric. */
@@ -31,6 +33,7 @@ export class GatewayMetrics {
     agentSessions: () => 0,
     auditQueueDepth: () => 0,
     connections: () => ({ authenticated: 0, unauthenticated: 0 }),
+    buffers: () => ({ bytes: 0, window: 0 }),
   }
 
   constructor() {
@@ -70,6 +73,22 @@ export class GatewayMetrics {
         const c = src().connections()
         this.set({ state: 'authenticated' }, c.authenticated)
         this.set({ state: 'unauthenticated' }, c.unauthenticated)
+      },
+    })
+    new Gauge({
+      name: 'pfgate_relay_buffered_bytes',
+      help: 'Bytes the relayed streams held in the gateway at the last sweep (limits.bufferBudget)',
+      registers: [r],
+      collect() {
+        this.set(src().buffers().bytes)
+      },
+    })
+    new Gauge({
+      name: 'pfgate_stream_window_bytes',
+      help: 'Per-stream receive window the gateway grants now (adapted to the buffer budget)',
+      registers: [r],
+      collect() {
+        this.set(src().buffers().window)
       },
     })
     new Gauge({

@@ -66,6 +66,12 @@ export interface RelayOptions {
 const DIR_A = 0
 const DIR_B = 1
 
+/** A stream's Readable and Writable state, where Node keeps their high-water marks. */
+type HwmStream = Duplex & {
+  _readableState?: { highWaterMark: number }
+  _writableState?: { highWaterMark: number }
+}
+
 /** The relay a stream belongs to, stored on the stream for the shared listeners. */
 const kRelay = Symbol('pfgate.relay')
 type RelayStream = Duplex & { [kRelay]?: DuplexRelay }
@@ -108,6 +114,29 @@ export class DuplexRelay {
   /** True once onDone has been called. */
   get done(): boolean {
     return this.#done
+  }
+
+  /**
+   * Bytes the relay holds now: read from a side and not yet consumed, or written to a side
+   * and not yet flushed (the gateway's buffer budget adds these up).
+   */
+  buffered(): number {
+    const a = this.#a.stream
+    const b = this.#b.stream
+    return a.readableLength + a.writableLength + b.readableLength + b.writableLength
+  }
+
+  /**
+   * Sets both sides' read and write high-water marks (what each may buffer before the
+   * relay pauses, or the stream stops taking bytes from its peer). Node has no public
+   * setter after construction: the streams' own state fields are set, which its Readable
+   * and Writable read on every push and write.
+   */
+  setHighWaterMark(bytes: number): void {
+    for (const s of [this.#a.stream, this.#b.stream] as HwmStream[]) {
+      if (s._readableState !== undefined) s._readableState.highWaterMark = bytes
+      if (s._writableState !== undefined) s._writableState.highWaterMark = bytes
+    }
   }
 
   /** Aborts both sides (admin, limit, shutdown) and ends the relay. */

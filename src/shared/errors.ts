@@ -64,6 +64,10 @@ export const ERROR_CODES = {
   PFG_ERR_LIMIT_IDLE: { status: 0, summary: 'the stream was idle for too long' },
   PFG_ERR_LIMIT_LIFETIME: { status: 0, summary: 'the stream reached its maximum lifetime' },
   PFG_ERR_LIMIT_HEADER_TOO_LARGE: { status: 431, summary: 'request headers are too large' },
+  PFG_ERR_LIMIT_BUFFER_BUDGET: {
+    status: 0,
+    summary: "a stalled stream was reset: the gateway's relay buffers were over budget",
+  },
 
   // AUDIT
   PFG_ERR_AUDIT_UNAVAILABLE: { status: 503, summary: 'the audit sink cannot record (fail closed)' },

@@ -12,6 +12,9 @@
  * - a client whose link goes down (a proxy that stops relaying, closing nothing) is found
  *   by PINGs (HTTP/2, SPDY, WebSocket): its streams end with an audit record saying so,
  *   its connection and per-user slots are released;
+ * - the buffer budget: windows shrink as streams multiply and grow back; readers that
+ *   stall do not take the gateway's buffers past the budget (the streams stalled longest
+ *   are reset, audited), and the others still deliver every byte;
  * - agent loss reaches a native client as RST_STREAM INTERNAL_ERROR (docs/protocol.md).
  */
 import { after, before, describe, test } from 'node:test'
@@ -33,6 +36,7 @@ import {
 } from '../helpers/raw-upgrade.js'
 import { SpdyTestClient } from '../protocol/spdy/spdy-test-client.js'
 import type { AuditRecord } from '../../src/protocol/audit-record.js'
+import type { RawStream } from '../helpers/gateway.js'
 import {
   metricValue,
   openRaw,
@@ -52,7 +56,9 @@ const LIMITS = {
   streamOpenTimeout: '1s',
   requestTimeout: '4s',
   clientKeepalive: '1s',
+  bufferBudget: '32MiB',
 }
+const MiB = 1024 * 1024
 
 let cluster: DevCluster & { cleanup(): Promise<void> }
 const sessions: ClientHttp2Session[] = []
@@ -70,6 +76,18 @@ after(async () => {
 
 function session(): Promise<ClientHttp2Session> {
   return trackedSession(cluster, sessions)
+}
+
+/** A session on which a request has authenticated (an API GET with the token). */
+async function authenticatedSession(): Promise<ClientHttp2Session> {
+  const s = await session()
+  const r = await h2Request(s, {
+    ':method': 'GET',
+    ':path': POD,
+    authorization: `Bearer ${cluster.token}`,
+  })
+  assert.equal(r.status, 200)
+  return s
 }
 
 /** A raw HTTP/2 client with `options` (e.g. one that assumes no stream limit, or never reads). */
@@ -247,13 +265,7 @@ describe('unauthenticated connections per source (limits.connectionsPerSource)',
       // One of them authenticates (an HTTP/2 request with a token): a slot is free again.
       held.pop()?.destroy()
       await new Promise((r) => setTimeout(r, 100))
-      const s = await session()
-      const r = await h2Request(s, {
-        ':method': 'GET',
-        ':path': POD,
-        authorization: `Bearer ${cluster.token}`,
-      })
-      assert.equal(r.status, 200)
+      await authenticatedSession()
       const another = await open()
       assert.ok(another !== undefined, 'an authenticated connection does not count')
       held.push(another)
@@ -395,6 +407,93 @@ describe('vanished clients (limits.clientKeepalive)', () => {
     ws.sendBinary(Buffer.from([0, 0x61]))
     await eventually(() => ws.messages.length >= 3, 5000, 'the echo')
     await cutWhenQuiet(p, 'ws-v4')
+  })
+})
+
+describe('the buffer budget (limits.bufferBudget)', () => {
+  test('windows shrink as streams multiply, and grow back when they end', async () => {
+    const s = await authenticatedSession()
+    await eventually(() => s.remoteSettings.initialWindowSize === 4 * MiB, 5000, 'the full window')
+    const open = await Promise.all(
+      Array.from({ length: 40 }, () =>
+        openRaw(s, { node: 'node-a', pod: 'echo', port: 5000 }, cluster.token),
+      ),
+    )
+    assert.ok(open.every((o) => o.status === 200))
+    // 40 streams sharing 32 MiB: 128 KiB windows (src/gateway/buffer-budget.ts, sizesFor).
+    await eventually(
+      () => s.remoteSettings.initialWindowSize === 128 * 1024,
+      5000,
+      `a 128 KiB window (now ${s.remoteSettings.initialWindowSize})`,
+    )
+    for (const o of open) o.req.end()
+    await Promise.all(open.map((o) => o.closed))
+    await eventually(
+      () => s.remoteSettings.initialWindowSize === 4 * MiB,
+      5000,
+      'the full window again',
+    )
+  })
+
+  test('24 readers stall one after another: the buffers stay within the budget; the others lose no byte', async () => {
+    const external = async (): Promise<number> =>
+      metricValue(
+        await scrape(cluster.metricsPort as number),
+        'pfgate_gateway_nodejs_external_memory_bytes',
+      )
+    const before = await external()
+    const s = await session()
+    const size = 8 * MiB
+    const chunk = Buffer.alloc(64 * 1024, 0x5a)
+    const streams: RawStream[] = []
+    // One after another: each stalls with the large window it got while streams were few
+    // (bytes already taken stay when later streams shrink the windows).
+    for (let i = 0; i < 24; i++) {
+      const st = await openRaw(s, { node: 'node-a', pod: 'echo', port: 5000 }, cluster.token)
+      streams.push(st)
+      assert.equal(st.status, 200)
+      // Never read: the echo piles up in the gateway (and the agent and the pod).
+      st.req.pause()
+      let sent = 0
+      const pump = (): void => {
+        while (sent < size) {
+          sent += chunk.length
+          if (!st.req.write(chunk)) return void st.req.once('drain', pump)
+        }
+        st.req.end()
+      }
+      pump()
+      await new Promise((r) => setTimeout(r, 150))
+    }
+    // Settled: the backstop has reset what did not fit (it sweeps twice a second).
+    await new Promise((r) => setTimeout(r, 4000))
+    const grew = (await external()) - before
+    assert.ok(grew <= 48 * MiB, `the gateway's buffers grew by ${(grew / MiB).toFixed(1)} MiB`)
+    const reset = streams.filter((st) => st.req.closed && st.req.rstCode === RST.ENHANCE_YOUR_CALM)
+    assert.ok(reset.length >= 1, 'some stalled streams were reset')
+    const records = await waitForRecords(
+      trailPath(cluster),
+      (rs) => {
+        const ids = new Set(reset.map((st) => st.streamId))
+        const mine = rs.filter((r) => r.type === 'stream.closed' && ids.has(r.streamId))
+        return mine.length === reset.length ? mine : undefined
+      },
+      'the close records of the reset streams',
+    )
+    for (const r of records) {
+      assert.equal(r.endedBy, 'limit')
+      assert.equal(r.reason, 'limit:buffer-budget')
+      assert.equal(r.error?.code, 'PFG_ERR_LIMIT_BUFFER_BUDGET')
+    }
+    // The others, read at last, deliver every byte they were sent.
+    const alive = streams.filter((st) => !st.req.closed)
+    assert.ok(alive.length >= 1, 'not every stream was reset')
+    for (const st of alive) st.req.resume()
+    const ends = await Promise.all(alive.map((st) => st.closed))
+    for (const [i, st] of alive.entries()) {
+      assert.equal(ends[i]?.rstCode, 0, JSON.stringify(ends[i]))
+      assert.equal(st.received().length, size)
+    }
   })
 })
 

@@ -33,6 +33,8 @@ export interface AgentPoolOptions {
   logger: Logger
   /** Backoff between failed connects (defaults: 100 ms doubling to 2 s). */
   backoff?: { initialMs: number; maxMs: number }
+  /** Called with each new agent session (the buffer budget sets its windows). */
+  onSession?: (session: ClientHttp2Session) => void
 }
 
 /** Options for one stream. */
@@ -259,6 +261,7 @@ export class AgentConnection {
         this.#retryAt = 0
         this.#session = session
         this.#keepalive(session)
+        this.#opts.onSession?.(session)
         log.debug({ node: node.name }, 'agent session up')
         resolve(session)
       })
