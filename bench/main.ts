@@ -14,7 +14,10 @@
  *    directions, with CPU seconds per GB for the CLI, the gateway and the agent;
  * 5. `kubectl`: bench/kubectl.ts when present (see bench/kubectl-contract.ts);
  * 6. `netns`: the agent's network-namespace dialer against the static dialer and against
- *    `nsenter … socat` per connection (bench/netns-dialer.ts; its own namespaces; root).
+ *    `nsenter … socat` per connection (bench/netns-dialer.ts; its own namespaces; root);
+ * 7. `abuse`: hostile and broken clients against the default limits (bench/abuse.ts; its
+ *    own dev clusters): unauthenticated streams, stalled readers against the buffer
+ *    budget, SIGTERM with clients that never read, a denial flood against the audit trail.
  *
  * `--quick` (under a minute) uses shorter runs, one repetition and fewer baselines.
  *
@@ -39,6 +42,8 @@ import type { BenchKubectl, KubectlBenchResult } from './kubectl-contract.js'
 import { interleavedOpens, parallelOpens } from './opens.js'
 import type { OpenLatency, ParallelOpens } from './opens.js'
 import { benchNetnsDialer } from './netns-dialer.js'
+import { benchAbuse } from './abuse.js'
+import type { AbuseResult } from './abuse.js'
 import type { NetnsBenchResult } from './netns-dialer.js'
 import { startSocatChain } from './socat.js'
 import { BENCH_POD, startSystem } from './system.js'
@@ -71,13 +76,17 @@ export interface BenchReport {
   kubectl?: KubectlBenchResult | { error: string } | 'not available'
   /** The agent's network-namespace dialer against the static one (bench/netns-dialer.ts). */
   netns?: NetnsBenchResult
+  /** Hostile clients against the default limits (bench/abuse.ts). */
+  abuse?: AbuseResult
   /** Sections that failed, with the error. */
   errors?: Partial<Record<string, string>>
   rows: Row[]
   seconds: number
 }
 
-const SECTIONS = ['streams', 'latency', 'audit', 'throughput', 'kubectl', 'netns'] as const
+const SECTIONS = ['streams', 'latency', 'audit', 'throughput', 'kubectl', 'netns', 'abuse'] as const
+/** The sections that measure the shared system under test (the others start their own). */
+const SYSTEM_SECTIONS: readonly Section[] = ['streams', 'latency', 'audit', 'throughput', 'kubectl']
 type Section = (typeof SECTIONS)[number]
 
 const UP1: Mode = { parallel: 1, direction: 'up' }
@@ -344,7 +353,62 @@ export function buildRows(r: BenchReport): Row[] {
       result: 'FAIL',
     })
   }
+  if (r.abuse !== undefined) abuseRows(r.abuse, row)
   return rows
+}
+
+/** The abuse section's rows (bench/abuse.ts): each figure against its bound. */
+function abuseRows(a: AbuseResult, row: (x: Partial<Row> & { figure: string }) => void): void {
+  const u = a.unauthenticated
+  row({
+    figure: `unauthenticated never-ending streams, 1 source (${u.attemptedConnections} conn × ${u.attemptedStreams / u.attemptedConnections})`,
+    value: `${u.acceptedStreams} taken`,
+    baseline: 'connectionsPerSource × unauthenticatedStreams',
+    baseValue: String(u.bound),
+    ratio: `${u.refusedConnections} conn refused`,
+    target: '≤ bound',
+    result: verdict(u.acceptedStreams <= u.bound),
+  })
+  row({
+    figure: '  gateway RSS growth (MB)',
+    value: String(u.rssGrowthMB),
+    baseline: 'per stream taken (KiB)',
+    baseValue: u.acceptedStreams > 0 ? f2((u.rssGrowthMB * 1024) / u.acceptedStreams) : 'n/a',
+  })
+  const s = a.stalled
+  row({
+    figure: `stalled readers (${s.streams} × ${s.mibEach} MiB sent, never read): relay buffers (MiB)`,
+    value: String(s.relayBufferedMiB),
+    baseline: 'limits.bufferBudget (MiB)',
+    baseValue: String(s.budgetMiB),
+    ratio: `${s.resetByBudget} reset`,
+    target: '≤ budget',
+    result: verdict(s.relayBufferedMiB <= s.budgetMiB),
+  })
+  row({
+    figure: '  gateway RSS growth (MB)',
+    value: String(s.rssGrowthMB),
+    baseline: 'per stalled stream (MB)',
+    baseValue: f2(s.rssGrowthMB / s.streams),
+  })
+  const sh = a.shutdown
+  row({
+    figure: 'SIGTERM to exit, clients never read (s)',
+    value: `${sh.exitS}${sh.signal !== null ? ` (${sh.signal})` : ''}`,
+    baseline: 'shutdownGrace (s)',
+    baseValue: String(sh.graceS),
+    target: `≤ ${sh.graceS + 1} s`,
+    result: verdict(sh.exitS <= sh.graceS + 1 && sh.signal === null && sh.exitCode === 0),
+  })
+  const f = a.auditFlood
+  row({
+    figure: `audit: earlier stream records after a ${f.seconds} s denial flood`,
+    value: `${f.earlierFound}/${f.earlierRecords} found`,
+    baseline: `${f.denialsSent} denials, trail (MiB, files)`,
+    baseValue: `${f.trailMiB}, ${f.trailFiles}`,
+    target: 'all',
+    result: verdict(f.earlierFound === f.earlierRecords),
+  })
 }
 
 /** Formats rows as an aligned text table. */
@@ -412,11 +476,15 @@ export async function runBench(options: {
     rows: [],
     seconds: 0,
   }
-  log(`pfgate bench${quick ? ' --quick' : ''}: starting the system under test`)
-  const sys: BenchSystem = await startSystem({
-    ...(options.nodeArgs !== undefined ? { nodeArgs: options.nodeArgs } : {}),
-    verbose: options.verbose === true,
-  })
+  // Only the sections that measure the shared system need it.
+  let sys: BenchSystem | undefined
+  if (SYSTEM_SECTIONS.some(want)) {
+    log(`pfgate bench${quick ? ' --quick' : ''}: starting the system under test`)
+    sys = await startSystem({
+      ...(options.nodeArgs !== undefined ? { nodeArgs: options.nodeArgs } : {}),
+      verbose: options.verbose === true,
+    })
+  }
   let mark = t0
   const lap = (what: string): void => {
     const now = performance.now()
@@ -425,10 +493,10 @@ export async function runBench(options: {
   }
   lap('start-up')
   /** Runs one section; a failure is reported in the table (FAIL) and the run goes on. */
-  const section = async (name: Section, fn: () => Promise<void>): Promise<void> => {
+  const section = async (name: Section, fn: (sys: BenchSystem) => Promise<void>): Promise<void> => {
     if (!want(name)) return
     try {
-      await fn()
+      await fn(sys as BenchSystem)
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err)
       log(`${name}: failed: ${message}`)
@@ -437,7 +505,7 @@ export async function runBench(options: {
     lap(name)
   }
   try {
-    await section('streams', async () => {
+    await section('streams', async (sys) => {
       const n = 10_000
       log(`streams: ${n} concurrent streams on one connection`)
       report.streams = await manyStreams(
@@ -450,7 +518,7 @@ export async function runBench(options: {
         quick ? 1500 : 3000,
       )
     })
-    await section('latency', async () => {
+    await section('latency', async (sys) => {
       const n = quick ? 300 : 1000
       log(`latency: ${n} sequential opens through pfgate, direct, socat 3-hop`)
       const socat3 = await startSocatChain('plain3', sys.pod.echoPort, sys.dir)
@@ -473,7 +541,7 @@ export async function runBench(options: {
         pfgate: await parallelOpens(sys.cli.echoPort, 1000),
       }
     })
-    await section('audit', async () => {
+    await section('audit', async (sys) => {
       report.audit = []
       for (const c of quick ? [32] : [1, 32]) {
         log(`audit: open rate at concurrency ${c}, blocking-strict vs batch`)
@@ -482,7 +550,7 @@ export async function runBench(options: {
         )
       }
     })
-    await section('throughput', async () => {
+    await section('throughput', async (sys) => {
       const all: Mode[] = [UP1, DOWN1, UP8, DOWN8]
       const ones: Mode[] = [UP1, DOWN1]
       const plan: { path: PathName; modes: Mode[] }[] = quick
@@ -507,7 +575,7 @@ export async function runBench(options: {
         log,
       })
     })
-    await section('kubectl', async () => {
+    await section('kubectl', async (sys) => {
       const fn = await loadKubectlSection().catch((err: unknown) => {
         report.kubectl = { error: (err as Error).message }
         return undefined
@@ -532,6 +600,9 @@ export async function runBench(options: {
         report.kubectl = { error: (err as Error).message }
       }
     })
+    await section('abuse', async () => {
+      report.abuse = await benchAbuse({ quick, log })
+    })
     await section('netns', async () => {
       // Its own namespaces and echo servers, not the system under test (needs root, ip, socat).
       log('netns: the agent dialer in a network namespace vs the static dialer')
@@ -540,7 +611,7 @@ export async function runBench(options: {
       )
     })
   } finally {
-    await sys.stop()
+    await sys?.stop()
   }
   report.rows = buildRows(report)
   report.seconds = Math.round((performance.now() - t0) / 1000)
