@@ -490,7 +490,7 @@ export class Forwarder {
     )
     for (const s of session.streams) {
       s.kill('client', 'client-unresponsive', undefined, {
-        code: 'PFG_ERR_RELAY_CLIENT_UNRESPONSIVE',
+        code: 'PFG_ERR_RELAY_CLIENT_LOST',
         message: why,
       })
     }

@@ -46,7 +46,7 @@ export const ERROR_CODES = {
   PFG_ERR_RELAY_CONNECT_TIMEOUT: { status: 504, summary: 'connecting to the pod timed out' },
   PFG_ERR_RELAY_DRAINING: { status: 503, summary: 'the gateway is shutting down' },
   PFG_ERR_RELAY_STREAM_RESET: { status: 502, summary: 'a stream was reset after it opened' },
-  PFG_ERR_RELAY_CLIENT_UNRESPONSIVE: {
+  PFG_ERR_RELAY_CLIENT_LOST: {
     status: 0,
     summary: 'the client stopped answering PINGs (its link is down)',
   },

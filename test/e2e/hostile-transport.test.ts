@@ -310,7 +310,7 @@ async function endedUnresponsive(p: FreezableProxy, streamId: string): Promise<v
   )
   assert.equal(rec.endedBy, 'client')
   assert.equal(rec.reason, 'client-unresponsive')
-  assert.equal(rec.error?.code, 'PFG_ERR_RELAY_CLIENT_UNRESPONSIVE')
+  assert.equal(rec.error?.code, 'PFG_ERR_RELAY_CLIENT_LOST')
   const closed: AuditRecord = await waitForRecords(
     trailPath(cluster),
     (rs) => rs.find((r) => r.type === 'session.closed' && r.sessionId === rec.sessionId),
@@ -469,8 +469,10 @@ describe('the buffer budget (limits.bufferBudget)', () => {
     await new Promise((r) => setTimeout(r, 4000))
     const grew = (await external()) - before
     assert.ok(grew <= 48 * MiB, `the gateway's buffers grew by ${(grew / MiB).toFixed(1)} MiB`)
+    // The windows may have kept it within the budget, or the backstop reset some streams
+    // (that depends on how fast the bytes came: test/gateway/buffer-budget.test.ts checks
+    // which the backstop picks); each one reset is audited.
     const reset = streams.filter((st) => st.req.closed && st.req.rstCode === RST.ENHANCE_YOUR_CALM)
-    assert.ok(reset.length >= 1, 'some stalled streams were reset')
     const records = await waitForRecords(
       trailPath(cluster),
       (rs) => {

@@ -1,6 +1,9 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { sizesFor } from '../../src/gateway/buffer-budget.js'
+import { BufferBudget, sizesFor } from '../../src/gateway/buffer-budget.js'
+import type { LiveStream } from '../../src/gateway/forwarder.js'
+import { GatewayMetrics } from '../../src/gateway/metrics.js'
+import { silentLogger } from '../../src/shared/log.js'
 
 const KiB = 1024
 const MiB = 1024 * KiB
@@ -29,5 +32,44 @@ test('the budget is shared out: full speed while streams are few, floors when ma
     if (n <= 1500) assert.ok(window + 2 * highWaterMark + 16 * KiB <= B / (2 * n), `${n} streams`)
     assert.ok(window <= prev.window && highWaterMark <= prev.highWaterMark, `${n} streams`)
     prev = { window, highWaterMark }
+  }
+})
+
+/** A live stream as the backstop sees it: bytes held, last activity, and how it was ended. */
+function fakeStream(id: string, held: number, lastActivity: number, killed: string[]): LiveStream {
+  return {
+    id,
+    relay: { buffered: () => held, lastActivity, setHighWaterMark: () => undefined },
+    kill: (by: string, reason: string) => killed.push(`${id} ${by} ${reason}`),
+  } as unknown as LiveStream
+}
+
+test('the backstop resets the streams that moved no byte for longest, until the cost fits', async (t) => {
+  const now = 1_000_000
+  const cases: { memory: number; killed: string[] }[] = [
+    // 12 MiB held on a 10 MiB budget: the oldest stall goes.
+    { memory: 0, killed: ['a limit limit:buffer-budget'] },
+    // What the buffers really cost (ArrayBuffer memory) is 20 MiB: two go.
+    { memory: 20 * MiB, killed: ['a limit limit:buffer-budget', 'b limit limit:buffer-budget'] },
+  ]
+  for (const c of cases) {
+    const killed: string[] = []
+    const budget = new BufferBudget({
+      budgetBytes: 10 * MiB,
+      metrics: new GatewayMetrics(),
+      logger: silentLogger(),
+      now: () => now,
+      memory: () => c.memory,
+    })
+    t.after(() => budget.close())
+    budget.started(fakeStream('b', 4 * MiB, now - 5000, killed))
+    budget.started(fakeStream('a', 4 * MiB, now - 10_000, killed))
+    // Moving bytes right now: never a candidate; holding nothing: never either.
+    budget.started(fakeStream('c', 4 * MiB, now - 100, killed))
+    budget.started(fakeStream('d', 0, now - 20_000, killed))
+    await new Promise((r) => setTimeout(r, 700))
+    budget.close()
+    assert.deepEqual(killed, c.killed)
+    assert.equal(budget.buffered, 12 * MiB)
   }
 })
