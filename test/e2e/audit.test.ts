@@ -316,7 +316,7 @@ describe('webhook sink', () => {
     for (const size of payloads) assert.ok(closes.some((r) => r.bytesClientToPod === size))
     for (const req of collector.requests) {
       assert.equal(req.headers.authorization, `Bearer ${collectorSecret}`)
-      assert.equal(req.headers['x-pfgate-audit-schema'], 'pfgate.audit/v1')
+      assert.equal(req.headers['x-pfgate-audit-schema'], 'pfgate.audit/v2')
     }
     t.diagnostic(
       `webhook: ${fileNow.length - whileDown} records spooled while down, delivered in order ${deliveredAfter} ms after the collector came back`,
