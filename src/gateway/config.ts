@@ -11,6 +11,8 @@ import { parseDuration, parseSize, readYamlFile, validateConfig } from '../share
 import { appError } from '../shared/errors.js'
 import { KUBE_REGISTRY_CONFIG_SCHEMA, parseKubeRegistryConfig } from './registry/kube-registry.js'
 import type { KubeRegistrySettings } from './registry/kube-registry.js'
+import { DEFAULT_DENIAL_LIMITS } from './audit/denial-limiter.js'
+import type { DenialLimits } from './audit/denial-limiter.js'
 
 /** Asymmetric JWS algorithms we accept (never `none`, never HMAC: DESIGN.md §4). */
 export const ALLOWED_JWT_ALGORITHMS = [
@@ -47,6 +49,9 @@ export type AuditSinkConfig =
       fsyncIntervalMs: number
       maxSizeBytes: number
       maxFiles: number
+      /** The denials trail beside it (`audit.denied.log`): its own size and retention. */
+      denialsMaxSizeBytes: number
+      denialsMaxFiles: number
     }
   | { type: 'stdout' }
   | {
@@ -116,6 +121,8 @@ export interface GatewayConfig {
     sinks: AuditSinkConfig[]
     /** Blocking modes: how long records other than `stream.opened` may wait to share a write. */
     lingerMs: number
+    /** The flood budget for refusals (docs/audit.md, "Denial floods"). */
+    denials: DenialLimits
   }
   /** The Kubernetes-compatible surface (kubectl and client libraries). */
   kubernetes: {
@@ -292,6 +299,22 @@ const schema = {
       properties: {
         mode: { enum: ['blocking-strict', 'blocking', 'batch'], default: 'blocking-strict' },
         linger: { ...duration, default: '10ms' },
+        denials: {
+          type: 'object',
+          additionalProperties: false,
+          default: {},
+          properties: {
+            rate: { type: 'number', exclusiveMinimum: 0, default: DEFAULT_DENIAL_LIMITS.rate },
+            burst: { type: 'integer', minimum: 1, default: DEFAULT_DENIAL_LIMITS.burst },
+            totalRate: {
+              type: 'number',
+              exclusiveMinimum: 0,
+              default: DEFAULT_DENIAL_LIMITS.totalRate,
+            },
+            totalBurst: { type: 'integer', minimum: 1, default: DEFAULT_DENIAL_LIMITS.totalBurst },
+            summaryInterval: { ...duration, default: '10s' },
+          },
+        },
         sinks: {
           type: 'array',
           default: [{ type: 'file', path: 'audit/audit.log' }],
@@ -312,6 +335,8 @@ const schema = {
                     fsyncInterval: { ...duration, default: '1s' },
                     maxSize: { ...size, default: '100MiB' },
                     maxFiles: { type: 'integer', minimum: 1, default: 10 },
+                    denialsMaxSize: { ...size, default: '100MiB' },
+                    denialsMaxFiles: { type: 'integer', minimum: 1, default: 5 },
                   },
                 },
               },
@@ -410,6 +435,13 @@ type Raw = Record<string, unknown> & {
     mode: GatewayConfig['audit']['mode']
     linger: string | number
     sinks: (Record<string, unknown> & { type: string })[]
+    denials: {
+      rate: number
+      burst: number
+      totalRate: number
+      totalBurst: number
+      summaryInterval: string | number
+    }
   }
   kubernetes: { websocketTunnel: boolean }
   shutdownGrace: string | number
@@ -445,6 +477,8 @@ function parseSink(
         fsyncIntervalMs: parseDuration(s.fsyncInterval as string, `${where}.fsyncInterval`),
         maxSizeBytes: parseSize(s.maxSize as string, `${where}.maxSize`),
         maxFiles: s.maxFiles as number,
+        denialsMaxSizeBytes: parseSize(s.denialsMaxSize as string, `${where}.denialsMaxSize`),
+        denialsMaxFiles: s.denialsMaxFiles as number,
       }
     case 'stdout':
       return { type: 'stdout' }
@@ -536,6 +570,16 @@ export function parseGatewayConfig(value: unknown, source: string, baseDir: stri
       mode: raw.audit.mode,
       sinks: raw.audit.sinks.map((s, i) => parseSink(s, baseDir, `audit.sinks.${i}`)),
       lingerMs: parseDuration(raw.audit.linger, 'audit.linger'),
+      denials: {
+        rate: raw.audit.denials.rate,
+        burst: raw.audit.denials.burst,
+        totalRate: raw.audit.denials.totalRate,
+        totalBurst: raw.audit.denials.totalBurst,
+        summaryIntervalMs: parseDuration(
+          raw.audit.denials.summaryInterval,
+          'audit.denials.summaryInterval',
+        ),
+      },
     },
     kubernetes: { websocketTunnel: raw.kubernetes.websocketTunnel },
     shutdownGraceMs: parseDuration(raw.shutdownGrace, 'shutdownGrace'),

@@ -90,3 +90,49 @@ test('agent config: bad port map and dialer type are reported', () => {
       /dialer.type: must be one of/.test(err.message) && /pods.0.ports/.test(err.message),
   )
 })
+
+test('audit: the denial flood budget and the denials trail have defaults, and are checked', () => {
+  const base = {
+    tls: { cert: 'a', key: 'b' },
+    agents: { ca: 'c', cert: 'd', key: 'e' },
+    registry: { source: 'static', file: 'r.yaml' },
+    auth: { issuer: 'i', audience: 'a', jwks: { file: 'j' } },
+  }
+  const g = parseGatewayConfig(base, 'gw.yaml', '/etc/pfgate')
+  assert.deepEqual(g.audit.denials, {
+    rate: 1,
+    burst: 20,
+    totalRate: 50,
+    totalBurst: 200,
+    summaryIntervalMs: 10_000,
+  })
+  const file = g.audit.sinks[0]
+  assert.ok(file?.type === 'file')
+  assert.equal(file.path, '/etc/pfgate/audit/audit.log')
+  assert.deepEqual([file.denialsMaxSizeBytes, file.denialsMaxFiles], [100 * 1024 * 1024, 5])
+  const custom = parseGatewayConfig(
+    {
+      ...base,
+      audit: {
+        denials: { rate: 0.5, burst: 5, summaryInterval: '1m' },
+        sinks: [{ type: 'file', path: 'a.log', denialsMaxSize: '1MiB', denialsMaxFiles: 2 }],
+      },
+    },
+    'gw.yaml',
+    '/x',
+  )
+  assert.equal(custom.audit.denials.rate, 0.5)
+  assert.equal(custom.audit.denials.summaryIntervalMs, 60_000)
+  assert.throws(
+    () =>
+      parseGatewayConfig(
+        { ...base, audit: { denials: { rate: 0, burst: 0, bogus: 1 } } },
+        'gw.yaml',
+        '/x',
+      ),
+    (err: Error) =>
+      /audit\.denials\.rate/.test(err.message) &&
+      /audit\.denials\.burst/.test(err.message) &&
+      /bogus/.test(err.message),
+  )
+})

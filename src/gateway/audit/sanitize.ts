@@ -163,12 +163,6 @@ const MAX_STRING = 16 * 1024
 /** The longest user agent a record holds (characters; longer ones are cut, with a mark). */
 export const MAX_RECORDED_USER_AGENT = 256
 
-/**
- * Top-level fields that hold a client's free text, with their bound: after redaction,
- * control characters are escaped and the text is cut (docs/audit.md, "Denial floods").
- */
-const BOUNDED: Readonly<Record<string, number>> = { userAgent: MAX_RECORDED_USER_AGENT }
-
 /** True when `text` contains something that looks like a credential. */
 export function looksLikeSecret(text: string): boolean {
   return suspicious(text)
@@ -279,8 +273,8 @@ function clean(value: object, path: string, paths: string[]): object {
         c = r
         paths.push(join(path, key))
       }
-      const bound = path === '' && Object.hasOwn(BOUNDED, key) ? BOUNDED[key] : undefined
-      if (bound !== undefined) c = plainText(c as string, bound)
+      // A client's free text: after redaction, controls escaped and cut (docs/audit.md).
+      if (key === 'userAgent' && path === '') c = plainText(c as string, MAX_RECORDED_USER_AGENT)
     } else if (typeof v === 'object' && v !== null) {
       c = clean(v, join(path, key), paths)
     }

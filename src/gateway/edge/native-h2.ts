@@ -18,6 +18,7 @@ import type { Logger } from '../../shared/log.js'
 import { respondStatus } from '../../shared/h2-util.js'
 import { h2Endpoint } from '../../shared/relay-endpoints.js'
 import { formatAddress } from '../forwarder.js'
+import { impersonationOf } from '../impersonation.js'
 import type { ClientSession, Forwarder } from '../forwarder.js'
 
 /** `/proxy/nodes/{node}/portForward/{ns}/{pod}` (no query, no trailing parts). */
@@ -81,14 +82,6 @@ export class NativeH2Adapter {
     // Reported through the relay or the forwarder; a stream error never crashes the gateway.
     // Module-level, so the listener does not keep this call's scope (headers...) alive.
     stream.on('error', ignoreError)
-    if (headers[':method'] !== 'POST') {
-      respondStatus(
-        stream,
-        appError('PFG_ERR_ROUTE_METHOD_NOT_ALLOWED', 'port-forward streams use POST'),
-        { allow: 'POST' },
-      )
-      return
-    }
     const node = decode(m[1] as string)
     const namespace = decode(m[2] as string)
     const pod = decode(m[3] as string)
@@ -102,6 +95,11 @@ export class NativeH2Adapter {
       // Malformed escapes: reject as a bad name, still only after authentication.
       port = [node, namespace, pod].find((x): x is AppError => typeof x !== 'string') as AppError
     }
+    if (headers[':method'] !== 'POST') {
+      // 405 too only after authentication: an anonymous client learns nothing (401 first).
+      port = appError('PFG_ERR_ROUTE_METHOD_NOT_ALLOWED', 'port-forward streams use POST')
+    }
+    const impersonation = impersonationOf(headers)
     const session = this.#session(stream.session as TaggedSession, headers)
     const ac = new AbortController()
     const onClose = (): void => ac.abort()
@@ -117,6 +115,7 @@ export class NativeH2Adapter {
         port,
         ...(ua !== undefined ? { userAgent: ua } : {}),
         ...(headerBytes !== undefined ? { headerBytes } : {}),
+        ...(impersonation !== undefined ? { impersonation } : {}),
         signal: ac.signal,
       })
       .then(
@@ -142,7 +141,11 @@ export class NativeH2Adapter {
             ? err
             : appError('PFG_ERR_RELAY_AGENT_UNAVAILABLE', 'internal error')
           const extra: Record<string, string> =
-            e.statusCode === 401 ? { 'www-authenticate': 'Bearer realm="pfgate"' } : {}
+            e.statusCode === 401
+              ? { 'www-authenticate': 'Bearer realm="pfgate"' }
+              : e.code === 'PFG_ERR_ROUTE_METHOD_NOT_ALLOWED'
+                ? { allow: 'POST' }
+                : {}
           respondStatus(stream, e, extra)
         },
       )

@@ -46,9 +46,17 @@ import {
   selectChannelProtocol,
 } from '../../protocol/ws-channel.js'
 import type { ChannelEncoding } from '../../protocol/ws-channel.js'
-import { AppError, appError, describeError, isAppError } from '../../shared/errors.js'
+import {
+  AppError,
+  appError,
+  describeError,
+  isAppError,
+  newRef,
+  publicError,
+} from '../../shared/errors.js'
 import type { Logger } from '../../shared/log.js'
 import { formatAddress } from '../forwarder.js'
+import { impersonationOf } from '../impersonation.js'
 import type { Forwarder } from '../forwarder.js'
 import { serveSpdyPortForward } from './spdy-adapter.js'
 import type { UpgradeTarget } from './spdy-adapter.js'
@@ -195,8 +203,10 @@ export class UpgradeHandler {
   readonly listener = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
     socket.on('error', (err) => this.#logger.debug({ err: describeError(err) }, 'upgrade socket'))
     this.#handle(req, socket, head).catch((err: unknown) => {
-      this.#logger.error({ err: describeError(err) }, 'upgrade failed')
-      rejectUpgrade(socket, appError('PFG_ERR_RELAY_AGENT_UNAVAILABLE', 'internal error'))
+      // The client gets a generic message and a ref; the log line has the details.
+      const ref = newRef()
+      this.#logger.error({ err: describeError(err), ref }, 'upgrade failed')
+      rejectUpgrade(socket, publicError(err, ref))
     })
   }
 
@@ -320,9 +330,11 @@ export class UpgradeHandler {
     // Authenticate and authorize before answering 101.
     this.#pending.add(socket)
     try {
+      const impersonation = impersonationOf(req.headers)
       await this.#forwarder.admit({
         session,
         authorization,
+        ...(impersonation !== undefined ? { impersonation } : {}),
         ...target,
         ...(choice.protocol === 'ws-v4' || choice.protocol === 'ws-v4-base64'
           ? { ports: choice.ports }
