@@ -398,6 +398,8 @@ describe('refusals at the CLIs’ first step are audited', () => {
         `${what}: the request.denied record`,
       )
       assert.equal(rec.reason, reason, what)
+      assert.match(rec.sourceAddress ?? '', /^127\.0\.0\.1:\d+$/, 'from where')
+      assert.match(rec.userAgent ?? '', /^kubectl/)
       assert.equal(rec.method, 'GET')
       assert.match(rec.path ?? '', path, what)
       if (status === 401) {
