@@ -1,5 +1,5 @@
 /**
- * The node agent's configuration (YAML; example in config/agent.yaml).
+ * The node agent's configuration (YAML; example in config/agent-node-a.yaml).
  *
  * @module
  */

@@ -12,7 +12,10 @@ import { appError } from '../shared/errors.js'
 import { KUBE_REGISTRY_CONFIG_SCHEMA, parseKubeRegistryConfig } from './registry/kube-registry.js'
 import type { KubeRegistrySettings } from './registry/kube-registry.js'
 
-/** Asymmetric JWS algorithms we accept (never `none`, never HMAC: DESIGN.md §4). */
+/**
+ * Asymmetric JWS algorithms we accept (never `none`, never HMAC:
+ * docs/security.md#token-verification).
+ */
 export const ALLOWED_JWT_ALGORITHMS = [
   'RS256',
   'RS384',
