@@ -543,8 +543,11 @@ function tableRow(r: AuditRecord): string[] {
       : r.sourceAddress !== undefined
         ? `from ${r.sourceAddress}`
         : '-'
+  // A close carries byte counts and a duration: absent there means unknown (a close that
+  // crash recovery wrote), `?`; other records have none, `-`.
+  const closed = r.type === 'stream.closed' || r.type === 'session.closed'
   const bytes =
-    r.bytesClientToPod !== undefined || r.bytesPodToClient !== undefined
+    closed || r.bytesClientToPod !== undefined || r.bytesPodToClient !== undefined
       ? `${formatBytes(r.bytesClientToPod)}/${formatBytes(r.bytesPodToClient)}`
       : '-'
   return [
@@ -553,7 +556,7 @@ function tableRow(r: AuditRecord): string[] {
     r.user ?? '-',
     target,
     bytes,
-    r.durationMs !== undefined ? formatDuration(r.durationMs) : '-',
+    r.durationMs !== undefined ? formatDuration(r.durationMs) : closed ? '?' : '-',
     endColumn(r),
   ]
 }

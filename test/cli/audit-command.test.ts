@@ -248,6 +248,35 @@ test('query table output has aligned columns', async (t) => {
   assert.equal(formatDuration(7_440_000), '2h04m')
 })
 
+test('table: a close without byte counts shows ? (unknown), records without them -', async (t) => {
+  const dir = await tempDir(t)
+  const path = join(dir, 'audit.log')
+  const target = { user: 'alice', namespace: 'default', pod: 'web-0', port: 8080, streamId: 's9' }
+  const records = [
+    r(T(0), 'stream.opened', target),
+    // What crash recovery writes: no bytes, no duration (docs/audit.md#crash-recovery).
+    r(T(1), 'stream.closed', { ...target, endedBy: 'gateway-restart', reason: 'gateway-restart' }),
+    r(T(2), 'session.closed', { user: 'alice', sessionId: 'c9', endedBy: 'gateway-restart' }),
+  ]
+  await writeFile(path, records.map((x) => `${JSON.stringify(x)}\n`).join(''))
+  const res = await run(['query', '--file', path])
+  assert.equal(res.code, 0)
+  const [header, opened, closed, session] = res.out.trimEnd().split('\n') as [
+    string,
+    string,
+    string,
+    string,
+  ]
+  const cell = (line: string, col: string): string =>
+    line.slice(header.indexOf(col)).split(/\s{2,}/)[0] as string
+  assert.equal(cell(opened, 'BYTES ↑/↓'), '-')
+  assert.equal(cell(opened, 'DURATION'), '-')
+  assert.equal(cell(closed, 'BYTES ↑/↓'), '?/?')
+  assert.equal(cell(closed, 'DURATION'), '?')
+  assert.equal(cell(session, 'BYTES ↑/↓'), '?/?')
+  assert.equal(cell(session, 'DURATION'), '?')
+})
+
 test('follow prints new records as they are written, across rotation, until stopped', async (t) => {
   const dir = await tempDir(t)
   const path = join(dir, 'audit.log')
