@@ -1,10 +1,19 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { writeFile } from 'node:fs/promises'
+import { readFileSync } from 'node:fs'
+import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Writable } from 'node:stream'
+import { fileURLToPath } from 'node:url'
 import type { TestContext } from 'node:test'
-import { formatBytes, formatDuration, runAuditCommand } from '../../src/cli/audit-command.js'
+import {
+  DEFAULT_AUDIT_FILE,
+  DEV_AUDIT_FILE,
+  defaultAuditFile,
+  formatBytes,
+  formatDuration,
+  runAuditCommand,
+} from '../../src/cli/audit-command.js'
 import { AUDIT_SCHEMA } from '../../src/protocol/audit-record.js'
 import type { AuditRecord } from '../../src/protocol/audit-record.js'
 import { FileSink } from '../../src/gateway/audit/file-sink.js'
@@ -119,6 +128,33 @@ test('usage errors exit 2, bad input exits 1, --help exits 0', async () => {
     assert.equal(res.code, 1, bad.join(' '))
     assert.match(res.err, new RegExp(`--${bad[0] === '-o' ? 'output' : bad[0]!.slice(2)}`))
   }
+})
+
+test('the default trail: $PFGATE_AUDIT_FILE, else the dev trail when present, else /var/log; help and docs say so', async (t) => {
+  assert.equal(defaultAuditFile({ PFGATE_AUDIT_FILE: '/srv/a.log' }), '/srv/a.log')
+  const dir = await tempDir(t)
+  const cwd = process.cwd()
+  t.after(() => process.chdir(cwd))
+  process.chdir(dir)
+  assert.equal(defaultAuditFile({ PFGATE_AUDIT_FILE: '' }), DEFAULT_AUDIT_FILE)
+  await mkdir(join(dir, '.pfgate', 'audit'), { recursive: true })
+  await writeFile(join(dir, DEV_AUDIT_FILE), '')
+  assert.equal(defaultAuditFile({}), DEV_AUDIT_FILE)
+  process.chdir(cwd)
+  // The same order, in the help and in docs/audit.md.
+  const order = ['$PFGATE_AUDIT_FILE', DEV_AUDIT_FILE, DEFAULT_AUDIT_FILE]
+  const inOrder = (text: string): boolean => {
+    const at = order.map((s) => text.indexOf(s))
+    return at.every((p, i) => p >= 0 && (i === 0 || p > (at[i - 1] as number)))
+  }
+  const help = (await run(['--help'])).out.replace(/\s+/g, ' ')
+  assert.ok(inOrder(help), help)
+  const doc = readFileSync(
+    fileURLToPath(new URL('../../../docs/audit.md', import.meta.url)),
+    'utf8',
+  )
+  const section = doc.slice(doc.indexOf('## `pfgate audit`')).replace(/\s+/g, ' ')
+  assert.ok(inOrder(section), "docs/audit.md names the default trails in the CLI's order")
 })
 
 test('a missing trail exits 1 with a clear message', async (t) => {
