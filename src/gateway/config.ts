@@ -9,6 +9,9 @@
 import { dirname, resolve } from 'node:path'
 import { parseDuration, parseSize, readYamlFile, validateConfig } from '../shared/config.js'
 import { appError } from '../shared/errors.js'
+import { DEFAULT_AUDIT_RETENTION } from './audit/file-sink.js'
+import { DEFAULT_SPOOL_MAX_BYTES } from './audit/spool.js'
+import { DEFAULT_WEBHOOK_BATCH_RECORDS, DEFAULT_WEBHOOK_TIMEOUT_MS } from './audit/webhook-sink.js'
 import { KUBE_REGISTRY_CONFIG_SCHEMA, parseKubeRegistryConfig } from './registry/kube-registry.js'
 import type { KubeRegistrySettings } from './registry/kube-registry.js'
 
@@ -57,7 +60,6 @@ export type AuditSinkConfig =
       url: string
       spoolDir: string
       batchSize: number
-      flushIntervalMs: number
       timeoutMs: number
       tokenFile?: string
       caFile?: string
@@ -314,7 +316,7 @@ const schema = {
                     fsync: { enum: ['always', 'interval', 'never'], default: 'always' },
                     fsyncInterval: { ...duration, default: '1s' },
                     maxSize: { ...size, default: '100MiB' },
-                    maxFiles: { type: 'integer', minimum: 1, default: 10 },
+                    maxFiles: { type: 'integer', minimum: 0, default: DEFAULT_AUDIT_RETENTION },
                   },
                 },
               },
@@ -331,12 +333,15 @@ const schema = {
                     type: { const: 'webhook' },
                     url: { type: 'string', pattern: '^https?://' },
                     spoolDir: { type: 'string' },
-                    batchSize: { type: 'integer', minimum: 1, default: 100 },
-                    flushInterval: { ...duration, default: '1s' },
-                    timeout: { ...duration, default: '10s' },
+                    batchSize: {
+                      type: 'integer',
+                      minimum: 1,
+                      default: DEFAULT_WEBHOOK_BATCH_RECORDS,
+                    },
+                    timeout: { ...duration, default: DEFAULT_WEBHOOK_TIMEOUT_MS },
                     tokenFile: { type: 'string' },
                     caFile: { type: 'string' },
-                    maxSpoolSize: { ...size, default: '1GiB' },
+                    maxSpoolSize: { ...size, default: DEFAULT_SPOOL_MAX_BYTES },
                   },
                 },
               },
@@ -457,7 +462,6 @@ function parseSink(
         url: s.url as string,
         spoolDir: p(s.spoolDir),
         batchSize: s.batchSize as number,
-        flushIntervalMs: parseDuration(s.flushInterval as string, `${where}.flushInterval`),
         timeoutMs: parseDuration(s.timeout as string, `${where}.timeout`),
         maxSpoolBytes: parseSize(s.maxSpoolSize as string, `${where}.maxSpoolSize`),
       }
