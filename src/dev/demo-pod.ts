@@ -94,13 +94,6 @@ export async function main(argv: string[]): Promise<number> {
     const a = s.address()
     return typeof a === 'object' && a !== null ? a.port : 0
   })
-  if (process.send !== undefined) {
-    process.send({ type: 'listening', ports })
-    // The supervisor's IPC channel must not keep this process alive after a shutdown.
-    process.channel?.unref()
-  } else {
-    process.stdout.write(JSON.stringify({ ports }) + '\n')
-  }
   const open = new Set<Socket>()
   for (const s of servers) {
     s.on('connection', (c: Socket) => {
@@ -108,12 +101,22 @@ export async function main(argv: string[]): Promise<number> {
       c.once('close', () => open.delete(c))
     })
   }
-  await new Promise<void>((resolve) => {
+  // Listen for the stop signals before announcing the ports: whoever reads the
+  // announcement may signal at once (the reader's wake-up can preempt this process).
+  const stopped = new Promise<void>((resolve) => {
     const stop = (): void => resolve()
     process.once('SIGTERM', stop)
     process.once('SIGINT', stop)
     process.once('disconnect', stop)
   })
+  if (process.send !== undefined) {
+    process.send({ type: 'listening', ports })
+    // The supervisor's IPC channel must not keep this process alive after a shutdown.
+    process.channel?.unref()
+  } else {
+    process.stdout.write(JSON.stringify({ ports }) + '\n')
+  }
+  await stopped
   // Like a container being stopped: listeners close, open connections end.
   const closed = Promise.all(servers.map((s) => new Promise((r) => s.close(r))))
   for (const c of open) c.destroy()
