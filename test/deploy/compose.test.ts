@@ -161,3 +161,48 @@ test('compose runs the same topology as the dev cluster', () => {
     DEMO_PODS.map((p) => [p.namespace, p.name, p.node, p.ports.map((x) => x.containerPort)]),
   )
 })
+
+test('the image: built in a stage of its own, runs as a non-root user, ships no tests or benchmarks', () => {
+  const dockerfile = readFileSync(join(root, 'Dockerfile'), 'utf8').replace(/\\\n/g, ' ')
+  const lines = dockerfile.split('\n').filter((l) => l.trim() !== '' && !l.startsWith('#'))
+  const froms = lines.flatMap((l, i) => (/^FROM /.test(l) ? [i] : []))
+  assert.ok(froms.length >= 2, 'a build stage and the image')
+  const image = lines.slice(froms[froms.length - 1])
+  const copies = image.filter((l) => /^(COPY|ADD) /.test(l))
+  for (const c of copies) {
+    // Sources only (flags and the destination left out), relative to the build's WORKDIR.
+    const sources = c
+      .split(/\s+/)
+      .slice(1, -1)
+      .filter((a) => !a.startsWith('--'))
+      .map((a) => a.replace(/^\/opt\/pfgate\//, '').replace(/^\.\//, ''))
+    for (const src of sources) {
+      assert.ok(
+        !['.', 'src', 'test', 'bench', 'dist', 'dist/test', 'dist/bench'].includes(src),
+        `the image copies ${src}: ${c}`,
+      )
+    }
+  }
+  assert.ok(
+    copies.some((c) => /--from=\w+ \S*dist\/src /.test(c)),
+    'the image takes the compiled sources from the build stage',
+  )
+  const users = image.filter((l) => /^USER /.test(l))
+  assert.equal(users.length, 1, 'one USER in the image stage')
+  const user = (users[0] as string).slice(5).trim()
+  assert.ok(!['root', '0', '0:0'].includes(user), `runs as ${user}`)
+  const at = (re: RegExp): number => image.findIndex((l) => re.test(l))
+  assert.ok(at(/^USER /) < at(/^ENTRYPOINT /), 'USER comes before the ENTRYPOINT')
+  // What the unprivileged user writes: the certs volume (the certs service) and the audit
+  // volume (the gateway's trail). Docker seeds new named volumes with the image's ownership.
+  for (const dir of ['/etc/pfgate/certs', '/var/log/pfgate']) {
+    assert.ok(
+      image.some((l) => /^RUN /.test(l) && l.includes('chown') && l.includes(dir)),
+      `${dir} is owned by the image's user`,
+    )
+  }
+  const ignore = readFileSync(join(root, '.dockerignore'), 'utf8').split('\n')
+  for (const entry of ['.pfgate', 'node_modules', 'dist', '.git']) {
+    assert.ok(ignore.includes(entry), `.dockerignore leaves ${entry} out of the build context`)
+  }
+})
