@@ -20,6 +20,9 @@ import { FileSink } from '../../src/gateway/audit/file-sink.js'
 import { createAuditRecord } from '../../src/gateway/audit/record.js'
 import { defer, tempDir as auditTempDir } from '../gateway/audit/helpers.js'
 
+/** The repository root (tests run from dist/test/cli). */
+const ROOT = fileURLToPath(new URL('../../../', import.meta.url))
+
 class Capture extends Writable {
   text = ''
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: () => void): void {
@@ -149,10 +152,7 @@ test('the default trail: $PFGATE_AUDIT_FILE, else the dev trail when present, el
   }
   const help = (await run(['--help'])).out.replace(/\s+/g, ' ')
   assert.ok(inOrder(help), help)
-  const doc = readFileSync(
-    fileURLToPath(new URL('../../../docs/audit.md', import.meta.url)),
-    'utf8',
-  )
+  const doc = readFileSync(join(ROOT, 'docs', 'audit.md'), 'utf8')
   const section = doc.slice(doc.indexOf('## `pfgate audit`')).replace(/\s+/g, ' ')
   assert.ok(inOrder(section), "docs/audit.md names the default trails in the CLI's order")
 })
