@@ -92,7 +92,7 @@ test('the checker finds references that point outside the repository', () => {
     ['see docs/protocol.md#no-such-heading', /no heading with the anchor #no-such-heading/],
     ['example in config/agent.yaml', /no such file/],
     ['kubectl falls back (§7.4)', /section mark/],
-    ['read /work/shared/notes.txt', /one machine/],
+    ['read /root/notes.txt', /one machine/],
     ['or /home/me/pfgate', /one machine/],
   ]
   for (const [text, why] of bad) {
