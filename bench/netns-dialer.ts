@@ -25,6 +25,7 @@ import { connect } from 'node:net'
 import type { Duplex, Readable, Writable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import { NetnsDialer } from '../src/agent/netns-dialer.js'
+import { StaticNetnsResolver } from '../src/agent/netns-resolver.js'
 import {
   assertNetnsPrerequisites,
   createNetns,
@@ -226,7 +227,12 @@ export async function benchNetnsDialer(options: NetnsBenchOptions = {}): Promise
     servers.push(inNs)
     const onHost = await startServerOnHost('echo')
     servers.push(onHost)
-    dialer = new NetnsDialer({ pods: [['bench/echo', ns.name]], idleTimeoutMs: 0 })
+    dialer = new NetnsDialer({
+      resolver: new StaticNetnsResolver([
+        { namespace: 'bench', name: 'echo', uid: 'bench-echo', netns: ns.name },
+      ]),
+      idleTimeoutMs: 0,
+    })
     const d = dialer
     const staticDial: Dial = () =>
       new Promise((resolve, reject) => {
@@ -241,7 +247,7 @@ export async function benchNetnsDialer(options: NetnsBenchOptions = {}): Promise
       })
     const netnsDial: Dial = async () =>
       socketConn(
-        await d.dial({ namespace: 'bench', name: 'echo' }, inNs.port, {
+        await d.dial({ namespace: 'bench', name: 'echo', uid: 'bench-echo' }, inNs.port, {
           signal: new AbortController().signal,
           timeoutMs: 10_000,
         }),

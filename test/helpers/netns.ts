@@ -151,7 +151,7 @@ export interface NetnsServer {
 export async function startServerInNetns(
   netns: string,
   kind: ServerKind,
-  options: { host?: '127.0.0.1' | '::1'; banner?: string } = {},
+  options: { host?: string; banner?: string } = {},
 ): Promise<NetnsServer> {
   const host = options.host ?? '127.0.0.1'
   const args =
