@@ -50,6 +50,21 @@ export const CNI_BIN_DIR = '/usr/lib/cni'
 /** The image name the harness imports (sandbox and servers). */
 export const HARNESS_IMAGE = 'docker.io/pfgate/busybox:dev'
 
+/** The file naming a harness's owner process and what it created outside its directory. */
+const OWNER_FILE = 'harness.json'
+
+/** `<pid> <start time>` of a live process (PID reuse cannot fake it), or undefined. */
+function processIdentity(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    // Field 22 (starttime), counted after the command name's closing parenthesis.
+    const start = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]
+    return `${pid} ${start}`
+  } catch {
+    return undefined
+  }
+}
+
 /** Why a harness cannot start here, or undefined when it can. */
 export function containerdUnavailable(): string | undefined {
   if (process.platform !== 'linux') return 'not Linux'
@@ -159,20 +174,52 @@ export class ContainerdHarness {
   #daemon: ChildProcess | undefined
   #closed = false
 
-  private constructor(dir: string, options: ContainerdHarnessOptions) {
+  private constructor(
+    dir: string,
+    options: ContainerdHarnessOptions,
+    saved?: { bridge: string; cgroupParent: string; subnet: string },
+  ) {
     this.dir = dir
     this.#name = options.name ?? 'node'
     this.#logLevel = options.logLevel ?? 'warn'
     this.#log = options.log ?? (() => undefined)
     this.socketPath = join(dir, 'containerd.sock')
     const id = randomBytes(4).toString('hex')
-    this.bridge = `pfg${id}`
-    this.cgroupParent = `/pfgate-${id}`
+    this.bridge = saved?.bridge ?? `pfg${id}`
+    this.cgroupParent = saved?.cgroupParent ?? `/pfgate-${id}`
     // 10.<128-255>.<0-255>.0/24: the bridge has no address on the host (isGateway false),
     // so no host route is added and two runs with the same subnet still do not meet.
     const b = randomBytes(2)
-    this.subnet = `10.${128 + ((b[0] as number) & 127)}.${b[1] as number}.0/24`
+    this.subnet = saved?.subnet ?? `10.${128 + ((b[0] as number) & 127)}.${b[1] as number}.0/24`
     this.client = new CriClient(this.socketPath, { timeoutMs: 10_000 })
+  }
+
+  /**
+   * Cleans up after harnesses whose process died without closing them (a test killed
+   * on a timeout, a crash): each `pfgate-ctr-*` directory under `parentDir` whose owner
+   * process is gone is closed like {@link close} would have. A live owner's (another
+   * run's) is never touched. Returns the directories reclaimed.
+   */
+  static async reclaimStale(
+    parentDir: string = tmpdir(),
+    log: (line: string) => void = () => undefined,
+  ): Promise<string[]> {
+    const done: string[] = []
+    for (const name of readdirSync(parentDir)) {
+      if (!name.startsWith('pfgate-ctr-')) continue
+      const dir = join(parentDir, name)
+      let saved: { owner: string; bridge: string; cgroupParent: string; subnet: string }
+      try {
+        saved = JSON.parse(readFileSync(join(dir, OWNER_FILE), 'utf8')) as typeof saved
+      } catch {
+        continue
+      }
+      if (processIdentity(Number(saved.owner.split(' ')[0])) === saved.owner) continue
+      log(`reclaiming ${dir}: its harness process is gone`)
+      await new ContainerdHarness(dir, { name: 'stale', log }, saved).close()
+      done.push(dir)
+    }
+    return done
   }
 
   /**
@@ -182,9 +229,19 @@ export class ContainerdHarness {
   static async start(options: ContainerdHarnessOptions = {}): Promise<ContainerdHarness> {
     const why = containerdUnavailable()
     if (why !== undefined) throw new Error(`cannot run containerd here: ${why}`)
+    await ContainerdHarness.reclaimStale(options.parentDir ?? tmpdir(), options.log)
     const dir = mkdtempSync(join(options.parentDir ?? tmpdir(), 'pfgate-ctr-'))
     const h = new ContainerdHarness(dir, options)
     try {
+      writeFileSync(
+        join(dir, OWNER_FILE),
+        JSON.stringify({
+          owner: processIdentity(process.pid),
+          bridge: h.bridge,
+          cgroupParent: h.cgroupParent,
+          subnet: h.subnet,
+        }),
+      )
       h.#writeConfig()
       await h.startDaemon()
       const image = buildBusyboxImage(join(dir, 'image'), h.imageRef)
@@ -384,6 +441,10 @@ export class ContainerdHarness {
         problems.push(`${what}: ${String(err)}`)
       }
     }
+    // A harness reclaimed from a dead owner may still have that owner's containerd.
+    if (this.#daemon === undefined) {
+      await attempt('stop an orphaned containerd', () => this.#killOrphanedDaemon())
+    }
     if (existsSync(join(this.dir, 'config.toml'))) {
       // Sandboxes are removed through containerd, which tears their networks down.
       await attempt('start containerd for the clean-up', () => this.startDaemon())
@@ -495,23 +556,36 @@ export class ContainerdHarness {
     }
   }
 
+  /** The pids of processes whose command line has `arg` (exactly) after `flag`. */
+  #pidsWith(flag: string, arg: string): number[] {
+    const out: number[] = []
+    for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+      try {
+        const args = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')
+        const i = args.indexOf(flag)
+        if (i >= 0 && args[i + 1] === arg) out.push(Number(pid))
+      } catch {
+        // gone meanwhile
+      }
+    }
+    return out
+  }
+
+  /** SIGKILLs a containerd left running on our config, and waits until it is gone. */
+  async #killOrphanedDaemon(): Promise<void> {
+    const pids = this.#pidsWith('--config', join(this.dir, 'config.toml'))
+    for (const pid of pids) process.kill(pid, 'SIGKILL')
+    const deadline = Date.now() + 10_000
+    while (pids.some((p) => existsSync(`/proc/${p}`)) && Date.now() < deadline) await sleep(50)
+  }
+
   /** Shims started for our socket, and containers left in our runc root (only ours). */
   #killLeftovers(): void {
-    for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
-      let cmdline: string
+    for (const pid of this.#pidsWith('-address', this.socketPath)) {
       try {
-        cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8')
+        process.kill(pid, 'SIGKILL')
       } catch {
-        continue
-      }
-      const args = cmdline.split('\0')
-      const i = args.indexOf('-address')
-      if (args[0]?.includes('containerd-shim') && args[i + 1] === this.socketPath) {
-        try {
-          process.kill(Number(pid), 'SIGKILL')
-        } catch {
-          // already gone
-        }
+        // already gone
       }
     }
     const runcRoot = join(this.dir, 'runc', 'k8s.io')

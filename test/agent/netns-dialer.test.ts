@@ -28,8 +28,10 @@ import {
   assertNetnsPrerequisites,
   childPidsOf,
   createNetns,
+  exchange,
   fdCounts,
   isPidAlive,
+  rejectsWith,
   startServerInNetns,
   waitFor,
 } from '../helpers/netns.js'
@@ -39,17 +41,6 @@ const opts = (timeoutMs = 5000, signal = new AbortController().signal): DialOpti
   signal,
   timeoutMs,
 })
-
-/** Writes `data`, half-closes, and collects everything until the peer's FIN. */
-function exchange(socket: Socket, data: Buffer): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = []
-    socket.on('data', (d: Buffer) => chunks.push(d))
-    socket.once('end', () => resolve(Buffer.concat(chunks)))
-    socket.once('error', reject)
-    socket.end(data)
-  })
-}
 
 /** Reads until `n` bytes arrived (or the end). */
 function readBytes(socket: Socket, n: number): Promise<Buffer> {
@@ -75,17 +66,6 @@ function readBytes(socket: Socket, n: number): Promise<Buffer> {
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex')
 
 /** Asserts a rejection is an AppError with `code`; returns its message. */
-async function rejectsWith(p: Promise<unknown>, code: string): Promise<string> {
-  try {
-    await p
-  } catch (err) {
-    assert.ok(isAppError(err), `expected an AppError, got ${String(err)}`)
-    assert.equal(err.code, code, err.message)
-    return err.message
-  }
-  assert.fail(`expected a rejection with ${code}`)
-}
-
 describe('netns handles and helper messages (pure)', () => {
   test('resolveNetnsHandle (agent config): names under /run/netns and absolute paths', () => {
     const ok: [string, string][] = [

@@ -6,11 +6,14 @@
  *
  * @module
  */
+import assert from 'node:assert/strict'
 import { spawn, spawnSync } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs'
+import type { Socket } from 'node:net'
 import { createInterface } from 'node:readline'
+import { isAppError } from '../../src/shared/errors.js'
 
 /** Throws a clear error unless we are root with `ip` and `nsenter` on PATH. */
 export function assertNetnsPrerequisites(): void {
@@ -291,4 +294,27 @@ export async function waitFor(cond: () => boolean, timeoutMs: number, what: stri
       throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
     await new Promise((r) => setTimeout(r, 20))
   }
+}
+
+/** Asserts that `p` rejects with an AppError of `code`; returns its message. */
+export async function rejectsWith(p: Promise<unknown>, code: string): Promise<string> {
+  try {
+    await p
+  } catch (err) {
+    assert.ok(isAppError(err), `expected an AppError, got ${String(err)}`)
+    assert.equal(err.code, code, err.message)
+    return err.message
+  }
+  assert.fail(`expected a rejection with ${code}`)
+}
+
+/** Writes `data`, half-closes, and collects everything until the peer's FIN. */
+export function exchange(socket: Socket, data: Buffer): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = []
+    socket.on('data', (d: Buffer) => chunks.push(d))
+    socket.once('end', () => resolve(Buffer.concat(chunks)))
+    socket.once('error', reject)
+    socket.end(data)
+  })
 }

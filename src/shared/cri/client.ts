@@ -148,6 +148,16 @@ export class CriError extends Error {
 /** The gRPC status codes, for callers that inspect {@link CriError.grpcCode}. */
 export { grpcStatus as criStatus }
 
+/** The ListPodSandboxRequest for a filter. */
+export function listPodSandboxRequest(filter: CriPodSandboxFilter): object {
+  const f: Record<string, unknown> = {}
+  if (filter.id !== undefined) f.id = filter.id
+  // The wrapper message is what asks for a state: READY is 0, the proto3 default.
+  if (filter.state !== undefined) f.state = { state: filter.state }
+  if (filter.labelSelector !== undefined) f.labelSelector = filter.labelSelector
+  return { filter: f }
+}
+
 let service: ServiceDefinition | undefined
 
 /** The RuntimeService definition, parsed once per process. */
@@ -160,6 +170,16 @@ function runtimeService(): ServiceDefinition {
   const def = loadSync(file, { keepCase: false, longs: String, enums: String, defaults: true })
   service = def['runtime.v1.RuntimeService'] as ServiceDefinition
   return service
+}
+
+/**
+ * The protobuf bytes of a request as the client sends them (for tests that pin the
+ * wire format to the CRI API's field numbers).
+ */
+export function criRequestBytes(method: string, request: object): Buffer {
+  const m = runtimeService()[method] as MethodDefinition<object, unknown> | undefined
+  if (m === undefined) throw new RangeError(`CRI method ${method} is not declared`)
+  return m.requestSerialize(request)
 }
 
 /** Options of {@link CriClient}. */
@@ -201,12 +221,10 @@ export class CriClient {
 
   /** ListPodSandbox with a filter (all fields ANDed). */
   async listPodSandbox(filter: CriPodSandboxFilter = {}): Promise<CriPodSandbox[]> {
-    const f: Record<string, unknown> = {}
-    if (filter.id !== undefined) f.id = filter.id
-    // The wrapper message is what asks for a state: READY is 0, the proto3 default.
-    if (filter.state !== undefined) f.state = { state: filter.state }
-    if (filter.labelSelector !== undefined) f.labelSelector = filter.labelSelector
-    const r = await this.#call<{ items: CriPodSandbox[] }>('ListPodSandbox', { filter: f })
+    const r = await this.#call<{ items: CriPodSandbox[] }>(
+      'ListPodSandbox',
+      listPodSandboxRequest(filter),
+    )
     return r.items
   }
 
