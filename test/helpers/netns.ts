@@ -150,7 +150,11 @@ export interface NetnsServer {
   stop(): Promise<void>
 }
 
-/** Starts a server of `kind` inside namespace `netns` on `host` (default 127.0.0.1). */
+/**
+ * Starts a server of `kind` inside namespace `netns` on `host` (default 127.0.0.1).
+ * `netns` is an `ip netns` name, or an absolute namespace path (entered with nsenter:
+ * e.g. a containerd sandbox's).
+ */
 export async function startServerInNetns(
   netns: string,
   kind: ServerKind,
@@ -171,7 +175,11 @@ export async function startServerInNetns(
           host,
           options.banner ?? '',
         ]
-  const child = spawn('ip', args, { stdio: ['pipe', 'pipe', 'inherit'] })
+  const child = netns.startsWith('/')
+    ? spawn('nsenter', [`--net=${netns}`, '--', ...args.slice(3)], {
+        stdio: ['pipe', 'pipe', 'inherit'],
+      })
+    : spawn('ip', args, { stdio: ['pipe', 'pipe', 'inherit'] })
   return wrapServer(child)
 }
 
