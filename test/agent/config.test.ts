@@ -64,10 +64,10 @@ test('a pod netns in the config is refused unless namespaces come from the confi
 test('pfgate dev --runtime takes only containerd', async () => {
   const writes: string[] = []
   const orig = process.stderr.write.bind(process.stderr)
-  process.stderr.write = ((chunk: string) => {
+  process.stderr.write = (chunk: string) => {
     writes.push(String(chunk))
     return true
-  })
+  }
   try {
     assert.equal(await devMain(['--runtime', 'docker']), 2)
   } finally {
