@@ -672,8 +672,11 @@ function rawRow(r: AuditRecord): string[] {
           : r.type === 'denials.suppressed'
             ? 'from other sources'
             : '-'
+  // A close carries byte counts and a duration: absent there means unknown (a close that
+  // crash recovery wrote), `?`; other records have none, `-`.
+  const closed = r.type === 'stream.closed' || r.type === 'session.closed'
   const bytes =
-    r.bytesClientToPod !== undefined || r.bytesPodToClient !== undefined
+    closed || r.bytesClientToPod !== undefined || r.bytesPodToClient !== undefined
       ? `${formatBytes(r.bytesClientToPod)}/${formatBytes(r.bytesPodToClient)}`
       : '-'
   return [
@@ -682,7 +685,7 @@ function rawRow(r: AuditRecord): string[] {
     r.user ?? users ?? '-',
     target,
     bytes,
-    typeof r.durationMs === 'number' ? formatDuration(r.durationMs) : '-',
+    typeof r.durationMs === 'number' ? formatDuration(r.durationMs) : closed ? '?' : '-',
     endColumn(r),
   ]
 }

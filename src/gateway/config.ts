@@ -9,12 +9,18 @@
 import { dirname, resolve } from 'node:path'
 import { parseDuration, parseSize, readYamlFile, validateConfig } from '../shared/config.js'
 import { appError } from '../shared/errors.js'
+import { DEFAULT_AUDIT_RETENTION } from './audit/file-sink.js'
+import { DEFAULT_SPOOL_MAX_BYTES } from './audit/spool.js'
+import { DEFAULT_WEBHOOK_BATCH_RECORDS, DEFAULT_WEBHOOK_TIMEOUT_MS } from './audit/webhook-sink.js'
 import { KUBE_REGISTRY_CONFIG_SCHEMA, parseKubeRegistryConfig } from './registry/kube-registry.js'
 import type { KubeRegistrySettings } from './registry/kube-registry.js'
 import { DEFAULT_DENIAL_LIMITS } from './audit/denial-limiter.js'
 import type { DenialLimits } from './audit/denial-limiter.js'
 
-/** Asymmetric JWS algorithms we accept (never `none`, never HMAC: DESIGN.md §4). */
+/**
+ * Asymmetric JWS algorithms we accept (never `none`, never HMAC:
+ * docs/security.md#token-verification).
+ */
 export const ALLOWED_JWT_ALGORITHMS = [
   'RS256',
   'RS384',
@@ -59,7 +65,6 @@ export type AuditSinkConfig =
       url: string
       spoolDir: string
       batchSize: number
-      flushIntervalMs: number
       timeoutMs: number
       tokenFile?: string
       caFile?: string
@@ -334,9 +339,9 @@ const schema = {
                     fsync: { enum: ['always', 'interval', 'never'], default: 'always' },
                     fsyncInterval: { ...duration, default: '1s' },
                     maxSize: { ...size, default: '100MiB' },
-                    maxFiles: { type: 'integer', minimum: 1, default: 10 },
+                    maxFiles: { type: 'integer', minimum: 0, default: DEFAULT_AUDIT_RETENTION },
                     denialsMaxSize: { ...size, default: '100MiB' },
-                    denialsMaxFiles: { type: 'integer', minimum: 1, default: 5 },
+                    denialsMaxFiles: { type: 'integer', minimum: 0, default: 5 },
                   },
                 },
               },
@@ -353,12 +358,15 @@ const schema = {
                     type: { const: 'webhook' },
                     url: { type: 'string', pattern: '^https?://' },
                     spoolDir: { type: 'string' },
-                    batchSize: { type: 'integer', minimum: 1, default: 100 },
-                    flushInterval: { ...duration, default: '1s' },
-                    timeout: { ...duration, default: '10s' },
+                    batchSize: {
+                      type: 'integer',
+                      minimum: 1,
+                      default: DEFAULT_WEBHOOK_BATCH_RECORDS,
+                    },
+                    timeout: { ...duration, default: DEFAULT_WEBHOOK_TIMEOUT_MS },
                     tokenFile: { type: 'string' },
                     caFile: { type: 'string' },
-                    maxSpoolSize: { ...size, default: '1GiB' },
+                    maxSpoolSize: { ...size, default: DEFAULT_SPOOL_MAX_BYTES },
                   },
                 },
               },
@@ -488,7 +496,6 @@ function parseSink(
         url: s.url as string,
         spoolDir: p(s.spoolDir),
         batchSize: s.batchSize as number,
-        flushIntervalMs: parseDuration(s.flushInterval as string, `${where}.flushInterval`),
         timeoutMs: parseDuration(s.timeout as string, `${where}.timeout`),
         maxSpoolBytes: parseSize(s.maxSpoolSize as string, `${where}.maxSpoolSize`),
       }

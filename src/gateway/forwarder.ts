@@ -34,7 +34,6 @@ import { AUDIT_SCHEMA, MAX_SESSION_USERS } from '../protocol/audit-record.js'
 import type { AuditRecord, ClientProtocol } from '../protocol/audit-record.js'
 import {
   GATEWAY_STREAM_ID_HEADER,
-  POD_NETNS_HEADER,
   POD_UID_HEADER,
   PORT_HEADER,
   agentPortForwardPath,
@@ -392,6 +391,8 @@ function reasonFor(err: AppError): string {
       return 'connect-failed'
     case 'PFG_ERR_AGENT_NETNS':
       return 'netns'
+    case 'PFG_ERR_AGENT_RUNTIME_UNAVAILABLE':
+      return 'runtime-unavailable'
     case 'PFG_ERR_RELAY_AGENT_UNAVAILABLE':
       return 'agent-unavailable'
     case 'PFG_ERR_RELAY_STREAM_RESET':
@@ -753,7 +754,6 @@ export class Forwarder {
       [POD_UID_HEADER]: pod.uid,
       [GATEWAY_STREAM_ID_HEADER]: streamId,
     }
-    if (pod.netns !== undefined) headers[POD_NETNS_HEADER] = pod.netns
 
     // 1. The agent connects to the pod's port and answers 200.
     let upstream: ClientHttp2Stream

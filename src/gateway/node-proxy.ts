@@ -1,6 +1,6 @@
 /**
  * The node proxy: `/proxy/nodes/{node}/…` for everything that is not `portForward`.
- * Admins reach each agent's `/healthz` and `/metrics` through the gateway, over the
+ * Admins reach each agent's `/healthz`, `/readyz` and `/metrics` through the gateway, over the
  * same mutual-TLS HTTP/2 hop the streams use (the agent accepts no one else); every
  * other path is a 404 `Status`, and the whole prefix requires the admin role (the
  * gateway's authentication hook, `config.auth: 'admin'`).
@@ -32,7 +32,7 @@ import type { NodeInfo, PodRegistry } from './registry/types.js'
 export const NODE_PROXY_PREFIX = '/proxy/nodes/:node'
 
 /** Agent paths an admin may reach (GET and HEAD). */
-export const NODE_PROXY_PATHS: readonly string[] = ['/healthz', '/metrics']
+export const NODE_PROXY_PATHS: readonly string[] = ['/healthz', '/readyz', '/metrics']
 
 /** Request headers passed on to the agent; every other header stays at the gateway. */
 const FORWARDED_HEADERS = ['accept', 'user-agent'] as const

@@ -76,6 +76,10 @@ export const ERROR_CODES = {
   PFG_ERR_AGENT_CONNECT_FAILED: { status: 502, summary: 'the pod port could not be reached' },
   PFG_ERR_AGENT_CONNECT_TIMEOUT: { status: 504, summary: 'connecting to the pod port timed out' },
   PFG_ERR_AGENT_NETNS: { status: 502, summary: 'the pod network namespace cannot be entered' },
+  PFG_ERR_AGENT_RUNTIME_UNAVAILABLE: {
+    status: 503,
+    summary: 'the node’s container runtime cannot be asked where the pod is',
+  },
 
   // CLI
   PFG_ERR_CLI_USAGE: { status: 0, summary: 'bad command-line arguments' },

@@ -1,16 +1,28 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { writeFile } from 'node:fs/promises'
+import { readFileSync } from 'node:fs'
+import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Writable } from 'node:stream'
+import { fileURLToPath } from 'node:url'
 import type { TestContext } from 'node:test'
-import { formatBytes, formatDuration, runAuditCommand } from '../../src/cli/audit-command.js'
+import {
+  DEFAULT_AUDIT_FILE,
+  DEV_AUDIT_FILE,
+  defaultAuditFile,
+  formatBytes,
+  formatDuration,
+  runAuditCommand,
+} from '../../src/cli/audit-command.js'
 import { AUDIT_SCHEMA } from '../../src/protocol/audit-record.js'
 import { hasControlChars } from '../../src/shared/text.js'
 import type { AuditRecord } from '../../src/protocol/audit-record.js'
 import { FileSink } from '../../src/gateway/audit/file-sink.js'
 import { createAuditRecord } from '../../src/gateway/audit/record.js'
 import { defer, tempDir as auditTempDir } from '../gateway/audit/helpers.js'
+
+/** The repository root (tests run from dist/test/cli). */
+const ROOT = fileURLToPath(new URL('../../../', import.meta.url))
 
 class Capture extends Writable {
   text = ''
@@ -120,6 +132,30 @@ test('usage errors exit 2, bad input exits 1, --help exits 0', async () => {
     assert.equal(res.code, 1, bad.join(' '))
     assert.match(res.err, new RegExp(`--${bad[0] === '-o' ? 'output' : bad[0]!.slice(2)}`))
   }
+})
+
+test('the default trail: $PFGATE_AUDIT_FILE, else the dev trail when present, else /var/log; help and docs say so', async (t) => {
+  assert.equal(defaultAuditFile({ PFGATE_AUDIT_FILE: '/srv/a.log' }), '/srv/a.log')
+  const dir = await tempDir(t)
+  const cwd = process.cwd()
+  t.after(() => process.chdir(cwd))
+  process.chdir(dir)
+  assert.equal(defaultAuditFile({ PFGATE_AUDIT_FILE: '' }), DEFAULT_AUDIT_FILE)
+  await mkdir(join(dir, '.pfgate', 'audit'), { recursive: true })
+  await writeFile(join(dir, DEV_AUDIT_FILE), '')
+  assert.equal(defaultAuditFile({}), DEV_AUDIT_FILE)
+  process.chdir(cwd)
+  // The same order, in the help and in docs/audit.md.
+  const order = ['$PFGATE_AUDIT_FILE', DEV_AUDIT_FILE, DEFAULT_AUDIT_FILE]
+  const inOrder = (text: string): boolean => {
+    const at = order.map((s) => text.indexOf(s))
+    return at.every((p, i) => p >= 0 && (i === 0 || p > (at[i - 1] as number)))
+  }
+  const help = (await run(['--help'])).out.replace(/\s+/g, ' ')
+  assert.ok(inOrder(help), help)
+  const doc = readFileSync(join(ROOT, 'docs', 'audit.md'), 'utf8')
+  const section = doc.slice(doc.indexOf('## `pfgate audit`')).replace(/\s+/g, ' ')
+  assert.ok(inOrder(section), "docs/audit.md names the default trails in the CLI's order")
 })
 
 test('a missing trail exits 1 with a clear message', async (t) => {
@@ -247,6 +283,35 @@ test('query table output has aligned columns', async (t) => {
   assert.equal(formatDuration(850), '850ms')
   assert.equal(formatDuration(12_340), '12.3s')
   assert.equal(formatDuration(7_440_000), '2h04m')
+})
+
+test('table: a close without byte counts shows ? (unknown), records without them -', async (t) => {
+  const dir = await tempDir(t)
+  const path = join(dir, 'audit.log')
+  const target = { user: 'alice', namespace: 'default', pod: 'web-0', port: 8080, streamId: 's9' }
+  const records = [
+    r(T(0), 'stream.opened', target),
+    // What crash recovery writes: no bytes, no duration (docs/audit.md#crash-recovery).
+    r(T(1), 'stream.closed', { ...target, endedBy: 'gateway-restart', reason: 'gateway-restart' }),
+    r(T(2), 'session.closed', { user: 'alice', sessionId: 'c9', endedBy: 'gateway-restart' }),
+  ]
+  await writeFile(path, records.map((x) => `${JSON.stringify(x)}\n`).join(''))
+  const res = await run(['query', '--file', path])
+  assert.equal(res.code, 0)
+  const [header, opened, closed, session] = res.out.trimEnd().split('\n') as [
+    string,
+    string,
+    string,
+    string,
+  ]
+  const cell = (line: string, col: string): string =>
+    line.slice(header.indexOf(col)).split(/\s{2,}/)[0] as string
+  assert.equal(cell(opened, 'BYTES ↑/↓'), '-')
+  assert.equal(cell(opened, 'DURATION'), '-')
+  assert.equal(cell(closed, 'BYTES ↑/↓'), '?/?')
+  assert.equal(cell(closed, 'DURATION'), '?')
+  assert.equal(cell(session, 'BYTES ↑/↓'), '?/?')
+  assert.equal(cell(session, 'DURATION'), '?')
 })
 
 test('follow prints new records as they are written, across rotation, until stopped', async (t) => {
