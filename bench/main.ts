@@ -14,7 +14,9 @@
  *    directions, with CPU seconds per GB for the CLI, the gateway and the agent;
  * 5. `kubectl`: bench/kubectl.ts when present (see bench/kubectl-contract.ts);
  * 6. `netns`: the agent's network-namespace dialer against the static dialer and against
- *    `nsenter … socat` per connection (bench/netns-dialer.ts; its own namespaces; root);
+ *    `nsenter … socat` per connection, and the runtime-resolved path (pod found by UID in
+ *    a private containerd over CRI) against the static dialer (bench/netns-dialer.ts;
+ *    its own namespaces and containerd; root);
  * 7. `abuse`: hostile and broken clients against the default limits (bench/abuse.ts; its
  *    own dev clusters): unauthenticated streams, stalled readers against the buffer
  *    budget, SIGTERM with clients that never read, a denial flood against the audit trail.
@@ -346,6 +348,31 @@ export function buildRows(r: BenchReport): Row[] {
       baseValue: f3(n.dial.socat.p50Ms),
       ratio: ratio(n.dial.netns.p50Ms, n.dial.socat.p50Ms),
     })
+    // The runtime-resolved path (issue 9): the pod found by UID in containerd over CRI.
+    if ('error' in n.runtime) {
+      row({ figure: 'runtime (CRI) dialer', value: `error: ${n.runtime.error}`, result: 'FAIL' })
+    } else {
+      row({
+        figure: 'runtime (CRI) dialer, first dial to first echo (ms)',
+        value: f3(n.runtime.coldMs),
+        baseline: 'static dialer p50',
+        baseValue: f3(n.dial.static.p50Ms),
+        ratio: ratio(n.runtime.coldMs, n.dial.static.p50Ms),
+      })
+      row({
+        figure: 'runtime (CRI) dialer, cached dial to first echo p50 (ms)',
+        value: f3(n.runtime.dial.p50Ms),
+        baseline: 'static dialer (host port)',
+        baseValue: f3(n.dial.static.p50Ms),
+        ratio: ratio(n.runtime.dial.p50Ms, n.dial.static.p50Ms),
+      })
+      row({
+        figure: '',
+        baseline: 'netns dialer, namespace from config',
+        baseValue: f3(n.dial.netns.p50Ms),
+        ratio: ratio(n.runtime.dial.p50Ms, n.dial.netns.p50Ms),
+      })
+    }
   } else if (r.errors?.netns !== undefined) {
     row({
       figure: 'netns dialer (bench/netns-dialer.ts)',

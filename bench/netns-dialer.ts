@@ -6,12 +6,17 @@
  * - `netns`: {@link NetnsDialer}, an echo server inside a fresh network namespace,
  *   reached through the long-lived helper that passes connected sockets back;
  * - `socat`: the reference, one `nsenter --net=<path> socat - TCP:127.0.0.1:<port>`
- *   process per connection (what dockershim did), relayed through its stdin/stdout.
+ *   process per connection (what dockershim did), relayed through its stdin/stdout;
+ * - `runtime`: the netns dialer resolving the pod by UID from a real containerd over
+ *   CRI (src/dev/containerd-harness.ts; the same echo server, in the pod sandbox's
+ *   namespace): the first dial (ListPodSandbox, verbose PodSandboxStatus, helper start)
+ *   and cached dials (one ListPodSandbox each), both against the static dialer.
  *
  * Dial latency is the time from asking for a connection to the first echoed byte
  * (a process-per-connection dialer only proves it is connected that way). Throughput
  * is `bytes` written and read back through one connection (echo), MiB/s each way.
- * Needs root, `ip`, `nsenter` and `socat`.
+ * Needs root, `ip`, `nsenter` and `socat`; the runtime rows also containerd (else they
+ * report why they are missing).
  *
  * Run alone: `node dist/bench/netns-dialer.js [--json]`; `npm run bench` calls
  * {@link benchNetnsDialer}.
@@ -25,6 +30,9 @@ import { connect } from 'node:net'
 import type { Duplex, Readable, Writable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import { NetnsDialer } from '../src/agent/netns-dialer.js'
+import { StaticNetnsResolver } from '../src/agent/netns-resolver.js'
+import { CriNetnsResolver } from '../src/agent/cri-resolver.js'
+import { ContainerdHarness } from '../src/dev/containerd-harness.js'
 import {
   assertNetnsPrerequisites,
   createNetns,
@@ -56,6 +64,12 @@ export interface NetnsBenchResult {
   throughputMiBps: { static: number; netns: number; socat: number }
   /** 200 dials started at once: ms until all had their first echo (connections per second). */
   burst: { static: { ms: number; perSec: number }; netns: { ms: number; perSec: number } }
+  /**
+   * The runtime (CRI) path, or why it could not run: the first dial (list, status,
+   * helper start) and cached dials, time to first echo; CRI calls made.
+   */
+  runtime:
+    { coldMs: number; dial: LatencyStats; lists: number; statuses: number } | { error: string }
   /** Memory of the helper after the run, KiB: RSS, and private (what each extra helper costs). */
   helperRssKiB: number
   helperPrivateKiB: number
@@ -208,7 +222,46 @@ function socatDial(netnsPath: string, port: number): Dial {
     })
 }
 
-/** Runs the three measurements in fresh namespaces; needs root, `ip`, `nsenter`, `socat`. */
+/**
+ * The runtime-resolved path: a pod sandbox in a private containerd, the echo server in
+ * its namespace, dialled by pod UID through {@link CriNetnsResolver}.
+ */
+async function benchRuntimePath(
+  dials: number,
+): Promise<{ coldMs: number; dial: LatencyStats; lists: number; statuses: number }> {
+  const h = await ContainerdHarness.start({ name: 'bench' })
+  let server: NetnsServer | undefined
+  let dialer: NetnsDialer | undefined
+  try {
+    const pod = await h.runPod({ namespace: 'bench', name: 'echo', containers: [] })
+    server = await startServerInNetns(pod.netnsPath, 'echo')
+    const resolver = new CriNetnsResolver({ endpoint: h.socketPath })
+    dialer = new NetnsDialer({ resolver, idleTimeoutMs: 0 })
+    const d = dialer
+    const port = server.port
+    const target = { namespace: pod.namespace, name: pod.name, uid: pod.uid }
+    const dial: Dial = async () =>
+      socketConn(
+        await d.dial(target, port, { signal: new AbortController().signal, timeoutMs: 10_000 }),
+      )
+    const cold = await measureDials(dial, 1)
+    await measureDials(dial, 50)
+    const warm = stats(await measureDials(dial, dials))
+    const s = resolver.stats()
+    return {
+      coldMs: Math.round(cold[0]! * 10) / 10,
+      dial: warm,
+      lists: s.lists,
+      statuses: s.statuses,
+    }
+  } finally {
+    await dialer?.close()
+    await server?.stop()
+    await h.close()
+  }
+}
+
+/** Runs the measurements in fresh namespaces; needs root, `ip`, `nsenter`, `socat`. */
 export async function benchNetnsDialer(options: NetnsBenchOptions = {}): Promise<NetnsBenchResult> {
   const params = {
     dials: options.dials ?? 300,
@@ -226,7 +279,12 @@ export async function benchNetnsDialer(options: NetnsBenchOptions = {}): Promise
     servers.push(inNs)
     const onHost = await startServerOnHost('echo')
     servers.push(onHost)
-    dialer = new NetnsDialer({ pods: [['bench/echo', ns.name]], idleTimeoutMs: 0 })
+    dialer = new NetnsDialer({
+      resolver: new StaticNetnsResolver([
+        { namespace: 'bench', name: 'echo', uid: 'bench-echo', netns: ns.name },
+      ]),
+      idleTimeoutMs: 0,
+    })
     const d = dialer
     const staticDial: Dial = () =>
       new Promise((resolve, reject) => {
@@ -241,7 +299,7 @@ export async function benchNetnsDialer(options: NetnsBenchOptions = {}): Promise
       })
     const netnsDial: Dial = async () =>
       socketConn(
-        await d.dial({ namespace: 'bench', name: 'echo' }, inNs.port, {
+        await d.dial({ namespace: 'bench', name: 'echo', uid: 'bench-echo' }, inNs.port, {
           signal: new AbortController().signal,
           timeoutMs: 10_000,
         }),
@@ -267,6 +325,9 @@ export async function benchNetnsDialer(options: NetnsBenchOptions = {}): Promise
       static: await measureBurst(staticDial, 200),
       netns: await measureBurst(netnsDial, 200),
     }
+    const runtime = await benchRuntimePath(params.dials).catch((err: unknown) => ({
+      error: err instanceof Error ? err.message : String(err),
+    }))
     const pid = d.helpers()[0]?.pid
     const mem = pid === undefined ? '' : readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8')
     const kib = (field: string): number =>
@@ -275,6 +336,7 @@ export async function benchNetnsDialer(options: NetnsBenchOptions = {}): Promise
       dial,
       throughputMiBps,
       burst,
+      runtime,
       helperRssKiB: kib('Rss'),
       helperPrivateKiB: kib('Private_Clean') + kib('Private_Dirty'),
       params,
@@ -297,6 +359,9 @@ export function formatNetnsBench(r: NetnsBenchResult): string[] {
     row('socat', r.dial.socat, t.socat),
     `burst of 200 concurrent dials: static ${r.burst.static.ms} ms (${r.burst.static.perSec}/s), netns ${r.burst.netns.ms} ms (${r.burst.netns.perSec}/s)`,
     `netns first dial (helper start) ${r.dial.netnsColdMs} ms; helper RSS ${r.helperRssKiB} KiB, private ${r.helperPrivateKiB} KiB`,
+    'error' in r.runtime
+      ? `runtime (CRI) path: not measured (${r.runtime.error})`
+      : `runtime (CRI) first dial ${r.runtime.coldMs} ms (${(r.runtime.coldMs / r.dial.static.p50Ms).toFixed(0)}× static p50); cached dial p50 ${r.runtime.dial.p50Ms.toFixed(3)} ms p90 ${r.runtime.dial.p90Ms.toFixed(3)} (${(r.runtime.dial.p50Ms / r.dial.static.p50Ms).toFixed(2)}× static, ${(r.runtime.dial.p50Ms / r.dial.netns.p50Ms).toFixed(2)}× netns from config); ${r.runtime.lists} ListPodSandbox, ${r.runtime.statuses} PodSandboxStatus`,
     `ratios: dial p50 netns/static ${(r.dial.netns.p50Ms / r.dial.static.p50Ms).toFixed(2)}×, socat/netns ${(r.dial.socat.p50Ms / r.dial.netns.p50Ms).toFixed(1)}×; throughput netns/static ${(t.netns / t.static).toFixed(2)}, netns/socat ${(t.netns / t.socat).toFixed(2)}×`,
   ]
 }

@@ -30,6 +30,10 @@ export const DEBIAN_PACKAGES = [
   { pkg: 'procps', why: 'process inspection in the leak checks' },
   { pkg: 'python3-kubernetes', why: 'the Python Kubernetes client (WebSocket channels)' },
   { pkg: 'iperf3', why: 'the throughput driver of `npm run bench`' },
+  { pkg: 'containerd', why: 'real pods: the agent finds them over CRI (containerd harness)' },
+  { pkg: 'runc', why: 'the OCI runtime containerd runs the harness pods with' },
+  { pkg: 'containernetworking-plugins', why: 'CNI bridge network of the harness pods' },
+  { pkg: 'busybox-static', why: 'the image of the harness pods (sandbox and servers)' },
 ]
 
 /** Where Debian's kubectl 1.20 (kubernetes-client) is unpacked: beside, not over, the PATH kubectl. */

@@ -3,7 +3,8 @@
  * the gateway's identity), speaking the native stream contract on
  * `POST /portForward/{ns}/{pod}` with a `port` header: 200 once the pod's port is
  * connected, then bytes both ways with half-close; errors as Kubernetes `Status`.
- * Also `GET /healthz` and `GET /metrics` (reached by admins through the gateway).
+ * Also `GET /healthz`, `GET /readyz` (503 while the container runtime cannot be asked)
+ * and `GET /metrics` (reached by admins through the gateway).
  *
  * @module
  */
@@ -24,12 +25,7 @@ import { DuplexRelay } from '../shared/duplex-relay.js'
 import { h2Endpoint, socketEndpoint } from '../shared/relay-endpoints.js'
 import { peerIdentities, respondStatus } from '../shared/h2-util.js'
 import { h2SessionOptions, widenConnectionWindow } from '../protocol/h2-settings.js'
-import {
-  GATEWAY_STREAM_ID_HEADER,
-  POD_NETNS_HEADER,
-  POD_UID_HEADER,
-  PORT_HEADER,
-} from '../protocol/constants.js'
+import { GATEWAY_STREAM_ID_HEADER, POD_UID_HEADER, PORT_HEADER } from '../protocol/constants.js'
 import { assertNamespace, assertObjectName, parsePortHeader } from '../protocol/names.js'
 import { RST } from '../protocol/reset-codes.js'
 import type { PodDialer, PodTarget } from './pod-dialer.js'
@@ -57,6 +53,8 @@ export interface AgentServer {
 }
 
 const PF_PATH = /^\/portForward\/([^/?#]+)\/([^/?#]+)(?:\/([^/?#]+))?$/
+/** A pod UID as the API server makes them (a UUID), loosely: bounded and plain. */
+const POD_UID_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/
 
 const kAuthorized = Symbol('pfgate.agent.authorized')
 
@@ -110,8 +108,17 @@ export function createAgentServer(options: AgentServerOptions): AgentServer {
       this.set(sessions.size)
     },
   })
+  const mReady = new Gauge({
+    name: 'pfgate_agent_ready',
+    help: 'Whether the agent can resolve pods now (1: its container runtime answers)',
+    registers: [metrics],
+    async collect() {
+      this.set((await readiness()).ready ? 1 : 0)
+    },
+  })
   void mStreams
   void mSessions
+  void mReady
 
   const server = createSecureServer({
     ...h2SessionOptions(),
@@ -160,10 +167,23 @@ export function createAgentServer(options: AgentServerOptions): AgentServer {
     }
     const method = headers[':method']
     const path = headers[':path'] ?? ''
-    if (path === '/healthz' || path === '/readyz') {
+    if (path === '/healthz') {
       if (method !== 'GET' && method !== 'HEAD') return methodNotAllowed(stream)
       stream.respond({ ':status': 200, 'content-type': 'text/plain' })
       stream.end(method === 'HEAD' ? undefined : 'ok')
+      return
+    }
+    if (path === '/readyz') {
+      if (method !== 'GET' && method !== 'HEAD') return methodNotAllowed(stream)
+      void readiness().then((r) => {
+        if (stream.destroyed) return
+        if (!r.ready) {
+          respondStatus(stream, appError('PFG_ERR_AGENT_RUNTIME_UNAVAILABLE', r.detail))
+          return
+        }
+        stream.respond({ ':status': 200, 'content-type': 'text/plain' })
+        stream.end(method === 'HEAD' ? undefined : `ok: ${r.detail}\n`)
+      })
       return
     }
     if (path === '/metrics') {
@@ -187,6 +207,15 @@ export function createAgentServer(options: AgentServerOptions): AgentServer {
     void handlePortForward(stream, headers, m)
   })
 
+  /** The dialer's readiness (the container runtime answers), never rejecting. */
+  function readiness(): Promise<{ ready: boolean; detail: string }> {
+    if (dialer.readiness === undefined)
+      return Promise.resolve({ ready: true, detail: 'static dialer' })
+    return dialer
+      .readiness()
+      .catch((err: unknown) => ({ ready: false, detail: describeError(err) }))
+  }
+
   function methodNotAllowed(stream: ServerHttp2Stream): void {
     respondStatus(stream, appError('PFG_ERR_ROUTE_METHOD_NOT_ALLOWED', 'method not allowed'))
   }
@@ -207,9 +236,12 @@ export function createAgentServer(options: AgentServerOptions): AgentServer {
       target = { namespace, name }
       const uid =
         headers[POD_UID_HEADER] ?? (m[3] !== undefined ? decodeURIComponent(m[3]) : undefined)
-      if (typeof uid === 'string' && uid !== '') target.uid = uid
-      const netns = headers[POD_NETNS_HEADER]
-      if (typeof netns === 'string' && netns !== '') target.netns = netns
+      if (uid !== undefined) {
+        if (typeof uid !== 'string' || !POD_UID_RE.test(uid)) {
+          throw appError('PFG_ERR_PROTO_BAD_HEADER', `invalid ${POD_UID_HEADER} header`)
+        }
+        target.uid = uid
+      }
     } catch (err) {
       respondStatus(stream, err as AppError)
       return

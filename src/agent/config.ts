@@ -1,10 +1,11 @@
 /**
- * The node agent's configuration (YAML; example in config/agent.yaml).
+ * The node agent's configuration (YAML; example in config/agent-node-a.yaml).
  *
  * @module
  */
 import { dirname, resolve } from 'node:path'
 import { parseDuration, readYamlFile, validateConfig } from '../shared/config.js'
+import { appError } from '../shared/errors.js'
 import { GATEWAY_IDENTITY_URI } from '../protocol/constants.js'
 import type { StaticPodEntry } from './static-dialer.js'
 
@@ -27,8 +28,20 @@ export interface AgentConfig {
     connectTimeoutMs: number
     /** netns: stop a namespace helper after this long unused. */
     helperIdleMs: number
+    /**
+     * netns: where a pod's namespace comes from, by pod UID: the container runtime
+     * over CRI (`runtime`, real nodes) or `pods[].netns` of this config (`config`).
+     */
+    namespaces: 'runtime' | 'config'
   }
-  /** Pods on this node and how to reach them. */
+  /** The container runtime the netns dialer asks (CRI). */
+  runtime: {
+    /** CRI socket path; undefined: containerd's, else CRI-O's default socket. */
+    endpoint: string | undefined
+    /** Deadline of each CRI call. */
+    timeoutMs: number
+  }
+  /** Pods on this node and how to reach them (static dialer, or `namespaces: config`). */
   pods: AgentPodEntry[]
   /** How long in-flight streams may drain on shutdown. */
   shutdownGraceMs: number
@@ -37,7 +50,9 @@ export interface AgentConfig {
 
 /** One pod on this node. */
 export interface AgentPodEntry extends StaticPodEntry {
-  /** netns dialer: a name under /run/netns or a /proc/<pid>/ns/net path. */
+  /** The pod's UID (required with `netns`: the agent resolves pods by UID). */
+  uid?: string
+  /** `namespaces: config`: a name under /run/netns or an absolute namespace path. */
   netns?: string
 }
 
@@ -80,6 +95,16 @@ const schema = {
         type: { enum: ['static', 'netns'], default: 'static' },
         connectTimeout: { type: ['string', 'number'], default: '5s' },
         helperIdle: { type: ['string', 'number'], default: '10m' },
+        namespaces: { enum: ['runtime', 'config'], default: 'runtime' },
+      },
+    },
+    runtime: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        endpoint: { type: 'string', pattern: '^(unix://)?/' },
+        timeout: { type: ['string', 'number'], default: '2s' },
       },
     },
     pods: {
@@ -92,6 +117,7 @@ const schema = {
         properties: {
           namespace: { type: 'string' },
           name: { type: 'string' },
+          uid: { type: 'string', minLength: 1 },
           host: { type: 'string' },
           ports: {
             type: 'object',
@@ -115,15 +141,43 @@ interface RawAgentConfig {
   listen: { host: string; port: number }
   tls: { cert: string; key: string; clientCa: string }
   allowedClients: string[]
-  dialer: { type: 'static' | 'netns'; connectTimeout: string | number; helperIdle: string | number }
+  dialer: {
+    type: 'static' | 'netns'
+    connectTimeout: string | number
+    helperIdle: string | number
+    namespaces: 'runtime' | 'config'
+  }
+  runtime: { endpoint?: string; timeout: string | number }
   pods: AgentPodEntry[]
   shutdownGrace: string | number
   logLevel: string
 }
 
+/**
+ * Namespaces come from one place: with `namespaces: runtime` a `pods[].netns` would be
+ * ignored, so it is refused rather than silently unused; with `config`, each needs a uid.
+ */
+function checkNetnsEntries(raw: RawAgentConfig, source: string): void {
+  const problems: string[] = []
+  for (const [i, p] of raw.pods.entries()) {
+    if (p.netns === undefined) continue
+    if (raw.dialer.type !== 'netns' || raw.dialer.namespaces !== 'config') {
+      problems.push(
+        `pods[${i}].netns: only read with dialer.type netns and dialer.namespaces config (the container runtime names namespaces otherwise)`,
+      )
+    } else if (p.uid === undefined) {
+      problems.push(`pods[${i}]: a uid is required with netns (pods are resolved by UID)`)
+    }
+  }
+  if (problems.length > 0) {
+    throw appError('PFG_ERR_CONFIG_INVALID', `${source}: ${problems.join('; ')}`)
+  }
+}
+
 /** Validates a parsed config object; relative file paths resolve against `baseDir`. */
 export function parseAgentConfig(value: unknown, source: string, baseDir: string): AgentConfig {
   const raw = validateConfig<RawAgentConfig>(schema, value, source)
+  checkNetnsEntries(raw, source)
   return Object.freeze({
     nodeName: raw.nodeName,
     listen: { ...raw.listen },
@@ -137,6 +191,11 @@ export function parseAgentConfig(value: unknown, source: string, baseDir: string
       type: raw.dialer.type,
       connectTimeoutMs: parseDuration(raw.dialer.connectTimeout, 'dialer.connectTimeout'),
       helperIdleMs: parseDuration(raw.dialer.helperIdle, 'dialer.helperIdle'),
+      namespaces: raw.dialer.namespaces,
+    },
+    runtime: {
+      endpoint: raw.runtime.endpoint,
+      timeoutMs: parseDuration(raw.runtime.timeout, 'runtime.timeout'),
     },
     pods: raw.pods.map((p) => ({ ...p })),
     shutdownGraceMs: parseDuration(raw.shutdownGrace, 'shutdownGrace'),

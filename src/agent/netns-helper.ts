@@ -1,46 +1,57 @@
 /**
  * The network-namespace helper: a tiny long-lived process that the agent starts
  * inside one pod's network namespace (`nsenter --net=<path> -- node netns-helper.js`)
- * with a Node IPC channel. For each `{id, port, timeoutMs}` request it connects to
- * `127.0.0.1:<port>`, then `[::1]:<port>`, inside its namespace (what containerd
- * does for the kubelet) and sends the connected socket's file descriptor back to
- * the agent with `process.send(msg, socket)`; the agent relays it directly, so no
- * byte ever passes through this process.
+ * with a Node IPC channel. For each `{id, port, timeoutMs, podIps}` request it connects
+ * to `127.0.0.1:<port>`, then `[::1]:<port>`, inside its namespace (what containerd
+ * does for the kubelet), then to the pod's own addresses, and sends the connected
+ * socket's file descriptor back to the agent with `process.send(msg, socket)`; the
+ * agent relays it directly, so no byte ever passes through this process.
  *
- * It is deliberately dumb and strict: it only ever connects to loopback, accepts
- * nothing but integer fields, imports nothing but `node:net`/`node:fs`, and exits
- * as soon as the IPC channel goes away (the agent died or let it go), so a helper
- * can never outlive its agent. Messages are described in {@link HelperRequest}
- * and {@link HelperMessage}; the agent side is `netns-dialer.ts`.
+ * It is deliberately dumb and strict: it only ever connects to addresses of its own
+ * namespace (loopback, and a pod IP only when an interface of the namespace has it,
+ * so a connect never leaves the pod), accepts nothing but integer fields and IP
+ * literals, imports nothing but `node:net`/`node:fs`/`node:os`, and exits as soon as
+ * the IPC channel goes away (the agent died or let it go), so a helper can never
+ * outlive its agent. Messages are described in {@link HelperRequest} and
+ * {@link HelperMessage}; the agent side is `helper-process.ts`.
  *
  * @module
  */
-import { Socket } from 'node:net'
+import { isIP, Socket } from 'node:net'
 import { realpathSync, statSync } from 'node:fs'
+import { networkInterfaces } from 'node:os'
 import { fileURLToPath } from 'node:url'
 
-/** Agent → helper: connect to `port` on loopback, giving up after `timeoutMs`. */
+/** Agent → helper: connect to `port`, giving up after `timeoutMs`. */
 export interface HelperRequest {
   /** Request id chosen by the agent (echoed back). */
   id: number
   /** TCP port, 1..65535. */
   port: number
-  /** Deadline for both attempts together, ms. */
+  /** Deadline for all attempts together, ms. */
   timeoutMs: number
+  /** The pod's own IP addresses, tried after loopback (from the container runtime). */
+  podIps: string[]
 }
 
 /** One failed connect attempt, as reported to the agent. */
 export interface HelperAttemptError {
-  /** 4 for 127.0.0.1, 6 for [::1]. */
-  family: 4 | 6
-  /** errno name (`ECONNREFUSED`, `ENETUNREACH`...) or `ETIMEDOUT` for our own deadline. */
+  /** The address tried: `127.0.0.1`, `::1`, or a pod IP. */
+  address: string
+  /**
+   * errno name (`ECONNREFUSED`, `ENETUNREACH`...), `ETIMEDOUT` for our own deadline,
+   * or `EADDRNOTAVAIL` for a pod IP that no interface of the namespace has.
+   */
   code: string
 }
+
+/** Most pod IPs a request may carry (a dual-stack pod has two). */
+export const MAX_POD_IPS = 8
 
 /** Helper → agent messages. A `connected` message carries the socket handle. */
 export type HelperMessage =
   | { type: 'ready'; pid: number; dev: number; ino: number }
-  | { type: 'connected'; id: number; family: 4 | 6 }
+  | { type: 'connected'; id: number; address: string }
   | { type: 'failed'; id: number; errors: HelperAttemptError[] }
 
 /** Largest id the agent uses (ids wrap below it). */
@@ -50,13 +61,19 @@ export const MAX_HELPER_TIMEOUT_MS = 600_000
 /** Concurrent connects a helper will run; more are answered with EAGAIN at once. */
 export const MAX_HELPER_INFLIGHT = 4096
 
-/** Strict check of an agent request: exactly the three integer fields, in range. */
+/** An IP literal in canonical-enough form (what `net.isIP` accepts, bounded). */
+const isAddress = (v: unknown): boolean => typeof v === 'string' && v.length <= 45 && isIP(v) !== 0
+
+/** Strict check of an agent request: exactly the four fields, in range. */
 export function isHelperRequest(msg: unknown): msg is HelperRequest {
   if (typeof msg !== 'object' || msg === null || Array.isArray(msg)) return false
   const keys = Object.keys(msg)
-  if (keys.length !== 3) return false
-  const { id, port, timeoutMs } = msg as Record<string, unknown>
+  if (keys.length !== 4) return false
+  const { id, port, timeoutMs, podIps } = msg as Record<string, unknown>
   return (
+    Array.isArray(podIps) &&
+    podIps.length <= MAX_POD_IPS &&
+    podIps.every(isAddress) &&
     Number.isInteger(id) &&
     (id as number) >= 0 &&
     (id as number) <= MAX_REQUEST_ID &&
@@ -77,7 +94,6 @@ export function isHelperMessage(msg: unknown): msg is HelperMessage {
   const m = msg as Record<string, unknown>
   const isId = (v: unknown): boolean =>
     Number.isInteger(v) && (v as number) >= 0 && (v as number) <= MAX_REQUEST_ID
-  const isFamily = (v: unknown): boolean => v === 4 || v === 6
   switch (m.type) {
     case 'ready':
       return (
@@ -89,18 +105,18 @@ export function isHelperMessage(msg: unknown): msg is HelperMessage {
         (m.ino as number) > 0
       )
     case 'connected':
-      return isId(m.id) && isFamily(m.family)
+      return isId(m.id) && isAddress(m.address)
     case 'failed':
       return (
         isId(m.id) &&
         Array.isArray(m.errors) &&
         m.errors.length >= 1 &&
-        m.errors.length <= 2 &&
+        m.errors.length <= 2 + MAX_POD_IPS &&
         m.errors.every(
           (e: unknown) =>
             typeof e === 'object' &&
             e !== null &&
-            isFamily((e as Record<string, unknown>).family) &&
+            isAddress((e as Record<string, unknown>).address) &&
             typeof (e as Record<string, unknown>).code === 'string' &&
             ERRNO_NAME.test((e as Record<string, unknown>).code as string),
         )
@@ -118,7 +134,7 @@ type Attempt = { socket: Socket } | { code: string }
  * that Node never starts reading from it here: a pod that speaks first (a banner)
  * must find its bytes still queued in the kernel when the descriptor reaches the agent.
  */
-function attempt(host: '127.0.0.1' | '::1', port: number, deadline: number): Promise<Attempt> {
+function attempt(host: string, port: number, deadline: number): Promise<Attempt> {
   const remaining = deadline - Date.now()
   if (remaining <= 0) return Promise.resolve({ code: 'ETIMEDOUT' })
   return new Promise((resolve) => {
@@ -138,7 +154,7 @@ function attempt(host: '127.0.0.1' | '::1', port: number, deadline: number): Pro
       socket.destroy()
       resolve({ code: typeof err.code === 'string' ? err.code : 'EIO' })
     })
-    socket.connect({ host, port, family: host === '::1' ? 6 : 4 })
+    socket.connect({ host, port, family: isIP(host) })
   })
 }
 
@@ -153,20 +169,35 @@ function reply(msg: HelperMessage, socket?: Socket): void {
   })
 }
 
-/** Runs one request: IPv4 first, then IPv6, like containerd's PortForward. */
+/** The addresses of this namespace's interfaces (the helper lives in the pod's namespace). */
+function localAddresses(): Set<string> {
+  const out = new Set<string>()
+  for (const list of Object.values(networkInterfaces())) {
+    for (const a of list ?? []) out.add(a.address)
+  }
+  return out
+}
+
+/**
+ * Runs one request: 127.0.0.1, then [::1], like containerd's PortForward; then each
+ * pod IP that an interface of this namespace has (a server bound only to the pod IP).
+ * A pod IP the namespace does not have is not dialled: it would be routed elsewhere.
+ */
 async function serve(req: HelperRequest): Promise<void> {
   const deadline = Date.now() + req.timeoutMs
   const errors: HelperAttemptError[] = []
-  for (const [family, host] of [
-    [4, '127.0.0.1'],
-    [6, '::1'],
-  ] as const) {
+  const local = req.podIps.length > 0 ? localAddresses() : new Set<string>()
+  for (const host of ['127.0.0.1', '::1', ...req.podIps]) {
+    if (host !== '127.0.0.1' && host !== '::1' && !local.has(host)) {
+      errors.push({ address: host, code: 'EADDRNOTAVAIL' })
+      continue
+    }
     const r = await attempt(host, req.port, deadline)
     if ('socket' in r) {
-      reply({ type: 'connected', id: req.id, family }, r.socket)
+      reply({ type: 'connected', id: req.id, address: host }, r.socket)
       return
     }
-    errors.push({ family, code: r.code })
+    errors.push({ address: host, code: r.code })
   }
   reply({ type: 'failed', id: req.id, errors })
 }
@@ -191,8 +222,8 @@ function main(): void {
         type: 'failed',
         id: msg.id,
         errors: [
-          { family: 4, code: 'EAGAIN' },
-          { family: 6, code: 'EAGAIN' },
+          { address: '127.0.0.1', code: 'EAGAIN' },
+          { address: '::1', code: 'EAGAIN' },
         ],
       })
       return

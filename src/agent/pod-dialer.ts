@@ -11,10 +11,11 @@ import type { Socket } from 'node:net'
 export interface PodTarget {
   namespace: string
   name: string
-  /** The pod UID the gateway resolved, when it sent one. */
+  /**
+   * The pod UID the gateway resolved (the `pfgate-pod-uid` header). The netns dialer
+   * requires it: it finds the pod by UID, and nothing else in a request names a place.
+   */
   uid?: string
-  /** A network-namespace handle from the gateway's registry (netns name or /proc/PID/ns/net path). */
-  netns?: string
 }
 
 /** Options for one dial. */
@@ -29,12 +30,18 @@ export interface DialOptions {
  * Connects to `port` of a pod. Resolves with a connected socket created with
  * `allowHalfOpen: true` (the relay half-closes it). Rejects with an `AppError`:
  * `PFG_ERR_AGENT_POD_NOT_FOUND`, `PFG_ERR_AGENT_CONNECT_REFUSED`,
- * `PFG_ERR_AGENT_CONNECT_FAILED`, `PFG_ERR_AGENT_CONNECT_TIMEOUT` or `PFG_ERR_AGENT_NETNS`,
+ * `PFG_ERR_AGENT_CONNECT_FAILED`, `PFG_ERR_AGENT_CONNECT_TIMEOUT`, `PFG_ERR_AGENT_NETNS` or
+ * `PFG_ERR_AGENT_RUNTIME_UNAVAILABLE`,
  * whose message reads like the kubelet's (for example
  * `failed to connect to localhost:5000 inside namespace "...": ... connection refused`).
  */
 export interface PodDialer {
   dial(target: PodTarget, port: number, options: DialOptions): Promise<Socket>
+  /**
+   * Whether dials can succeed now (the agent's `/readyz`): false while the container
+   * runtime cannot be asked. Dialers that depend on nothing leave it out.
+   */
+  readiness?(): Promise<{ ready: boolean; detail: string }>
   /** Releases every resource (helper processes, timers). Idempotent. */
   close(): Promise<void>
 }

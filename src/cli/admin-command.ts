@@ -6,6 +6,7 @@
 import type { Writable } from 'node:stream'
 import { parseArgs } from 'node:util'
 import { describeError } from '../shared/errors.js'
+import { plainText } from '../shared/text.js'
 import { GatewayClient, GatewayHttpError } from './gateway-client.js'
 import { loadClientConfig } from './kubeconfig.js'
 import type { ClientOverrides } from './kubeconfig.js'
@@ -19,7 +20,16 @@ Connection flags as for port-forward: --kubeconfig, --context, -s/--server, --to
 --certificate-authority, --insecure-skip-tls-verify. Requires the admin role.
 `
 
-function table(rows: string[][]): string {
+/** The widest a cell gets (longer text is cut, with a mark). */
+const MAX_CELL = 200
+
+/**
+ * Aligned columns. Every cell is escaped (control, invisible and direction-changing
+ * characters) and cut short: a user name or a user agent must not forge a row or hide
+ * the rest of a line on the admin's terminal.
+ */
+function table(cells: string[][]): string {
+  const rows = cells.map((r) => r.map((c) => plainText(c, MAX_CELL)))
   const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? []
   return (
     rows
@@ -120,10 +130,14 @@ export async function runAdminCommand(
             ]),
           ]
         : [
-            ['ID', 'USER', 'SOURCE', 'PROTOCOL', 'SINCE', 'STREAMS', 'BYTES-UP', 'BYTES-DOWN'],
+            ['ID', 'USERS', 'SOURCE', 'PROTOCOL', 'SINCE', 'STREAMS', 'BYTES-UP', 'BYTES-DOWN'],
             ...doc.items.map((s) => [
               String(s.id),
-              typeof s.user === 'string' ? s.user : '-',
+              Array.isArray(s.users) && s.users.length > 0
+                ? s.users.map(String).join(',')
+                : typeof s.user === 'string'
+                  ? s.user
+                  : '-',
               String(s.sourceAddress),
               String(s.protocol),
               String(s.openedAt),

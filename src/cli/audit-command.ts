@@ -22,8 +22,14 @@ import { once } from 'node:events'
 import type { Writable } from 'node:stream'
 import { parseArgs } from 'node:util'
 import type { AuditRecord } from '../protocol/audit-record.js'
-import { AuditLineDecoder, orderTrailFiles } from '../protocol/audit-record.js'
+import {
+  AuditLineDecoder,
+  deniedTrailPath,
+  mergeByTime,
+  orderTrailFiles,
+} from '../protocol/audit-record.js'
 import { errorCode } from '../shared/errors.js'
+import { plainText } from '../shared/text.js'
 
 /** Where a production gateway's trail is by convention (config/gateway.yaml). */
 export const DEFAULT_AUDIT_FILE = '/var/log/pfgate/audit.log'
@@ -99,7 +105,8 @@ export const OUTCOMES = ['ok', 'denied', 'failed', 'error', 'limit', 'admin', 'r
 
 /** The outcome of a record, as `--outcome` matches it (see docs/audit.md). */
 export function recordOutcome(r: AuditRecord): (typeof OUTCOMES)[number] {
-  if (r.type === 'stream.denied') return 'denied'
+  if (r.type === 'stream.denied' || r.type === 'request.denied') return 'denied'
+  if (r.type === 'denials.suppressed') return 'denied'
   if (r.type === 'stream.failed') return 'failed'
   switch (r.endedBy) {
     case 'error':
@@ -193,7 +200,16 @@ function parse(argv: string[], io: AuditCommandIO): Parsed | 'help' {
       return got !== undefined && wanted.has(got)
     })
   }
-  eq('user', (r) => r.user, values.user)
+  if (values.user !== undefined) {
+    // A session's users, or a summary's, count too.
+    const wanted = new Set(list(values.user))
+    if (wanted.size === 0) throw new InputError('--user needs a value')
+    filters.push(
+      (r) =>
+        (r.user !== undefined && wanted.has(r.user)) ||
+        (Array.isArray(r.users) && r.users.some((u) => wanted.has(u))),
+    )
+  }
   eq('namespace', (r) => r.namespace, values.namespace)
   eq('pod', (r) => r.pod, values.pod)
   eq('session', (r) => r.sessionId, values.session)
@@ -257,36 +273,48 @@ async function trailFiles(path: string): Promise<string[]> {
   return orderTrailFiles(basename(path), names).map((n) => join(dirname(path), n))
 }
 
-async function query(p: Parsed, io: AuditCommandIO, out: Output): Promise<number> {
-  const files = await trailFiles(p.file)
-  if (files.length === 0) {
-    io.stderr.write(`pfgate audit: no such file: ${p.file}\n`)
-    return 1
-  }
-  let malformed = 0
-  const partial: string[] = []
-  let matched = 0
-  for (const file of files) {
+/** What reading a trail skipped (reported on stderr). */
+interface Skipped {
+  malformed: number
+  partial: string[]
+}
+
+/** The records of one trail's files (oldest file first), in the order written. */
+async function* trailRecords(path: string, skipped: Skipped): AsyncGenerator<AuditRecord> {
+  for (const file of await trailFiles(path)) {
     const decoder = new AuditLineDecoder()
     try {
       for await (const chunk of createReadStream(file, { highWaterMark: 256 * 1024 })) {
-        for (const r of decoder.push(chunk as Buffer)) {
-          if (!p.filter(r)) continue
-          matched++
-          await out.record(r)
-        }
+        yield* decoder.push(chunk as Buffer)
       }
     } catch (err) {
       if (errorCode(err) === 'ENOENT') continue // rotated away meanwhile
       throw err
     }
-    if (decoder.end() > 0) partial.push(file)
-    malformed += decoder.malformed
+    if (decoder.end() > 0) skipped.partial.push(file)
+    skipped.malformed += decoder.malformed
+  }
+}
+
+async function query(p: Parsed, io: AuditCommandIO, out: Output): Promise<number> {
+  const denied = deniedTrailPath(p.file)
+  if ((await trailFiles(p.file)).length === 0 && (await trailFiles(denied)).length === 0) {
+    io.stderr.write(`pfgate audit: no such file: ${p.file}\n`)
+    return 1
+  }
+  const skipped: Skipped = { malformed: 0, partial: [] }
+  let matched = 0
+  // The main trail and the denials trail beside it, merged in time order.
+  for await (const r of mergeByTime(trailRecords(p.file, skipped), trailRecords(denied, skipped))) {
+    if (!p.filter(r)) continue
+    matched++
+    await out.record(r)
   }
   await out.end()
   if (matched === 0 && p.output === 'table') io.stderr.write('No matching records.\n')
-  if (malformed > 0) io.stderr.write(`note: skipped ${malformed} line(s) that are not records\n`)
-  for (const f of partial)
+  if (skipped.malformed > 0)
+    io.stderr.write(`note: skipped ${skipped.malformed} line(s) that are not records\n`)
+  for (const f of skipped.partial)
     io.stderr.write(
       `note: ignored an unterminated last line in ${f} (a write in progress, or a crash)\n`,
     )
@@ -298,85 +326,156 @@ async function query(p: Parsed, io: AuditCommandIO, out: Output): Promise<number
 async function follow(p: Parsed, io: AuditCommandIO, out: Output): Promise<number> {
   const pollMs = io.pollMs ?? DEFAULT_FOLLOW_POLL_MS
   const signal = io.signal
-  const emit = async (r: AuditRecord): Promise<void> => {
-    if (p.filter(r)) await out.record(r)
+  const main = new Tail(p.file, pollMs, signal)
+  const denied = new Tail(deniedTrailPath(p.file), pollMs, signal)
+  const emit = async (records: AsyncIterable<AuditRecord>): Promise<void> => {
+    for await (const r of records) if (p.filter(r)) await out.record(r)
   }
-  let fh: FileHandle = await open(p.file, 'r')
+  // The main trail must exist; the denials trail may appear later (an older gateway, or
+  // no refusal yet).
+  await main.open()
   try {
-    let ino = (await fh.stat()).ino
-    let pos: number
-    let decoder = new AuditLineDecoder()
+    await denied.open().catch((err: unknown) => {
+      if (errorCode(err) !== 'ENOENT') throw err
+    })
     out.streaming = true
     if (p.since !== undefined) {
-      // History first: the rotated files (not the one we hold open, if it was rotated
-      // meanwhile), then the live file from its start.
-      for (const file of (await trailFiles(p.file)).slice(0, -1)) {
-        const st = await stat(file).catch(() => undefined)
-        if (st !== undefined && st.ino !== ino) await readWhole(file, emit)
-      }
-      pos = 0
+      // History first (both trails, merged), then what is written from now on.
+      await emit(mergeByTime(main.history(), denied.history()))
     } else {
-      pos = await startOfLastLine(fh)
-    }
-    const drain = async (): Promise<void> => {
-      const buf = Buffer.alloc(256 * 1024)
-      for (;;) {
-        const { bytesRead } = await fh.read(buf, 0, buf.length, pos)
-        if (bytesRead === 0) return
-        pos += bytesRead
-        for (const r of decoder.push(buf.subarray(0, bytesRead))) await emit(r)
-      }
+      await main.skipToEnd()
+      await denied.skipToEnd()
     }
     while (signal?.aborted !== true) {
-      await drain()
-      let st
-      try {
-        st = await stat(p.file)
-      } catch (err) {
-        if (errorCode(err) !== 'ENOENT') throw err // between rename and re-create
-      }
-      if (st !== undefined && st.ino !== ino) {
-        // Rotated: finish the old file, read the files rotated after it (more than one
-        // rotation may have happened since the last poll), then follow the new live file.
-        await drain()
-        decoder.end()
-        await fh.close()
-        const next = await catchUp(p.file, ino, emit, pollMs, signal)
-        if (next === undefined) return 0 // stopped while waiting for the new file
-        fh = next.fh
-        ino = next.ino
-        pos = 0
-        decoder = new AuditLineDecoder()
-        continue
-      }
-      if (st !== undefined && st.size < pos) {
-        pos = 0 // truncated by someone else
-        decoder = new AuditLineDecoder()
-      }
+      await emit(mergeByTime(main.poll(), denied.poll()))
+      if (main.stopped || denied.stopped) return 0 // stopped while waiting for a new file
       await sleep(pollMs, signal)
     }
-    await drain()
+    await emit(mergeByTime(main.poll(), denied.poll()))
     await out.end()
     return 0
   } finally {
-    await fh.close().catch(() => {})
+    await main.close()
+    await denied.close()
   }
 }
 
 /**
- * After a rotation: reads, oldest first, every rotated file newer than the one with inode
- * `lastIno`, then opens the live file. If anything rotates meanwhile (the listing is not the
- * same afterwards), repeats; files already read are not read again. If `lastIno` is gone
- * (deleted by retention), every rotated file is newer than it. Returns undefined when
- * stopped while waiting for the new live file.
+ * One trail followed: its live file held open and read as it grows, followed across
+ * rotation (the files rotated since the last poll are read first), and, for a trail
+ * that does not exist yet, picked up from its start when it appears.
  */
-async function catchUp(
+class Tail {
+  readonly #path: string
+  readonly #pollMs: number
+  readonly #signal: AbortSignal | undefined
+  #fh: FileHandle | undefined
+  #ino = 0
+  #pos = 0
+  #decoder = new AuditLineDecoder()
+  /** Stopped (the signal) while waiting for a rotated trail's new live file. */
+  stopped = false
+
+  constructor(path: string, pollMs: number, signal: AbortSignal | undefined) {
+    this.#path = path
+    this.#pollMs = pollMs
+    this.#signal = signal
+  }
+
+  /** Opens the live file (rejects with ENOENT when there is none). */
+  async open(): Promise<void> {
+    const fh = await open(this.#path, 'r')
+    this.#fh = fh
+    this.#ino = (await fh.stat()).ino
+    this.#pos = 0
+  }
+
+  /** Starts after what is there now (at the start of an unterminated last line). */
+  async skipToEnd(): Promise<void> {
+    if (this.#fh !== undefined) this.#pos = await startOfLastLine(this.#fh)
+  }
+
+  /** The records already there: the rotated files (not the one held open), then the live file. */
+  async *history(): AsyncGenerator<AuditRecord> {
+    if (this.#fh === undefined) return
+    for (const file of (await trailFiles(this.#path)).slice(0, -1)) {
+      const st = await stat(file).catch(() => undefined)
+      if (st !== undefined && st.ino !== this.#ino) yield* readWhole(file)
+    }
+    yield* this.#drain()
+  }
+
+  /** The records written since the last call. */
+  async *poll(): AsyncGenerator<AuditRecord> {
+    if (this.#fh === undefined) {
+      try {
+        await this.open()
+      } catch (err) {
+        if (errorCode(err) === 'ENOENT') return // not there yet
+        throw err
+      }
+    }
+    yield* this.#drain()
+    let st
+    try {
+      st = await stat(this.#path)
+    } catch (err) {
+      if (errorCode(err) !== 'ENOENT') throw err // between rename and re-create
+    }
+    if (st !== undefined && st.ino !== this.#ino) {
+      // Rotated: finish the old file, read the files rotated after it (more than one
+      // rotation may have happened since the last poll), then follow the new live file.
+      yield* this.#drain()
+      this.#decoder.end()
+      await this.#fh?.close()
+      this.#fh = undefined
+      const next = yield* catchUp(this.#path, this.#ino, this.#pollMs, this.#signal)
+      if (next === undefined) {
+        this.stopped = true
+        return
+      }
+      this.#fh = next.fh
+      this.#ino = next.ino
+      this.#pos = 0
+      this.#decoder = new AuditLineDecoder()
+      yield* this.#drain()
+    } else if (st !== undefined && st.size < this.#pos) {
+      this.#pos = 0 // truncated by someone else
+      this.#decoder = new AuditLineDecoder()
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.#fh?.close().catch(() => {})
+    this.#fh = undefined
+  }
+
+  async *#drain(): AsyncGenerator<AuditRecord> {
+    const fh = this.#fh
+    if (fh === undefined) return
+    const buf = Buffer.alloc(256 * 1024)
+    for (;;) {
+      const { bytesRead } = await fh.read(buf, 0, buf.length, this.#pos)
+      if (bytesRead === 0) return
+      this.#pos += bytesRead
+      yield* this.#decoder.push(buf.subarray(0, bytesRead))
+    }
+  }
+}
+
+/**
+ * After a rotation: yields, oldest first, the records of every rotated file newer than
+ * the one with inode `lastIno`, then opens the live file and returns it. If anything
+ * rotates meanwhile (the listing is not the same afterwards), repeats; files already read
+ * are not read again. If `lastIno` is gone (deleted by retention), every rotated file is
+ * newer than it. Returns undefined when stopped while waiting for the new live file.
+ */
+async function* catchUp(
   path: string,
   lastIno: number,
-  emit: (r: AuditRecord) => Promise<void>,
   pollMs: number,
   signal: AbortSignal | undefined,
-): Promise<{ fh: FileHandle; ino: number } | undefined> {
+): AsyncGenerator<AuditRecord, { fh: FileHandle; ino: number } | undefined> {
   const done = new Set<number>([lastIno])
   const listing = async (): Promise<{ path: string; ino: number }[]> => {
     const entries: { path: string; ino: number }[] = []
@@ -410,7 +509,7 @@ async function catchUp(
         moved = true
         break
       }
-      await readHandle(fh, emit)
+      yield* readHandle(fh)
       done.add(e.ino)
     }
     if (moved) continue
@@ -427,24 +526,24 @@ async function catchUp(
   }
 }
 
-/** Emits every record of an open (rotated, complete) file, and closes it. */
-async function readHandle(fh: FileHandle, emit: (r: AuditRecord) => Promise<void>): Promise<void> {
+/** The records of an open (rotated, complete) file; closes it. */
+async function* readHandle(fh: FileHandle): AsyncGenerator<AuditRecord> {
   const d = new AuditLineDecoder()
   try {
     for await (const chunk of fh.createReadStream({ autoClose: false })) {
-      for (const r of d.push(chunk as Buffer)) await emit(r)
+      yield* d.push(chunk as Buffer)
     }
   } finally {
     await fh.close()
   }
 }
 
-/** Emits every record of a (rotated, complete) file; a vanished file is skipped. */
-async function readWhole(file: string, emit: (r: AuditRecord) => Promise<void>): Promise<void> {
+/** The records of a (rotated, complete) file; a vanished file has none. */
+async function* readWhole(file: string): AsyncGenerator<AuditRecord> {
   const d = new AuditLineDecoder()
   try {
     for await (const chunk of createReadStream(file)) {
-      for (const r of d.push(chunk as Buffer)) await emit(r)
+      yield* d.push(chunk as Buffer)
     }
   } catch (err) {
     if (errorCode(err) !== 'ENOENT') throw err
@@ -494,7 +593,7 @@ class Output {
   }
 
   async record(r: AuditRecord): Promise<void> {
-    if (this.#format === 'json') return this.#write(`${JSON.stringify(r)}\n`)
+    if (this.#format === 'json') return this.#write(`${jsonLine(r)}\n`)
     const row = tableRow(r)
     if (!this.streaming) {
       this.#rows.push(row)
@@ -536,29 +635,68 @@ function formatRow(cells: string[], widths: readonly number[]): string {
     .trimEnd()
 }
 
+/**
+ * JSON text of a record, as stored but with the characters JSON.stringify leaves raw
+ * that a terminal may act on (C1 controls, bidi and line separators) as `\\u` escapes:
+ * the same JSON value, safe to print.
+ */
+export function jsonLine(r: AuditRecord): string {
+  return JSON.stringify(r).replace(
+    /[\u007f-\u009f\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/g,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
+  )
+}
+
+/** The widest a table cell gets (longer text is cut, with a mark). */
+const MAX_CELL = 200
+
+/**
+ * A table row. Every cell is escaped (control, invisible and direction-changing
+ * characters, and `\\`) and cut short: a name or claim in a record must not forge a row
+ * or hide the rest of the line (records written before names were checked, or by
+ * anything else that writes a trail).
+ */
 function tableRow(r: AuditRecord): string[] {
+  return rawRow(r).map((cell) => plainText(String(cell), MAX_CELL))
+}
+
+function rawRow(r: AuditRecord): string[] {
+  const users = Array.isArray(r.users) ? r.users.join(',') : undefined
   const target =
     r.namespace !== undefined || r.pod !== undefined
       ? `${r.namespace ?? '?'}/${r.pod ?? '?'}${r.port !== undefined ? `:${r.port}` : ''}`
-      : r.sourceAddress !== undefined
-        ? `from ${r.sourceAddress}`
-        : '-'
+      : r.type === 'request.denied' && r.path !== undefined
+        ? `${r.method ?? '?'} ${r.path}`
+        : r.sourceAddress !== undefined
+          ? `from ${r.sourceAddress}`
+          : r.type === 'denials.suppressed'
+            ? 'from other sources'
+            : '-'
+  // A close carries byte counts and a duration: absent there means unknown (a close that
+  // crash recovery wrote), `?`; other records have none, `-`.
+  const closed = r.type === 'stream.closed' || r.type === 'session.closed'
   const bytes =
-    r.bytesClientToPod !== undefined || r.bytesPodToClient !== undefined
+    closed || r.bytesClientToPod !== undefined || r.bytesPodToClient !== undefined
       ? `${formatBytes(r.bytesClientToPod)}/${formatBytes(r.bytesPodToClient)}`
       : '-'
   return [
-    r.time,
-    r.type,
-    r.user ?? '-',
+    String(r.time),
+    String(r.type),
+    r.user ?? users ?? '-',
     target,
     bytes,
-    r.durationMs !== undefined ? formatDuration(r.durationMs) : '-',
+    typeof r.durationMs === 'number' ? formatDuration(r.durationMs) : closed ? '?' : '-',
     endColumn(r),
   ]
 }
 
 function endColumn(r: AuditRecord): string {
+  if (r.type === 'denials.suppressed') {
+    const reasons = Object.entries(r.reasons ?? {})
+      .map(([reason, n]) => `${reason}×${n}`)
+      .join(' ')
+    return `${r.count ?? '?'} refusals counted${reasons !== '' ? `: ${reasons}` : ''}`
+  }
   const parts: string[] = []
   if (r.endedBy !== undefined)
     parts.push(

@@ -8,6 +8,7 @@
  */
 import { execFileSync, fork, spawn } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
+import { randomUUID } from 'node:crypto'
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -17,6 +18,8 @@ import { certRemainingMs, createCa, isIssuedBy, issueCert } from './pki.js'
 import type { CertKeyPair } from './pki.js'
 import { DEV_AUDIENCE, DEV_ISSUER, createSigningKey, mintToken } from './token.js'
 import { relayNodeFlags } from '../shared/node-flags.js'
+import { ContainerdHarness, containerdUnavailable } from './containerd-harness.js'
+import type { HarnessPod } from './containerd-harness.js'
 
 /** The bin script that runs every component. */
 export const PFGATE_BIN = fileURLToPath(new URL('../../../bin/pfgate.js', import.meta.url))
@@ -62,10 +65,17 @@ export interface DevClusterOptions {
   log?: (line: string) => void
   /**
    * Run the demo pods in real network namespaces (`ip netns`), reached by the agents'
-   * netns dialer: `true` requires it, `'auto'` uses it when possible (root and `ip`),
-   * `false` (default) uses host ports.
+   * netns dialer with the agent config's pod UID → namespace map: `true` requires it,
+   * `'auto'` uses it when possible (root and `ip`), `false` (default) uses host ports.
    */
   netns?: boolean | 'auto'
+  /**
+   * `containerd`: each node gets its own containerd (src/dev/containerd-harness.ts), the
+   * demo pods run as real pods there, and the agents find them over CRI as on a real
+   * node. Needs root and Debian's containerd, runc, containernetworking-plugins and
+   * busybox-static.
+   */
+  runtime?: 'containerd'
 }
 
 /** A supervised child process. */
@@ -90,8 +100,14 @@ export interface DevCluster {
   token: string
   agentPorts: Record<string, number>
   podPorts: Record<string, number[]>
-  /** Network namespace of each demo pod, when they run in namespaces. */
+  /** Network namespace of each demo pod, when they run in namespaces (`netns` or `runtime`). */
   podNetns: Record<string, string> | undefined
+  /** Each demo pod's UID (the registry's and the agents'). */
+  podUids: Record<string, string>
+  /** With `runtime: 'containerd'`: each node's containerd, to add, stop or recreate pods. */
+  runtimes: Record<string, ContainerdHarness> | undefined
+  /** With `runtime: 'containerd'`: the demo pods as the runtime runs them. */
+  runtimePods: Record<string, HarnessPod> | undefined
   /**
    * Kills a component (e.g. `agent:node-a`) with a signal; it is restarted unless `restart`
    * is false. Resolves with how the process exited.
@@ -373,11 +389,24 @@ export async function startDevCluster(options: DevClusterOptions): Promise<DevCl
       const c = children.get(name)
       if (c !== undefined) await stopChild(c)
     }
-    for (const ns of Object.values(podNetns ?? {})) deleteNetns(ns)
+    if (runtimes === undefined) {
+      for (const ns of Object.values(podNetns ?? {})) deleteNetns(ns)
+    }
+    await Promise.all(Object.values(runtimes ?? {}).map((h) => h.close()))
   }
 
   let podNetns: Record<string, string> | undefined
-  if (options.netns === true || options.netns === 'auto') {
+  let runtimes: Record<string, ContainerdHarness> | undefined
+  let runtimePods: Record<string, HarnessPod> | undefined
+  const podUids: Record<string, string> = Object.fromEntries(
+    DEMO_PODS.map((p) => [p.name, randomUUID()]),
+  )
+  if (options.runtime === 'containerd') {
+    if (options.netns === true)
+      throw new Error('--netns and --runtime containerd exclude each other')
+    const why = containerdUnavailable()
+    if (why !== undefined) throw new Error(`--runtime containerd: ${why}`)
+  } else if (options.netns === true || options.netns === 'auto') {
     const why = netnsUnavailable()
     if (why === undefined) {
       const id = Math.random().toString(36).slice(2, 8)
@@ -390,42 +419,83 @@ export async function startDevCluster(options: DevClusterOptions): Promise<DevCl
   }
 
   try {
-    // 1. Demo pods: real TCP servers on free host ports.
-    // In namespaces, each pod listens on its real container ports on its own loopback.
+    // 1. Demo pods. On host ports: real TCP servers on free ports. In namespaces: each
+    // listens on its real container ports on its own loopback. In containerd: real pods.
     const podPorts: Record<string, number[]> = {}
-    for (const pod of DEMO_PODS) {
-      const ns = podNetns?.[pod.name]
-      if (ns !== undefined) createNetns(ns)
-      podPorts[pod.name] = await start(
-        `pod:${pod.name}`,
-        [
-          'demo-pod',
-          '--kind',
-          pod.kind,
-          '--name',
-          pod.name,
-          ...pod.ports.flatMap((p) => [
-            '--listen',
-            ns !== undefined ? `127.0.0.1:${p.containerPort}` : '127.0.0.1:0',
-          ]),
-        ],
-        ns !== undefined ? ['ip', 'netns', 'exec', ns] : undefined,
-      )
+    if (options.runtime === 'containerd') {
+      runtimes = {}
+      runtimePods = {}
+      podNetns = {}
+      for (const node of DEV_NODES) {
+        runtimes[node] = await ContainerdHarness.start({ name: node, log })
+        log(`containerd for ${node}: unix://${runtimes[node].socketPath}`)
+      }
+      for (const pod of DEMO_PODS) {
+        const run = await (runtimes[pod.node] as ContainerdHarness).runPod({
+          namespace: pod.namespace,
+          name: pod.name,
+          uid: podUids[pod.name],
+          labels: { app: pod.name },
+          containers: [{ name: pod.kind, command: demoPodCommand(pod) }],
+        })
+        runtimePods[pod.name] = run
+        podNetns[pod.name] = run.netnsPath
+        podPorts[pod.name] = pod.ports.map((p) => p.containerPort)
+      }
+    } else {
+      for (const pod of DEMO_PODS) {
+        const ns = podNetns?.[pod.name]
+        if (ns !== undefined) createNetns(ns)
+        podPorts[pod.name] = await start(
+          `pod:${pod.name}`,
+          [
+            'demo-pod',
+            '--kind',
+            pod.kind,
+            '--name',
+            pod.name,
+            ...pod.ports.flatMap((p) => [
+              '--listen',
+              ns !== undefined ? `127.0.0.1:${p.containerPort}` : '127.0.0.1:0',
+            ]),
+          ],
+          ns !== undefined ? ['ip', 'netns', 'exec', ns] : undefined,
+        )
+      }
     }
-    // 2. Agents, each with a static dialer to its pods' host ports.
+    // 2. Agents: a static dialer to the pods' host ports, or the netns dialer that finds
+    // each pod by UID (in its own config's map, or in its node's containerd over CRI).
     const agentPorts: Record<string, number> = {}
     for (const node of DEV_NODES) {
-      const pods = DEMO_PODS.filter((p) => p.node === node).map((p) => ({
-        namespace: p.namespace,
-        name: p.name,
-        host: '127.0.0.1',
-        ports: Object.fromEntries(
-          p.ports.map((x, i) => [
-            String(x.containerPort),
-            (podPorts[p.name] as number[])[i] as number,
-          ]),
-        ),
-      }))
+      const mine = DEMO_PODS.filter((p) => p.node === node)
+      const runtime = runtimes?.[node]
+      let dialer: Record<string, unknown>
+      let pods: Record<string, unknown>[]
+      if (runtime !== undefined) {
+        dialer = { type: 'netns', namespaces: 'runtime', connectTimeout: '5s' }
+        pods = []
+      } else if (podNetns !== undefined) {
+        dialer = { type: 'netns', namespaces: 'config', connectTimeout: '5s' }
+        pods = mine.map((p) => ({
+          namespace: p.namespace,
+          name: p.name,
+          uid: podUids[p.name],
+          netns: podNetns?.[p.name],
+        }))
+      } else {
+        dialer = { type: 'static', connectTimeout: '5s' }
+        pods = mine.map((p) => ({
+          namespace: p.namespace,
+          name: p.name,
+          host: '127.0.0.1',
+          ports: Object.fromEntries(
+            p.ports.map((x, i) => [
+              String(x.containerPort),
+              (podPorts[p.name] as number[])[i] as number,
+            ]),
+          ),
+        }))
+      }
       const file = join(dir, `agent-${node}.yaml`)
       writeFileSync(
         file,
@@ -434,7 +504,8 @@ export async function startDevCluster(options: DevClusterOptions): Promise<DevCl
           listen: { host: '127.0.0.1', port: 0 },
           tls: { cert: `agent-${node}.crt`, key: `agent-${node}.key`, clientCa: 'ca.crt' },
           allowedClients: [GATEWAY_IDENTITY_URI],
-          dialer: { type: podNetns !== undefined ? 'netns' : 'static', connectTimeout: '5s' },
+          dialer,
+          ...(runtime !== undefined ? { runtime: { endpoint: runtime.socketPath } } : {}),
           pods,
           shutdownGrace: '5s',
           logLevel,
@@ -442,7 +513,7 @@ export async function startDevCluster(options: DevClusterOptions): Promise<DevCl
       )
       agentPorts[node] = (await start(`agent:${node}`, ['agent', '--config', file]))[0] as number
     }
-    // 3. The registry the gateway resolves from.
+    // 3. The registry the gateway resolves from (with the pods' UIDs: the agents check them).
     writeFileSync(
       join(dir, 'registry.yaml'),
       toYaml({
@@ -455,10 +526,10 @@ export async function startDevCluster(options: DevClusterOptions): Promise<DevCl
         pods: DEMO_PODS.map((p) => ({
           namespace: p.namespace,
           name: p.name,
+          uid: podUids[p.name],
           node: p.node,
           phase: 'Running',
           labels: { app: p.name },
-          ...(podNetns !== undefined ? { netns: podNetns[p.name] } : {}),
           ports: p.ports.map((x) => ({
             name: x.name,
             containerPort: x.containerPort,
@@ -519,6 +590,9 @@ export async function startDevCluster(options: DevClusterOptions): Promise<DevCl
       agentPorts,
       podPorts,
       podNetns,
+      podUids,
+      runtimes,
+      runtimePods,
       pid: (name) => children.get(name)?.proc?.pid,
       async kill(name, signal = 'SIGKILL', restart = true) {
         const c = children.get(name)
@@ -575,6 +649,26 @@ function deleteNetns(name: string): void {
   } catch {
     // already gone
   }
+}
+
+/**
+ * The busybox command a demo pod runs in containerd: `nc` echo servers (a `cat` per
+ * connection) on the echo pod's ports, `httpd` with a page naming the pod on the
+ * http pod's.
+ */
+function demoPodCommand(pod: (typeof DEMO_PODS)[number]): string[] {
+  const bb = '/bin/busybox'
+  const servers = pod.ports.map((p) =>
+    pod.kind === 'echo'
+      ? `${bb} nc -ll -p ${p.containerPort} -e ${bb} cat &`
+      : `${bb} httpd -f -p ${p.containerPort} -h /www &`,
+  )
+  return [
+    bb,
+    'sh',
+    '-c',
+    [`echo 'hello from ${pod.name}' > /www/index.html`, ...servers, 'wait'].join('\n'),
+  ]
 }
 
 /** Rewrites a child's args so a restart binds the ports it got the first time. */

@@ -43,30 +43,47 @@ function listen(server: Server, host: string, port: number): Promise<Server> {
 
 function parseListen(value: string): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(value)
-  if (m === null) throw new RangeError(`--listen ${value}: expected HOST:PORT`)
+  if (m === null || Number(m[3]) > 65535) {
+    throw new RangeError(`--listen ${value}: expected HOST:PORT`)
+  }
   return { host: (m[1] ?? m[2]) as string, port: Number(m[3]) }
 }
 
+const DEMO_POD_USAGE =
+  'usage: pfgate demo-pod --kind echo|http --name NAME --listen HOST:PORT [--listen ...]\n'
+
+/** The kinds of demo pod; both serve TCP (there is no UDP pod: port-forward is TCP only). */
+const KINDS = ['echo', 'http'] as const
+
 /** Entry point. */
 export async function main(argv: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      kind: { type: 'string', default: 'echo' },
-      listen: { type: 'string', multiple: true, default: [] },
-      name: { type: 'string', default: 'demo' },
-      help: { type: 'boolean', short: 'h' },
-    },
-  })
-  if (values.help === true || values.listen.length === 0) {
-    process.stderr.write(
-      'usage: pfgate demo-pod --kind echo|http --name NAME --listen HOST:PORT [--listen ...]\n',
-    )
-    return values.help === true ? 0 : 2
+  let values
+  let listens: { host: string; port: number }[]
+  try {
+    ;({ values } = parseArgs({
+      args: argv,
+      options: {
+        kind: { type: 'string', default: 'echo' },
+        listen: { type: 'string', multiple: true, default: [] },
+        name: { type: 'string', default: 'demo' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    }))
+    if (values.help === true) {
+      process.stdout.write(DEMO_POD_USAGE)
+      return 0
+    }
+    if (!(KINDS as readonly string[]).includes(values.kind)) {
+      throw new RangeError(`--kind ${values.kind}: must be ${KINDS.join(' or ')}`)
+    }
+    if (values.listen.length === 0) throw new RangeError('at least one --listen is required')
+    listens = values.listen.map(parseListen)
+  } catch (err) {
+    process.stderr.write(`error: ${(err as Error).message}\n${DEMO_POD_USAGE}`)
+    return 2
   }
   const servers: Server[] = []
-  for (const l of values.listen) {
-    const { host, port } = parseListen(l)
+  for (const { host, port } of listens) {
     servers.push(
       values.kind === 'http'
         ? await startHttp(host, port, values.name)
@@ -77,13 +94,6 @@ export async function main(argv: string[]): Promise<number> {
     const a = s.address()
     return typeof a === 'object' && a !== null ? a.port : 0
   })
-  if (process.send !== undefined) {
-    process.send({ type: 'listening', ports })
-    // The supervisor's IPC channel must not keep this process alive after a shutdown.
-    process.channel?.unref()
-  } else {
-    process.stdout.write(JSON.stringify({ ports }) + '\n')
-  }
   const open = new Set<Socket>()
   for (const s of servers) {
     s.on('connection', (c: Socket) => {
@@ -91,12 +101,22 @@ export async function main(argv: string[]): Promise<number> {
       c.once('close', () => open.delete(c))
     })
   }
-  await new Promise<void>((resolve) => {
+  // Listen for the stop signals before announcing the ports: whoever reads the
+  // announcement may signal at once (the reader's wake-up can preempt this process).
+  const stopped = new Promise<void>((resolve) => {
     const stop = (): void => resolve()
     process.once('SIGTERM', stop)
     process.once('SIGINT', stop)
     process.once('disconnect', stop)
   })
+  if (process.send !== undefined) {
+    process.send({ type: 'listening', ports })
+    // The supervisor's IPC channel must not keep this process alive after a shutdown.
+    process.channel?.unref()
+  } else {
+    process.stdout.write(JSON.stringify({ ports }) + '\n')
+  }
+  await stopped
   // Like a container being stopped: listeners close, open connections end.
   const closed = Promise.all(servers.map((s) => new Promise((r) => s.close(r))))
   for (const c of open) c.destroy()

@@ -7,13 +7,18 @@ import { relative } from 'node:path'
 import { parseArgs } from 'node:util'
 import { startDevCluster } from './cluster.js'
 
-const USAGE = `usage: pfgate dev [--port 8443] [--host 127.0.0.1] [--dir .pfgate] [--log-level warn] [--netns]
+const USAGE = `usage: pfgate dev [--port 8443] [--host 127.0.0.1] [--dir .pfgate] [--log-level warn]
+                  [--netns | --runtime containerd]
 
 Starts a local dev cluster: a CA and certificates, a signing key and a kubeconfig
 in --dir, two node agents (node-a, node-b), demo pods (default/echo on node-a:
 echo on 5000 and 6000; default/web on node-b: HTTP on 8080) and the gateway.
 With --netns (root and iproute2 needed), the demo pods run in real network
 namespaces and the agents enter them; otherwise they use host ports.
+With --runtime containerd (root, and Debian's containerd, runc,
+containernetworking-plugins and busybox-static), each node gets its own
+containerd, the demo pods are real pods there, and the agents find them over
+CRI as on a real node.
 Ctrl-C stops everything.
 `
 
@@ -27,6 +32,7 @@ export async function main(argv: string[]): Promise<number> {
       dir: { type: 'string', default: '.pfgate' },
       'log-level': { type: 'string', default: 'warn' },
       netns: { type: 'boolean', default: false },
+      runtime: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   })
@@ -39,6 +45,10 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`error: invalid --port ${JSON.stringify(values.port)}\n`)
     return 2
   }
+  if (values.runtime !== undefined && values.runtime !== 'containerd') {
+    process.stderr.write(`error: --runtime ${JSON.stringify(values.runtime)}: only containerd\n`)
+    return 2
+  }
   const say = (line: string): void => {
     process.stderr.write(`pfgate dev: ${line}\n`)
   }
@@ -49,6 +59,7 @@ export async function main(argv: string[]): Promise<number> {
     host: values.host,
     logLevel: values['log-level'],
     netns: values.netns ? 'auto' : false,
+    ...(values.runtime === 'containerd' ? { runtime: 'containerd' as const } : {}),
     log: say,
   })
   const kc = relative(process.cwd(), cluster.kubeconfig) || cluster.kubeconfig
@@ -62,9 +73,13 @@ export async function main(argv: string[]): Promise<number> {
           : ''),
       `  agents      node-a 127.0.0.1:${cluster.agentPorts['node-a']}, node-b 127.0.0.1:${cluster.agentPorts['node-b']}`,
       `  pods        default/echo on node-a (echo: 5000, 6000), default/web on node-b (http: 8080)` +
-        (cluster.podNetns !== undefined
-          ? `\n              in network namespaces ${Object.values(cluster.podNetns).join(', ')} (netns dialer)`
-          : '\n              on host ports (static dialer)'),
+        (cluster.runtimes !== undefined
+          ? `\n              as containerd pods (${Object.entries(cluster.runtimes)
+              .map(([n, h]) => `${n}: unix://${h.socketPath}`)
+              .join(', ')}; netns dialer over CRI)`
+          : cluster.podNetns !== undefined
+            ? `\n              in network namespaces ${Object.values(cluster.podNetns).join(', ')} (netns dialer)`
+            : '\n              on host ports (static dialer)'),
       `  kubeconfig  ${kc}  (user "dev", namespace "default"; a development token)`,
       `  audit       ${relative(process.cwd(), cluster.dir) || cluster.dir}/audit/audit.log`,
       '',

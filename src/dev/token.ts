@@ -65,6 +65,20 @@ export async function mintToken(dir: string, claims: TokenClaims): Promise<strin
   return jwt.sign(key)
 }
 
+/**
+ * A duration flag. A unit is required: `parseDuration` reads a bare number as milliseconds
+ * (right for YAML numbers), so `--ttl 30` would otherwise be refused with a hint about
+ * milliseconds, or worse, mean 30 ms.
+ */
+function flagDuration(value: string, flag: string): number {
+  if (!/^\d+(?:\.\d+)?(?:ms|s|m|h)$/.test(value)) {
+    throw new RangeError(
+      `${flag} ${JSON.stringify(value)}: give a number with a unit (30s, 15m, 8h)`,
+    )
+  }
+  return parseDuration(value, flag)
+}
+
 const TOKEN_USAGE = `usage: pfgate token [--user NAME] [--group G ...] [--ttl 1h] [--dir .pfgate]
 
 DEVELOPMENT ONLY. Mints a bearer token for the dev cluster (\`pfgate dev\`), signed with its
@@ -113,12 +127,12 @@ export async function main(
   let ttlMs: number
   let notBeforeMs: number | undefined
   try {
-    ttlMs = parseDuration(values.ttl, '--ttl')
+    ttlMs = flagDuration(values.ttl, '--ttl')
     if (!(ttlMs >= 1000 && ttlMs <= MAX_DEV_TOKEN_TTL_MS)) {
       throw new RangeError(`--ttl ${values.ttl}: must be between 1s and 720h (30 days)`)
     }
     if (values['not-before'] !== undefined) {
-      notBeforeMs = parseDuration(values['not-before'], '--not-before')
+      notBeforeMs = flagDuration(values['not-before'], '--not-before')
     }
     if (values.user === '' || values.group.some((g) => g === '')) {
       throw new RangeError('--user and --group must not be empty')

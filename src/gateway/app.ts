@@ -24,12 +24,19 @@ import type { FastifyInstance } from 'fastify'
 import { buildStatus } from '../protocol/status.js'
 import { h2SessionOptions, widenConnectionWindow } from '../protocol/h2-settings.js'
 import { assertNamespace, assertObjectName } from '../protocol/names.js'
-import { appError, describeError, isAppError } from '../shared/errors.js'
+import {
+  appError,
+  describeError,
+  hidesDetail,
+  isAppError,
+  newRef,
+  publicError,
+} from '../shared/errors.js'
 import type { AppError } from '../shared/errors.js'
 import type { Logger } from '../shared/log.js'
 import type { Authenticator, Identity } from './auth/authenticator.js'
 import type { Authorizer } from './authz/authorizer.js'
-import { formatAddress } from './forwarder.js'
+import { formatAddress, shownUserAgent } from './forwarder.js'
 import type { AuditPort, Forwarder } from './forwarder.js'
 import type { GatewayMetrics } from './metrics.js'
 import type { AgentPool } from './relay/agent-pool.js'
@@ -41,6 +48,7 @@ import {
   headerListSize,
   headerTooLargeMessage,
 } from './header-limit.js'
+import { impersonationOf, impersonationRefused } from './impersonation.js'
 import { registerNodeProxy } from './node-proxy.js'
 import { keepAlive } from '../shared/keepalive.js'
 import { ConnectionGuard, clientSessionMemoryMb, preauthSettings } from './connections.js'
@@ -133,6 +141,16 @@ interface ReplyLike {
   headers(values: Record<string, string>): ReplyLike
   type(contentType: string): ReplyLike
   send(payload: unknown): unknown
+}
+
+/** The part of a Fastify request a refusal's record is made of (any server flavour). */
+interface RefusedRequest {
+  method: string
+  url: string
+  params: unknown
+  socket: unknown
+  headers: IncomingHttpHeaders
+  identity?: Identity
 }
 
 function sendStatus(reply: ReplyLike, err: AppError, extra: Record<string, string> = {}): unknown {
@@ -232,17 +250,21 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
         stream.on('error', () => undefined)
         deps.metrics.limitHits.inc({ limit: 'header-size' })
         const socket = stream.session?.socket
-        logger.info(
-          { source: formatAddress(socket?.remoteAddress, socket?.remotePort), size },
-          'request refused: headers too large',
-        )
-        respondStatus(
-          stream,
+        const ua = headers['user-agent']
+        // Recorded and logged within the denial flood budget.
+        const err = forwarder.requestDenied(
+          {
+            method: String(headers[':method'] ?? ''),
+            path: (path ?? '').split('?')[0] ?? '',
+            sourceAddress: formatAddress(socket?.remoteAddress, socket?.remotePort),
+            ...(typeof ua === 'string' ? { userAgent: ua } : {}),
+          },
           appError(
             'PFG_ERR_LIMIT_HEADER_TOO_LARGE',
             headerTooLargeMessage(deps.maxHeaderBytes, size),
           ),
         )
+        respondStatus(stream, err)
         return
       }
       for (const l of compat) l.call(server, stream, headers, flags, raw)
@@ -260,39 +282,73 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
   server.on('upgrade', upgrades.listener)
 
   app.decorateRequest('identity', undefined)
-  app.addHook('onRequest', async (request, reply) => {
+  // Refusals are thrown: the error handler records them (request.denied) and answers.
+  app.addHook('onRequest', async (request) => {
     // Routes without a config (404s) still require a user: default deny.
     const mode = request.routeOptions.config.auth ?? 'user'
-    if (mode === 'public') return undefined
+    if (mode === 'public') return
     try {
       request.identity = await deps.authenticator.authenticate(request.headers.authorization)
       connections.authenticated(request.raw.socket)
     } catch (err) {
-      const e = isAppError(err) ? err : appError('PFG_ERR_AUTH_INVALID', 'Unauthorized')
-      sendStatus(reply, e, { 'www-authenticate': 'Bearer realm="pfgate"' })
-      return reply
+      throw isAppError(err) ? err : appError('PFG_ERR_AUTH_INVALID', 'Unauthorized')
     }
+    const impersonation = impersonationOf(request.headers)
+    if (impersonation !== undefined) throw impersonationRefused(request.identity, impersonation)
     if (mode === 'admin' && !deps.authorizer.isAdmin(request.identity)) {
-      sendStatus(
-        reply,
-        appError('PFG_ERR_AUTH_FORBIDDEN', `user "${request.identity.user}" is not an admin`),
-      )
-      return reply
+      throw appError('PFG_ERR_AUTH_FORBIDDEN', `user "${request.identity.user}" is not an admin`)
     }
-    return undefined
   })
+
+  /** Records a refused request (request.denied, within the flood budget); what the client is told. */
+  const refused = (request: RefusedRequest, err: AppError): AppError => {
+    const params = (request.params ?? {}) as { ns?: unknown; pod?: unknown }
+    const socket = request.socket as { remoteAddress?: string; remotePort?: number } | undefined
+    const ua = request.headers['user-agent']
+    return forwarder.requestDenied(
+      {
+        method: request.method,
+        path: request.url.split('?')[0] ?? '',
+        sourceAddress: formatAddress(socket?.remoteAddress, socket?.remotePort),
+        ...(typeof ua === 'string' ? { userAgent: ua } : {}),
+        ...(typeof params.ns === 'string' ? { namespace: params.ns } : {}),
+        ...(typeof params.pod === 'string' ? { pod: params.pod } : {}),
+        ...(request.identity !== undefined ? { identity: request.identity } : {}),
+      },
+      err,
+    )
+  }
 
   app.setErrorHandler((err, request, reply) => {
     if (isAppError(err)) {
+      if (err.statusCode === 401) {
+        return sendStatus(reply, refused(request, err), {
+          'www-authenticate': 'Bearer realm="pfgate"',
+        })
+      }
+      if (err.statusCode === 403) return sendStatus(reply, refused(request, err))
+      if (hidesDetail(err)) {
+        // The client gets a generic message and a ref; the log line has the details.
+        const ref = newRef()
+        request.log.error({ err: describeError(err), ref }, 'request failed')
+        return sendStatus(reply, publicError(err, ref))
+      }
       if (err.statusCode >= 500) request.log.error({ err: describeError(err) }, 'request failed')
       return sendStatus(reply, err)
     }
     const status = (err as { statusCode?: number }).statusCode ?? 500
-    if (status >= 500) request.log.error({ err: describeError(err) }, 'request failed')
+    if (status >= 500) {
+      const ref = newRef()
+      request.log.error({ err: describeError(err), ref }, 'request failed')
+      return reply
+        .code(status)
+        .type('application/json')
+        .send(buildStatus(status, `internal error (ref ${ref})`))
+    }
     return reply
       .code(status)
       .type('application/json')
-      .send(buildStatus(status, status >= 500 ? 'internal error' : (err as Error).message))
+      .send(buildStatus(status, (err as Error).message))
   })
   app.setNotFoundHandler({ preHandler: undefined }, (request, reply) => {
     return sendStatus(
@@ -471,11 +527,14 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
   app.get('/admin/v1/sessions', { config: { auth: 'admin' } }, async () => ({
     items: forwarder.sessions().map((s) => ({
       id: s.id,
-      user: s.user,
-      groups: s.groups,
+      // Every user that authenticated on the connection; `user`/`groups` when only one did.
+      users: s.users,
+      ...(s.identities.size === 1
+        ? { user: s.users[0], groups: s.identities.get(s.users[0] as string) }
+        : {}),
       protocol: s.protocol,
       sourceAddress: s.sourceAddress,
-      userAgent: s.userAgent,
+      ...(s.userAgent !== undefined ? { userAgent: shownUserAgent(s.userAgent) } : {}),
       openedAt: new Date(s.openedAt).toISOString(),
       streams: s.streams.size,
       bytesClientToPod:

@@ -3,15 +3,22 @@
  * recovery before the gateway accepts a stream: every stream and session left open
  * by a killed gateway gets its close record (ended by `gateway-restart`).
  *
+ * A file sink is two files: the main trail and the denials trail beside it
+ * (`deniedTrailPath`), each with its own size and retention, so that refusals — which
+ * anyone can cause — rotate only refusals away. Refusals also pass the flood budget
+ * (audit/denial-limiter.ts) before they are written; what it holds back is summarized
+ * every `audit.denials.summaryInterval`, and at close, before `gateway.stopped`.
+ *
  * @module
  */
 import { readFileSync } from 'node:fs'
-import { Gauge } from 'prom-client'
-import { AUDIT_SCHEMA } from '../protocol/audit-record.js'
+import { Counter, Gauge } from 'prom-client'
+import { AUDIT_SCHEMA, deniedTrailPath, isDenialType } from '../protocol/audit-record.js'
 import type { AuditRecord } from '../protocol/audit-record.js'
 import { describeError } from '../shared/errors.js'
 import type { Logger } from '../shared/log.js'
 import { AuditLog } from './audit/audit-log.js'
+import { DenialLimiter } from './audit/denial-limiter.js'
 import { FileSink } from './audit/file-sink.js'
 import { newAuditId, auditTime } from './audit/record.js'
 import { recoverDanglingRecords } from './audit/recovery.js'
@@ -27,6 +34,8 @@ export interface ClosableAudit extends AuditPort {
   close(): Promise<void>
   /** The underlying log (metrics, tests). */
   readonly log: AuditLog
+  /** The flood budget for refusals (tests). */
+  readonly limiter: DenialLimiter
 }
 
 async function openSinks(config: GatewayConfig, logger: Logger): Promise<AuditSink[]> {
@@ -44,6 +53,19 @@ async function openSinks(config: GatewayConfig, logger: Logger): Promise<AuditSi
               maxBytes: s.maxSizeBytes,
               retention: s.maxFiles,
               name,
+              accepts: (r) => !isDenialType(r.type),
+              logger,
+            }),
+          )
+          sinks.push(
+            await FileSink.open({
+              path: deniedTrailPath(s.path),
+              fsync: s.fsync,
+              fsyncIntervalMs: s.fsyncIntervalMs,
+              maxBytes: s.denialsMaxSizeBytes,
+              retention: s.denialsMaxFiles,
+              name: `${name}-denials`,
+              accepts: (r) => isDenialType(r.type),
               logger,
             }),
           )
@@ -139,12 +161,54 @@ export async function createAuditLog(
   }
   await log.append(lifecycleRecord('gateway.started', gatewayId))
 
+  // The flood budget for refusals.
+  const limiter = new DenialLimiter(config.audit.denials)
+  const suppressed = new Counter({
+    name: 'pfgate_audit_denials_suppressed_total',
+    help: 'Refusals counted in a denials.suppressed summary instead of recorded one by one',
+    registers: [metrics.registry],
+  })
+  const appendLogged = (record: AuditRecord): void => {
+    log.append(record).catch((err: unknown) => {
+      metrics.auditFailures.inc({ sink: 'all' })
+      logger.error({ err: describeError(err), type: record.type }, 'audit write failed')
+    })
+  }
+  const summarize = (): void => {
+    for (const rec of limiter.summaries(gatewayId)) {
+      logger.warn(
+        {
+          source: rec.sourceAddress ?? 'other sources',
+          count: rec.count,
+          reasons: rec.reasons,
+          firstTime: rec.firstTime,
+          lastTime: rec.lastTime,
+        },
+        'refusals over the flood budget were counted, not recorded one by one',
+      )
+      appendLogged(rec)
+    }
+  }
+  const timer = setInterval(summarize, config.audit.denials.summaryIntervalMs)
+  timer.unref()
+
   return {
     mode: config.audit.mode,
     log,
+    limiter,
     append: (record) => log.append(record),
+    appendDenial(record) {
+      if (!limiter.admit(record)) {
+        suppressed.inc()
+        return false
+      }
+      appendLogged(record)
+      return true
+    },
     healthy: () => log.healthy(),
     async close() {
+      clearInterval(timer)
+      summarize()
       await log.append(lifecycleRecord('gateway.stopped', gatewayId)).catch(() => undefined)
       await log.close()
     },

@@ -9,10 +9,18 @@
 import { dirname, resolve } from 'node:path'
 import { parseDuration, parseSize, readYamlFile, validateConfig } from '../shared/config.js'
 import { appError } from '../shared/errors.js'
+import { DEFAULT_AUDIT_RETENTION } from './audit/file-sink.js'
+import { DEFAULT_SPOOL_MAX_BYTES } from './audit/spool.js'
+import { DEFAULT_WEBHOOK_BATCH_RECORDS, DEFAULT_WEBHOOK_TIMEOUT_MS } from './audit/webhook-sink.js'
 import { KUBE_REGISTRY_CONFIG_SCHEMA, parseKubeRegistryConfig } from './registry/kube-registry.js'
 import type { KubeRegistrySettings } from './registry/kube-registry.js'
+import { DEFAULT_DENIAL_LIMITS } from './audit/denial-limiter.js'
+import type { DenialLimits } from './audit/denial-limiter.js'
 
-/** Asymmetric JWS algorithms we accept (never `none`, never HMAC: DESIGN.md §4). */
+/**
+ * Asymmetric JWS algorithms we accept (never `none`, never HMAC:
+ * docs/security.md#token-verification).
+ */
 export const ALLOWED_JWT_ALGORITHMS = [
   'RS256',
   'RS384',
@@ -47,6 +55,9 @@ export type AuditSinkConfig =
       fsyncIntervalMs: number
       maxSizeBytes: number
       maxFiles: number
+      /** The denials trail beside it (`audit.denied.log`): its own size and retention. */
+      denialsMaxSizeBytes: number
+      denialsMaxFiles: number
     }
   | { type: 'stdout' }
   | {
@@ -54,7 +65,6 @@ export type AuditSinkConfig =
       url: string
       spoolDir: string
       batchSize: number
-      flushIntervalMs: number
       timeoutMs: number
       tokenFile?: string
       caFile?: string
@@ -131,6 +141,8 @@ export interface GatewayConfig {
     sinks: AuditSinkConfig[]
     /** Blocking modes: how long records other than `stream.opened` may wait to share a write. */
     lingerMs: number
+    /** The flood budget for refusals (docs/audit.md, "Denial floods"). */
+    denials: DenialLimits
   }
   /** The Kubernetes-compatible surface (kubectl and client libraries). */
   kubernetes: {
@@ -313,6 +325,22 @@ const schema = {
       properties: {
         mode: { enum: ['blocking-strict', 'blocking', 'batch'], default: 'blocking-strict' },
         linger: { ...duration, default: '10ms' },
+        denials: {
+          type: 'object',
+          additionalProperties: false,
+          default: {},
+          properties: {
+            rate: { type: 'number', exclusiveMinimum: 0, default: DEFAULT_DENIAL_LIMITS.rate },
+            burst: { type: 'integer', minimum: 1, default: DEFAULT_DENIAL_LIMITS.burst },
+            totalRate: {
+              type: 'number',
+              exclusiveMinimum: 0,
+              default: DEFAULT_DENIAL_LIMITS.totalRate,
+            },
+            totalBurst: { type: 'integer', minimum: 1, default: DEFAULT_DENIAL_LIMITS.totalBurst },
+            summaryInterval: { ...duration, default: '10s' },
+          },
+        },
         sinks: {
           type: 'array',
           default: [{ type: 'file', path: 'audit/audit.log' }],
@@ -332,7 +360,9 @@ const schema = {
                     fsync: { enum: ['always', 'interval', 'never'], default: 'always' },
                     fsyncInterval: { ...duration, default: '1s' },
                     maxSize: { ...size, default: '100MiB' },
-                    maxFiles: { type: 'integer', minimum: 1, default: 10 },
+                    maxFiles: { type: 'integer', minimum: 0, default: DEFAULT_AUDIT_RETENTION },
+                    denialsMaxSize: { ...size, default: '100MiB' },
+                    denialsMaxFiles: { type: 'integer', minimum: 0, default: 5 },
                   },
                 },
               },
@@ -349,12 +379,15 @@ const schema = {
                     type: { const: 'webhook' },
                     url: { type: 'string', pattern: '^https?://' },
                     spoolDir: { type: 'string' },
-                    batchSize: { type: 'integer', minimum: 1, default: 100 },
-                    flushInterval: { ...duration, default: '1s' },
-                    timeout: { ...duration, default: '10s' },
+                    batchSize: {
+                      type: 'integer',
+                      minimum: 1,
+                      default: DEFAULT_WEBHOOK_BATCH_RECORDS,
+                    },
+                    timeout: { ...duration, default: DEFAULT_WEBHOOK_TIMEOUT_MS },
                     tokenFile: { type: 'string' },
                     caFile: { type: 'string' },
-                    maxSpoolSize: { ...size, default: '1GiB' },
+                    maxSpoolSize: { ...size, default: DEFAULT_SPOOL_MAX_BYTES },
                   },
                 },
               },
@@ -437,6 +470,13 @@ type Raw = Record<string, unknown> & {
     mode: GatewayConfig['audit']['mode']
     linger: string | number
     sinks: (Record<string, unknown> & { type: string })[]
+    denials: {
+      rate: number
+      burst: number
+      totalRate: number
+      totalBurst: number
+      summaryInterval: string | number
+    }
   }
   kubernetes: { websocketTunnel: boolean }
   shutdownGrace: string | number
@@ -472,6 +512,8 @@ function parseSink(
         fsyncIntervalMs: parseDuration(s.fsyncInterval as string, `${where}.fsyncInterval`),
         maxSizeBytes: parseSize(s.maxSize as string, `${where}.maxSize`),
         maxFiles: s.maxFiles as number,
+        denialsMaxSizeBytes: parseSize(s.denialsMaxSize as string, `${where}.denialsMaxSize`),
+        denialsMaxFiles: s.denialsMaxFiles as number,
       }
     case 'stdout':
       return { type: 'stdout' }
@@ -481,7 +523,6 @@ function parseSink(
         url: s.url as string,
         spoolDir: p(s.spoolDir),
         batchSize: s.batchSize as number,
-        flushIntervalMs: parseDuration(s.flushInterval as string, `${where}.flushInterval`),
         timeoutMs: parseDuration(s.timeout as string, `${where}.timeout`),
         maxSpoolBytes: parseSize(s.maxSpoolSize as string, `${where}.maxSpoolSize`),
       }
@@ -569,6 +610,16 @@ export function parseGatewayConfig(value: unknown, source: string, baseDir: stri
       mode: raw.audit.mode,
       sinks: raw.audit.sinks.map((s, i) => parseSink(s, baseDir, `audit.sinks.${i}`)),
       lingerMs: parseDuration(raw.audit.linger, 'audit.linger'),
+      denials: {
+        rate: raw.audit.denials.rate,
+        burst: raw.audit.denials.burst,
+        totalRate: raw.audit.denials.totalRate,
+        totalBurst: raw.audit.denials.totalBurst,
+        summaryIntervalMs: parseDuration(
+          raw.audit.denials.summaryInterval,
+          'audit.denials.summaryInterval',
+        ),
+      },
     },
     kubernetes: { websocketTunnel: raw.kubernetes.websocketTunnel },
     shutdownGraceMs: parseDuration(raw.shutdownGrace, 'shutdownGrace'),

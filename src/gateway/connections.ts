@@ -24,13 +24,13 @@
  * @module
  */
 import type { Http2Session, ServerHttp2Stream, Settings } from 'node:http2'
-import { isIPv6 } from 'node:net'
 import type { Socket } from 'node:net'
 import type { Server as TlsServer, TLSSocket } from 'node:tls'
 import { RST } from '../protocol/reset-codes.js'
 import { STREAM_WINDOW } from '../protocol/h2-settings.js'
 import type { Logger } from '../shared/log.js'
 import { resetStream } from '../shared/relay-endpoints.js'
+import { denialSourceKey as sourceKey } from './audit/denial-limiter.js'
 import type { GatewayConfig } from './config.js'
 import type { GatewayMetrics } from './metrics.js'
 
@@ -81,27 +81,6 @@ export function preauthSettings(limits: ConnectionLimits): Settings {
     maxConcurrentStreams: limits.unauthenticatedStreams,
     initialWindowSize: PREAUTH_STREAM_WINDOW,
   }
-}
-
-/**
- * The source a connection is counted under: its IPv4 address, or the /64 of its IPv6
- * address (one host gets a whole /64; counting single addresses would not bound it).
- */
-export function sourceKey(address: string | undefined): string {
-  if (address === undefined) return 'unknown'
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address)
-  if (mapped !== null) return mapped[1] as string
-  if (!isIPv6(address)) return address
-  const [head = '', tail = ''] = address.split('::')
-  const left = head === '' ? [] : head.split(':')
-  const right = tail === '' ? [] : tail.split(':')
-  const groups = address.includes('::')
-    ? [...left, ...Array<string>(8 - left.length - right.length).fill('0'), ...right]
-    : left
-  return `${groups
-    .slice(0, 4)
-    .map((g) => Number.parseInt(g, 16).toString(16))
-    .join(':')}::/64`
 }
 
 /** One client connection. */

@@ -7,7 +7,8 @@
  * all live here and never know which protocol the client spoke (they record it).
  *
  * Order of checks for one stream: header size (431) → draining (503) →
- * authenticate (401) → names/port (400) → authorize (403) → registry ready (503)
+ * authenticate (401) → impersonation (403) → names/port/method (400, 405) → authorize
+ * (403) → registry ready (503)
  * → pod (404) → node check (404) → phase (400) → node's agent known (503) →
  * limits (429) → agent dial (502/504; the whole open is bounded by the
  * stream-open timeout, 504) → audit open record (durable in blocking-strict; 503
@@ -15,29 +16,54 @@
  * and the open record are in. After 200, the sweeper ends streams that were idle
  * or lived too long (RST_STREAM ENHANCE_YOUR_CALM, `endedBy: limit`).
  *
+ * Identity in the audit trail comes only from a request's own successful authentication:
+ * a refused request on a connection where someone else authenticated is not theirs. A
+ * connection may carry several users; its `session.closed` names them all.
+ *
+ * Refusals (`stream.denied`, `request.denied`) go through {@link AuditPort.appendDenial}:
+ * within a per-source budget they are recorded and logged one by one, beyond it only
+ * counted (docs/audit.md, "Denial floods"). Names from a refused request are recorded
+ * escaped and cut short; errors whose messages hold internals reach the client as a
+ * generic message with a ref (the log line has the details and the same ref).
+ *
  * @module
  */
 import { randomBytes, randomUUID } from 'node:crypto'
 import type { ClientHttp2Stream } from 'node:http2'
-import { AUDIT_SCHEMA } from '../protocol/audit-record.js'
+import { AUDIT_SCHEMA, MAX_SESSION_USERS } from '../protocol/audit-record.js'
 import type { AuditRecord, ClientProtocol } from '../protocol/audit-record.js'
 import {
   GATEWAY_STREAM_ID_HEADER,
-  POD_NETNS_HEADER,
   POD_UID_HEADER,
   PORT_HEADER,
   agentPortForwardPath,
 } from '../protocol/constants.js'
-import { assertNamespace, assertObjectName } from '../protocol/names.js'
+import {
+  assertNamespace,
+  assertObjectName,
+  isDns1123Label,
+  isDns1123Subdomain,
+} from '../protocol/names.js'
 import { RST } from '../protocol/reset-codes.js'
 import type { EndedBy } from '../protocol/reset-codes.js'
 import { DuplexRelay } from '../shared/duplex-relay.js'
 import type { AbortReason, RelayEndpoint, RelayOutcome } from '../shared/duplex-relay.js'
-import { AppError, appError, describeError, isAppError } from '../shared/errors.js'
+import {
+  AppError,
+  appError,
+  describeError,
+  hidesDetail,
+  isAppError,
+  newRef,
+  publicError,
+} from '../shared/errors.js'
 import type { Logger } from '../shared/log.js'
 import { h2Endpoint, resetStream } from '../shared/relay-endpoints.js'
 import type { Authenticator, Identity } from './auth/authenticator.js'
 import type { Authorizer } from './authz/authorizer.js'
+import { MAX_RECORDED_USER_AGENT, logText, untrustedText } from './audit/sanitize.js'
+import { impersonationRefused } from './impersonation.js'
+import type { Impersonation } from './impersonation.js'
 import type { GatewayConfig } from './config.js'
 import type { GatewayMetrics } from './metrics.js'
 import type { AgentPool } from './relay/agent-pool.js'
@@ -47,6 +73,14 @@ import type { NodeInfo, PodInfo, PodRegistry } from './registry/types.js'
 export interface AuditPort {
   /** Resolves when the record is as durable as the mode requires; rejects (AppError) if not. */
   append(record: AuditRecord): Promise<void>
+  /**
+   * Records a refusal (`stream.denied`, `request.denied`) within its source's budget.
+   * Returns true when the record was appended on its own (the caller logs its line),
+   * false when it was only counted for a `denials.suppressed` summary (the caller stays
+   * silent: a flood must not flood the log either). Never throws; write failures are
+   * logged and counted.
+   */
+  appendDenial(record: AuditRecord): boolean
   /** False while the sink cannot write (fail closed in blocking-strict). */
   healthy(): boolean
   readonly mode: 'blocking-strict' | 'blocking' | 'batch'
@@ -55,6 +89,7 @@ export interface AuditPort {
 /** An audit port that records nothing (tests of other parts only). */
 export const NO_AUDIT: AuditPort = {
   append: () => Promise.resolve(),
+  appendDenial: () => true,
   healthy: () => true,
   mode: 'batch',
 }
@@ -93,8 +128,11 @@ export class ClientSession {
   readonly sourceAddress: string
   readonly userAgent: string | undefined
   readonly openedAt: number
-  user: string | undefined
-  groups: string[] | undefined
+  /**
+   * Every user that authenticated a request on this connection, with the groups of their
+   * first authentication, in order (at most MAX_SESSION_USERS).
+   */
+  readonly identities = new Map<string, string[]>()
   readonly streams = new Set<LiveStream>()
   /** Streams being opened (count toward the per-connection limit). */
   pending = 0
@@ -116,6 +154,17 @@ export class ClientSession {
     this.userAgent = info.userAgent
     this.openedAt = now
     this.#terminate = info.terminate
+  }
+
+  /** The users that authenticated on this connection, first one first. */
+  get users(): string[] {
+    return [...this.identities.keys()]
+  }
+
+  /** Notes that `identity` authenticated a request here. */
+  addIdentity(identity: Identity): void {
+    if (this.identities.size < MAX_SESSION_USERS && !this.identities.has(identity.user))
+      this.identities.set(identity.user, identity.groups)
   }
 
   /** Ends the connection (admin). */
@@ -142,6 +191,8 @@ export interface ForwardRequest {
   userAgent?: string
   /** Called once the request's token has verified (before the other checks). */
   onAuthenticated?: () => void
+  /** The impersonation headers the request carried, if any (refused after authentication). */
+  impersonation?: Impersonation
   /** Aborted when the client goes away during the open. */
   signal?: AbortSignal
   /**
@@ -171,6 +222,22 @@ export interface AdmitRequest {
   userAgent?: string
   /** Called once the request's token has verified (before the other checks). */
   onAuthenticated?: () => void
+  /** The impersonation headers the request carried, if any (refused after authentication). */
+  impersonation?: Impersonation
+}
+
+/** A refused API request, for its `request.denied` record ({@link Forwarder.requestDenied}). */
+export interface DeniedRequest {
+  method: string
+  /** The path as received (no query). */
+  path: string
+  sourceAddress: string
+  userAgent?: string
+  /** The target pod, when the path names one (as received). */
+  namespace?: string
+  pod?: string
+  /** The identity, when authentication succeeded (a 403). */
+  identity?: Identity
 }
 
 /** What the checks learnt before one of them refused (for the audit record). */
@@ -299,6 +366,9 @@ function reasonFor(err: AppError): string {
       return 'unauthenticated'
     case 'PFG_ERR_AUTH_FORBIDDEN':
       return 'forbidden'
+    case 'PFG_ERR_AUTH_IMPERSONATION':
+      return 'impersonation'
+    case 'PFG_ERR_ROUTE_METHOD_NOT_ALLOWED':
     case 'PFG_ERR_ROUTE_BAD_NAME':
     case 'PFG_ERR_ROUTE_BAD_PORT':
     case 'PFG_ERR_PROTO_BAD_HEADER':
@@ -336,6 +406,8 @@ function reasonFor(err: AppError): string {
       return 'connect-failed'
     case 'PFG_ERR_AGENT_NETNS':
       return 'netns'
+    case 'PFG_ERR_AGENT_RUNTIME_UNAVAILABLE':
+      return 'runtime-unavailable'
     case 'PFG_ERR_RELAY_AGENT_UNAVAILABLE':
       return 'agent-unavailable'
     case 'PFG_ERR_RELAY_STREAM_RESET':
@@ -353,6 +425,7 @@ function reasonFor(err: AppError): string {
 const DENIED_REASONS = new Set([
   'unauthenticated',
   'forbidden',
+  'impersonation',
   'bad-request',
   'draining',
   'limit:streams-per-connection',
@@ -362,6 +435,26 @@ const DENIED_REASONS = new Set([
 
 /** An 'error' listener that only keeps an error from being unhandled (errors are reported elsewhere). */
 function ignoreError(): void {}
+
+/** The longest invalid name recorded (characters, after escaping). */
+export const MAX_RECORDED_NAME = 128
+/** The longest error message recorded for a refusal. */
+const MAX_RECORDED_MESSAGE = 1024
+
+/** A user agent as the admin API shows it: as records do (sanitize.ts), escaped and cut short. */
+export function shownUserAgent(ua: string): string {
+  return untrustedText(ua, MAX_RECORDED_USER_AGENT).text
+}
+
+/**
+ * A name from a request as a refusal's record and log line show it: a valid Kubernetes
+ * name as it is, anything else escaped and cut to {@link MAX_RECORDED_NAME} characters
+ * (a 16 KB "pod name" must not fill the trail, nor a newline forge a row of it).
+ */
+function shownName(kind: 'namespace' | 'name', name: string): { text: string; redacted: boolean } {
+  const valid = kind === 'namespace' ? isDns1123Label(name) : isDns1123Subdomain(name)
+  return valid ? { text: name, redacted: false } : untrustedText(name, MAX_RECORDED_NAME)
+}
 
 /** Formats an address pair as `ip:port` with IPv6 in brackets. */
 export function formatAddress(address: string | undefined, port: number | undefined): string {
@@ -438,6 +531,13 @@ export class Forwarder {
     // session.closed is appended after session.opened settled, so the trail stays ordered.
     const close = (): void => {
       const rec = this.#record('session.closed', session)
+      // Every user of the connection; `user` and `groups` only when there was one.
+      rec.users = session.users
+      const only = session.identities.size === 1 ? [...session.identities][0] : undefined
+      if (only !== undefined) {
+        rec.user = only[0]
+        rec.groups = only[1]
+      }
       rec.durationMs = this.#now() - session.openedAt
       rec.bytesClientToPod = session.bytesClientToPod
       rec.bytesPodToClient = session.bytesPodToClient
@@ -561,10 +661,8 @@ export class Forwarder {
       const e = isAppError(err)
         ? err
         : appError('PFG_ERR_RELAY_AGENT_UNAVAILABLE', describeError(err), { cause: err })
-      if (!(e as AppError & { audited?: boolean }).audited) {
-        this.#rejected(req, identity, pod, target, e)
-      }
-      throw e
+      if ((e as AppError & { audited?: boolean }).audited) throw e
+      throw this.#rejected(req, identity, pod, target, e)
     }
   }
 
@@ -573,7 +671,8 @@ export class Forwarder {
    * gets 401 and a forbidden target 403 as an HTTP status the client shows: draining,
    * authentication, names, authorization (every port named up front, or, when the ports
    * come later with each stream, some port of the pod), registry, pod, node, phase.
-   * Throws the AppError (audited as `open` audits it). Every stream is checked again by
+   * Throws the AppError (audited as `open` audits it; the one the client may see). Every
+   * stream is checked again by
    * {@link open} (a token that expires mid-session opens no new stream).
    */
   async admit(req: AdmitRequest): Promise<Identity> {
@@ -592,8 +691,7 @@ export class Forwarder {
       const e = isAppError(err)
         ? err
         : appError('PFG_ERR_RELAY_AGENT_UNAVAILABLE', describeError(err), { cause: err })
-      this.#rejected(req, found.identity, found.pod, target, e)
-      throw e
+      throw this.#rejected(req, found.identity, found.pod, target, e)
     }
   }
 
@@ -614,11 +712,9 @@ export class Forwarder {
     const identity = await this.#d.authenticator.authenticate(req.authorization)
     found.identity = identity
     req.onAuthenticated?.()
-    if (session.user === undefined) {
-      session.user = identity.user
-      session.groups = identity.groups
-    }
-    this.#auditSession(session)
+    session.addIdentity(identity)
+    this.#auditSession(session, identity)
+    if (req.impersonation !== undefined) throw impersonationRefused(identity, req.impersonation)
     if (ports instanceof AppError) throw ports
     assertNamespace(req.namespace)
     assertObjectName('pod', req.pod)
@@ -713,7 +809,6 @@ export class Forwarder {
       [POD_UID_HEADER]: pod.uid,
       [GATEWAY_STREAM_ID_HEADER]: streamId,
     }
-    if (pod.netns !== undefined) headers[POD_NETNS_HEADER] = pod.netns
 
     // 1. The agent connects to the pod's port and answers 200.
     let upstream: ClientHttp2Stream
@@ -756,15 +851,16 @@ export class Forwarder {
     try {
       await this.#d.audit.append(openRec)
     } catch (err) {
-      this.#d.logger.error({ err: describeError(err), streamId }, 'audit open record failed')
+      const ref = newRef()
+      this.#d.logger.error({ err: describeError(err), streamId, ref }, 'audit open record failed')
       this.#d.metrics.auditFailures.inc({ sink: 'all' })
       if (this.#d.audit.mode === 'blocking-strict') {
-        // Fail closed.
+        // Fail closed. The client learns no file path or errno: the log line has them.
         resetStream(upstream, RST.REFUSED_STREAM)
-        const refused =
-          isAppError(err) && err.code === 'PFG_ERR_AUDIT_UNAVAILABLE'
-            ? err
-            : appError('PFG_ERR_AUDIT_UNAVAILABLE', 'audit trail unavailable; refusing new streams')
+        const refused = publicError(
+          appError('PFG_ERR_AUDIT_UNAVAILABLE', 'audit trail unavailable'),
+          ref,
+        )
         // The audit log itself records this refused stream (stream.failed) once it can write.
         ;(refused as AppError & { audited?: boolean }).audited = true
         this.#countRejected(refused)
@@ -938,9 +1034,10 @@ export class Forwarder {
     if (this.#sweeper !== undefined) clearInterval(this.#sweeper)
   }
 
-  #auditSession(session: ClientSession): void {
+  #auditSession(session: ClientSession, identity: Identity): void {
     if (session.audited !== undefined) return
-    const rec = this.#record('session.opened', session)
+    // Opened by the first identity that authenticated on the connection.
+    const rec = this.#record('session.opened', session, identity)
     session.audited = this.#d.audit.append(rec).catch((err: unknown) => {
       this.#d.logger.error(
         { err: describeError(err), session: session.id },
@@ -949,47 +1046,92 @@ export class Forwarder {
     })
   }
 
+  /**
+   * Records and logs a refused stream or upgrade; returns what the client is told (the
+   * error itself, or a generic one with a ref when its message holds internals).
+   */
   #rejected(
     req: AdmitRequest,
     identity: Identity | undefined,
     pod: PodInfo | undefined,
     target: { namespace: string; pod: string; node: string | undefined; port: number },
     err: AppError,
-  ): void {
-    const reason = reasonFor(err)
-    const rec = this.#record(
-      DENIED_REASONS.has(reason) ? 'stream.denied' : 'stream.failed',
-      req.session,
-      identity,
-    )
-    rec.namespace = target.namespace
-    rec.pod = target.pod
+  ): AppError {
+    const denied = DENIED_REASONS.has(reasonFor(err))
+    const rec = this.#record(denied ? 'stream.denied' : 'stream.failed', req.session, identity)
+    const redacted: string[] = []
+    rec.namespace = shown(redacted, 'namespace', shownName('namespace', target.namespace))
+    rec.pod = shown(redacted, 'pod', shownName('name', target.pod))
     if (target.port > 0) rec.port = target.port
     if (pod !== undefined) {
       rec.podUid = pod.uid
       rec.node = pod.nodeName
     } else if (target.node !== undefined) {
-      rec.node = target.node
+      rec.node = shown(redacted, 'node', shownName('name', target.node))
     }
     if (req.userAgent !== undefined) rec.userAgent = req.userAgent
-    rec.reason = reason
-    rec.status = err.statusCode
-    rec.error = { code: err.code, message: err.message }
-    const ref = (err as AppError & { ref?: string }).ref
-    if (ref !== undefined) rec.ref = ref
+    const { pub, ref } = refusal(rec, err, redacted)
     this.#countRejected(err)
-    this.#d.logger.info(
-      {
-        session: req.session.id,
-        user: identity?.user,
-        target: `${target.namespace}/${target.pod}:${target.port}`,
-        code: err.code,
-        status: err.statusCode,
-        ...(ref !== undefined ? { ref } : {}),
-      },
-      'stream refused',
-    )
-    this.#appendLogged(rec)
+    const log = {
+      session: req.session.id,
+      source: req.session.sourceAddress,
+      user: identity?.user,
+      target: `${rec.namespace}/${rec.pod}:${target.port}`,
+      code: err.code,
+      status: err.statusCode,
+      ...(ref !== undefined ? { ref } : {}),
+      ...refusalDetail(err),
+    }
+    if (denied) {
+      if (this.#d.audit.appendDenial(rec))
+        this.#d.logger.info(log, refusalLogMessage(err, 'stream'))
+    } else {
+      this.#d.logger.info(log, 'stream refused')
+      this.#appendLogged(rec)
+    }
+    return pub
+  }
+
+  /**
+   * Records and logs a refused API request (`request.denied`: 401, 403 on a gateway API
+   * path; docs/audit.md), within the denial flood budget. Returns what the client is told.
+   */
+  requestDenied(info: DeniedRequest, err: AppError): AppError {
+    const rec: AuditRecord = {
+      schema: AUDIT_SCHEMA,
+      id: randomUUID(),
+      time: new Date(this.#now()).toISOString(),
+      type: 'request.denied',
+      gateway: this.#d.gatewayId,
+      sourceAddress: info.sourceAddress,
+    }
+    if (info.identity !== undefined) {
+      rec.user = info.identity.user
+      rec.groups = info.identity.groups
+    }
+    if (info.userAgent !== undefined) rec.userAgent = info.userAgent
+    const redacted: string[] = []
+    rec.method = shown(redacted, 'method', untrustedText(info.method, 16))
+    rec.path = shown(redacted, 'path', untrustedText(info.path, MAX_RECORDED_NAME * 2))
+    if (info.namespace !== undefined)
+      rec.namespace = shown(redacted, 'namespace', shownName('namespace', info.namespace))
+    if (info.pod !== undefined) rec.pod = shown(redacted, 'pod', shownName('name', info.pod))
+    const { pub, ref } = refusal(rec, err, redacted)
+    if (this.#d.audit.appendDenial(rec)) {
+      this.#d.logger.info(
+        {
+          source: info.sourceAddress,
+          user: info.identity?.user,
+          request: `${rec.method} ${rec.path}`,
+          code: err.code,
+          status: err.statusCode,
+          ...(ref !== undefined ? { ref } : {}),
+          ...refusalDetail(err),
+        },
+        refusalLogMessage(err, 'request'),
+      )
+    }
+    return pub
   }
 
   #countRejected(err: AppError): void {
@@ -1019,10 +1161,11 @@ export class Forwarder {
       sourceAddress: session.sourceAddress,
       protocol: session.protocol,
     }
-    const user = identity?.user ?? session.user
-    const groups = identity?.groups ?? session.groups
-    if (user !== undefined) rec.user = user
-    if (groups !== undefined) rec.groups = groups
+    // Only the request's own successful authentication names a user: never the session's.
+    if (identity !== undefined) {
+      rec.user = identity.user
+      rec.groups = identity.groups
+    }
     if (session.userAgent !== undefined) rec.userAgent = session.userAgent
     return rec
   }
@@ -1034,6 +1177,53 @@ export class Forwarder {
     rec.podUid = pod.uid
     rec.port = port
   }
+}
+
+/** A field's shown text; notes the field in `redacted` when a credential was replaced. */
+function shown(redacted: string[], field: string, r: { text: string; redacted: boolean }): string {
+  if (r.redacted) redacted.push(field)
+  return r.text
+}
+
+/**
+ * Completes a refusal's record from its error (reason, status, ref, error, redactions);
+ * returns what the client is told (generic, with a new ref, when the message holds
+ * internals) and the ref, if any.
+ */
+function refusal(
+  rec: AuditRecord,
+  err: AppError,
+  redacted: string[],
+): { pub: AppError; ref: string | undefined } {
+  rec.reason = reasonFor(err)
+  rec.status = err.statusCode
+  let ref = (err as AppError & { ref?: string }).ref
+  const pub = hidesDetail(err) ? publicError(err, (ref ??= newRef())) : err
+  if (ref !== undefined) rec.ref = ref
+  rec.error = { code: err.code, message: refusalMessage(err) }
+  if (redacted.length > 0) rec.redacted = redacted
+  return { pub, ref }
+}
+
+/** A refusal's `error.message` in its record: the details (the authentication failure's reason too), bounded. */
+function refusalMessage(err: AppError): string {
+  const why = (err as AppError & { reason?: string }).reason
+  return untrustedText(
+    why !== undefined ? `${err.message}: ${why}` : err.message,
+    MAX_RECORDED_MESSAGE,
+  ).text
+}
+
+/** The log fields that explain a refusal: why authentication failed, or the details a client was not told. */
+function refusalDetail(err: AppError): Record<string, string> {
+  const why = (err as AppError & { reason?: string }).reason
+  if (why !== undefined) return { reason: logText(why, MAX_RECORDED_MESSAGE) }
+  return hidesDetail(err) ? { detail: logText(err.message, MAX_RECORDED_MESSAGE) } : {}
+}
+
+/** `authentication failed` for a 401 (the line docs/errors.md names), else `<what> refused`. */
+function refusalLogMessage(err: AppError, what: 'stream' | 'request'): string {
+  return err.statusCode === 401 ? 'authentication failed' : `${what} refused`
 }
 
 /** A random id for this gateway instance. */

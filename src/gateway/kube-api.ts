@@ -1,9 +1,9 @@
 /**
- * The small slice of the Kubernetes API that port-forward clients read before
- * they forward (PROTOCOLS.md §3): discovery (`/api`, `/apis`, `/api/v1`, legacy or
- * aggregated) and pod objects from the registry (kubectl checks `status.phase` and
- * resolves named ports from `spec.containers[].ports`). Only `pods` (get) and
- * `pods/portforward` are advertised, so kubectl asks for nothing else.
+ * The small slice of the Kubernetes API that port-forward clients read before they
+ * forward (docs/kubernetes-protocols.md#before-the-upgrade): discovery (`/api`,
+ * `/apis`, `/api/v1`, legacy or aggregated) and pod objects from the registry (kubectl
+ * checks `status.phase` and resolves named ports from `spec.containers[].ports`). Only
+ * `pods` (get) and `pods/portforward` are advertised, so kubectl asks for nothing else.
  *
  * @module
  */

@@ -19,32 +19,67 @@ export interface LabelRequirement {
 
 const LABEL_KEY = /^([a-z0-9]([-a-z0-9.]*[a-z0-9])?\/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/
 const LABEL_VALUE = /^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$/
+/** A label key: a DNS subdomain prefix (≤ 253) and `/`, then a name (≤ 63). */
+const MAX_LABEL_KEY = 253 + 1 + 63
+
+/**
+ * The longest label selector accepted (characters). Kubernetes sets none, but every
+ * requirement is at most a key (317), an operator and a value (63): 8 KiB is over twenty
+ * of them, and it bounds what one request can make the parser do.
+ */
+export const MAX_LABEL_SELECTOR = 8 * 1024
 
 /**
  * Parses the equality-based label selectors kubectl sends for `-l` (comma = and).
- * Set-based ones (`in`, `notin`) are refused with `PFG_ERR_ROUTE_BAD_QUERY`.
+ * Set-based ones (`in`, `notin`) are refused with `PFG_ERR_ROUTE_BAD_QUERY`, and so is a
+ * selector longer than {@link MAX_LABEL_SELECTOR}. One pass over the text, no
+ * backtracking: the cost is linear in its length, whatever it holds.
  */
 export function parseLabelSelector(selector: string | undefined): LabelRequirement[] {
-  if (selector === undefined || selector.trim() === '') return []
-  return selector.split(',').map((raw) => {
-    const part = raw.trim()
-    const bad = (why: string): never => {
-      throw appError('PFG_ERR_ROUTE_BAD_QUERY', `unable to parse label selector "${part}": ${why}`)
+  if (selector === undefined) return []
+  if (selector.length > MAX_LABEL_SELECTOR) {
+    throw appError(
+      'PFG_ERR_ROUTE_BAD_QUERY',
+      `label selector too long (${selector.length} characters; at most ${MAX_LABEL_SELECTOR})`,
+    )
+  }
+  if (selector.trim() === '') return []
+  return selector.split(',').map(parseRequirement)
+}
+
+/** One requirement: `k=v`, `k==v`, `k!=v`, `k`, `!k` (see {@link parseLabelSelector}). */
+function parseRequirement(raw: string): LabelRequirement {
+  const part = raw.trim()
+  const bad = (why: string): never => {
+    const shown = part.length > 80 ? `${part.slice(0, 80)}…` : part
+    throw appError(
+      'PFG_ERR_ROUTE_BAD_QUERY',
+      `unable to parse label selector ${JSON.stringify(shown)}: ${why}`,
+    )
+  }
+  let req: LabelRequirement
+  // The first `=` or `!` is the operator (neither may appear in a key or a value).
+  let at = -1
+  for (let i = 0; i < part.length; i++) {
+    const c = part.charCodeAt(i)
+    if (c === 0x3d /* = */ || c === 0x21 /* ! */) {
+      at = i
+      break
     }
-    let req: LabelRequirement
-    const m = /^([^=!]+?)\s*(==|=|!=)\s*(.*)$/.exec(part)
-    if (m !== null) {
-      req = { key: m[1]!.trim(), op: m[2] === '!=' ? '!=' : '=', value: m[3]!.trim() }
-      if (!LABEL_VALUE.test(req.value!) || req.value!.length > 63) bad('invalid label value')
-    } else if (part.startsWith('!')) {
-      req = { key: part.slice(1).trim(), op: '!exists' }
-    } else {
-      if (/\s(in|notin)\s*\(/.test(part)) bad('set-based selectors are not supported')
-      req = { key: part, op: 'exists' }
-    }
-    if (!LABEL_KEY.test(req.key)) bad('invalid label key')
-    return req
-  })
+  }
+  if (at === 0 && part[0] === '!' && part[1] !== '=') {
+    req = { key: part.slice(1).trim(), op: '!exists' }
+  } else if (at > 0 && (part[at] === '=' || part[at + 1] === '=')) {
+    const op = part[at] === '!' ? '!=' : part[at + 1] === '=' ? '==' : '='
+    const value = part.slice(at + op.length).trim()
+    req = { key: part.slice(0, at).trim(), op: op === '!=' ? '!=' : '=', value }
+    if (value.length > 63 || !LABEL_VALUE.test(value)) bad('invalid label value')
+  } else {
+    if (part.includes('(')) bad('set-based selectors are not supported')
+    req = { key: part, op: 'exists' }
+  }
+  if (req.key.length > MAX_LABEL_KEY || !LABEL_KEY.test(req.key)) bad('invalid label key')
+  return req
 }
 
 /** Does a pod's label set satisfy every requirement? */

@@ -1,6 +1,6 @@
 /**
  * The node proxy: `/proxy/nodes/{node}/…` for everything that is not `portForward`.
- * Admins reach each agent's `/healthz` and `/metrics` through the gateway, over the
+ * Admins reach each agent's `/healthz`, `/readyz` and `/metrics` through the gateway, over the
  * same mutual-TLS HTTP/2 hop the streams use (the agent accepts no one else); every
  * other path is a 404 `Status`, and the whole prefix requires the admin role (the
  * gateway's authentication hook, `config.auth: 'admin'`).
@@ -12,7 +12,9 @@
  * registry (`NodeInfo`: address, port and the TLS server name to verify).
  *
  * Nothing of the client's request but `accept` and `user-agent` reaches the agent: its
- * bearer token, cookies and any other header stay at the gateway.
+ * bearer token, cookies and any other header stay at the gateway. The agent gets exactly
+ * the path that was checked (decoded, without a query): `/proxy/nodes/n/%68ealthz` is
+ * checked as `/healthz`, so `/healthz` is what is forwarded, never the raw text.
  *
  * @module
  */
@@ -22,7 +24,7 @@ import { Agent, Client } from 'undici'
 import type { Dispatcher } from 'undici'
 import { assertObjectName } from '../protocol/names.js'
 import { buildStatus } from '../protocol/status.js'
-import { appError, describeError } from '../shared/errors.js'
+import { appError, describeError, newRef } from '../shared/errors.js'
 import type { Logger } from '../shared/log.js'
 import type { NodeInfo, PodRegistry } from './registry/types.js'
 
@@ -30,7 +32,7 @@ import type { NodeInfo, PodRegistry } from './registry/types.js'
 export const NODE_PROXY_PREFIX = '/proxy/nodes/:node'
 
 /** Agent paths an admin may reach (GET and HEAD). */
-export const NODE_PROXY_PATHS: readonly string[] = ['/healthz', '/metrics']
+export const NODE_PROXY_PATHS: readonly string[] = ['/healthz', '/readyz', '/metrics']
 
 /** Request headers passed on to the agent; every other header stays at the gateway. */
 const FORWARDED_HEADERS = ['accept', 'user-agent'] as const
@@ -53,7 +55,8 @@ export function agentOrigin(node: NodeInfo): string {
 }
 
 const kNode = Symbol('pfgate.nodeProxy.node')
-type ProxiedRequest = FastifyRequest & { [kNode]?: NodeInfo }
+const kPath = Symbol('pfgate.nodeProxy.path')
+type ProxiedRequest = FastifyRequest & { [kNode]?: NodeInfo; [kPath]?: string }
 
 /**
  * Registers the node proxy routes on `app` (call before `app.ready()`). The dispatcher
@@ -125,10 +128,18 @@ export async function registerNodeProxy(
         }
         byOrigin.set(agentOrigin(node), node)
         ;(request as ProxiedRequest)[kNode] = node
+        ;(request as ProxiedRequest)[kPath] = path
         done()
       } catch (err) {
         done(err as Error)
       }
+    },
+    // Forward the path the preHandler checked, not the (raw, maybe percent-encoded) one
+    // http-proxy derives from the URL, and no query.
+    handler: (request, reply, _dest, replyOptions) => {
+      const path = (request as ProxiedRequest)[kPath]
+      if (path === undefined) throw new TypeError('node proxy: preHandler did not run')
+      return reply.from(path, { ...replyOptions, queryString: () => '' })
     },
     replyOptions: {
       getUpstream: (request) => agentOrigin(nodeOf(request)),
@@ -143,14 +154,16 @@ export async function registerNodeProxy(
       },
       onError: (reply, { error }) => {
         const node = nodeOf(reply.request)
+        const ref = newRef()
         logger.warn(
           {
             node: node.name,
             err: describeError((error as Error & { cause?: unknown }).cause ?? error),
+            ref,
           },
           'node proxy: agent request failed',
         )
-        const message = `node agent ${node.name} cannot be reached`
+        const message = `node agent ${node.name} cannot be reached (ref ${ref})`
         void reply
           .code(502)
           .type('application/json')

@@ -1,14 +1,28 @@
 /**
- * The audit record format (schema `pfgate.audit/v1`), documented in docs/audit.md.
+ * The audit record format (schema `pfgate.audit/v2`), documented in docs/audit.md.
  * Written by the gateway (JSON lines), read by `pfgate audit`. A file format is a
  * protocol: both sides import it from here.
+ *
+ * A trail is two sequences of files: the main trail (`audit.log`, its rotated files) and
+ * the denials trail beside it (`audit.denied.log`, …; {@link deniedTrailPath}), which holds
+ * the records anyone can cause without credentials ({@link isDenialType}), so that they
+ * rotate only each other away. Readers merge the two by time ({@link mergeByTime}).
  *
  * @module
  */
 import type { EndedBy } from './reset-codes.js'
 
-/** Schema identifier carried by every record. Bump on incompatible change. */
-export const AUDIT_SCHEMA = 'pfgate.audit/v1'
+/** Schema identifier carried by every record written. Bump on incompatible change. */
+export const AUDIT_SCHEMA = 'pfgate.audit/v2'
+
+/**
+ * Every schema a reader accepts: v1 trails (written before v2) stay readable. What changed
+ * in v2 is listed in docs/audit.md ("Schema versions").
+ */
+export const AUDIT_SCHEMAS = ['pfgate.audit/v1', AUDIT_SCHEMA] as const
+
+/** A schema a record may carry. */
+export type AuditSchema = (typeof AUDIT_SCHEMAS)[number]
 
 /** Record types. */
 export type AuditType =
@@ -18,15 +32,25 @@ export type AuditType =
   | 'stream.closed'
   | 'stream.denied'
   | 'stream.failed'
+  | 'request.denied'
+  | 'denials.suppressed'
   | 'gateway.started'
   | 'gateway.stopped'
+
+/**
+ * The record types a client can cause without credentials (refusals, and the summaries of
+ * refusals that were only counted). They go to the denials trail.
+ */
+export function isDenialType(type: string): boolean {
+  return type === 'stream.denied' || type === 'request.denied' || type === 'denials.suppressed'
+}
 
 /** The client protocol a stream arrived on. */
 export type ClientProtocol = 'native-h2' | 'spdy' | 'ws-spdy' | 'ws-v4' | 'ws-v4-base64'
 
 /** One audit record. Optional fields are omitted (not null) when unknown. */
 export interface AuditRecord {
-  schema: typeof AUDIT_SCHEMA
+  schema: AuditSchema
   /** Unique event id. */
   id: string
   /** RFC 3339 time with milliseconds, UTC. */
@@ -37,8 +61,15 @@ export interface AuditRecord {
    * written after a crash (`endedBy: gateway-restart`), the instance whose stream it was.
    */
   gateway?: string
+  /** The identity of the request's own successful authentication (never a session's). */
   user?: string
   groups?: string[]
+  /**
+   * `session.closed`: every user that authenticated on the connection, in order of first
+   * authentication (at most {@link MAX_SESSION_USERS}). `denials.suppressed`: the users
+   * of the counted refusals that had authenticated (at most 8).
+   */
+  users?: string[]
   /** Client address `ip:port` (IPv6 in brackets). */
   sourceAddress?: string
   protocol?: ClientProtocol
@@ -75,14 +106,28 @@ export interface AuditRecord {
    * like a credential was replaced by `[REDACTED]` before the record was written.
    */
   redacted?: string[]
+  /** `request.denied`: the request's method. */
+  method?: string
+  /** `request.denied`: the request's path (no query), truncated and escaped when not plain. */
+  path?: string
+  /** `denials.suppressed`: how many refusals were counted instead of recorded one by one. */
+  count?: number
+  /** `denials.suppressed`: the time of the first and of the last of them. */
+  firstTime?: string
+  lastTime?: string
+  /** `denials.suppressed`: how many of them had each reason word. */
+  reasons?: Record<string, number>
 }
+
+/** The most users a `session.closed` record names. */
+export const MAX_SESSION_USERS = 64
 
 /** Type guard for a parsed JSON value. */
 export function isAuditRecord(value: unknown): value is AuditRecord {
   return (
     typeof value === 'object' &&
     value !== null &&
-    (value as { schema?: unknown }).schema === AUDIT_SCHEMA &&
+    (AUDIT_SCHEMAS as readonly unknown[]).includes((value as { schema?: unknown }).schema) &&
     typeof (value as { id?: unknown }).id === 'string' &&
     typeof (value as { type?: unknown }).type === 'string' &&
     typeof (value as { time?: unknown }).time === 'string'
@@ -95,6 +140,49 @@ export function isAuditRecord(value: unknown): value is AuditRecord {
  */
 export function rotatedTrailPath(path: string, n: number): string {
   return n === 0 ? path : `${path}.${n}`
+}
+
+/**
+ * The denials trail that goes with the trail at `path`: `.denied` before the file name's
+ * extension (`/var/log/pfgate/audit.log` → `/var/log/pfgate/audit.denied.log`; `trail` →
+ * `trail.denied`). Its rotated files are numbered like the main trail's.
+ */
+export function deniedTrailPath(path: string): string {
+  const slash = Math.max(path.lastIndexOf('/'), path.lastIndexOf('\\'))
+  const dot = path.lastIndexOf('.')
+  return dot > slash + 1 ? `${path.slice(0, dot)}.denied${path.slice(dot)}` : `${path}.denied`
+}
+
+/**
+ * Merges two record sequences, each in the order it was written, into one ordered by
+ * time (on a tie, `a` first). The order within each sequence is kept: records are written
+ * in nearly, not strictly, increasing time. `timeOf` reads an item's RFC 3339 time
+ * (records: their `time`; the same format throughout, so strings compare as times).
+ */
+export async function* mergeByTime<T = AuditRecord>(
+  a: AsyncIterable<T>,
+  b: AsyncIterable<T>,
+  timeOf: (item: T) => string = (item) => (item as AuditRecord).time,
+): AsyncGenerator<T> {
+  const ia = a[Symbol.asyncIterator]()
+  const ib = b[Symbol.asyncIterator]()
+  try {
+    let ra = await ia.next()
+    let rb = await ib.next()
+    for (;;) {
+      if (ra.done === true && rb.done === true) return
+      if (rb.done === true || (ra.done !== true && !(timeOf(ra.value) > timeOf(rb.value)))) {
+        yield ra.value as T
+        ra = await ia.next()
+      } else {
+        yield rb.value
+        rb = await ib.next()
+      }
+    }
+  } finally {
+    await ia.return?.()
+    await ib.return?.()
+  }
 }
 
 /**

@@ -16,11 +16,11 @@ export const STREAM_ID_HEADER = 'pfgate-stream-id'
 /** Request header carrying the gateway's stream id to the agent (for correlated logs). */
 export const GATEWAY_STREAM_ID_HEADER = 'pfgate-gateway-stream-id'
 
-/** Request header naming the pod UID the gateway resolved (the agent may check it). */
+/**
+ * Request header naming the pod UID the gateway resolved. The agent finds the pod by
+ * this UID in its container runtime, and refuses a UID it does not run.
+ */
 export const POD_UID_HEADER = 'pfgate-pod-uid'
-
-/** Request header carrying the pod's network namespace handle from the registry. */
-export const POD_NETNS_HEADER = 'pfgate-pod-netns'
 
 /** Client-facing native path: `/proxy/nodes/{node}/portForward/{ns}/{pod}`. */
 export function nativePortForwardPath(node: string, namespace: string, pod: string): string {

@@ -49,10 +49,10 @@ export function h2SessionOptions() {
     maxHeaderListPairs: 128,
     // Our streams are long-lived byte pipes; do not let nghttp2 cap outstanding pings/settings low.
     maxOutstandingPings: 16,
-    // What a client assumes the server allows until the server's SETTINGS arrive (RFC 9113
-    // §5.1.2's recommended minimum): the gateway starts unauthenticated connections at 100
-    // (limits.unauthenticatedStreams), and a client that opened more before it heard so
-    // would have streams refused. nghttp2 queues the others until the SETTINGS arrive.
+    // What a client assumes the server allows until the server's SETTINGS arrive, the
+    // minimum RFC 9113 §5.1.2 recommends: the gateway starts unauthenticated connections
+    // at 100 (limits.unauthenticatedStreams), and a client that opened more before it
+    // heard so would have streams refused. nghttp2 queues the others until they arrive.
     peerMaxConcurrentStreams: PEER_STREAMS_BEFORE_SETTINGS,
   }
 }

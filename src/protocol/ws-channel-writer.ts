@@ -1,6 +1,7 @@
 /**
- * Writes channel-protocol messages (`v4.channel.k8s.io`, PROTOCOLS.md §8) one
- * WebSocket frame per socket write, the way the kubelet and the API server (Go) do.
+ * Writes channel-protocol messages (`v4.channel.k8s.io`,
+ * docs/kubernetes-protocols.md#channel-protocol) one WebSocket frame per socket write,
+ * the way the kubelet and the API server (Go) do.
  *
  * Why: a TLS socket that is handed several frames at once (Node's `writev` of queued
  * writes) seals them into the same TLS records, so a record can end in the middle of

@@ -1,7 +1,7 @@
 /**
  * The WebSocket channel protocol of port-forward, `v4.channel.k8s.io` (binary) and
  * `v4.base64.channel.k8s.io` (text): pure encode/decode, subprotocol selection and
- * the `?ports=` query (PROTOCOLS.md §8, §11 items 23–27). No sockets here.
+ * the `?ports=` query (docs/kubernetes-protocols.md#channel-protocol). No sockets here.
  *
  * - Port *i* (in query order) uses channel 2i for data and 2i+1 for errors.
  * - Binary: each message is `[channel byte][payload]`.

@@ -1,7 +1,7 @@
 /**
  * A byte-stream `Duplex` over a `ws` WebSocket, for the SPDY tunnel (protocol B,
- * PROTOCOLS.md §7.3): the payloads of the binary messages, in order, are the
- * stream's bytes; each write goes out as binary messages.
+ * docs/kubernetes-protocols.md#framing-in-the-tunnel): the payloads of the binary
+ * messages, in order, are the stream's bytes; each write goes out as binary messages.
  *
  * Why not `ws`'s own `createWebSocketStream`: it passes text messages through as
  * bytes (kubectl treats any text message as fatal, and so do we), treats every
@@ -11,10 +11,10 @@
  *   concatenated; message boundaries mean nothing;
  * - a text message is a protocol error: the WebSocket is closed with 1003 and the
  *   stream is destroyed with an error;
- * - close code 1000, 1005 (no code) and 1006 (no close frame: how kubectl ends when
- *   it is interrupted, PROTOCOLS.md §7.3) are EOF, as a TCP FIN is for plain SPDY
- *   (the session still reports an EOF inside a frame); any other close code destroys
- *   the stream with an error;
+ * - close code 1000, 1005 (no code) and 1006 (no close frame: how kubectl ends when it
+ *   is interrupted, docs/kubernetes-protocols.md#closing-the-tunnel) are EOF, as a TCP
+ *   FIN is for plain SPDY (the session still reports an EOF inside a frame); any other
+ *   close code destroys the stream with an error;
  * - reading pauses the WebSocket while the stream's buffer is full, and a write's
  *   callback waits for the socket to drain when too much is queued in `ws`;
  * - `end()` closes the WebSocket with 1000 after everything written was queued;

@@ -8,7 +8,8 @@
  * one direction ends (no half-close), and `a.pipe(b)` neither counts bytes nor
  * propagates resets. This is `pipe` with those two additions, written with named
  * listeners on one object per relay so an idle relay costs little memory
- * (PERFORMANCE-NOTES.md: pipe-like relays used half the memory of pipeline).
+ * (docs/performance.md#starting-points-from-a-prototype: pipe-like relays used half the
+ * memory of pipeline).
  *
  * @module
  */

@@ -8,6 +8,7 @@
  *
  * @module
  */
+import { randomBytes } from 'node:crypto'
 
 /** Every code, with its HTTP status and a one-line meaning (used by docs and tests). */
 export const ERROR_CODES = {
@@ -18,6 +19,10 @@ export const ERROR_CODES = {
   PFG_ERR_AUTH_MISSING: { status: 401, summary: 'no bearer token was presented' },
   PFG_ERR_AUTH_INVALID: { status: 401, summary: 'the bearer token was rejected' },
   PFG_ERR_AUTH_FORBIDDEN: { status: 403, summary: 'the identity may not do this' },
+  PFG_ERR_AUTH_IMPERSONATION: {
+    status: 403,
+    summary: 'the request asked to impersonate someone (not supported)',
+  },
 
   // ROUTE: request shape and resolution
   PFG_ERR_ROUTE_BAD_NAME: { status: 400, summary: 'a namespace, pod or node name is invalid' },
@@ -79,6 +84,10 @@ export const ERROR_CODES = {
   PFG_ERR_AGENT_CONNECT_FAILED: { status: 502, summary: 'the pod port could not be reached' },
   PFG_ERR_AGENT_CONNECT_TIMEOUT: { status: 504, summary: 'connecting to the pod port timed out' },
   PFG_ERR_AGENT_NETNS: { status: 502, summary: 'the pod network namespace cannot be entered' },
+  PFG_ERR_AGENT_RUNTIME_UNAVAILABLE: {
+    status: 503,
+    summary: 'the node’s container runtime cannot be asked where the pod is',
+  },
 
   // CLI
   PFG_ERR_CLI_USAGE: { status: 0, summary: 'bad command-line arguments' },
@@ -124,6 +133,43 @@ export function isAppError(err: unknown): err is AppError {
 /** Shorthand: `throw appError('PFG_ERR_ROUTE_BAD_PORT', 'port "x" is not a number')`. */
 export function appError(code: AppErrorCode, message: string, options?: AppErrorOptions): AppError {
   return new AppError(code, message, options)
+}
+
+/** A short reference that ties what a client is told to the gateway's log line (8 hex digits). */
+export function newRef(): string {
+  return randomBytes(4).toString('hex')
+}
+
+/**
+ * Codes whose messages carry internals (agent addresses, file paths, errno text): a client
+ * gets only the message here and a ref; the gateway logs the details with the same ref
+ * (and the audit record keeps them). See {@link publicError}.
+ */
+export const INTERNAL_DETAIL_MESSAGES: Partial<Record<AppErrorCode, string>> = {
+  PFG_ERR_RELAY_AGENT_UNAVAILABLE: 'the node agent cannot be reached',
+  PFG_ERR_AUDIT_UNAVAILABLE: 'the audit trail cannot record this stream; it is refused',
+}
+
+/** True when `err`'s message must not reach a client as it is ({@link publicError}). */
+export function hidesDetail(err: unknown): boolean {
+  return !isAppError(err) || INTERNAL_DETAIL_MESSAGES[err.code] !== undefined
+}
+
+/**
+ * What a client is told about `err`, tagged with `ref` (the gateway's log line has the
+ * same ref and the details): the error itself when its message is safe to show, else the
+ * same code and status with a generic message (Teleport's tagged generic messages).
+ * A thrown value that is not an AppError becomes `PFG_ERR_RELAY_AGENT_UNAVAILABLE`.
+ */
+export function publicError(err: unknown, ref: string): AppError {
+  if (isAppError(err) && !hidesDetail(err)) return err
+  const code = isAppError(err) ? err.code : 'PFG_ERR_RELAY_AGENT_UNAVAILABLE'
+  const text = (isAppError(err) ? INTERNAL_DETAIL_MESSAGES[code] : undefined) ?? 'internal error'
+  const pub = appError(code, `${text} (ref ${ref})`, {
+    statusCode: isAppError(err) ? err.statusCode : 502,
+  })
+  ;(pub as AppError & { ref?: string }).ref = ref
+  return pub
 }
 
 /** Returns the `code` property of any error-like value (Node's and dependencies' too). */

@@ -1,15 +1,28 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { writeFile } from 'node:fs/promises'
+import { readFileSync } from 'node:fs'
+import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Writable } from 'node:stream'
+import { fileURLToPath } from 'node:url'
 import type { TestContext } from 'node:test'
-import { formatBytes, formatDuration, runAuditCommand } from '../../src/cli/audit-command.js'
+import {
+  DEFAULT_AUDIT_FILE,
+  DEV_AUDIT_FILE,
+  defaultAuditFile,
+  formatBytes,
+  formatDuration,
+  runAuditCommand,
+} from '../../src/cli/audit-command.js'
 import { AUDIT_SCHEMA } from '../../src/protocol/audit-record.js'
+import { hasControlChars } from '../../src/shared/text.js'
 import type { AuditRecord } from '../../src/protocol/audit-record.js'
 import { FileSink } from '../../src/gateway/audit/file-sink.js'
 import { createAuditRecord } from '../../src/gateway/audit/record.js'
 import { defer, tempDir as auditTempDir } from '../gateway/audit/helpers.js'
+
+/** The repository root (tests run from dist/test/cli). */
+const ROOT = fileURLToPath(new URL('../../../', import.meta.url))
 
 class Capture extends Writable {
   text = ''
@@ -119,6 +132,30 @@ test('usage errors exit 2, bad input exits 1, --help exits 0', async () => {
     assert.equal(res.code, 1, bad.join(' '))
     assert.match(res.err, new RegExp(`--${bad[0] === '-o' ? 'output' : bad[0]!.slice(2)}`))
   }
+})
+
+test('the default trail: $PFGATE_AUDIT_FILE, else the dev trail when present, else /var/log; help and docs say so', async (t) => {
+  assert.equal(defaultAuditFile({ PFGATE_AUDIT_FILE: '/srv/a.log' }), '/srv/a.log')
+  const dir = await tempDir(t)
+  const cwd = process.cwd()
+  t.after(() => process.chdir(cwd))
+  process.chdir(dir)
+  assert.equal(defaultAuditFile({ PFGATE_AUDIT_FILE: '' }), DEFAULT_AUDIT_FILE)
+  await mkdir(join(dir, '.pfgate', 'audit'), { recursive: true })
+  await writeFile(join(dir, DEV_AUDIT_FILE), '')
+  assert.equal(defaultAuditFile({}), DEV_AUDIT_FILE)
+  process.chdir(cwd)
+  // The same order, in the help and in docs/audit.md.
+  const order = ['$PFGATE_AUDIT_FILE', DEV_AUDIT_FILE, DEFAULT_AUDIT_FILE]
+  const inOrder = (text: string): boolean => {
+    const at = order.map((s) => text.indexOf(s))
+    return at.every((p, i) => p >= 0 && (i === 0 || p > (at[i - 1] as number)))
+  }
+  const help = (await run(['--help'])).out.replace(/\s+/g, ' ')
+  assert.ok(inOrder(help), help)
+  const doc = readFileSync(join(ROOT, 'docs', 'audit.md'), 'utf8')
+  const section = doc.slice(doc.indexOf('## `pfgate audit`')).replace(/\s+/g, ' ')
+  assert.ok(inOrder(section), "docs/audit.md names the default trails in the CLI's order")
 })
 
 test('a missing trail exits 1 with a clear message', async (t) => {
@@ -248,6 +285,35 @@ test('query table output has aligned columns', async (t) => {
   assert.equal(formatDuration(7_440_000), '2h04m')
 })
 
+test('table: a close without byte counts shows ? (unknown), records without them -', async (t) => {
+  const dir = await tempDir(t)
+  const path = join(dir, 'audit.log')
+  const target = { user: 'alice', namespace: 'default', pod: 'web-0', port: 8080, streamId: 's9' }
+  const records = [
+    r(T(0), 'stream.opened', target),
+    // What crash recovery writes: no bytes, no duration (docs/audit.md#crash-recovery).
+    r(T(1), 'stream.closed', { ...target, endedBy: 'gateway-restart', reason: 'gateway-restart' }),
+    r(T(2), 'session.closed', { user: 'alice', sessionId: 'c9', endedBy: 'gateway-restart' }),
+  ]
+  await writeFile(path, records.map((x) => `${JSON.stringify(x)}\n`).join(''))
+  const res = await run(['query', '--file', path])
+  assert.equal(res.code, 0)
+  const [header, opened, closed, session] = res.out.trimEnd().split('\n') as [
+    string,
+    string,
+    string,
+    string,
+  ]
+  const cell = (line: string, col: string): string =>
+    line.slice(header.indexOf(col)).split(/\s{2,}/)[0] as string
+  assert.equal(cell(opened, 'BYTES ↑/↓'), '-')
+  assert.equal(cell(opened, 'DURATION'), '-')
+  assert.equal(cell(closed, 'BYTES ↑/↓'), '?/?')
+  assert.equal(cell(closed, 'DURATION'), '?')
+  assert.equal(cell(session, 'BYTES ↑/↓'), '?/?')
+  assert.equal(cell(session, 'DURATION'), '?')
+})
+
 test('follow prints new records as they are written, across rotation, until stopped', async (t) => {
   const dir = await tempDir(t)
   const path = join(dir, 'audit.log')
@@ -307,4 +373,126 @@ test('follow prints new records as they are written, across rotation, until stop
   ac2.abort()
   assert.equal(await done2, 0)
   assert.deepEqual(ids(out2.text), [old.id, late.id], 'the rotated history, then the new one')
+})
+
+test('a hostile trail forges no row: every cell is escaped and cut short, JSON too', async (t) => {
+  const dir = await tempDir(t)
+  const path = join(dir, 'audit.log')
+  // Written raw, as an older gateway (or anything else) could have: names not checked.
+  const forged = '\n2030-01-01T00:00:00.000Z  stream.closed  root-admin  kube-system/etcd-0:2379'
+  const records = [
+    r(T(0), 'stream.denied', { pod: `x${forged}\u001b[8m`, namespace: 'default', port: 1 }),
+    r(T(1), 'stream.opened', { user: `eve\u001b]0;pwned\u0007\u202e`, pod: 'web', port: 80 }),
+    r(T(2), 'stream.closed', { user: 'eve', pod: 'p'.repeat(5000), reason: 'x\u009b31m' }),
+  ]
+  await writeFile(path, records.map((x) => `${JSON.stringify(x)}\n`).join(''))
+  const table = await run(['query', '--file', path])
+  assert.equal(table.code, 0, table.err)
+  const lines = table.out.trimEnd().split('\n')
+  assert.equal(lines.length, records.length + 1, 'one line per record')
+  assert.ok(!lines.some((l) => l.startsWith('2030')), 'no forged row')
+  assert.ok(!hasControlChars(table.out.replaceAll('\n', '')), 'no control')
+  assert.match(lines[1]!, /default\/x\\x0a2030-01-01T00:00:00\.000Z {2}stream\.closed/)
+  assert.match(lines[2]!, /eve\\x1b\]0;pwned\\x07\\u202e/)
+  assert.ok(lines[3]!.length < 600, 'a long name is cut')
+  assert.match(lines[3]!, /…\[\+\d+\]/)
+  // json: the same values, with what a terminal acts on escaped.
+  const json = await run(['query', '--file', path, '-o', 'json'])
+  assert.ok(!hasControlChars(json.out.replaceAll('\n', '')))
+  assert.deepEqual(
+    json.out
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as AuditRecord),
+    records,
+  )
+  // follow prints the same escaped cells.
+  const ac = new AbortController()
+  const out = new Capture()
+  const done = runAuditCommand(['follow', '--file', path, '--since', '100000d'], {
+    stdout: out,
+    stderr: new Capture(),
+    signal: ac.signal,
+    pollMs: 10,
+  })
+  const until = Date.now() + 5000
+  while (out.text.split('\n').length < 4 && Date.now() < until)
+    await new Promise((res) => setTimeout(res, 10))
+  ac.abort()
+  assert.equal(await done, 0)
+  assert.ok(!hasControlChars(out.text.replaceAll('\n', '')))
+  assert.ok(!out.text.split('\n').some((l) => l.startsWith('2030')))
+})
+
+test('query and follow read the denials trail beside the trail, merged by time', async (t) => {
+  const dir = await tempDir(t)
+  const path = join(dir, 'audit.log')
+  const denied = join(dir, 'audit.denied.log')
+  const text = (rs: AuditRecord[]): string => rs.map((x) => `${JSON.stringify(x)}\n`).join('')
+  const main = [
+    r(T(1), 'session.opened', { user: 'alice', sessionId: 'c1' }),
+    r(T(3), 'session.closed', { users: ['alice', 'bob'], sessionId: 'c1' }),
+  ]
+  const refusals = [
+    r(T(0), 'request.denied', {
+      method: 'GET',
+      path: '/api',
+      status: 401,
+      reason: 'unauthenticated',
+    }),
+    r(T(2), 'denials.suppressed', {
+      sourceAddress: '203.0.113.7',
+      count: 4812,
+      reasons: { unauthenticated: 4800, forbidden: 12 },
+      users: ['bob'],
+    }),
+  ]
+  await writeFile(path, text(main))
+  await writeFile(`${denied}.1`, text(refusals.slice(0, 1)))
+  await writeFile(denied, text(refusals.slice(1)))
+  const q = await run(['query', '--file', path, '-o', 'json'])
+  assert.equal(q.code, 0, q.err)
+  assert.deepEqual(ids(q.out), [refusals[0]!.id, main[0]!.id, refusals[1]!.id, main[1]!.id])
+  const denials = await run(['query', '--file', path, '-o', 'json', '--outcome', 'denied'])
+  assert.deepEqual(
+    ids(denials.out),
+    refusals.map((x) => x.id),
+  )
+  // --user matches a session's users and a summary's.
+  const bob = await run(['query', '--file', path, '-o', 'json', '--user', 'bob'])
+  assert.deepEqual(ids(bob.out), [refusals[1]!.id, main[1]!.id])
+  const table = await run(['query', '--file', path])
+  assert.match(table.out, /GET \/api +- +- +401 unauthenticated/)
+  assert.match(
+    table.out,
+    /from 203\.0\.113\.7 .*4812 refusals counted: unauthenticated×4800 forbidden×12/,
+  )
+  assert.match(table.out, /session\.closed +alice,bob/)
+
+  // follow: a denials trail that appears later is followed from its start.
+  const dir2 = await tempDir(t)
+  const p2 = join(dir2, 'audit.log')
+  const sink = await FileSink.open({ path: p2 })
+  defer(t, () => sink.close())
+  const stdout = new Capture()
+  const ac = new AbortController()
+  const done = runAuditCommand(['follow', '--file', p2, '-o', 'json'], {
+    stdout,
+    stderr: new Capture(),
+    signal: ac.signal,
+    pollMs: 10,
+  })
+  await new Promise((res) => setTimeout(res, 50))
+  const deniedSink = await FileSink.open({ path: join(dir2, 'audit.denied.log') })
+  defer(t, () => deniedSink.close())
+  const a = createAuditRecord('stream.denied', { reason: 'unauthenticated' })
+  await deniedSink.write([a])
+  const b = createAuditRecord('stream.opened', { streamId: 'x' })
+  await sink.write([b])
+  const deadline = Date.now() + 5000
+  while (ids(stdout.text).length < 2 && Date.now() < deadline)
+    await new Promise((res) => setTimeout(res, 10))
+  ac.abort()
+  assert.equal(await done, 0)
+  assert.deepEqual(ids(stdout.text).sort(), [a.id, b.id].sort())
 })

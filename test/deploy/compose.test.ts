@@ -22,6 +22,7 @@ import { RELAY_NODE_FLAGS } from '../../src/shared/node-flags.js'
 const root = fileURLToPath(new URL('../../../', import.meta.url))
 
 interface Service {
+  healthcheck?: { test?: string[]; interval?: string; timeout?: string; retries?: number }
   build?: string
   image?: string
   command?: string[]
@@ -88,8 +89,8 @@ test('the gateway config validates and agrees with compose and the registry', ()
   // Published ports are the configured ones.
   assert.ok(gw.ports?.includes(`${cfg.listen.port}:${cfg.listen.port}`), 'TLS port published')
   assert.ok(
-    cfg.metrics !== null && gw.ports?.includes(`${cfg.metrics.port}:${cfg.metrics.port}`),
-    'metrics port published',
+    cfg.metrics !== null && gw.ports?.includes(`127.0.0.1:${cfg.metrics.port}:${cfg.metrics.port}`),
+    'metrics port published, on the loopback interface only (plain HTTP, no authentication)',
   )
   assert.equal(cfg.listen.host, '0.0.0.0', 'reachable from outside the container')
   // TLS material lives on the certs volume that the certs service fills.
@@ -160,4 +161,112 @@ test('compose runs the same topology as the dev cluster', () => {
     ]),
     DEMO_PODS.map((p) => [p.namespace, p.name, p.node, p.ports.map((x) => x.containerPort)]),
   )
+})
+
+/** The ports a service's process listens on, from its command and config. */
+function servedPorts(svc: Service): number[] {
+  const cmd = svc.command as string[]
+  if (cmd[0] === 'demo-pod') {
+    return cmd.filter((_, i) => cmd[i - 1] === '--listen').map((a) => Number(a.split(':').pop()))
+  }
+  const file = hostPath(svc, flag(cmd, '--config') as string) as string
+  if (cmd[0] === 'agent') return [loadAgentConfig(file).listen.port]
+  if (cmd[0] === 'gateway') return [loadGatewayConfig(file).listen.port]
+  return []
+}
+
+test('every long-running service has a health check on what it serves; dependants wait for it', () => {
+  const probe = ['CMD', 'node', '/opt/pfgate/bin/healthcheck.js']
+  assert.ok(existsSync(join(root, 'bin', 'healthcheck.js')), 'the probe is in bin/ (in the image)')
+  for (const [name, svc] of Object.entries(services)) {
+    if (name === 'certs') {
+      assert.equal(svc.healthcheck, undefined, 'the one-shot certs service needs none')
+      continue
+    }
+    const t = svc.healthcheck?.test
+    assert.ok(Array.isArray(t), `${name} has a health check`)
+    assert.deepEqual(t.slice(0, 3), probe, `${name}: exec form, the image's probe`)
+    assert.ok(svc.healthcheck?.interval !== undefined && svc.healthcheck.timeout !== undefined)
+    const served = servedPorts(svc)
+    if (t[3] === 'tcp') {
+      assert.ok(
+        served.includes(Number(t[4])),
+        `${name} probes port ${t[4]}, serves ${served.join(', ')}`,
+      )
+    } else {
+      assert.equal(t[3], 'https', name)
+      const url = new URL(t[4] as string)
+      assert.equal(name, 'gateway')
+      assert.equal(url.pathname, '/readyz')
+      assert.ok(served.includes(Number(url.port)), `${name} probes port ${url.port}`)
+      // Verified with the development CA, on the certs volume the certs service fills, for a
+      // name the gateway's certificate carries (src/dev/cluster.ts issues it for localhost).
+      assert.equal(url.hostname, 'localhost')
+      assert.equal(t[5], '/etc/pfgate/certs/ca.crt')
+      assert.equal(hostPath(svc, t[5]), undefined, 'from the certs volume')
+    }
+  }
+  for (const [name, svc] of Object.entries(services)) {
+    for (const [dep, { condition }] of Object.entries(svc.depends_on ?? {})) {
+      const expected =
+        services[dep]?.healthcheck !== undefined
+          ? 'service_healthy'
+          : 'service_completed_successfully'
+      assert.equal(condition, expected, `${name} waits for ${dep}`)
+    }
+  }
+})
+
+test("only the gateway's TLS port is published on every interface", () => {
+  for (const [name, svc] of Object.entries(services)) {
+    for (const p of svc.ports ?? []) {
+      if (name === 'gateway' && p === '8443:8443') continue
+      assert.match(p, /^127\.0\.0\.1:/, `${name} publishes ${p} on all interfaces`)
+    }
+  }
+})
+
+test('the image: built in a stage of its own, runs as a non-root user, ships no tests or benchmarks', () => {
+  const dockerfile = readFileSync(join(root, 'Dockerfile'), 'utf8').replace(/\\\n/g, ' ')
+  const lines = dockerfile.split('\n').filter((l) => l.trim() !== '' && !l.startsWith('#'))
+  const froms = lines.flatMap((l, i) => (/^FROM /.test(l) ? [i] : []))
+  assert.ok(froms.length >= 2, 'a build stage and the image')
+  const image = lines.slice(froms[froms.length - 1])
+  const copies = image.filter((l) => /^(COPY|ADD) /.test(l))
+  for (const c of copies) {
+    // Sources only (flags and the destination left out), relative to the build's WORKDIR.
+    const sources = c
+      .split(/\s+/)
+      .slice(1, -1)
+      .filter((a) => !a.startsWith('--'))
+      .map((a) => a.replace(/^\/opt\/pfgate\//, '').replace(/^\.\//, ''))
+    for (const src of sources) {
+      assert.ok(
+        !['.', 'src', 'test', 'bench', 'dist', 'dist/test', 'dist/bench'].includes(src),
+        `the image copies ${src}: ${c}`,
+      )
+    }
+  }
+  assert.ok(
+    copies.some((c) => /--from=\w+ \S*dist\/src /.test(c)),
+    'the image takes the compiled sources from the build stage',
+  )
+  const users = image.filter((l) => /^USER /.test(l))
+  assert.equal(users.length, 1, 'one USER in the image stage')
+  const user = (users[0] as string).slice(5).trim()
+  assert.ok(!['root', '0', '0:0'].includes(user), `runs as ${user}`)
+  const at = (re: RegExp): number => image.findIndex((l) => re.test(l))
+  assert.ok(at(/^USER /) < at(/^ENTRYPOINT /), 'USER comes before the ENTRYPOINT')
+  // What the unprivileged user writes: the certs volume (the certs service) and the audit
+  // volume (the gateway's trail). Docker seeds new named volumes with the image's ownership.
+  for (const dir of ['/etc/pfgate/certs', '/var/log/pfgate']) {
+    assert.ok(
+      image.some((l) => /^RUN /.test(l) && l.includes('chown') && l.includes(dir)),
+      `${dir} is owned by the image's user`,
+    )
+  }
+  const ignore = readFileSync(join(root, '.dockerignore'), 'utf8').split('\n')
+  for (const entry of ['.pfgate', 'node_modules', 'dist', '.git']) {
+    assert.ok(ignore.includes(entry), `.dockerignore leaves ${entry} out of the build context`)
+  }
 })

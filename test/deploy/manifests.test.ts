@@ -12,6 +12,7 @@ import assert from 'node:assert/strict'
 import { readFileSync, readdirSync } from 'node:fs'
 import { parseAllDocuments, parse as parseYaml } from 'yaml'
 import { parseKubeRegistryConfig } from '../../src/gateway/registry/kube-registry.js'
+import { parseAgentConfig } from '../../src/agent/config.js'
 
 // Compiled to dist/test/deploy/: the repository root is three levels up.
 const dir = new URL('../../../deploy/kubernetes/', import.meta.url)
@@ -142,7 +143,7 @@ test('the gateway config uses the kubernetes registry, and it validates', () => 
   }
 })
 
-test('the agent DaemonSet: host network and PID, nsenter privileges, /run/netns, the registry port', () => {
+test('the agent DaemonSet: host network and PID, setns privileges only, /run/netns, the CRI socket, the registry port', () => {
   const ds = one('DaemonSet', 'pfgate-agent')
   const pod = ds.spec.template.spec
   assert.equal(pod.hostNetwork, true)
@@ -153,15 +154,43 @@ test('the agent DaemonSet: host network and PID, nsenter privileges, /run/netns,
   const c = pod.containers[0]
   const sc = c.securityContext ?? {}
   const caps = (sc.capabilities?.add ?? []) as string[]
-  assert.ok(
-    sc.privileged === true || (caps.includes('SYS_ADMIN') && caps.includes('SYS_PTRACE')),
-    'setns needs CAP_SYS_ADMIN, /proc/<pid>/ns/net needs CAP_SYS_PTRACE',
-  )
+  // Exactly what entering a pod's namespace needs: setns (CAP_SYS_ADMIN) and another
+  // process's /proc/<pid>/ns/net (CAP_SYS_PTRACE); not privileged, nothing else.
+  assert.notEqual(sc.privileged, true, 'not privileged')
+  assert.deepEqual([...caps].sort(), ['SYS_ADMIN', 'SYS_PTRACE'])
+  assert.deepEqual(sc.capabilities?.drop, ['ALL'])
+  assert.equal(sc.allowPrivilegeEscalation, false)
+  assert.equal(sc.readOnlyRootFilesystem, true)
+  // The runtimes' default seccomp profiles allow setns to a container with CAP_SYS_ADMIN.
+  assert.equal(sc.seccompProfile?.type, 'RuntimeDefault')
   const netns = (c.volumeMounts as K8sObject[]).find((m) => m.mountPath === '/run/netns')
   assert.ok(netns !== undefined, '/run/netns is mounted')
   assert.equal(netns.mountPropagation, 'HostToContainer')
   const vol = (pod.volumes as K8sObject[]).find((v) => v.name === netns.name)
   assert.equal(vol?.hostPath?.path, '/run/netns')
+  // The runtime's CRI socket: its directory, read-only, where the config's endpoint points.
+  const agentYaml = parseYaml(
+    one('ConfigMap', 'pfgate-agent-config').data['agent.yaml'] as string,
+  ) as K8sObject
+  const parsed = parseAgentConfig(
+    { ...agentYaml, nodeName: 'node-x' },
+    'agent.yaml',
+    '/etc/pfgate/config',
+  )
+  assert.equal(parsed.dialer.type, 'netns')
+  assert.equal(parsed.dialer.namespaces, 'runtime')
+  const socket = (parsed.runtime.endpoint ?? '').replace(/^unix:\/\//, '')
+  const cri = (c.volumeMounts as K8sObject[]).find((m) =>
+    socket.startsWith(`${m.mountPath as string}/`),
+  )
+  assert.ok(cri !== undefined, `the CRI socket ${socket} is under a mounted volume`)
+  assert.equal(cri.readOnly, true)
+  const criVol = (pod.volumes as K8sObject[]).find((v) => v.name === cri.name)
+  assert.equal(criVol?.hostPath?.path, cri.mountPath, 'mounted at the host path')
+  assert.ok(
+    !(c.volumeMounts as K8sObject[]).some((m) => m.mountPath === '/' || m.mountPath === '/run'),
+    'not the whole host /run',
+  )
   // The node name reaches the agent through the downward API.
   const env = (c.env as K8sObject[]).find((e) => e.name === 'NODE_NAME')
   assert.equal(env?.valueFrom?.fieldRef?.fieldPath, 'spec.nodeName')

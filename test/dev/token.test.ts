@@ -124,4 +124,15 @@ test('help says development only; errors have clear exit codes', async (t) => {
     assert.match(r.stderr, /^error: /)
     assert.equal(r.stdout, '')
   }
+  // A bare number is not a duration here (it would read as milliseconds): a unit is required.
+  for (const ttl of ['30', '3600', '1.5']) {
+    const r = await runCliToEnd(['token', '--dir', dir, '--ttl', ttl])
+    assert.equal(r.code, 2, `--ttl ${ttl}: ${r.stderr}`)
+    assert.match(r.stderr, /give a number with a unit \(30s, 15m, 8h\)/)
+    assert.doesNotMatch(r.stderr, /milliseconds/)
+    assert.equal(r.stdout, '')
+  }
+  const bare = await runCliToEnd(['token', '--dir', dir, '--not-before', '120'])
+  assert.equal(bare.code, 2)
+  assert.match(bare.stderr, /--not-before "120": give a number with a unit/)
 })

@@ -316,7 +316,7 @@ describe('webhook sink', () => {
     for (const size of payloads) assert.ok(closes.some((r) => r.bytesClientToPod === size))
     for (const req of collector.requests) {
       assert.equal(req.headers.authorization, `Bearer ${collectorSecret}`)
-      assert.equal(req.headers['x-pfgate-audit-schema'], 'pfgate.audit/v1')
+      assert.equal(req.headers['x-pfgate-audit-schema'], 'pfgate.audit/v2')
     }
     t.diagnostic(
       `webhook: ${fileNow.length - whileDown} records spooled while down, delivered in order ${deliveredAfter} ms after the collector came back`,
@@ -359,9 +359,29 @@ describe('blocking-strict: fail closed when the sink cannot write', () => {
     await refused.closed
     assert.equal(refused.status, 503)
     const body = JSON.parse(refused.received().toString()) as {
+      message: string
       details: { causes: { reason: string }[] }
     }
     assert.equal(body.details.causes[0]?.reason, 'PFG_ERR_AUDIT_UNAVAILABLE')
+    // The client learns no errno or file path, only a ref: the gateway logs that ref, and
+    // the sink's failure with its details.
+    assert.doesNotMatch(body.message, /ENOSPC|audit\.log|sink/)
+    const m =
+      /^the audit trail cannot record this stream; it is refused \(ref ([0-9a-f]{8})\)$/.exec(
+        body.message,
+      )
+    assert.ok(m !== null, body.message)
+    await eventually(
+      () => {
+        const lines = readFileSync(logFile, 'utf8').split('\n')
+        return (
+          lines.some((l) => l.includes(`"ref":"${m[1]}"`)) &&
+          lines.some((l) => l.includes('audit sink failed') && l.includes('ENOSPC'))
+        )
+      },
+      5000,
+      'the log lines with the ref and with the details',
+    )
     await new Promise((r) => setTimeout(r, 300))
     assert.equal(await agentBytesToPods(s), before, 'the agent relayed no byte of it')
     const ready = await readyz()
@@ -375,6 +395,7 @@ describe('blocking-strict: fail closed when the sink cannot write', () => {
     const again = await openRaw(s, { node: 'node-a', pod: 'echo', port: 5000 }, cluster.token)
     await again.closed
     assert.equal(again.status, 503)
+    assert.match(again.received().toString(), /it is refused \(ref [0-9a-f]{8}\)"/)
 
     // Room again: the sink's own retry finds it (no traffic needed), readiness comes back.
     rmSync(filler)

@@ -40,6 +40,9 @@ before(async () => {
     {
       // A short tolerance keeps the mid-session expiry test short.
       auth: { clockTolerance: '1s' },
+      // Every refusal here is checked one by one: a budget above what these tests cause
+      // (the flood budget itself is tested in audit-integrity.test.ts).
+      audit: { denials: { burst: 1000 } },
       authorization: {
         rules: [
           { users: ['alice'], namespaces: ['default'], pods: ['echo'], ports: [5000] },

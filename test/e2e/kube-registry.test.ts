@@ -6,15 +6,18 @@
  */
 import { after, before, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { stringify } from 'yaml'
 import { startTestCluster } from '../helpers/cluster.js'
 import { parseForwarding, runCli } from '../helpers/cli.js'
 import type { CliProcess } from '../helpers/cli.js'
 import { echoRoundTrip, eventually } from '../helpers/net.js'
-import { FakeKubeApiServer } from '../helpers/fake-kube-apiserver.js'
+import {
+  FakeKubeApiServer,
+  upsertDevNodes,
+  writeFakeKubeconfig,
+} from '../helpers/fake-kube-apiserver.js'
 import type { FakePod } from '../helpers/fake-kube-apiserver.js'
 import type { DevCluster } from '../../src/dev/cluster.js'
 
@@ -53,41 +56,12 @@ before(async () => {
   api = await FakeKubeApiServer.start({ tokens: ['gateway-sa-token'] })
   dir = mkdtempSync(join(tmpdir(), 'pfgate-kube-'))
   const kubeconfig = join(dir, 'kubeconfig')
-  writeFileSync(
-    kubeconfig,
-    stringify({
-      apiVersion: 'v1',
-      kind: 'Config',
-      'current-context': 'fake',
-      clusters: [
-        {
-          name: 'fake',
-          cluster: {
-            server: api.url,
-            'certificate-authority-data': Buffer.from(api.pki.caCert).toString('base64'),
-          },
-        },
-      ],
-      users: [{ name: 'gw', user: { token: 'gateway-sa-token' } }],
-      contexts: [{ name: 'fake', context: { cluster: 'fake', user: 'gw' } }],
-    }),
-  )
+  writeFakeKubeconfig(api, kubeconfig, 'gateway-sa-token')
   cluster = await startTestCluster({
     // `file: undefined` drops the static source's key from the generated config.
     registry: { source: 'kubernetes', file: undefined, kubeconfig, agentPort: 1, resyncPeriod: 0 },
   })
-  // The nodes, with each agent's port as the node annotation the registry reads.
-  for (const node of ['node-a', 'node-b']) {
-    api.upsertNode({
-      name: node,
-      addresses: [
-        { type: 'InternalIP', address: '127.0.0.1' },
-        // Preferred over InternalIP; resolvable here, and on the agents' certificates.
-        { type: 'Hostname', address: 'localhost' },
-      ],
-      annotations: { 'pfgate.io/agent-port': String(cluster.agentPorts[node]) },
-    })
-  }
+  upsertDevNodes(api, cluster.agentPorts)
   api.upsertPod(echoPod('node-a'))
   const env = { KUBECONFIG: cluster.kubeconfig, HOME: cluster.dir }
   cli = runCli(['port-forward', '--quiet', 'echo', ':5000'], env)

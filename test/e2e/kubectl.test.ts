@@ -192,7 +192,8 @@ for (const v of VERSIONS) {
         `an error occurred forwarding ${f.local[2]!.port} -> ${refused}: error forwarding port ${refused} to pod default/echo: dial tcp 127\\.0\\.0\\.1:${refused}: connect: connection refused`,
       )
       if (v.fatalErrors) {
-        // kubectl ≥ 1.23 ends its whole session on error-stream text (PROTOCOLS.md §6.3).
+        // kubectl ≥ 1.23 ends its whole session on error-stream text
+        // (docs/kubernetes-protocols.md#the-error-stream).
         assert.equal(await f.exited, 1)
         assert.match(f.stderr(), line)
         assert.match(f.stderr(), /lost connection to pod/)

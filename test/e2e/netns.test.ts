@@ -8,12 +8,13 @@
 import { after, before, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFileSync, spawn } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import type { ChildProcess } from 'node:child_process'
 import { startTestCluster } from '../helpers/cluster.js'
 import { parseForwarding, runCli } from '../helpers/cli.js'
 import type { CliProcess } from '../helpers/cli.js'
 import { dial, echoRoundTrip, eventually } from '../helpers/net.js'
-import { netnsUnavailable } from '../../src/dev/cluster.js'
+import { DEV_NODES, netnsUnavailable } from '../../src/dev/cluster.js'
 import type { DevCluster } from '../../src/dev/cluster.js'
 
 const why = netnsUnavailable()
@@ -26,14 +27,29 @@ let cli: CliProcess
 let ports: Map<number, number>
 const extra: ChildProcess[] = []
 
+/** This cluster's netns helpers: children of its agents (other clusters may run on the machine). */
 function helperPids(): number[] {
+  const agents = new Set(
+    DEV_NODES.map((n) => cluster.pid(`agent:${n}`)).filter((p): p is number => p !== undefined),
+  )
   try {
     return execFileSync('pgrep', ['-f', 'pfgate-netns-helper'], { encoding: 'utf8' })
       .split('\n')
       .filter((l) => l !== '')
       .map(Number)
+      .filter((pid) => agents.has(parentPid(pid) ?? -1))
   } catch {
     return []
+  }
+}
+
+function parentPid(pid: number): number | undefined {
+  try {
+    // /proc/PID/stat: "pid (comm) state ppid …"; comm may hold spaces, so split after ')'.
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
+  } catch {
+    return undefined // already gone
   }
 }
 

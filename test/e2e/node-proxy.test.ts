@@ -1,6 +1,6 @@
 /**
  * The node proxy through the real gateway (dev cluster processes): admins reach each
- * agent's /healthz and /metrics over HTTP/2 and HTTP/1.1, everyone else gets 401/403,
+ * agent's /healthz, /readyz and /metrics over HTTP/2 and HTTP/1.1, everyone else gets 401/403,
  * other paths 404 `Status`; a recording upstream on the agent hop shows the gateway's
  * client certificate, the node's TLS server name, and that no credential of the client
  * is passed on; an unreachable agent is a 502 `Status`.
@@ -138,6 +138,9 @@ describe('admins reach each agent through the gateway', () => {
     }
     const head = await get('/proxy/nodes/node-a/healthz', cluster.token, {}, 'HEAD')
     assert.equal(head.status, 200)
+    // Readiness too (a static-dialer agent depends on no runtime).
+    const ready = await get('/proxy/nodes/node-a/readyz')
+    assert.deepEqual([ready.status, ready.body], [200, 'ok: static dialer\n'])
   })
 
   test('/metrics is the named agent’s own Prometheus text', async () => {
@@ -172,7 +175,7 @@ describe('everyone else is refused; default deny', () => {
     const before = seen.length
     for (const [path, method] of [
       ['/proxy/nodes/node-x/', 'GET'],
-      ['/proxy/nodes/node-x/readyz', 'GET'],
+      ['/proxy/nodes/node-x/livez', 'GET'],
       ['/proxy/nodes/node-x/portForward', 'GET'],
       ['/proxy/nodes/node-x/healthz/more', 'GET'],
       ['/proxy/nodes/node-x/%2e%2e/admin/v1/streams', 'GET'],

@@ -1,7 +1,10 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
+import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { loadGatewayConfig, parseGatewayConfig } from '../../src/gateway/config.js'
+import type { GatewayConfig } from '../../src/gateway/config.js'
+import { parseDuration, parseSize, readYamlFile } from '../../src/shared/config.js'
 import { loadAgentConfig, parseAgentConfig } from '../../src/agent/config.js'
 
 const root = fileURLToPath(new URL('../../../', import.meta.url))
@@ -97,13 +100,118 @@ test('agent config: bad port map and dialer type are reported', () => {
   )
 })
 
-test('a request deadline shorter than the stream-open timeout is refused, with the reason', () => {
-  const base = {
-    tls: { cert: 'a', key: 'b' },
-    agents: { ca: 'c', cert: 'd', key: 'e' },
-    registry: { source: 'static', file: 'r.yaml' },
-    auth: { issuer: 'i', audience: 'a', jwks: { file: 'j' } },
+/** The least a gateway config must say. */
+const MINIMAL = {
+  tls: { cert: 'a', key: 'b' },
+  agents: { ca: 'c', cert: 'd', key: 'e' },
+  registry: { source: 'static', file: 'r.yaml' },
+  auth: { issuer: 'i', audience: 'a', jwks: { file: 'j' } },
+}
+
+test('audit: the denial flood budget and the denials trail have defaults, and are checked', () => {
+  const base = MINIMAL
+  const g = parseGatewayConfig(base, 'gw.yaml', '/etc/pfgate')
+  assert.deepEqual(g.audit.denials, {
+    rate: 1,
+    burst: 20,
+    totalRate: 50,
+    totalBurst: 200,
+    summaryIntervalMs: 10_000,
+  })
+  const file = g.audit.sinks[0]
+  assert.ok(file?.type === 'file')
+  assert.equal(file.path, '/etc/pfgate/audit/audit.log')
+  assert.deepEqual([file.denialsMaxSizeBytes, file.denialsMaxFiles], [100 * 1024 * 1024, 5])
+  const custom = parseGatewayConfig(
+    {
+      ...base,
+      audit: {
+        denials: { rate: 0.5, burst: 5, summaryInterval: '1m' },
+        sinks: [{ type: 'file', path: 'a.log', denialsMaxSize: '1MiB', denialsMaxFiles: 2 }],
+      },
+    },
+    'gw.yaml',
+    '/x',
+  )
+  assert.equal(custom.audit.denials.rate, 0.5)
+  assert.equal(custom.audit.denials.summaryIntervalMs, 60_000)
+  assert.throws(
+    () =>
+      parseGatewayConfig(
+        { ...base, audit: { denials: { rate: 0, burst: 0, bogus: 1 } } },
+        'gw.yaml',
+        '/x',
+      ),
+    (err: Error) =>
+      /audit\.denials\.rate/.test(err.message) &&
+      /audit\.denials\.burst/.test(err.message) &&
+      /bogus/.test(err.message),
+  )
+})
+
+/** config/gateway.yaml with another `audit` section. */
+function withAudit(audit: unknown): GatewayConfig {
+  const base = readYamlFile(`${root}config/gateway.yaml`) as Record<string, unknown>
+  return parseGatewayConfig({ ...base, audit }, 'gw.yaml', '/srv/pfgate')
+}
+
+test('docs/audit.md gives each audit sink key the default the config applies', () => {
+  const g = withAudit({
+    sinks: [
+      { type: 'file', path: 'a.log' },
+      { type: 'webhook', url: 'https://collector.example', spoolDir: 'spool' },
+    ],
+  })
+  const [file, webhook] = g.audit.sinks
+  assert.ok(file?.type === 'file' && webhook?.type === 'webhook')
+  // What the gateway applies, by the key an operator writes.
+  const applied: Record<string, Record<string, string | number>> = {
+    file: {
+      fsync: file.fsync,
+      fsyncInterval: file.fsyncIntervalMs,
+      maxSize: file.maxSizeBytes,
+      maxFiles: file.maxFiles,
+      denialsMaxSize: file.denialsMaxSizeBytes,
+      denialsMaxFiles: file.denialsMaxFiles,
+    },
+    webhook: {
+      batchSize: webhook.batchSize,
+      timeout: webhook.timeoutMs,
+      maxSpoolSize: webhook.maxSpoolBytes,
+    },
   }
+  const doc = readFileSync(`${root}docs/audit.md`, 'utf8')
+  const documented: Record<string, Record<string, string | number>> = { file: {}, webhook: {} }
+  for (const m of doc.matchAll(/^\| `(file|webhook)` +\| `(\w+)` +\| `([^`]+)` +\|/gm)) {
+    const [, sink, key, text] = m as unknown as [string, 'file' | 'webhook', string, string]
+    const value = /Interval$|^timeout$/.test(key)
+      ? parseDuration(text)
+      : /Size$/.test(key)
+        ? parseSize(text)
+        : /^\d+$/.test(text)
+          ? Number(text)
+          : text
+    documented[sink]![key] = value
+  }
+  assert.deepEqual(documented, applied)
+})
+
+test('maxFiles 0 (keep no rotated file) is accepted; a webhook flushInterval, which did nothing, is not', () => {
+  const sinks = (s: unknown): unknown => ({ sinks: [s] })
+  const g = withAudit(sinks({ type: 'file', path: 'a.log', maxFiles: 0 }))
+  assert.equal(g.audit.sinks[0]?.type === 'file' && g.audit.sinks[0].maxFiles, 0)
+  assert.throws(() => withAudit(sinks({ type: 'file', path: 'a.log', maxFiles: -1 })), /maxFiles/)
+  assert.throws(
+    () =>
+      withAudit(
+        sinks({ type: 'webhook', url: 'https://c.example', spoolDir: 's', flushInterval: '1s' }),
+      ),
+    /unknown field "flushInterval"/,
+  )
+})
+
+test('a request deadline shorter than the stream-open timeout is refused, with the reason', () => {
+  const base = MINIMAL
   assert.throws(
     () =>
       parseGatewayConfig(

@@ -1,6 +1,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import {
+  MAX_LABEL_SELECTOR,
   humanDuration,
   matchesLabels,
   parseLabelSelector,
@@ -29,6 +30,37 @@ test('label selectors: the equality forms kubectl -l sends', () => {
       bad,
     )
   }
+})
+
+test('a label selector over the length cap is refused before it is parsed', () => {
+  const long = `app=${'a,app='.repeat(MAX_LABEL_SELECTOR / 6)}`
+  assert.ok(long.length > MAX_LABEL_SELECTOR)
+  assert.throws(
+    () => parseLabelSelector(long),
+    (e: unknown) =>
+      isAppError(e) && e.code === 'PFG_ERR_ROUTE_BAD_QUERY' && /too long/.test(e.message),
+  )
+})
+
+test('parsing a label selector costs time linear in its length, whatever it holds', () => {
+  // `a+++…+b` in a query string: one key full of spaces and no operator. A backtracking
+  // pattern tries every split of it (quadratic: ~65 ms at this length before the fix);
+  // a benign selector of the same length is the yardstick (both linear: a ratio near 1).
+  const n = MAX_LABEL_SELECTOR - 2
+  const hostile = `a${' '.repeat(n)}b`
+  const benign = `a${'b'.repeat(n)}`
+  const cost = (sel: string): number => {
+    let best = Infinity
+    for (let i = 0; i < 7; i++) {
+      const t = performance.now()
+      assert.throws(() => parseLabelSelector(sel), /invalid label key/)
+      best = Math.min(best, performance.now() - t)
+    }
+    return best
+  }
+  cost(benign)
+  const ratio = cost(hostile) / Math.max(cost(benign), 0.01)
+  assert.ok(ratio < 50, `the hostile selector cost ${ratio.toFixed(1)}× the benign one`)
 })
 
 test('label matching', () => {

@@ -17,6 +17,8 @@ export interface TestClusterOptions {
   logLevel?: string
   /** Run the demo pods in network namespaces (needs root and iproute2). */
   netns?: boolean
+  /** Run the demo pods as containerd pods, one containerd per node (needs root and containerd). */
+  runtime?: 'containerd'
 }
 
 /** Starts a dev cluster on free ports in a fresh temp dir. */
@@ -37,6 +39,7 @@ export async function startTestCluster(
       childStderr: logFd ?? (envLevel !== undefined ? 'inherit' : 'ignore'),
       gatewayOverrides,
       ...(options.netns === true ? { netns: true } : {}),
+      ...(options.runtime !== undefined ? { runtime: options.runtime } : {}),
     })
   } catch (err) {
     if (logFd !== undefined) closeSync(logFd)

@@ -17,12 +17,14 @@
  */
 import 'reflect-metadata'
 import { randomBytes, randomUUID, webcrypto } from 'node:crypto'
+import { writeFileSync } from 'node:fs'
 import { createServer } from 'node:https'
 import type { IncomingMessage, Server, ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
 import { setImmediate as turn } from 'node:timers/promises'
 import * as x509 from '@peculiar/x509'
+import { stringify as stringifyYaml } from 'yaml'
 
 x509.cryptoProvider.set(webcrypto as never)
 
@@ -835,5 +837,46 @@ export class FakeKubeApiServer {
     this.#watchers.delete(w)
     // A flush in progress ends the response when done; otherwise flush (maybe nothing) and end.
     if (!w.flushing) void this.#flush(w)
+  }
+}
+
+/** Writes a kubeconfig at `path` for `api` with a bearer `token` (what the gateway's registry reads). */
+export function writeFakeKubeconfig(api: FakeKubeApiServer, path: string, token: string): void {
+  writeFileSync(
+    path,
+    stringifyYaml({
+      apiVersion: 'v1',
+      kind: 'Config',
+      'current-context': 'fake',
+      clusters: [
+        {
+          name: 'fake',
+          cluster: {
+            server: api.url,
+            'certificate-authority-data': Buffer.from(api.pki.caCert).toString('base64'),
+          },
+        },
+      ],
+      users: [{ name: 'gw', user: { token } }],
+      contexts: [{ name: 'fake', context: { cluster: 'fake', user: 'gw' } }],
+    }),
+  )
+}
+
+/**
+ * Adds the dev cluster's nodes with each agent's port as the node annotation the
+ * registry reads, and `localhost` as the preferred address (resolvable here, and on
+ * the agents' certificates).
+ */
+export function upsertDevNodes(api: FakeKubeApiServer, agentPorts: Record<string, number>): void {
+  for (const [node, port] of Object.entries(agentPorts)) {
+    api.upsertNode({
+      name: node,
+      addresses: [
+        { type: 'InternalIP', address: '127.0.0.1' },
+        { type: 'Hostname', address: 'localhost' },
+      ],
+      annotations: { 'pfgate.io/agent-port': String(port) },
+    })
   }
 }

@@ -19,7 +19,7 @@ import { createServer, connect as netConnect } from 'node:net'
 import type { AddressInfo, Socket } from 'node:net'
 import { join } from 'node:path'
 import { parse as parseYaml, stringify as toYaml } from 'yaml'
-import { isAuditRecord } from '../../src/protocol/audit-record.js'
+import { deniedTrailPath, isAuditRecord } from '../../src/protocol/audit-record.js'
 import type { AuditRecord } from '../../src/protocol/audit-record.js'
 import type { DevCluster } from '../../src/dev/cluster.js'
 import { eventually } from './net.js'
@@ -255,23 +255,42 @@ export async function closedPort(): Promise<number> {
   return port
 }
 
-/** Every record of the gateway's audit trail (`<dir>/audit/audit.log`). */
+/**
+ * Every record of the gateway's audit trail (`<dir>/audit/audit.log` and the denials trail
+ * beside it, merged by time; live files only).
+ */
 export function readAudit(dir: string): AuditRecord[] {
-  let text: string
-  try {
-    text = readFileSync(join(dir, 'audit', 'audit.log'), 'utf8')
-  } catch {
-    return []
-  }
-  const out: AuditRecord[] = []
-  for (const line of text.split('\n')) {
-    if (line === '') continue
+  const main = join(dir, 'audit', 'audit.log')
+  const [a, b] = [main, deniedTrailPath(main)].map((file) => {
+    let text: string
     try {
-      const v: unknown = JSON.parse(line)
-      if (isAuditRecord(v)) out.push(v)
+      text = readFileSync(file, 'utf8')
     } catch {
-      // a line being written
+      return []
     }
+    const out: AuditRecord[] = []
+    for (const line of text.split('\n')) {
+      if (line === '') continue
+      try {
+        const v: unknown = JSON.parse(line)
+        if (isAuditRecord(v)) out.push(v)
+      } catch {
+        // a line being written
+      }
+    }
+    return out
+  }) as [AuditRecord[], AuditRecord[]]
+  // Merge (each file is in the order written; on a tie the main trail first).
+  const out: AuditRecord[] = []
+  let i = 0
+  let j = 0
+  while (i < a.length || j < b.length) {
+    if (
+      j >= b.length ||
+      (i < a.length && !((a[i] as AuditRecord).time > (b[j] as AuditRecord).time))
+    )
+      out.push(a[i++] as AuditRecord)
+    else out.push(b[j++] as AuditRecord)
   }
   return out
 }

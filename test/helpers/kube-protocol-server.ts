@@ -1,11 +1,13 @@
 /**
  * A test-only fake kube-apiserver/kubelet that real clients (kubectl, the Python
- * client) can port-forward through: HTTPS with a self-signed certificate, the
- * discovery and pod GETs kubectl needs (PROTOCOLS.md §3.3), and the three upgrade
+ * client) can port-forward through: HTTPS with a self-signed certificate, the discovery
+ * and pod GETs kubectl needs
+ * (docs/kubernetes-protocols.md#the-smallest-answers-that-work), and the three upgrade
  * protocols, built on src/protocol:
  * - SPDY/3.1 upgrade (`POST`, protocol A) → SpdySession + servePortForward;
  * - the WebSocket SPDY tunnel (`SPDY/3.1+portforward.k8s.io`, protocol B), with the
- *   `ws` subprotocol workaround of §7.2, perMessageDeflate off;
+ *   `ws` subprotocol workaround
+ *   (docs/kubernetes-protocols.md#the-subprotocol-and-the-ws-package), perMessageDeflate off;
  * - the v4 channel protocols (protocol C).
  * Each forwarded connection is relayed to a local TCP port (the "pod").
  *
@@ -400,7 +402,8 @@ export async function startKubeProtocolServer(
   const v4Choice = new WeakMap<IncomingMessage, string>()
   const tunnelReqs = new WeakSet<IncomingMessage>()
   wss.on('headers', (headers, req) => {
-    // §7.2: ws rejects "SPDY/3.1+…" as a token, so we removed the header and echo it here.
+    // ws rejects "SPDY/3.1+…" as a token, so we removed the header and echo it here
+    // (docs/kubernetes-protocols.md#the-subprotocol-and-the-ws-package).
     if (tunnelReqs.has(req)) headers.push(`Sec-WebSocket-Protocol: ${SPDY_TUNNEL_PROTOCOL}`)
   })
 

@@ -6,11 +6,14 @@
  *
  * @module
  */
+import assert from 'node:assert/strict'
 import { spawn, spawnSync } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs'
+import type { Socket } from 'node:net'
 import { createInterface } from 'node:readline'
+import { isAppError } from '../../src/shared/errors.js'
 
 /** Throws a clear error unless we are root with `ip` and `nsenter` on PATH. */
 export function assertNetnsPrerequisites(): void {
@@ -147,11 +150,15 @@ export interface NetnsServer {
   stop(): Promise<void>
 }
 
-/** Starts a server of `kind` inside namespace `netns` on `host` (default 127.0.0.1). */
+/**
+ * Starts a server of `kind` inside namespace `netns` on `host` (default 127.0.0.1).
+ * `netns` is an `ip netns` name, or an absolute namespace path (entered with nsenter:
+ * e.g. a containerd sandbox's).
+ */
 export async function startServerInNetns(
   netns: string,
   kind: ServerKind,
-  options: { host?: '127.0.0.1' | '::1'; banner?: string } = {},
+  options: { host?: string; banner?: string } = {},
 ): Promise<NetnsServer> {
   const host = options.host ?? '127.0.0.1'
   const args =
@@ -168,7 +175,11 @@ export async function startServerInNetns(
           host,
           options.banner ?? '',
         ]
-  const child = spawn('ip', args, { stdio: ['pipe', 'pipe', 'inherit'] })
+  const child = netns.startsWith('/')
+    ? spawn('nsenter', [`--net=${netns}`, '--', ...args.slice(3)], {
+        stdio: ['pipe', 'pipe', 'inherit'],
+      })
+    : spawn('ip', args, { stdio: ['pipe', 'pipe', 'inherit'] })
   return wrapServer(child)
 }
 
@@ -291,4 +302,27 @@ export async function waitFor(cond: () => boolean, timeoutMs: number, what: stri
       throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
     await new Promise((r) => setTimeout(r, 20))
   }
+}
+
+/** Asserts that `p` rejects with an AppError of `code`; returns its message. */
+export async function rejectsWith(p: Promise<unknown>, code: string): Promise<string> {
+  try {
+    await p
+  } catch (err) {
+    assert.ok(isAppError(err), `expected an AppError, got ${String(err)}`)
+    assert.equal(err.code, code, err.message)
+    return err.message
+  }
+  assert.fail(`expected a rejection with ${code}`)
+}
+
+/** Writes `data`, half-closes, and collects everything until the peer's FIN. */
+export function exchange(socket: Socket, data: Buffer): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = []
+    socket.on('data', (d: Buffer) => chunks.push(d))
+    socket.once('end', () => resolve(Buffer.concat(chunks)))
+    socket.once('error', reject)
+    socket.end(data)
+  })
 }

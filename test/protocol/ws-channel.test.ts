@@ -118,7 +118,8 @@ class RecordingSocket {
   }
 }
 
-test('port prefixes: 2-byte little-endian on both channels of each port (PROTOCOLS.md §8.2)', () => {
+// docs/kubernetes-protocols.md#channels-and-the-port-prefix
+test('port prefixes: 2-byte little-endian on both channels of each port', () => {
   assert.deepEqual(encodePortPrefix(5000), Buffer.from([0x88, 0x13]))
   assert.throws(() => encodePortPrefix(0), RangeError)
   const prefixes = (ports: number[], encoding: 'binary' | 'base64'): (Buffer | string)[] => {

@@ -64,7 +64,7 @@ export const DEFAULT_AUDIT_MAX_QUEUE = 10_000
 
 /** Options for {@link AuditLog}. */
 export interface AuditLogOptions {
-  /** Every sink gets every record. At least one. */
+  /** Every sink gets every record it accepts ({@link AuditSink.accepts}). At least one. */
   sinks: readonly AuditSink[]
   /** Default `blocking-strict`. */
   mode?: AuditMode
@@ -179,6 +179,8 @@ function isUrgent(entry: Entry): boolean {
 
 interface Lane {
   sink: AuditSink
+  /** Does this sink take the record? (A sink without `accepts` takes every record.) */
+  accepts: (record: AuditRecord) => boolean
   queue: Entry[]
   /** Urgent entries in `queue`. */
   urgent: number
@@ -235,6 +237,7 @@ export class AuditLog {
     const retry = options.retry ?? { initialMs: 50, maxMs: 5000 }
     this.#lanes = options.sinks.map((sink) => ({
       sink,
+      accepts: sink.accepts?.bind(sink) ?? (() => true),
       queue: [],
       urgent: 0,
       writing: undefined,
@@ -391,19 +394,21 @@ export class AuditLog {
       // Fail fast; keep the facts for when the sinks are back.
       const err = this.#unavailable()
       if (record.type === 'stream.opened') this.#compensate(record, err)
-      else for (const lane of this.#lanes) this.#push(lane, { record, line })
+      else
+        for (const lane of this.#lanes) if (lane.accepts(record)) this.#push(lane, { record, line })
       this.#appendsRejected++
       return Promise.reject(err)
     }
-    const ticket = new Ticket(this.#lanes.length)
-    for (const lane of this.#lanes) this.#push(lane, { record, line, ticket })
+    const lanes = this.#lanes.filter((l) => l.accepts(record))
+    const ticket = new Ticket(lanes.length)
+    for (const lane of lanes) this.#push(lane, { record, line, ticket })
     return ticket.promise
   }
 
   #appendBlocking(record: AuditRecord, line: string): Promise<void> {
-    const healthy = this.#lanes.filter((l) => !l.failing)
-    const ticket = new Ticket(healthy.length)
-    for (const lane of this.#lanes) {
+    const lanes = this.#lanes.filter((l) => l.accepts(record))
+    const ticket = new Ticket(lanes.filter((l) => !l.failing).length)
+    for (const lane of lanes) {
       this.#push(lane, lane.failing ? { record, line } : { record, line, ticket })
     }
     return ticket.promise
@@ -417,7 +422,7 @@ export class AuditLog {
         throw appError('PFG_ERR_AUDIT_UNAVAILABLE', 'the audit log is closed')
       }
     }
-    for (const lane of this.#lanes) this.#push(lane, { record, line })
+    for (const lane of this.#lanes) if (lane.accepts(record)) this.#push(lane, { record, line })
   }
 
   // --- lanes -----------------------------------------------------------------------
@@ -547,7 +552,8 @@ export class AuditLog {
       ...(opened.ref !== undefined ? { ref: opened.ref } : {}),
     }
     const line = encodeRecordLine(failed)
-    for (const lane of this.#lanes) this.#push(lane, { record: failed, line })
+    for (const lane of this.#lanes)
+      if (lane.accepts(failed)) this.#push(lane, { record: failed, line })
   }
 
   #unavailable(sink?: string, cause?: unknown): AppError {

@@ -64,6 +64,11 @@ export interface FileSinkOptions {
   retention?: number
   /** Sink name in metrics and logs; default `file`. */
   name?: string
+  /**
+   * Which records this file takes (default: all). The gateway opens two file sinks per
+   * configured trail: the main one, and the denials trail for denial records (`isDenialType`).
+   */
+  accepts?: (record: AuditRecord) => boolean
   logger?: Logger
 }
 
@@ -99,6 +104,7 @@ export class FileSink implements AuditSink {
   readonly #maxBytes: number
   readonly #retention: number
   readonly #logger: Logger | undefined
+  readonly #accepts: ((record: AuditRecord) => boolean) | undefined
   readonly #stats: FileSinkStats = {
     writes: 0,
     syncs: 0,
@@ -127,6 +133,7 @@ export class FileSink implements AuditSink {
     this.#maxBytes = options.maxBytes ?? DEFAULT_AUDIT_MAX_BYTES
     this.#retention = options.retention ?? DEFAULT_AUDIT_RETENTION
     this.#logger = options.logger
+    this.#accepts = options.accepts
     if (!Number.isInteger(this.#retention) || this.#retention < 0)
       throw new RangeError(`retention must be an integer >= 0, got ${this.#retention}`)
     if (this.#fsync === 'interval') {
@@ -147,6 +154,11 @@ export class FileSink implements AuditSink {
       throw err
     }
     return sink
+  }
+
+  /** Does this file take `record`? (See {@link FileSinkOptions.accepts}.) */
+  accepts(record: AuditRecord): boolean {
+    return this.#accepts?.(record) ?? true
   }
 
   /** Counters (live object: read, do not modify). */

@@ -7,7 +7,7 @@
  * - a `stream.closed` for every `stream.opened` with no later `stream.closed` or
  *   `stream.failed` of the same `streamId`,
  * - a `session.closed` for every `session.opened` with no later `session.closed` of the
- *   same `sessionId`,
+ *   same `sessionId`, naming in `users` every user its stream records name,
  *
  * with `endedBy: "gateway-restart"`, `reason: "gateway-restart"`, the identity fields of
  * the open record (`gateway` included: the instance whose stream it was), and no byte
@@ -24,7 +24,7 @@
  * @module
  */
 import type { AuditRecord } from '../../protocol/audit-record.js'
-import { AUDIT_SCHEMA } from '../../protocol/audit-record.js'
+import { AUDIT_SCHEMA, MAX_SESSION_USERS } from '../../protocol/audit-record.js'
 import { auditTime, newAuditId, pickIdentity } from './record.js'
 import { readTrail } from './trail-reader.js'
 import type { TrailReadSummary } from './trail-reader.js'
@@ -47,27 +47,40 @@ export async function recoverDanglingRecords(
   options: RecoveryOptions = {},
 ): Promise<AuditRecord[]> {
   const streams = new Map<string, AuditRecord>()
-  const sessions = new Map<string, AuditRecord>()
+  const sessions = new Map<string, { open: AuditRecord; users: Set<string> }>()
   const key = (r: AuditRecord, id: string): string => `${r.gateway ?? ''}\u0000${id}`
-  const summary = await readTrail(trailPath, (r) => {
-    switch (r.type) {
-      case 'stream.opened':
-        if (r.streamId !== undefined) streams.set(key(r, r.streamId), r)
-        break
-      case 'stream.closed':
-      case 'stream.failed':
-        if (r.streamId !== undefined) streams.delete(key(r, r.streamId))
-        break
-      case 'session.opened':
-        if (r.sessionId !== undefined) sessions.set(key(r, r.sessionId), r)
-        break
-      case 'session.closed':
-        if (r.sessionId !== undefined) sessions.delete(key(r, r.sessionId))
-        break
-      default:
-        break
-    }
-  })
+  // Denials open nothing: the main trail is enough.
+  const summary = await readTrail(
+    trailPath,
+    (r) => {
+      switch (r.type) {
+        case 'stream.opened':
+          if (r.streamId !== undefined) streams.set(key(r, r.streamId), r)
+          break
+        case 'stream.closed':
+        case 'stream.failed':
+          if (r.streamId !== undefined) streams.delete(key(r, r.streamId))
+          break
+        case 'session.opened':
+          if (r.sessionId !== undefined) {
+            const users = new Set<string>(r.user !== undefined ? [r.user] : [])
+            sessions.set(key(r, r.sessionId), { open: r, users })
+          }
+          break
+        case 'session.closed':
+          if (r.sessionId !== undefined) sessions.delete(key(r, r.sessionId))
+          break
+        default:
+          break
+      }
+      // Who used a session: every user its streams name (a session may carry several).
+      if (r.type.startsWith('stream.') && r.sessionId !== undefined && r.user !== undefined) {
+        const s = sessions.get(key(r, r.sessionId))
+        if (s !== undefined && s.users.size < MAX_SESSION_USERS) s.users.add(r.user)
+      }
+    },
+    { denials: false },
+  )
   options.onSummary?.(summary)
   const time = auditTime(options.now)
   const close = (open: AuditRecord, type: 'stream.closed' | 'session.closed'): AuditRecord => ({
@@ -81,6 +94,19 @@ export async function recoverDanglingRecords(
   })
   return [
     ...[...streams.values()].map((r) => close(r, 'stream.closed')),
-    ...[...sessions.values()].map((r) => close(r, 'session.closed')),
+    ...[...sessions.values()].map(({ open, users }) =>
+      sessionClose(close(open, 'session.closed'), users),
+    ),
   ]
+}
+
+/** A `session.closed` names every user of the session; `user` only when there was one. */
+function sessionClose(rec: AuditRecord, users: ReadonlySet<string>): AuditRecord {
+  if (users.size === 0) return rec
+  rec.users = [...users]
+  if (users.size > 1) {
+    delete rec.user
+    delete rec.groups
+  }
+  return rec
 }

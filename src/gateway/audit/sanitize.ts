@@ -14,11 +14,15 @@
  *   `secret`, `cookie`, `credential`, `apiKey`, `privateKey`): dropped entirely.
  *
  * Secret text is replaced by `[REDACTED]`, and the record lists the paths it touched in
- * `redacted`, so an operator sees that something was removed but never what.
+ * `redacted`, so an operator sees that something was removed but never what. A client's
+ * free text (`userAgent`) is then bounded: control characters escaped, cut to
+ * {@link MAX_RECORDED_USER_AGENT} characters (after the redaction, which a cut token could
+ * escape).
  *
  * @module
  */
 import type { AuditRecord } from '../../protocol/audit-record.js'
+import { plainText } from '../../shared/text.js'
 
 /** What replaces a secret. */
 export const REDACTED = '[REDACTED]'
@@ -144,10 +148,20 @@ const KNOWN_KEYS: ReadonlySet<string> = new Set([
   'message',
   'status',
   'ref',
+  'users',
+  'method',
+  'path',
+  'count',
+  'firstTime',
+  'lastTime',
+  'reasons',
 ])
 
 /** Strings longer than this are cut before the check (bounds the regex cost). */
 const MAX_STRING = 16 * 1024
+
+/** The longest user agent a record holds (characters; longer ones are cut, with a mark). */
+export const MAX_RECORDED_USER_AGENT = 256
 
 /** True when `text` contains something that looks like a credential. */
 export function looksLikeSecret(text: string): boolean {
@@ -160,6 +174,22 @@ export function redactText(text: string): string {
   if (!suspicious(out)) return out
   for (const [re, by] of REPLACERS) out = out.replace(re, by)
   return out
+}
+
+/**
+ * Text from a request (a name that failed validation, a user agent, a message quoting
+ * one) as a record or a log line may hold it: credentials replaced first (a token cut in
+ * half would no longer look like one), then control characters escaped and the whole cut
+ * to `max` characters. `redacted`: a credential was replaced.
+ */
+export function untrustedText(text: string, max: number): { text: string; redacted: boolean } {
+  const r = redactText(text)
+  return { text: plainText(r, max), redacted: r.includes(REDACTED) && !text.includes(REDACTED) }
+}
+
+/** {@link untrustedText} for a log field. */
+export function logText(text: string, max = 256): string {
+  return untrustedText(text, max).text
 }
 
 /** The result of {@link sanitizeRecord}. */
@@ -177,7 +207,8 @@ export interface SanitizeResult {
 export function sanitizeRecord(record: AuditRecord): SanitizeResult {
   const paths: string[] = []
   const cleaned = clean(record, '', paths) as AuditRecord
-  if (paths.length === 0) return { record, redacted: paths }
+  // Clean as it was, or only bounded (no credential): no `redacted` to add.
+  if (paths.length === 0) return { record: cleaned, redacted: paths }
   const previous = Array.isArray(record.redacted) ? record.redacted : []
   cleaned.redacted = [...new Set([...previous.filter((p) => typeof p === 'string'), ...paths])]
   return { record: cleaned, redacted: paths }
@@ -242,6 +273,8 @@ function clean(value: object, path: string, paths: string[]): object {
         c = r
         paths.push(join(path, key))
       }
+      // A client's free text: after redaction, controls escaped and cut (docs/audit.md).
+      if (key === 'userAgent' && path === '') c = plainText(c as string, MAX_RECORDED_USER_AGENT)
     } else if (typeof v === 'object' && v !== null) {
       c = clean(v, join(path, key), paths)
     }

@@ -1,6 +1,7 @@
 /**
- * Reads a file trail (`audit.log` and its rotated files `audit.log.N` … `audit.log.1`)
- * oldest first, one record at a time, in bounded memory. A line cut by a crash at the
+ * Reads a file trail (`audit.log` and its rotated files `audit.log.N` … `audit.log.1`, and
+ * the denials trail beside it, merged by time) oldest first, one record at a time, in
+ * bounded memory. A line cut by a crash at the
  * end of a file is skipped (see AuditLineDecoder). The CLI has its own copy of this small
  * loop, because components do not import each other.
  *
@@ -10,7 +11,12 @@ import { createReadStream } from 'node:fs'
 import { readdir } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 import type { AuditRecord } from '../../protocol/audit-record.js'
-import { AuditLineDecoder, orderTrailFiles } from '../../protocol/audit-record.js'
+import {
+  AuditLineDecoder,
+  deniedTrailPath,
+  mergeByTime,
+  orderTrailFiles,
+} from '../../protocol/audit-record.js'
 import { errorCode } from '../../shared/errors.js'
 
 /** The trail's files, oldest first (full paths); empty when there are none. */
@@ -35,21 +41,44 @@ export interface TrailReadSummary {
   partialTails: number
 }
 
-/** Reads every record of the trail, oldest first, calling `onRecord` for each. */
+/** Options for {@link readTrail}. */
+export interface ReadTrailOptions {
+  /** Also read the denials trail beside it, merged by time (default true). */
+  denials?: boolean
+}
+
+/**
+ * Reads every record of the trail, oldest first, calling `onRecord` for each: the main
+ * trail and (unless `denials: false`) its denials trail, merged by time.
+ */
 export async function readTrail(
   path: string,
   onRecord: (record: AuditRecord, file: string) => void,
+  options: ReadTrailOptions = {},
 ): Promise<TrailReadSummary> {
-  const files = await listTrailFiles(path)
   const summary: TrailReadSummary = { files: [], records: 0, malformed: 0, partialTails: 0 }
-  for (const file of files) {
+  const main = trailItems(path, summary)
+  const all =
+    options.denials === false
+      ? main
+      : mergeByTime(main, trailItems(deniedTrailPath(path), summary), (x) => x.record.time)
+  for await (const { record, file } of all) {
+    summary.records++
+    onRecord(record, file)
+  }
+  return summary
+}
+
+/** The records of one trail's files in the order written (the summary learns the rest). */
+async function* trailItems(
+  path: string,
+  summary: TrailReadSummary,
+): AsyncGenerator<{ record: AuditRecord; file: string }> {
+  for (const file of await listTrailFiles(path)) {
     const decoder = new AuditLineDecoder()
     try {
       for await (const chunk of createReadStream(file, { highWaterMark: 256 * 1024 })) {
-        for (const r of decoder.push(chunk as Buffer)) {
-          summary.records++
-          onRecord(r, file)
-        }
+        for (const record of decoder.push(chunk as Buffer)) yield { record, file }
       }
     } catch (err) {
       // Rotated away (deleted by retention) between the listing and the read.
@@ -60,5 +89,4 @@ export async function readTrail(
     if (decoder.end() > 0) summary.partialTails++
     summary.malformed += decoder.malformed
   }
-  return summary
 }

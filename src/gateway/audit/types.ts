@@ -21,6 +21,12 @@ export interface AuditSink {
    * the log encodes each record once for all its sinks.
    */
   writeLines?(lines: readonly string[]): Promise<void>
+  /**
+   * Optional: whether this sink takes `record` (the audit log hands it only those it
+   * accepts; a sink without this method takes every record). The file trail uses it to
+   * keep denials in files of their own (docs/audit.md, "Denial floods").
+   */
+  accepts?(record: AuditRecord): boolean
   /** Flushes and releases everything. */
   close(): Promise<void>
 }

@@ -4,22 +4,28 @@
  * allow-list, clock tolerance and kube-apiserver-style username/groups claims.
  *
  * Clients learn only "Unauthorized (ref XXXXXXXX)"; the reason (jose's error code
- * and claim) is logged with the same ref, so an admin can grep for it and the
- * client learns nothing about why (Teleport's tagged messages do the same).
+ * and claim) rides on the error (`reason`), and whoever records the refusal logs it with
+ * the same ref (within the denial flood budget: docs/audit.md), so an admin can grep for
+ * it and the client learns nothing about why (Teleport's tagged messages do the same).
+ *
+ * The identity's names end up in audit records, logs and admin tables: a username or a
+ * group with control, invisible or direction-changing characters, or longer than
+ * {@link MAX_CLAIM_LENGTH}, makes the token invalid (an identity provider never issues
+ * one; a forged-looking one is refused rather than shown).
  *
  * Verified tokens are cached (bounded, never past their `exp`): a CLI opening
  * thousands of streams with one token pays for one signature check.
  *
  * @module
  */
-import { randomBytes } from 'node:crypto'
 import { readFileSync, watchFile, unwatchFile } from 'node:fs'
 import { createLocalJWKSet, createRemoteJWKSet, customFetch, errors, jwtVerify } from 'jose'
 import type { JSONWebKeySet, JWTPayload, JWTVerifyGetKey } from 'jose'
 import { Agent, fetch as undiciFetch } from 'undici'
-import { appError, describeError, errorCode } from '../../shared/errors.js'
+import { appError, describeError, errorCode, newRef } from '../../shared/errors.js'
 import type { AppError } from '../../shared/errors.js'
 import type { Logger } from '../../shared/log.js'
+import { hasControlChars } from '../../shared/text.js'
 import type { GatewayConfig } from '../config.js'
 
 /** Who a request is. */
@@ -38,11 +44,12 @@ export const AUTHENTICATED_GROUP = 'system:authenticated'
 const MAX_CACHE_ENTRIES = 10_000
 const MAX_CACHE_MS = 5 * 60_000
 const MAX_TOKEN_BYTES = 16 * 1024
+/** The longest username or group name accepted (characters, prefix included). */
+export const MAX_CLAIM_LENGTH = 1024
+/** The most groups a token may carry. */
+export const MAX_GROUPS = 1024
 
-/** Creates a short reference that ties a client error to a server log line. */
-export function newRef(): string {
-  return randomBytes(4).toString('hex')
-}
+export { newRef }
 
 /** The `Bearer` token of an Authorization header value, or undefined. */
 export function bearerToken(header: string | string[] | undefined): string | undefined {
@@ -148,9 +155,7 @@ export class Authenticator {
       throw this.#reject(describeJoseError(err))
     }
     const identity = this.#identity(payload)
-    if (identity === undefined) {
-      throw this.#reject(`missing or invalid username claim "${this.#config.usernameClaim}"`)
-    }
+    if (typeof identity === 'string') throw this.#reject(identity)
     if (this.#cache.size >= MAX_CACHE_ENTRIES) {
       // Drop the oldest insertion (Map keeps insertion order).
       const oldest = this.#cache.keys().next().value
@@ -160,27 +165,30 @@ export class Authenticator {
     return identity
   }
 
-  #identity(payload: JWTPayload): Identity | undefined {
+  /** The identity the claims name, or why they name none. */
+  #identity(payload: JWTPayload): Identity | string {
     const c = this.#config
     const name = payload[c.usernameClaim]
-    if (typeof name !== 'string' || name === '') return undefined
+    if (typeof name !== 'string' || name === '')
+      return `missing or invalid username claim "${c.usernameClaim}"`
+    const user = c.usernamePrefix + name
+    if (!plainName(user))
+      return `username claim "${c.usernameClaim}" has control characters or is over ${MAX_CLAIM_LENGTH} characters`
     const rawGroups = payload[c.groupsClaim]
-    const groups = (
+    const claimed = (
       Array.isArray(rawGroups) ? rawGroups : typeof rawGroups === 'string' ? [rawGroups] : []
-    )
-      .filter((g): g is string => typeof g === 'string' && g !== '')
-      .map((g) => c.groupsPrefix + g)
+    ).filter((g): g is string => typeof g === 'string' && g !== '')
+    if (claimed.length > MAX_GROUPS)
+      return `groups claim "${c.groupsClaim}" has more than ${MAX_GROUPS} groups`
+    const groups = claimed.map((g) => c.groupsPrefix + g)
+    if (!groups.every(plainName))
+      return `groups claim "${c.groupsClaim}" has a group with control characters or over ${MAX_CLAIM_LENGTH} characters`
     groups.push(AUTHENTICATED_GROUP)
-    return {
-      user: c.usernamePrefix + name,
-      groups,
-      expiresAt: (payload.exp as number) * 1000,
-    }
+    return { user, groups, expiresAt: (payload.exp as number) * 1000 }
   }
 
   #reject(reason: string): AppError {
     const ref = newRef()
-    this.#logger.info({ ref, reason }, 'authentication failed')
     const err = appError('PFG_ERR_AUTH_INVALID', `Unauthorized (ref ${ref})`)
     ;(err as AppError & { ref?: string; reason?: string }).ref = ref
     ;(err as AppError & { reason?: string }).reason = reason
@@ -193,6 +201,11 @@ export class Authenticator {
     this.#cache.clear()
     void this.#agent?.close()
   }
+}
+
+/** A name fit to be recorded and shown as it is: printable and not too long. */
+function plainName(name: string): boolean {
+  return name.length <= MAX_CLAIM_LENGTH && !hasControlChars(name)
 }
 
 /** A log-friendly reason from a jose error (code and claim), never the token. */

@@ -1,7 +1,8 @@
 /**
  * Authorization: default deny. Rules grant users and groups the port-forward
  * permission on namespaces, pod name patterns and port ranges; an admin list grants
- * the admin API. Evaluated once per stream (DESIGN.md §4), never cached per session.
+ * the admin API. Evaluated once per stream, never cached per session
+ * (docs/security.md#authorization-default-deny).
  *
  * @module
  */

@@ -25,6 +25,7 @@ import { h2Endpoint } from '../../shared/relay-endpoints.js'
 import { relayed } from '../connections.js'
 import type { ConnectionGuard } from '../connections.js'
 import { formatAddress } from '../forwarder.js'
+import { impersonationOf } from '../impersonation.js'
 import type { ClientSession, Forwarder } from '../forwarder.js'
 
 /** `/proxy/nodes/{node}/portForward/{ns}/{pod}` (no query, no trailing parts). */
@@ -102,14 +103,6 @@ export class NativeH2Adapter {
     // Reported through the relay or the forwarder; a stream error never crashes the gateway.
     // Module-level, so the listener does not keep this call's scope (headers...) alive.
     stream.on('error', ignoreError)
-    if (headers[':method'] !== 'POST') {
-      respondStatus(
-        stream,
-        appError('PFG_ERR_ROUTE_METHOD_NOT_ALLOWED', 'port-forward streams use POST'),
-        { allow: 'POST' },
-      )
-      return
-    }
     const node = decode(m[1] as string)
     const namespace = decode(m[2] as string)
     const pod = decode(m[3] as string)
@@ -123,6 +116,11 @@ export class NativeH2Adapter {
       // Malformed escapes: reject as a bad name, still only after authentication.
       port = [node, namespace, pod].find((x): x is AppError => typeof x !== 'string') as AppError
     }
+    if (headers[':method'] !== 'POST') {
+      // 405 too only after authentication: an anonymous client learns nothing (401 first).
+      port = appError('PFG_ERR_ROUTE_METHOD_NOT_ALLOWED', 'port-forward streams use POST')
+    }
+    const impersonation = impersonationOf(headers)
     const h2 = stream.session as TaggedSession
     const session = this.#session(h2, headers)
     const ac = new AbortController()
@@ -139,6 +137,7 @@ export class NativeH2Adapter {
         port,
         ...(ua !== undefined ? { userAgent: ua } : {}),
         ...(headerBytes !== undefined ? { headerBytes } : {}),
+        ...(impersonation !== undefined ? { impersonation } : {}),
         onAuthenticated: () => this.#connections?.authenticated(h2.socket),
         signal: ac.signal,
       })
@@ -168,7 +167,11 @@ export class NativeH2Adapter {
             ? err
             : appError('PFG_ERR_RELAY_AGENT_UNAVAILABLE', 'internal error')
           const extra: Record<string, string> =
-            e.statusCode === 401 ? { 'www-authenticate': 'Bearer realm="pfgate"' } : {}
+            e.statusCode === 401
+              ? { 'www-authenticate': 'Bearer realm="pfgate"' }
+              : e.code === 'PFG_ERR_ROUTE_METHOD_NOT_ALLOWED'
+                ? { allow: 'POST' }
+                : {}
           respondStatus(stream, e, extra)
         },
       )

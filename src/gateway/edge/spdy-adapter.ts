@@ -1,13 +1,14 @@
 /**
  * Edge adapter for Kubernetes' SPDY port-forward (protocols A and B of
- * PROTOCOLS.md): a {@link SpdySession} over the upgraded TLS socket (SPDY/3.1,
- * kubectl ≤ 1.30, the fallback of later ones, every client-go program) or over the
- * byte stream of a WebSocket (`SPDY/3.1+portforward.k8s.io`, kubectl ≥ 1.31), with
- * the port-forward layer on top. Each error+data stream pair is one forwarded TCP
+ * docs/kubernetes-protocols.md): a {@link SpdySession} over the upgraded TLS socket
+ * (SPDY/3.1, kubectl ≤ 1.30, the fallback of later ones, every client-go program) or
+ * over the byte stream of a WebSocket (`SPDY/3.1+portforward.k8s.io`, kubectl ≥ 1.31),
+ * with the port-forward layer on top. Each error+data stream pair is one forwarded TCP
  * connection: {@link Forwarder.open}, then a relay between the data stream and the
  * agent stream.
  *
- * Error semantics are the kubelet's (PROTOCOLS.md §6.3, §6.4, §11 items 9, 20):
+ * Error semantics are the kubelet's (docs/kubernetes-protocols.md#the-error-stream,
+ * docs/kubernetes-protocols.md#the-kubelets-side):
  * - a refused open (pod port refused, forbidden, pod not running, limits...) writes
  *   one line on the error stream, then FINs it and the data stream; kubectl ≥ 1.23
  *   then ends its whole session, kubectl 1.20 only logs the line;
@@ -72,7 +73,7 @@ export function spdyEndpoint(req: SpdyForwardRequest): RelayEndpoint {
     stream: req.data,
     abort() {
       // RST CANCEL on the data stream, FIN on the error stream (no text: it would end
-      // the client's whole kubectl session, PROTOCOLS.md §6.3).
+      // the client's whole kubectl session, docs/kubernetes-protocols.md#the-error-stream).
       req.reset()
     },
   }
@@ -113,10 +114,11 @@ export function serveSpdyPortForward(transport: Duplex, options: SpdyServeOption
             opened.cancel('client went away before the stream opened')
             return
           }
-          // The kubelet's closing order (PROTOCOLS.md §6.4): when the pod's side ends, the
-          // error stream's FIN, then the data stream's (after its queued bytes). Registered
-          // before the relay's own listener; an EOF that is really a lost agent stream is
-          // left to the relay (a reset).
+          // The kubelet's closing order
+          // (docs/kubernetes-protocols.md#the-kubelets-side): when the pod's side ends,
+          // the error stream's FIN, then the data stream's (after its queued bytes).
+          // Registered before the relay's own listener; an EOF that is really a lost
+          // agent stream is left to the relay (a reset).
           const up = opened.upstream
           up.once('end', () => {
             if (!(up.closed && !up.writableEnded)) req.finish()

@@ -1,8 +1,8 @@
 /**
- * The gateway's HTTP/1.1 upgrades: the `'upgrade'` listener on the TLS port (Node
- * emits it for HTTP/1.1 connections, including those that negotiated no ALPN, as
- * kubectl's upgrade connections do, PROTOCOLS.md §3.3). It serves Kubernetes
- * port-forward on
+ * The gateway's HTTP/1.1 upgrades: the `'upgrade'` listener on the TLS port (Node emits
+ * it for HTTP/1.1 connections, including those that negotiated no ALPN, as kubectl's
+ * upgrade connections do, docs/kubernetes-protocols.md#credentials-tls-and-alpn). It
+ * serves Kubernetes port-forward on
  * - `/api/v1/namespaces/{ns}/pods/{pod}/portforward` (kube-apiserver's path),
  * - `/api/v1/nodes/{node}/proxy/portForward/{ns}/{pod}` (the node proxy subresource),
  * - `/proxy/nodes/{node}/portForward/{ns}/{pod}` (the native path),
@@ -11,7 +11,7 @@
  *   → `spdy` (spdy-adapter.ts);
  * - WebSocket offering `SPDY/3.1+portforward.k8s.io` → `ws-spdy` (the same adapter over
  *   the WebSocket's byte stream), unless `websocketTunnel` is off: then a non-101 answer
- *   makes kubectl fall back to SPDY (§7.4);
+ *   makes kubectl fall back to SPDY (docs/kubernetes-protocols.md#fallback-to-spdy);
  * - WebSocket offering `v4.channel.k8s.io` / `v4.base64.channel.k8s.io` (or nothing)
  *   with `?ports=` → `ws-v4` / `ws-v4-base64` (ws-channel-adapter.ts).
  *
@@ -46,9 +46,17 @@ import {
   selectChannelProtocol,
 } from '../../protocol/ws-channel.js'
 import type { ChannelEncoding } from '../../protocol/ws-channel.js'
-import { AppError, appError, describeError, isAppError } from '../../shared/errors.js'
+import {
+  AppError,
+  appError,
+  describeError,
+  isAppError,
+  newRef,
+  publicError,
+} from '../../shared/errors.js'
 import type { Logger } from '../../shared/log.js'
 import { formatAddress } from '../forwarder.js'
+import { impersonationOf } from '../impersonation.js'
 import type { Forwarder } from '../forwarder.js'
 import { serveSpdyPortForward } from './spdy-adapter.js'
 import type { UpgradeTarget } from './spdy-adapter.js'
@@ -188,7 +196,7 @@ export class UpgradeHandler {
     this.#wss.on('headers', (headers, req) => {
       // ws checks Sec-WebSocket-Protocol against the token grammar, which `/` is not part
       // of, so the tunnel's header was removed before handleUpgrade and is answered here
-      // (PROTOCOLS.md §7.2).
+      // (docs/kubernetes-protocols.md#the-subprotocol-and-the-ws-package).
       const p = this.#subprotocol.get(req)
       if (p === SPDY_TUNNEL_PROTOCOL) headers.push(`Sec-WebSocket-Protocol: ${p}`)
     })
@@ -203,8 +211,10 @@ export class UpgradeHandler {
   readonly listener = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
     socket.on('error', (err) => this.#logger.debug({ err: describeError(err) }, 'upgrade socket'))
     this.#handle(req, socket, head).catch((err: unknown) => {
-      this.#logger.error({ err: describeError(err) }, 'upgrade failed')
-      rejectUpgrade(socket, appError('PFG_ERR_RELAY_AGENT_UNAVAILABLE', 'internal error'))
+      // The client gets a generic message and a ref; the log line has the details.
+      const ref = newRef()
+      this.#logger.error({ err: describeError(err), ref }, 'upgrade failed')
+      rejectUpgrade(socket, publicError(err, ref))
     })
   }
 
@@ -230,7 +240,8 @@ export class UpgradeHandler {
       const offer = h['sec-websocket-protocol']
       if (offersSpdyTunnel(offer)) {
         if (!this.#tunnel) {
-          // Any non-101 makes kubectl ≥ 1.31 retry with the SPDY upgrade (§7.4).
+          // Any non-101 makes kubectl ≥ 1.31 retry with the SPDY upgrade
+          // (docs/kubernetes-protocols.md#fallback-to-spdy).
           return appError(
             'PFG_ERR_PROTO_UNSUPPORTED',
             `the ${SPDY_TUNNEL_PROTOCOL} WebSocket tunnel is disabled on this gateway; use the SPDY/3.1 upgrade`,
@@ -328,9 +339,11 @@ export class UpgradeHandler {
     // Authenticate and authorize before answering 101.
     this.#pending.add(socket)
     try {
+      const impersonation = impersonationOf(req.headers)
       await this.#forwarder.admit({
         session,
         authorization,
+        ...(impersonation !== undefined ? { impersonation } : {}),
         ...target,
         ...(choice.protocol === 'ws-v4' || choice.protocol === 'ws-v4-base64'
           ? { ports: choice.ports }

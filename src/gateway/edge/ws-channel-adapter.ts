@@ -1,9 +1,9 @@
 /**
- * Edge adapter for the WebSocket channel protocol of port-forward,
- * `v4.channel.k8s.io` (binary) and `v4.base64.channel.k8s.io` (text), PROTOCOLS.md
- * §8: @kubernetes/client-node, the Python client, browsers. One WebSocket carries
- * one TCP connection per port of its `?ports=` list; port *i* uses channel 2i for
- * data and 2i+1 for errors.
+ * Edge adapter for the WebSocket channel protocol of port-forward, `v4.channel.k8s.io`
+ * (binary) and `v4.base64.channel.k8s.io` (text),
+ * docs/kubernetes-protocols.md#channel-protocol: @kubernetes/client-node, the Python
+ * client, browsers. One WebSocket carries one TCP connection per port of its `?ports=`
+ * list; port *i* uses channel 2i for data and 2i+1 for errors.
  *
  * As the kubelet does:
  * - straight after the handshake, the port number (2 bytes, little-endian) goes out
@@ -13,11 +13,12 @@
  * - when every port is finished the WebSocket is closed with 1000;
  * - when the client closes the WebSocket, the pod connections are ended.
  *
- * v4 has no half-close (§8.3): the pod's EOF finishes its port (the client learns it
- * when the WebSocket closes); the WebSocket's close is the client's EOF on every port,
- * after which pod bytes have nowhere to go, so a pod connection still open
- * {@link CLOSE_GRACE_MS} later is reset. An abnormal end after the open (agent or
- * pod reset, admin, limit, shutdown) is a line on the port's error channel.
+ * v4 has no half-close (docs/kubernetes-protocols.md#closing-and-half-close): the pod's
+ * EOF finishes its port (the client learns it when the WebSocket closes); the
+ * WebSocket's close is the client's EOF on every port, after which pod bytes have
+ * nowhere to go, so a pod connection still open {@link CLOSE_GRACE_MS} later is reset.
+ * An abnormal end after the open (agent or pod reset, admin, limit, shutdown) is a line
+ * on the port's error channel.
  *
  * @module
  */

@@ -38,13 +38,6 @@ import type { ContainerPort, NodeInfo, PodInfo, PodRegistry, RegistryEvents } fr
 
 // ───────────────────────────── annotations ─────────────────────────────
 
-/**
- * Pod annotation carrying the pod's network-namespace handle for the agent: a
- * netns name (under /run/netns) or a `/proc/<pid>/ns/net` path. Optional: set
- * by whatever knows it (a CNI plugin chain, a mutating webhook, an operator).
- */
-export const POD_NETNS_ANNOTATION = 'pfgate.io/netns'
-
 /** Node annotation overriding the agent port for that node (a decimal 1..65535). */
 export const NODE_AGENT_PORT_ANNOTATION = 'pfgate.io/agent-port'
 
@@ -319,8 +312,6 @@ export function podInfoFromObject(value: unknown): PodInfo | undefined {
   if (labels !== undefined) pod.labels = labels
   const created = str(meta.creationTimestamp)
   if (created !== undefined) pod.creationTimestamp = created
-  const netns = str(rec(meta.annotations)?.[POD_NETNS_ANNOTATION])
-  if (netns !== undefined && netns !== '') pod.netns = netns
   return pod
 }
 

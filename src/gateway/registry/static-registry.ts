@@ -47,7 +47,6 @@ const schema = {
             enum: ['Pending', 'Running', 'Succeeded', 'Failed', 'Unknown'],
             default: 'Running',
           },
-          netns: { type: 'string' },
           labels: { type: 'object', additionalProperties: { type: 'string' } },
           ports: {
             type: 'array',
@@ -77,7 +76,6 @@ interface RawRegistry {
     uid?: string
     node: string
     phase: string
-    netns?: string
     labels?: Record<string, string>
     ports: PodInfo['ports']
   }[]
@@ -109,7 +107,6 @@ export function parseRegistry(
         ports: p.ports.map((x) => ({ ...x })),
       }
       if (p.labels !== undefined) pod.labels = { ...p.labels }
-      if (p.netns !== undefined) pod.netns = p.netns
       return pod
     }),
   }

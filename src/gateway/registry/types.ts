@@ -26,8 +26,6 @@ export interface PodInfo {
   ports: ContainerPort[]
   /** Labels, for the Pod object served to kubectl. */
   labels?: Record<string, string>
-  /** Network namespace handle for the agent (netns name or /proc/PID/ns/net path), when known. */
-  netns?: string
   /** Creation time (RFC 3339), for the Pod object. */
   creationTimestamp?: string
 }

@@ -56,7 +56,7 @@ function errorFromAgent(status: number, body: string, node: string): AppError {
   const message = st?.message ?? `agent on node ${node} answered ${status}`
   // Errors about the pod pass through; anything else means the gateway and agent disagree,
   // which is the gateway's problem to report as 502, not the client's fault.
-  if (status === 404 || status === 502 || status === 504) {
+  if (status === 404 || status === 502 || status === 503 || status === 504) {
     const known = code !== undefined && code in ERROR_CODES ? (code as AppErrorCode) : undefined
     return appError(
       known ?? (status === 504 ? 'PFG_ERR_RELAY_CONNECT_TIMEOUT' : 'PFG_ERR_RELAY_CONNECT_REFUSED'),

@@ -3,10 +3,11 @@
  *
  * Both zlib streams of a SPDY/3 connection start with this preset dictionary, so a
  * byte-for-byte copy is required: kubectl's first SYN_STREAM names it by its adler32
- * (DICTID `e3c6a7c2`, PROTOCOLS.md §5.4). The draft prints it as a C array; it is a
- * list of length-prefixed words (u32 big-endian length, then the bytes) followed by
- * one unprefixed run of text, and is rebuilt here from that structure.
- * test/protocol/spdy/dictionary.test.ts checks its length (1423), adler32 and sha256.
+ * (DICTID `e3c6a7c2`, docs/kubernetes-protocols.md#header-blocks). The draft prints it
+ * as a C array; it is a list of length-prefixed words (u32 big-endian length, then the
+ * bytes) followed by one unprefixed run of text, and is rebuilt here from that
+ * structure. test/protocol/spdy/dictionary.test.ts checks its length (1423), adler32
+ * and sha256.
  *
  * @module
  */

@@ -1,6 +1,6 @@
 /**
- * SPDY/3 framing (PROTOCOLS.md §5): an incremental frame parser over a byte stream
- * and encoders for the frames a port-forward server sends.
+ * SPDY/3 framing (docs/kubernetes-protocols.md#spdy-framing): an incremental frame
+ * parser over a byte stream and encoders for the frames a port-forward server sends.
  *
  * The parser is pull-based: {@link FrameParser.push} appends transport chunks and
  * {@link FrameParser.next} returns one item at a time, so the session can stop
@@ -17,7 +17,7 @@
  * The encoders cover what a server may send: SYN_REPLY, DATA, RST_STREAM, PING and
  * GOAWAY. There is deliberately no SETTINGS, WINDOW_UPDATE, HEADERS, NOOP or
  * CREDENTIAL encoder here: spdystream (kubectl, the kubelet) dies on unknown control
- * types and blocks a worker on HEADERS (PROTOCOLS.md §5.3, §11 item 22).
+ * types and blocks a worker on HEADERS (docs/kubernetes-protocols.md#control-frames).
  *
  * @module
  */
@@ -26,7 +26,7 @@ import { AppError } from '../../shared/errors.js'
 /** The SPDY version this module speaks. */
 export const SPDY_VERSION = 3
 
-/** Control frame types (PROTOCOLS.md §5.3). */
+/** Control frame types (docs/kubernetes-protocols.md#control-frames). */
 export const FrameType = {
   SYN_STREAM: 1,
   SYN_REPLY: 2,
@@ -143,7 +143,7 @@ export interface SettingsEntry {
   value: number
 }
 
-/** SETTINGS (parsed and ignored: no flow control, PROTOCOLS.md §5.5). */
+/** SETTINGS (parsed and ignored: docs/kubernetes-protocols.md#no-flow-control). */
 export interface SettingsFrame {
   kind: 'settings'
   flags: number
@@ -518,7 +518,10 @@ export function encodePing(id: number): Buffer {
   return out
 }
 
-/** GOAWAY: length exactly 8 and flags 0, which spdystream insists on (PROTOCOLS.md §5.3). */
+/**
+ * GOAWAY: length exactly 8 and flags 0, which spdystream insists on
+ * (docs/kubernetes-protocols.md#control-frames).
+ */
 export function encodeGoaway(lastGoodStreamId: number, status: number): Buffer {
   if (!Number.isInteger(lastGoodStreamId) || lastGoodStreamId < 0) {
     throw new RangeError(`last-good stream id must be >= 0, got ${lastGoodStreamId}`)

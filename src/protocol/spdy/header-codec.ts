@@ -1,6 +1,6 @@
 /**
- * SPDY/3 name/value header blocks (PROTOCOLS.md §5.4): the uncompressed layout,
- * and the per-connection zlib contexts that carry it.
+ * SPDY/3 name/value header blocks (docs/kubernetes-protocols.md#header-blocks): the
+ * uncompressed layout, and the per-connection zlib contexts that carry it.
  *
  * Each direction of a connection is ONE zlib stream, started with the SPDY/3
  * dictionary and cut into header blocks with SYNC_FLUSH. Every block depends on

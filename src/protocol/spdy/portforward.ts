@@ -1,11 +1,11 @@
 /**
  * Kubernetes port-forward on top of a {@link SpdySession} (protocols A and B,
- * PROTOCOLS.md §6): validates each stream's headers, replies at once, pairs the
- * error and data streams of one forwarded TCP connection by `requestid`, and hands
- * the gateway one {@link SpdyForwardRequest} per pair. It never dials anything: the
- * caller plugs its own relay onto `request.data`.
+ * docs/kubernetes-protocols.md#port-forward-over-spdy): validates each stream's
+ * headers, replies at once, pairs the error and data streams of one forwarded TCP
+ * connection by `requestid`, and hands the gateway one {@link SpdyForwardRequest} per
+ * pair. It never dials anything: the caller plugs its own relay onto `request.data`.
  *
- * Rules kept here (PROTOCOLS.md §11 items 17–21, §6.2–§6.4):
+ * Rules kept here (docs/kubernetes-protocols.md#port-forward-over-spdy):
  * - every valid SYN_STREAM gets its SYN_REPLY immediately, the error stream's before
  *   the data stream exists (kubectl waits for it, 30 s);
  * - a stream with no valid `port` (1–65535) or `streamtype` (`error`/`data`) is
@@ -40,17 +40,19 @@ export const DEFAULT_STREAM_CREATION_TIMEOUT_MS = 30_000
  * One forwarded TCP connection from kubectl. The relay contract:
  *
  * - **client → pod**: read `data`; its `'end'` is the client's half-close (DATA FIN):
- *   half-close toward the pod and keep relaying the pod's bytes (§11 item 21).
+ *   half-close toward the pod and keep relaying the pod's bytes
+ *   (docs/kubernetes-protocols.md#one-forwarded-connection).
  * - **pod → client**: write to `data` (backpressure as with any Writable); when the
  *   pod's side ends, call {@link finish}. Keep reading `data` until its `'end'` (the
- *   client may still be sending, §11 item 21); if the pod connection is gone for
- *   good, drain it with `data.resume()` or call {@link reset}. **An unread `data`
- *   stream stops the whole session** once its buffer is full: there is no SPDY flow
- *   control, only TCP's, so spdystream and this session stop reading the connection
- *   (head-of-line blocking, PROTOCOLS.md §5.5).
+ *   client may still be sending); if the pod connection is gone for good, drain it
+ *   with `data.resume()` or call {@link reset}. **An unread `data` stream stops the
+ *   whole session** once its buffer is full: there is no SPDY flow control, only
+ *   TCP's, so spdystream and this session stop reading the connection (head-of-line
+ *   blocking, docs/kubernetes-protocols.md#no-flow-control).
  * - **failure** (the pod refused, the agent failed): call {@link fail} with one
  *   human-readable line, as the kubelet does. kubectl ≥ 1.23 then ends its whole
- *   session (every other forwarded connection too, §6.3), so use it only for real
+ *   session (every other forwarded connection too,
+ *   docs/kubernetes-protocols.md#the-error-stream), so use it only for real
  *   per-connection failures. Before any byte was relayed this is the right answer
  *   to "connection refused".
  * - **abort** (admin kill, limits): call {@link reset}.
@@ -175,7 +177,8 @@ class ForwardRequest implements SpdyForwardRequest {
       err.end()
     }
     // Nobody relays the client's bytes any more: drop them, so an unread data
-    // stream never holds up the session (its reads stop for everyone, §5.5).
+    // stream never holds up the session (its reads stop for everyone,
+    // docs/kubernetes-protocols.md#no-flow-control).
     const data = this.dataStream
     if (!data.destroyed) {
       data.unpipe()

@@ -1,25 +1,29 @@
 /**
  * The server side of a SPDY/3.1 session, as the peer of spdystream (kubectl and
- * every client-go program). See docs/spdy.md and PROTOCOLS.md §4.2, §5, §7.3, §11.
+ * every client-go program). See docs/spdy.md and docs/kubernetes-protocols.md.
  *
  * The session runs over any byte `Duplex`: the upgraded TLS socket (protocol A) or
  * a byte stream made of WebSocket binary messages (protocol B, see ws-stream.ts).
  * It knows nothing of port-forward; {@link SpdySession} emits a {@link SpdyStream}
  * per SYN_STREAM and the port-forward layer (portforward.ts) gives them meaning.
  *
- * Design points, each from PROTOCOLS.md:
- * - **No flow control** (§5.5): spdystream never sends WINDOW_UPDATE, so none is
- *   awaited or sent; SETTINGS and WINDOW_UPDATE are parsed and ignored.
+ * Design points, each from a section of docs/kubernetes-protocols.md:
+ * - **No flow control** (docs/kubernetes-protocols.md#no-flow-control): spdystream
+ *   never sends WINDOW_UPDATE, so none is awaited or sent; SETTINGS and
+ *   WINDOW_UPDATE are parsed and ignored.
  *   Backpressure is TCP's: a stream write reports backpressure while the transport
  *   wants a drain, and the session stops reading the transport while any stream's
  *   readable buffer is full (head-of-line, exactly like spdystream on the kubelet).
- * - **Nothing before the client's first frame** (§4.2): bytes glued to the 101 are
+ * - **Nothing before the client's first frame**
+ *   (docs/kubernetes-protocols.md#nothing-after-the-101): bytes glued to the 101 are
  *   lost by the client, so everything the session writes before the client's first
  *   byte (a GOAWAY, a PING) waits.
- * - **One inflate, one deflate, wire order** (§5.4): SYN_STREAM header blocks are
- *   inflated one at a time with parsing stopped meanwhile; a stream's DATA, FIN and
- *   RST wait until its SYN_REPLY (compressed in order) has been written.
- * - **Only SYN_REPLY, DATA, RST_STREAM, PING and GOAWAY are ever sent** (§11 item 22).
+ * - **One inflate, one deflate, wire order** (docs/kubernetes-protocols.md#header-blocks):
+ *   SYN_STREAM header blocks are inflated one at a time with parsing stopped meanwhile;
+ *   a stream's DATA, FIN and RST wait until its SYN_REPLY (compressed in order) has
+ *   been written.
+ * - **Only SYN_REPLY, DATA, RST_STREAM, PING and GOAWAY are ever sent**
+ *   (docs/kubernetes-protocols.md#control-frames).
  * - A malformed frame is session-fatal: GOAWAY PROTOCOL_ERROR, then the transport is
  *   ended (and destroyed if the peer does not close within `closeTimeoutMs`).
  *
@@ -213,7 +217,7 @@ export class SpdyStream extends Duplex {
 
   /**
    * Accepts the stream with a SYN_REPLY. Port-forward replies with no headers, as
-   * the kubelet does (PROTOCOLS.md §5.4). Idempotent.
+   * the kubelet does (docs/kubernetes-protocols.md#header-blocks). Idempotent.
    *
    * @throws TypeError on an invalid header name.
    */
@@ -596,7 +600,8 @@ export class SpdySession extends EventEmitter<SpdySessionEvents> {
       case 'settings':
       case 'window_update':
       case 'unknown':
-        // No flow control (PROTOCOLS.md §5.5); unknown types are ignored per SPDY/3.
+        // No flow control (docs/kubernetes-protocols.md#no-flow-control); unknown types
+        // are ignored per SPDY/3.
         return
     }
   }

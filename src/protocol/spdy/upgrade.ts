@@ -1,7 +1,8 @@
 /**
  * The HTTP/1.1 side of protocols A and B: recognising a SPDY upgrade or a SPDY
  * tunnel offer, negotiating `X-Stream-Protocol-Version`, and the 101 response text
- * (PROTOCOLS.md §4.1, §4.2, §7.1, §7.2). Pure functions over header values.
+ * (docs/kubernetes-protocols.md#spdy-upgrade-handshake,
+ * docs/kubernetes-protocols.md#tunnel-handshake). Pure functions over header values.
  *
  * @module
  */
@@ -40,7 +41,8 @@ export function isSpdyUpgradeRequest(headers: {
 /**
  * True when a WebSocket request offers the SPDY tunnel subprotocol
  * (`Sec-WebSocket-Protocol: SPDY/3.1+portforward.k8s.io`). Answering such a request
- * with any non-101 status makes kubectl fall back to the SPDY upgrade (§7.4).
+ * with any non-101 status makes kubectl fall back to the SPDY upgrade
+ * (docs/kubernetes-protocols.md#fallback-to-spdy).
  */
 export function offersSpdyTunnel(secWebSocketProtocol: HeaderValue): boolean {
   return values(secWebSocketProtocol).includes(SPDY_TUNNEL_PROTOCOL)
@@ -71,8 +73,9 @@ export function negotiateStreamProtocol(header: HeaderValue): StreamProtocolChoi
 
 /**
  * The complete 101 response for the SPDY upgrade, to write on the raw socket. It
- * carries `X-Stream-Protocol-Version`, which kubectl ≥ 1.30 requires (§4.2, §11
- * item 12). Write nothing after it: the session speaks only once the client has.
+ * carries `X-Stream-Protocol-Version`, which kubectl ≥ 1.30 requires
+ * (docs/kubernetes-protocols.md#the-spdy-101). Write nothing after it: the session
+ * speaks only once the client has.
  */
 export function spdyUpgradeResponse(protocol: string = PORT_FORWARD_PROTOCOL): string {
   return (

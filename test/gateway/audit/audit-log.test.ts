@@ -4,6 +4,10 @@ import { appendFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { AuditLog } from '../../../src/gateway/audit/audit-log.js'
 import { FileSink } from '../../../src/gateway/audit/file-sink.js'
+import { readTrail } from '../../../src/gateway/audit/trail-reader.js'
+import type { AuditSink } from '../../../src/gateway/audit/types.js'
+import { deniedTrailPath, isDenialType } from '../../../src/protocol/audit-record.js'
+import type { AuditRecord } from '../../../src/protocol/audit-record.js'
 import { errorCode, isAppError } from '../../../src/shared/errors.js'
 import { defer, mountTmpfs, readAll, rec, tempDir, waitFor } from './helpers.js'
 
@@ -22,7 +26,7 @@ async function fillUp(dir: string): Promise<() => Promise<void>> {
   return () => writeFile(filler, '')
 }
 
-/** Bigger than a page, so that it cannot fit in the file's last page on a full tmpfs. */
+/** Bigger than a page, so that it cannot fit in the file's last page on a full tmpfs (in a field that is not bounded). */
 const BIG = 'kubectl/v1.30.1 '.repeat(400)
 
 function isUnavailable(err: unknown): boolean {
@@ -85,7 +89,7 @@ test('blocking-strict fails closed on a full file system, then recovers by itsel
   const makeRoom = await fillUp(mnt)
   // The write fails for real (ENOSPC): the stream must be refused.
   await assert.rejects(
-    log.append(rec('stream.opened', { streamId: 's2', userAgent: BIG })),
+    log.append(rec('stream.opened', { streamId: 's2', node: BIG })),
     isUnavailable,
   )
   assert.equal(log.healthy(), false)
@@ -106,7 +110,7 @@ test('blocking-strict fails closed on a full file system, then recovers by itsel
       new Promise((resolve) => setImmediate(() => resolve('still pending'))),
     ])
   const closeS1 = await settledFirst(
-    log.append(rec('stream.closed', { streamId: 's1', endedBy: 'client', userAgent: BIG })),
+    log.append(rec('stream.closed', { streamId: 's1', endedBy: 'client', node: BIG })),
   )
   assert.ok(isUnavailable(closeS1), String(closeS1))
   const openS3 = await settledFirst(log.append(rec('stream.opened', { streamId: 's3' })))
@@ -158,9 +162,9 @@ test('blocking: a failing sink does not fail the stream; its records are written
   defer(t, () => log.close())
   await log.append(rec('stream.opened', { streamId: 'a' }))
   const makeRoom = await fillUp(mnt)
-  await log.append(rec('stream.opened', { streamId: 'b', userAgent: BIG })) // resolves
+  await log.append(rec('stream.opened', { streamId: 'b', node: BIG })) // resolves
   assert.equal(log.healthy(), false)
-  await log.append(rec('stream.closed', { streamId: 'b', userAgent: BIG })) // resolves at once
+  await log.append(rec('stream.closed', { streamId: 'b', node: BIG })) // resolves at once
   assert.equal(log.metrics().queueDepth, 2)
   await makeRoom()
   assert.equal(await log.flush(5000), true)
@@ -186,7 +190,7 @@ test('batch: append returns at once; a full queue makes append wait, and nothing
   defer(t, () => log.close())
   const makeRoom = await fillUp(mnt)
   for (let i = 0; i < 10; i++)
-    await log.append(rec('stream.opened', { streamId: `q${i}`, userAgent: BIG }))
+    await log.append(rec('stream.opened', { streamId: `q${i}`, node: BIG }))
   let eleventh = false
   const p = log.append(rec('stream.opened', { streamId: 'q10' })).then(() => {
     eleventh = true
@@ -271,4 +275,74 @@ test('linger 0, and batch mode, write every record at once', async () => {
     assert.ok(performance.now() - t0 < 100, `${options.mode}: at once`)
     await log.close()
   }
+})
+
+test('refusals go to their own trail: a flood of them rotates no stream or session record away', async (t) => {
+  const dir = await tempDir(t)
+  const path = join(dir, 'audit.log')
+  const main = await FileSink.open({
+    path,
+    maxBytes: 4096,
+    retention: 2,
+    accepts: (r) => !isDenialType(r.type),
+  })
+  const denied = await FileSink.open({
+    path: deniedTrailPath(path),
+    maxBytes: 4096,
+    retention: 2,
+    name: 'file-denials',
+    accepts: (r) => isDenialType(r.type),
+  })
+  const log = new AuditLog({ sinks: [main, denied] })
+  defer(t, () => log.close())
+  const history = [
+    rec('session.opened', { sessionId: 'c1' }),
+    rec('stream.opened', { sessionId: 'c1', streamId: 's1' }),
+    rec('stream.closed', { sessionId: 'c1', streamId: 's1' }),
+  ]
+  for (const r of history) await log.append(r)
+  // 2,000 refusals with long names: many times both trails' size.
+  await Promise.all(
+    Array.from({ length: 2000 }, (_, i) =>
+      log.append(rec(i % 2 === 0 ? 'stream.denied' : 'request.denied', { pod: 'x'.repeat(200) })),
+    ),
+  )
+  await log.flush()
+  assert.ok(denied.stats.rotations >= 1, 'the denials trail rotated')
+  assert.equal(main.stats.rotations, 0, 'the main trail did not')
+  const { records } = await readAll(path)
+  for (const h of history)
+    assert.ok(
+      records.some((r) => r.id === h.id),
+      `${h.type} survives`,
+    )
+  const fromMain: string[] = []
+  await readTrail(path, (r) => fromMain.push(r.type), { denials: false })
+  assert.deepEqual(fromMain, ['session.opened', 'stream.opened', 'stream.closed'])
+  // A failing denials trail fails closed like any sink (blocking-strict).
+  assert.equal(log.healthy(), true)
+})
+
+test('a record goes only to the sinks that accept it; a ticket waits for those alone', async (t) => {
+  const seen: Record<string, string[]> = { a: [], b: [] }
+  const sink = (name: 'a' | 'b', accepts: (r: AuditRecord) => boolean): AuditSink => ({
+    name,
+    accepts,
+    write: async (records) => {
+      for (const r of records) seen[name]!.push(r.type)
+    },
+    close: async () => undefined,
+  })
+  const log = new AuditLog({
+    sinks: [
+      sink('a', (r) => r.type !== 'stream.denied'),
+      sink('b', (r) => r.type === 'stream.denied'),
+    ],
+    lingerMs: 0,
+  })
+  defer(t, () => log.close())
+  await log.append(rec('stream.opened'))
+  await log.append(rec('stream.denied'))
+  await log.append(rec('gateway.started'))
+  assert.deepEqual(seen, { a: ['stream.opened', 'gateway.started'], b: ['stream.denied'] })
 })

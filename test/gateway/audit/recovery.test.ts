@@ -136,3 +136,23 @@ test('stream ids are matched per gateway instance', async (t) => {
   await sink.close()
   assert.deepEqual(await recoverDanglingRecords(path), [], 'closed once, not on every restart')
 })
+
+test('a session closed by recovery names every user its streams name', async (t) => {
+  const dir = await tempDir(t)
+  const path = join(dir, 'audit.log')
+  const sink = await FileSink.open({ path })
+  await sink.write([
+    rec('session.opened', { sessionId: 'c', user: 'alice' }),
+    rec('stream.opened', { sessionId: 'c', streamId: 's1', user: 'alice' }),
+    rec('stream.closed', { sessionId: 'c', streamId: 's1', user: 'alice' }),
+    rec('stream.opened', { sessionId: 'c', streamId: 's2', user: 'bob' }),
+    rec('session.opened', { sessionId: 'd', user: 'carol' }),
+  ])
+  await sink.close()
+  const closes = await recoverDanglingRecords(path)
+  const c = closes.find((r) => r.type === 'session.closed' && r.sessionId === 'c')
+  assert.deepEqual(c?.users, ['alice', 'bob'])
+  assert.equal(c?.user, undefined, 'no single user for a session that carried two')
+  const d = closes.find((r) => r.type === 'session.closed' && r.sessionId === 'd')
+  assert.deepEqual([d?.user, d?.users], ['carol', ['carol']])
+})

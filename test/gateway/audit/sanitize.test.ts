@@ -2,10 +2,13 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { generateKeyPair, SignJWT } from 'jose'
 import {
+  MAX_RECORDED_USER_AGENT,
+  logText,
   looksLikeSecret,
   redactText,
   REDACTED,
   sanitizeRecord,
+  untrustedText,
 } from '../../../src/gateway/audit/sanitize.js'
 import { encodeRecordLine } from '../../../src/gateway/audit/record.js'
 import type { AuditRecord } from '../../../src/protocol/audit-record.js'
@@ -109,4 +112,28 @@ test('every sink encodes through the sanitizer', async () => {
   assert.ok(!line.includes(jwt))
   assert.ok(line.endsWith('\n'))
   assert.equal(line.indexOf('\n'), line.length - 1, 'one line')
+})
+
+test('a user agent is redacted first, then escaped and cut short; free text in logs too', async () => {
+  const jwt = await realJwt()
+  // A token past the bound: cut first, it would no longer look like one.
+  const ua = `${'x'.repeat(200)} Authorization: Bearer ${jwt} \u001b[8m${'y'.repeat(5000)}`
+  const { record, redacted } = sanitizeRecord(rec('stream.opened', { userAgent: ua }))
+  assert.deepEqual(redacted, ['userAgent'])
+  assert.deepEqual(record.redacted, ['userAgent'])
+  const shown = record.userAgent!
+  assert.ok(shown.length <= MAX_RECORDED_USER_AGENT + 12, `${shown.length}`)
+  assert.ok(!shown.includes(jwt.slice(0, 40)), 'no part of the token')
+  assert.match(shown, /…\[\+\d+\]$/)
+  const esc = sanitizeRecord(rec('stream.opened', { userAgent: 'kubectl\n2030 forged\u001b' }))
+  assert.equal(esc.record.userAgent, 'kubectl\\x0a2030 forged\\x1b')
+  assert.deepEqual(esc.redacted, [])
+  const plain = rec('stream.opened', { userAgent: 'kubectl/v1.33.1 (linux/amd64)' })
+  assert.equal(sanitizeRecord(plain).record, plain, 'an ordinary user agent: no copy')
+  // The same order for any text from a request that goes into a record or a log line.
+  const pod = untrustedText(`${jwt}\n${'p'.repeat(1000)}`, 128)
+  assert.equal(pod.redacted, true)
+  assert.ok(!pod.text.includes(jwt.slice(0, 40)) && !pod.text.includes('\n'))
+  assert.ok(logText(`${'a'.repeat(300)}${jwt}`).length < 280)
+  assert.ok(!logText(`pod/${jwt}`).includes(jwt.split('.')[1]!))
 })

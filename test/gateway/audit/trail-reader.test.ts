@@ -4,9 +4,11 @@ import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import {
   AuditLineDecoder,
+  deniedTrailPath,
   orderTrailFiles,
   rotatedTrailPath,
 } from '../../../src/protocol/audit-record.js'
+import type { AuditRecord } from '../../../src/protocol/audit-record.js'
 import { listTrailFiles, readTrail } from '../../../src/gateway/audit/trail-reader.js'
 import { rec, tempDir } from './helpers.js'
 
@@ -56,4 +58,37 @@ test('the reader goes through rotated files in order and skips a partial last li
   assert.equal(s.malformed, 2)
   assert.equal(s.partialTails, 1)
   assert.deepEqual(await listTrailFiles(join(dir, 'nowhere', 'audit.log')), [])
+})
+
+test('the reader merges the denials trail in by time; readers accept v1 and v2 records', async (t) => {
+  const dir = await tempDir(t)
+  const path = join(dir, 'audit.log')
+  assert.equal(deniedTrailPath(path), join(dir, 'audit.denied.log'))
+  assert.equal(deniedTrailPath('/x/trail'), '/x/trail.denied')
+  assert.equal(deniedTrailPath('/x.d/trail'), '/x.d/trail.denied')
+  const at = (s: number, type: AuditRecord['type'], id: string, schema?: string): string =>
+    `${JSON.stringify({
+      ...rec(type, { streamId: id }),
+      time: new Date(Date.UTC(2024, 0, 1, 0, 0, s)).toISOString(),
+      ...(schema !== undefined ? { schema } : {}),
+    })}\n`
+  await writeFile(
+    `${path}.1`,
+    at(1, 'stream.opened', 'a', 'pfgate.audit/v1') + at(4, 'stream.closed', 'd'),
+  )
+  await writeFile(path, at(6, 'stream.opened', 'f'))
+  await writeFile(
+    `${deniedTrailPath(path)}.1`,
+    at(0, 'stream.denied', 'z') + at(2, 'stream.denied', 'b'),
+  )
+  await writeFile(
+    deniedTrailPath(path),
+    at(4, 'request.denied', 'e') + at(5, 'stream.denied', 'e2'),
+  )
+  const ids: string[] = []
+  await readTrail(path, (r) => ids.push(r.streamId!))
+  assert.deepEqual(ids, ['z', 'a', 'b', 'd', 'e', 'e2', 'f'], 'ties: the main trail first')
+  const main: string[] = []
+  await readTrail(path, (r) => main.push(r.streamId!), { denials: false })
+  assert.deepEqual(main, ['a', 'd', 'f'])
 })

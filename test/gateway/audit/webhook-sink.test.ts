@@ -36,7 +36,7 @@ test('delivers batches as a JSON array with the schema header and the bearer tok
   assert.equal(collector.requests.length, 1)
   const req = collector.requests[0]!
   assert.equal(req.headers['content-type'], 'application/json')
-  assert.equal(req.headers['x-pfgate-audit-schema'], 'pfgate.audit/v1')
+  assert.equal(req.headers['x-pfgate-audit-schema'], 'pfgate.audit/v2')
   assert.equal(req.headers.authorization, `Bearer ${TOKEN}`)
   assert.deepEqual(req.records, records)
   assert.equal(sink.mode, 'direct')

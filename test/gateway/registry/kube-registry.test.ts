@@ -21,7 +21,6 @@ import {
   KubeRegistry,
   LineSplitter,
   NODE_AGENT_PORT_ANNOTATION,
-  POD_NETNS_ANNOTATION,
   createKubeRegistry,
   nodeInfoFromObject,
   parseKubeRegistryConfig,
@@ -234,7 +233,7 @@ describe('LineSplitter', () => {
 // ───────────────────────────── mapping ─────────────────────────────
 
 describe('object mapping', () => {
-  test('pod: keeps only the fields the gateway needs', () => {
+  test('pod: keeps only the fields the gateway needs (never the user-writable pfgate.io/netns annotation)', () => {
     const pod = podInfoFromObject({
       kind: 'Pod',
       metadata: {
@@ -243,7 +242,9 @@ describe('object mapping', () => {
         uid: 'u-1',
         creationTimestamp: '2024-01-02T03:04:05Z',
         labels: { app: 'web', bogus: 7 },
-        annotations: { [POD_NETNS_ANNOTATION]: '/proc/42/ns/net', other: 'x' },
+        // Once read as the pod's network namespace: anyone who may patch the pod could
+        // point it at another tenant's pod. Now nothing of it is kept.
+        annotations: { 'pfgate.io/netns': '/proc/42/ns/net', other: 'x' },
         managedFields: [{ manager: 'kubelet' }],
       },
       spec: {
@@ -283,7 +284,6 @@ describe('object mapping', () => {
       ],
       labels: { app: 'web' },
       creationTimestamp: '2024-01-02T03:04:05Z',
-      netns: '/proc/42/ns/net',
     })
   })
 
@@ -570,7 +570,6 @@ describe('KubeRegistry', () => {
       name: 'api-0',
       nodeName: 'node-a',
       labels: { app: 'api' },
-      annotations: { [POD_NETNS_ANNOTATION]: 'cni-1234' },
       containers: [
         { ports: [{ containerPort: 5000, name: 'http' }] },
         { ports: [{ containerPort: 5001 }] },
@@ -579,7 +578,6 @@ describe('KubeRegistry', () => {
     await until(() => reg.getPod('shop', 'api-0') !== undefined, 'the new pod')
     const first = reg.getPod('shop', 'api-0')!
     assert.equal(first.nodeName, 'node-a')
-    assert.equal(first.netns, 'cni-1234')
     assert.deepEqual(first.ports, [
       { name: 'http', containerPort: 5000, protocol: 'TCP' },
       { containerPort: 5001, protocol: 'TCP' },

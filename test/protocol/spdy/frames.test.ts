@@ -218,7 +218,8 @@ test('a protocol error carries the GOAWAY status and a registry code', () => {
   assert.equal(err.code, 'PFG_ERR_PROTO_BAD_HEADER')
 })
 
-test('recorded SYN_REPLY frames encode byte for byte (PROTOCOLS.md §5.4)', () => {
+// docs/kubernetes-protocols.md#header-blocks
+test('recorded SYN_REPLY frames encode byte for byte', () => {
   assert.deepEqual(
     encodeSynReply(1, hex('78bbe3c6a7c262000200000000ffff')),
     hex('80030002 00000013 00000001 78bbe3c6a7c2 62000200000000ffff'),

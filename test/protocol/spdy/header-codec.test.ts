@@ -82,7 +82,8 @@ test('one persistent zlib stream per direction: blocks depend on earlier ones', 
       sent.push(h)
       blocks.push(await encode(client, h))
     }
-    // kubectl's first block: best compression with the dictionary (PROTOCOLS.md §5.4).
+    // kubectl's first block: best compression with the dictionary
+    // (docs/kubernetes-protocols.md#header-blocks).
     assert.equal(blocks[0]!.subarray(0, 6).toString('hex'), '78f9e3c6a7c2')
     assert.ok(blocks[5]!.length < 30, `later blocks are small (${blocks[5]!.length})`)
     // A later block alone does not inflate: it refers to the earlier ones.

@@ -223,7 +223,8 @@ test('kubectl 1.33: a refused pod port ends the session with kubectl\u2019s erro
   const pf = await portForward(bin, server, 'k133-refused', [5000, 5001])
   assertEchoed(await transfer(pf.local.get(5000)!, 256 * 1024), 256 * 1024)
   await refusedConnection(pf.local.get(5001)!)
-  // kubectl ≥ 1.23 treats error-stream text as fatal for the whole session (§6.3).
+  // kubectl ≥ 1.23 treats error-stream text as fatal for the whole session
+  // (docs/kubernetes-protocols.md#the-error-stream).
   assert.equal(await pf.exit, 1)
   assert.match(
     pf.stderr(),

@@ -120,7 +120,7 @@ test('a kubectl pair: replies at once, one request, data relayed, closes error t
   await err.ended
   assert.equal(data.digest(), sha(payload))
   assert.equal(err.received, 0, 'no error text')
-  // §6.2 / §6.4: error-stream FIN, then data-stream FIN.
+  // docs/kubernetes-protocols.md#the-kubelets-side: error-stream FIN, then data-stream FIN.
   const errFin = at(s.client, (f) => f.kind === 'data' && f.streamId === 1 && f.fin)
   const dataFin = at(s.client, (f) => f.kind === 'data' && f.streamId === 3 && f.fin)
   assert.ok(errFin < dataFin, 'error stream FIN comes first')

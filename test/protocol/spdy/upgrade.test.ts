@@ -41,7 +41,8 @@ test('X-Stream-Protocol-Version: comma lists and repeats; 400 without, 403 on no
   assert.equal(!other.ok && other.status, 403)
 })
 
-test('the 101 carries what kubectl checks (§4.2)', () => {
+// docs/kubernetes-protocols.md#the-spdy-101
+test('the 101 carries what kubectl checks', () => {
   const r = spdyUpgradeResponse()
   assert.match(r, /^HTTP\/1\.1 101 Switching Protocols\r\n/)
   assert.match(r, /\r\nConnection: Upgrade\r\n/)

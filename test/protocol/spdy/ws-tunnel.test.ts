@@ -30,7 +30,8 @@ interface Tunnel {
 
 /**
  * A ws client whose writes are cut into random small binary messages, with 0-byte
- * messages in between (as kubectl's spdystream does, PROTOCOLS.md §7.3).
+ * messages in between (as kubectl's spdystream does,
+ * docs/kubernetes-protocols.md#framing-in-the-tunnel).
  */
 function choppyStream(ws: WebSocket, sizes: number[], maxPiece: number): Duplex {
   let seed = 7
