@@ -431,7 +431,7 @@ function abuseRows(a: AbuseResult, row: (x: Partial<Row> & { figure: string }) =
   row({
     figure: `audit: earlier stream records after a ${f.seconds} s denial flood`,
     value: `${f.earlierFound}/${f.earlierRecords} found`,
-    baseline: `${f.denialsSent} denials, trail (MiB, files)`,
+    baseline: `${f.denialsSent} denials, main trail (MiB, files)`,
     baseValue: `${f.trailMiB}, ${f.trailFiles}`,
     target: 'all',
     result: verdict(f.earlierFound === f.earlierRecords),
