@@ -28,7 +28,9 @@ import { h2SessionOptions, widenConnectionWindow } from '../protocol/h2-settings
 import { GATEWAY_STREAM_ID_HEADER, POD_UID_HEADER, PORT_HEADER } from '../protocol/constants.js'
 import { assertNamespace, assertObjectName, parsePortHeader } from '../protocol/names.js'
 import { RST } from '../protocol/reset-codes.js'
+import { PROTOCOL_HEADER, UDP_PROTOCOL } from '../protocol/udp-frames.js'
 import type { PodDialer, PodTarget } from './pod-dialer.js'
+import { AgentUdpFlow } from './udp-flow.js'
 
 /** What the agent server needs. */
 export interface AgentServerOptions {
@@ -70,6 +72,7 @@ export function createAgentServer(options: AgentServerOptions): AgentServer {
   const sessions = new Set<AgentSession>()
   const relays = new Set<DuplexRelay>()
   const pending = new Set<AbortController>()
+  const flows = new Set<AgentUdpFlow>()
 
   const metrics = new Registry()
   metrics.setDefaultLabels({ node: options.nodeName })
@@ -79,8 +82,14 @@ export function createAgentServer(options: AgentServerOptions): AgentServer {
     help: 'Forwarded streams open on this agent',
     registers: [metrics],
     collect() {
-      this.set(relays.size)
+      this.set(relays.size + flows.size)
     },
+  })
+  const mDatagrams = new Counter({
+    name: 'pfgate_agent_udp_datagrams_total',
+    help: 'UDP datagrams of flows, by direction and fate (relayed, dropped, wrong-source)',
+    labelNames: ['direction', 'fate'],
+    registers: [metrics],
   })
   const mOpened = new Counter({
     name: 'pfgate_agent_streams_total',
@@ -227,7 +236,15 @@ export function createAgentServer(options: AgentServerOptions): AgentServer {
   ): Promise<void> {
     let target: PodTarget
     let port: number
+    let udp = false
     try {
+      const proto = headers[PROTOCOL_HEADER]
+      if (proto !== undefined) {
+        if (proto !== UDP_PROTOCOL) {
+          throw appError('PFG_ERR_PROTO_BAD_HEADER', `invalid ${PROTOCOL_HEADER} header`)
+        }
+        udp = true
+      }
       const namespace = decodeURIComponent(m[1] as string)
       const name = decodeURIComponent(m[2] as string)
       assertNamespace(namespace)
@@ -252,6 +269,10 @@ export function createAgentServer(options: AgentServerOptions): AgentServer {
     const onEarlyClose = (): void => abort.abort()
     stream.once('close', onEarlyClose)
     const started = performance.now()
+    if (udp) {
+      await openUdpFlow(stream, target, port, abort, onEarlyClose, started)
+      return
+    }
     let socket: Socket
     try {
       socket = await dialer.dial(target, port, {
@@ -307,10 +328,57 @@ export function createAgentServer(options: AgentServerOptions): AgentServer {
     relays.add(relay)
   }
 
+  /** A UDP flow: a UDP socket connected to the pod's port, relayed as datagrams. */
+  async function openUdpFlow(
+    stream: ServerHttp2Stream,
+    target: PodTarget,
+    port: number,
+    abort: AbortController,
+    onEarlyClose: () => void,
+    started: number,
+  ): Promise<void> {
+    let pod
+    try {
+      pod = await dialer.dialUdp(target, port, {
+        signal: abort.signal,
+        timeoutMs: options.connectTimeoutMs,
+      })
+    } catch (err) {
+      mOpened.inc({ outcome: isAppError(err) ? err.code : 'error' })
+      logger.info(
+        { pod: `${target.namespace}/${target.name}`, port, udp: true, err: describeError(err) },
+        'dial failed',
+      )
+      respondStatus(stream, err as Error)
+      return
+    } finally {
+      pending.delete(abort)
+      stream.off('close', onEarlyClose)
+    }
+    mDial.observe((performance.now() - started) / 1000)
+    if (stream.destroyed || stream.closed) {
+      pod.socket.close()
+      mOpened.inc({ outcome: 'cancelled' })
+      return
+    }
+    mOpened.inc({ outcome: 'ok' })
+    const flow = new AgentUdpFlow(stream, pod, (o) => {
+      flows.delete(flow)
+      mDatagrams.inc({ direction: 'gateway_to_pod', fate: 'relayed' }, o.counts.datagramsIn)
+      mDatagrams.inc({ direction: 'pod_to_gateway', fate: 'relayed' }, o.counts.datagramsOut)
+      mDatagrams.inc({ direction: 'gateway_to_pod', fate: 'dropped' }, o.droppedToPod)
+      mDatagrams.inc({ direction: 'pod_to_gateway', fate: 'dropped' }, o.counts.dropped)
+      mDatagrams.inc({ direction: 'pod_to_gateway', fate: 'wrong-source' }, o.wrongSource)
+      mBytes.inc({ direction: 'gateway_to_pod' }, o.counts.bytesIn)
+      mBytes.inc({ direction: 'pod_to_gateway' }, o.counts.bytesOut)
+    })
+    flows.add(flow)
+  }
+
   return {
     server,
     metrics,
-    activeStreams: () => relays.size,
+    activeStreams: () => relays.size + flows.size,
     listen(port, host) {
       return new Promise((resolve, reject) => {
         server.once('error', reject)
@@ -327,10 +395,11 @@ export function createAgentServer(options: AgentServerOptions): AgentServer {
       for (const s of sessions) s.close()
       for (const a of pending) a.abort()
       const deadline = Date.now() + graceMs
-      while (relays.size > 0 && Date.now() < deadline) {
+      while (relays.size + flows.size > 0 && Date.now() < deadline) {
         await new Promise((r) => setTimeout(r, 50))
       }
       for (const r of relays) r.abort('shutdown')
+      for (const f of flows) f.abort(h2c.NGHTTP2_CANCEL)
       for (const s of sessions) s.destroy(undefined, h2c.NGHTTP2_CANCEL)
       await dialer.close()
       await closed

@@ -9,6 +9,7 @@
 import { spawn } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
 import { Socket } from 'node:net'
+import { Socket as UdpSocket } from 'node:dgram'
 import { AppError, appError } from '../shared/errors.js'
 import type { Logger } from '../shared/log.js'
 import { connectError } from './netns-connect-error.js'
@@ -41,9 +42,13 @@ export class HelperGoneError extends Error {
   override name = 'HelperGoneError'
 }
 
+/** What a request yields: a connected TCP socket, or (UDP) a socket bound in the namespace. */
+export type HelperSocket = Socket | UdpSocket
+
 interface PendingRequest {
   port: number
-  resolve: (socket: Socket) => void
+  protocol: 'tcp' | 'udp'
+  resolve: (socket: HelperSocket) => void
   reject: (err: Error) => void
 }
 
@@ -152,27 +157,33 @@ export class HelperProcess {
     return this.#dead
   }
 
-  /** Sends one connect request. `id` lets the caller {@link cancel} it. */
+  /**
+   * Sends one connect request. `id` lets the caller {@link cancel} it. A UDP request
+   * resolves with a UDP socket bound inside the namespace; the caller connects it to
+   * `address` (the pod address the helper chose, also in the socket's `pfgateAddress`).
+   */
   request(
     port: number,
     podIps: readonly string[],
     timeoutMs: number,
-  ): { id: number; result: Promise<Socket> } {
+    protocol: 'tcp' | 'udp' = 'tcp',
+  ): { id: number; result: Promise<HelperSocket> } {
     this.#nextId = this.#nextId >= MAX_REQUEST_ID ? 1 : this.#nextId + 1
     const id = this.#nextId
-    const result = new Promise<Socket>((resolve, reject) => {
+    const result = new Promise<HelperSocket>((resolve, reject) => {
       if (this.#dead || !this.child.connected) {
         this.#die('its IPC channel is closed')
         reject(new HelperGoneError('the namespace helper is gone'))
         return
       }
-      this.#pending.set(id, { port, resolve, reject })
+      this.#pending.set(id, { port, protocol, resolve, reject })
       const req: HelperRequest = {
         id,
         port,
         timeoutMs: Math.min(MAX_HELPER_TIMEOUT_MS, Math.max(1, Math.ceil(timeoutMs))),
         podIps: [...podIps],
       }
+      if (protocol === 'udp') req.protocol = 'udp'
       this.child.send(req, (err) => {
         // The channel broke: the helper is dead even if its exit is not reported yet.
         if (err !== null) this.#die(`its IPC channel failed (${err.message})`)
@@ -205,6 +216,10 @@ export class HelperProcess {
   }
 
   #onMessage(msg: unknown, handle: unknown, expected: NsIdentity): void {
+    if (handle instanceof UdpSocket) {
+      this.#onUdpMessage(msg, handle)
+      return
+    }
     const socket = handle instanceof Socket ? handle : undefined
     if (!isHelperMessage(msg)) {
       socket?.destroy()
@@ -221,10 +236,11 @@ export class HelperProcess {
     this.#pending.delete(msg.id)
     if (msg.type === 'failed') {
       socket?.destroy()
-      pending?.reject(connectError(this.path, pending.port, msg.errors))
+      pending?.reject(connectError(this.path, pending.port, msg.errors, pending.protocol))
       return
     }
-    if (socket === undefined) {
+    if (socket === undefined || pending?.protocol === 'udp') {
+      socket?.destroy()
       pending?.reject(
         appError(
           'PFG_ERR_AGENT_CONNECT_FAILED',
@@ -243,6 +259,35 @@ export class HelperProcess {
     // as soon as the pod sends FIN; the relay needs to keep writing until it is done.
     socket.allowHalfOpen = true
     socket.setNoDelay(true)
+    pending.resolve(socket)
+  }
+
+  /** A UDP socket arrived: it must answer a pending UDP request, else it is closed. */
+  #onUdpMessage(msg: unknown, socket: UdpSocket): void {
+    if (!isHelperMessage(msg) || msg.type !== 'connected') {
+      socket.close()
+      this.#log.error({ netns: this.path }, 'netns helper sent a malformed message; stopping it')
+      this.#kill()
+      return
+    }
+    const pending = this.#pending.get(msg.id)
+    this.#pending.delete(msg.id)
+    if (pending === undefined) {
+      socket.close()
+      this.#stats.lateSocketsClosed++
+      return
+    }
+    if (pending.protocol !== 'udp') {
+      socket.close()
+      pending.reject(
+        appError(
+          'PFG_ERR_AGENT_CONNECT_FAILED',
+          `failed to connect to localhost:${pending.port} inside namespace "${this.path}": the helper sent a UDP socket`,
+        ),
+      )
+      return
+    }
+    ;(socket as UdpSocket & { pfgateAddress?: string }).pfgateAddress = msg.address
     pending.resolve(socket)
   }
 

@@ -5,13 +5,12 @@
  *
  * @module
  */
-import type { Socket } from 'node:net'
 import { Backoff } from '../shared/backoff.js'
 import type { BackoffOptions } from '../shared/backoff.js'
 import type { AppError } from '../shared/errors.js'
 import type { Logger } from '../shared/log.js'
 import { HelperGoneError, HelperProcess } from './helper-process.js'
-import type { HelperSpawnSpec, NetnsDialerStats } from './helper-process.js'
+import type { HelperSocket, HelperSpawnSpec, NetnsDialerStats } from './helper-process.js'
 import { netnsError, readIdentity, sameIdentity } from './netns-handle.js'
 import type { NsIdentity } from './netns-handle.js'
 
@@ -112,7 +111,8 @@ export class NamespaceSlot {
     podIps: readonly string[],
     deadline: number,
     ctl: DialControl,
-  ): Promise<Socket> {
+    protocol: 'tcp' | 'udp' = 'tcp',
+  ): Promise<HelperSocket> {
     this.#inflight++
     clearTimeout(this.#idleTimer)
     try {
@@ -120,7 +120,7 @@ export class NamespaceSlot {
         ctl.stage = 'start'
         const helper = await this.#ensureHelper(deadline, ctl)
         ctl.stage = 'connect'
-        const { id, result } = helper.request(port, podIps, deadline - Date.now())
+        const { id, result } = helper.request(port, podIps, deadline - Date.now(), protocol)
         ctl.onCancel = () => helper.cancel(id)
         try {
           return await result

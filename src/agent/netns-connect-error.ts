@@ -37,10 +37,14 @@ export function connectError(
   path: string,
   port: number,
   errors: readonly HelperAttemptError[],
+  protocol: 'tcp' | 'udp' = 'tcp',
 ): AppError {
   const text = (e: HelperAttemptError | undefined): string => {
     if (e === undefined) return 'not attempted'
-    const addr = isIP(e.address) === 6 ? `tcp6 [${e.address}]:${port}` : `tcp4 ${e.address}:${port}`
+    const addr =
+      isIP(e.address) === 6
+        ? `${protocol}6 [${e.address}]:${port}`
+        : `${protocol}4 ${e.address}:${port}`
     if (e.code === 'ETIMEDOUT') return `dial ${addr}: i/o timeout`
     return `dial ${addr}: connect: ${ERRNO_TEXT[e.code] ?? e.code.toLowerCase()}`
   }
@@ -55,6 +59,6 @@ export function connectError(
   const podText = pods.length > 0 ? `, pod IPs: ${pods.map(text).join(', ')}` : ''
   return appError(
     code,
-    `failed to connect to localhost:${port} inside namespace "${path}", IPv4: ${text(v4)} IPv6 ${text(v6)}${podText}`,
+    `failed to connect to localhost:${port}${protocol === 'udp' ? '/udp' : ''} inside namespace "${path}", IPv4: ${text(v4)} IPv6 ${text(v6)}${podText}`,
   )
 }

@@ -19,19 +19,21 @@
  * @module
  */
 import type { Socket } from 'node:net'
+import type { Socket as UdpSocket } from 'node:dgram'
 import { fileURLToPath } from 'node:url'
 import type { BackoffOptions } from '../shared/backoff.js'
 import { appError, isAppError } from '../shared/errors.js'
 import type { AppError } from '../shared/errors.js'
 import { silentLogger } from '../shared/log.js'
 import type { Logger } from '../shared/log.js'
-import type { NetnsDialerStats } from './helper-process.js'
+import type { HelperSocket, NetnsDialerStats } from './helper-process.js'
 import { NamespaceSlot } from './namespace-slot.js'
 import type { DialControl, NetnsHelperInfo, SlotContext } from './namespace-slot.js'
 import { assertNsfs, netnsError, readIdentity, sameIdentity } from './netns-handle.js'
 import type { NsIdentity } from './netns-handle.js'
 import type { PodNetnsResolver, ResolverReadiness } from './netns-resolver.js'
-import type { DialOptions, PodDialer, PodTarget } from './pod-dialer.js'
+import type { DialOptions, PodDialer, PodTarget, PodUdpSocket } from './pod-dialer.js'
+import { connectUdp } from './udp-connect.js'
 
 export type { NetnsDialerStats } from './helper-process.js'
 export type { NetnsHelperInfo } from './namespace-slot.js'
@@ -86,6 +88,7 @@ export class NetnsDialer implements PodDialer {
   readonly #slots = new Map<string, NamespaceSlot>()
   readonly #stopping = new Set<Promise<void>>()
   readonly #sockets = new Set<Socket>()
+  readonly #udpSockets = new Set<UdpSocket>()
   readonly #ctx: SlotContext
   readonly #log: Logger
   readonly #stats: NetnsDialerStats = {
@@ -135,6 +138,31 @@ export class NetnsDialer implements PodDialer {
   }
 
   dial(target: PodTarget, port: number, options: DialOptions): Promise<Socket> {
+    return this.#open(target, port, options, 'tcp') as Promise<Socket>
+  }
+
+  /**
+   * Opens a UDP flow: the helper binds a UDP socket inside the pod's namespace, on the
+   * address a UDP socket of the pod receives on, and the agent connects it to that address.
+   */
+  async dialUdp(target: PodTarget, port: number, options: DialOptions): Promise<PodUdpSocket> {
+    const socket = (await this.#open(target, port, options, 'udp')) as UdpSocket & {
+      pfgateAddress?: string
+    }
+    const address = socket.pfgateAddress ?? '127.0.0.1'
+    this.#udpSockets.add(socket)
+    socket.once('close', () => this.#udpSockets.delete(socket))
+    socket.on('error', () => {}) // until the relay listens; errors end the flow there
+    const connected = await connectUdp(socket, address, port, target, true)
+    return { socket, address, port, connected }
+  }
+
+  #open(
+    target: PodTarget,
+    port: number,
+    options: DialOptions,
+    protocol: 'tcp' | 'udp',
+  ): Promise<HelperSocket> {
     if (!Number.isInteger(port) || port < 1 || port > 65535) {
       return Promise.reject(new RangeError(`port ${port} is not an integer in 1..65535`))
     }
@@ -142,16 +170,17 @@ export class NetnsDialer implements PodDialer {
     const { signal, timeoutMs } = options
     const ctl: DialControl = { cancelled: false, stage: 'resolve', onCancel: undefined }
     const deadline = Date.now() + timeoutMs
-    return new Promise<Socket>((resolve, reject) => {
+    return new Promise<HelperSocket>((resolve, reject) => {
       let settled = false
       const cancel = (): void => {
         ctl.cancelled = true
         ctl.onCancel?.()
       }
-      const finish = (err: Error | undefined, socket?: Socket): void => {
+      const finish = (err: Error | undefined, socket?: HelperSocket): void => {
         if (settled) {
           if (socket !== undefined) {
-            socket.destroy()
+            if ('destroy' in socket) socket.destroy()
+            else socket.close()
             this.#stats.lateSocketsClosed++
           }
           return
@@ -164,8 +193,11 @@ export class NetnsDialer implements PodDialer {
           return
         }
         this.#stats.connected++
-        this.#sockets.add(socket!)
-        socket!.once('close', () => this.#sockets.delete(socket!))
+        if ('destroy' in socket!) {
+          const tcp = socket
+          this.#sockets.add(tcp)
+          tcp.once('close', () => this.#sockets.delete(tcp))
+        }
         resolve(socket!)
       }
       const onAbort = (): void => {
@@ -186,7 +218,7 @@ export class NetnsDialer implements PodDialer {
         return
       }
       signal.addEventListener('abort', onAbort, { once: true })
-      this.#dial(target, port, deadline, ctl).then(
+      this.#dial(target, port, deadline, ctl, protocol).then(
         (socket) => finish(undefined, socket),
         (err: Error) => finish(err),
       )
@@ -207,6 +239,8 @@ export class NetnsDialer implements PodDialer {
     for (const slot of [...this.#slots.values()]) this.#retire(slot, reason)
     for (const s of this.#sockets) s.destroy()
     this.#sockets.clear()
+    for (const s of this.#udpSockets) s.close()
+    this.#udpSockets.clear()
     while (this.#stopping.size > 0) await Promise.all([...this.#stopping])
     await this.#resolver.close()
   }
@@ -216,7 +250,8 @@ export class NetnsDialer implements PodDialer {
     port: number,
     deadline: number,
     ctl: DialControl,
-  ): Promise<Socket> {
+    protocol: 'tcp' | 'udp',
+  ): Promise<HelperSocket> {
     if (this.#closed) {
       throw appError('PFG_ERR_AGENT_CONNECT_FAILED', 'the agent is shutting down')
     }
@@ -264,7 +299,7 @@ export class NetnsDialer implements PodDialer {
       }
     }
     slot.pods.add(podKey)
-    return slot.dial(port, netns.podIps, deadline, ctl)
+    return slot.dial(port, netns.podIps, deadline, ctl, protocol)
   }
 
   #timeoutError(target: PodTarget, port: number, timeoutMs: number, ctl: DialControl): AppError {

@@ -7,19 +7,29 @@
  * socket's file descriptor back to the agent with `process.send(msg, socket)`; the
  * agent relays it directly, so no byte ever passes through this process.
  *
+ * A UDP request (`protocol: 'udp'`) finds the address a UDP socket of the namespace is
+ * bound to on that port (from `/proc/net/udp` and `/proc/net/udp6`, which show this
+ * namespace's sockets), binds a UDP socket of the same family to an ephemeral port of
+ * that loopback or pod address, and passes it back the same way; the agent connects it
+ * to the pod's address (`connect(2)` on the descriptor acts in the socket's namespace),
+ * which makes the kernel drop datagrams from any other source. Nothing bound: the
+ * request fails with ECONNREFUSED, as a TCP connect to a closed port does.
+ *
  * It is deliberately dumb and strict: it only ever connects to addresses of its own
  * namespace (loopback, and a pod IP only when an interface of the namespace has it,
  * so a connect never leaves the pod), accepts nothing but integer fields and IP
- * literals, imports nothing but `node:net`/`node:fs`/`node:os`, and exits as soon as
+ * literals, imports nothing but `node:net`/`node:dgram`/`node:fs`/`node:os`, and exits as soon as
  * the IPC channel goes away (the agent died or let it go), so a helper can never
  * outlive its agent. Messages are described in {@link HelperRequest} and
  * {@link HelperMessage}; the agent side is `helper-process.ts`.
  *
  * @module
  */
-import { isIP, Socket } from 'node:net'
-import { realpathSync, statSync } from 'node:fs'
-import { networkInterfaces } from 'node:os'
+import { createSocket } from 'node:dgram'
+import type { Socket as UdpSocket } from 'node:dgram'
+import { BlockList, isIP, Socket } from 'node:net'
+import { readFileSync, realpathSync, statSync } from 'node:fs'
+import { endianness, networkInterfaces } from 'node:os'
 import { fileURLToPath } from 'node:url'
 
 /** Agent → helper: connect to `port`, giving up after `timeoutMs`. */
@@ -32,6 +42,8 @@ export interface HelperRequest {
   timeoutMs: number
   /** The pod's own IP addresses, tried after loopback (from the container runtime). */
   podIps: string[]
+  /** `udp` for a UDP flow (a bound UDP socket comes back); absent for TCP. */
+  protocol?: 'udp'
 }
 
 /** One failed connect attempt, as reported to the agent. */
@@ -64,12 +76,13 @@ export const MAX_HELPER_INFLIGHT = 4096
 /** An IP literal in canonical-enough form (what `net.isIP` accepts, bounded). */
 const isAddress = (v: unknown): boolean => typeof v === 'string' && v.length <= 45 && isIP(v) !== 0
 
-/** Strict check of an agent request: exactly the four fields, in range. */
+/** Strict check of an agent request: exactly the four fields (five with `protocol: 'udp'`), in range. */
 export function isHelperRequest(msg: unknown): msg is HelperRequest {
   if (typeof msg !== 'object' || msg === null || Array.isArray(msg)) return false
   const keys = Object.keys(msg)
-  if (keys.length !== 4) return false
-  const { id, port, timeoutMs, podIps } = msg as Record<string, unknown>
+  const { id, port, timeoutMs, podIps, protocol } = msg as Record<string, unknown>
+  if (keys.length !== (protocol === undefined ? 4 : 5)) return false
+  if (protocol !== undefined && protocol !== 'udp') return false
   return (
     Array.isArray(podIps) &&
     podIps.length <= MAX_POD_IPS &&
@@ -169,6 +182,113 @@ function reply(msg: HelperMessage, socket?: Socket): void {
   })
 }
 
+/** One UDP socket of this namespace that could receive datagrams: unconnected, by local address. */
+interface BoundUdp {
+  family: 'ipv4' | 'ipv6'
+  address: string
+}
+
+/**
+ * Decodes `/proc/net/udp{,6}`'s hex address: 32-bit words in host byte order. Returns
+ * a literal `BlockList` understands (IPv6 in full eight-group form).
+ */
+function procAddress(hex: string): string {
+  const bytes = Buffer.from(hex, 'hex')
+  if (endianness() === 'LE') {
+    for (let i = 0; i < bytes.length; i += 4) bytes.subarray(i, i + 4).reverse()
+  }
+  if (bytes.length === 4) return [...bytes].join('.')
+  const groups: string[] = []
+  for (let i = 0; i < 16; i += 2) groups.push(bytes.readUInt16BE(i).toString(16))
+  return groups.join(':')
+}
+
+/** Unconnected UDP sockets of this namespace bound to `port` (its own `/proc/net`). */
+function boundUdp(port: number): BoundUdp[] {
+  const out: BoundUdp[] = []
+  for (const [file, family] of [
+    ['/proc/net/udp', 'ipv4'],
+    ['/proc/net/udp6', 'ipv6'],
+  ] as const) {
+    let text: string
+    try {
+      text = readFileSync(file, 'latin1')
+    } catch {
+      continue
+    }
+    for (const line of text.split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/)
+      const local = /^([0-9A-F]+):([0-9A-F]{4})$/.exec(f[1] ?? '')
+      const remote = /^[0-9A-F]+:([0-9A-F]{4})$/.exec(f[2] ?? '')
+      if (local === null || remote === null || parseInt(local[2]!, 16) !== port) continue
+      if (parseInt(remote[1]!, 16) !== 0) continue // connected: not a server
+      out.push({ family, address: procAddress(local[1]!) })
+    }
+  }
+  return out
+}
+
+/** Whether a datagram sent to `host:port` reaches one of `bound` (a wildcard or that address). */
+function udpReaches(host: string, bound: readonly BoundUdp[]): boolean {
+  const v6 = isIP(host) === 6
+  const want = new BlockList()
+  want.addAddress(host, v6 ? 'ipv6' : 'ipv4')
+  if (!v6) want.addAddress(`::ffff:${host}`, 'ipv6')
+  return bound.some((b) => {
+    if (b.family === 'ipv4')
+      return !v6 && (b.address === '0.0.0.0' || want.check(b.address, 'ipv4'))
+    // `::` takes IPv4 too unless the socket is IPV6_V6ONLY, which /proc does not show.
+    return b.address === '0:0:0:0:0:0:0:0' || want.check(b.address, 'ipv6')
+  })
+}
+
+/** Binds a UDP socket of `host`'s family to an ephemeral port of `host` (in this namespace). */
+function bindUdp(host: string): Promise<{ socket: UdpSocket } | { code: string }> {
+  return new Promise((resolve) => {
+    const socket = createSocket(isIP(host) === 6 ? 'udp6' : 'udp4')
+    socket.once('error', (err: NodeJS.ErrnoException) => {
+      socket.close()
+      resolve({ code: typeof err.code === 'string' ? err.code : 'EIO' })
+    })
+    socket.bind({ port: 0, address: host, exclusive: true }, () => {
+      socket.removeAllListeners('error')
+      resolve({ socket })
+    })
+  })
+}
+
+/**
+ * Runs one UDP request: the first of 127.0.0.1, [::1] and the pod's own addresses that a
+ * UDP socket of the namespace receives on; a socket bound there goes back to the agent.
+ */
+async function serveUdp(req: HelperRequest): Promise<void> {
+  const bound = boundUdp(req.port)
+  const local = req.podIps.length > 0 ? localAddresses() : new Set<string>()
+  const errors: HelperAttemptError[] = []
+  for (const host of ['127.0.0.1', '::1', ...req.podIps]) {
+    if (host !== '127.0.0.1' && host !== '::1' && !local.has(host)) {
+      errors.push({ address: host, code: 'EADDRNOTAVAIL' })
+      continue
+    }
+    if (!udpReaches(host, bound)) {
+      errors.push({ address: host, code: 'ECONNREFUSED' })
+      continue
+    }
+    const r = await bindUdp(host)
+    if ('socket' in r) {
+      const socket = r.socket
+      // Our copy of the descriptor closes once it is on its way (dgram sockets have no
+      // keepOpen handling of their own).
+      process.send?.({ type: 'connected', id: req.id, address: host }, socket, {}, () =>
+        socket.close(),
+      )
+      return
+    }
+    errors.push({ address: host, code: r.code })
+  }
+  reply({ type: 'failed', id: req.id, errors })
+}
+
 /** The addresses of this namespace's interfaces (the helper lives in the pod's namespace). */
 function localAddresses(): Set<string> {
   const out = new Set<string>()
@@ -229,7 +349,7 @@ function main(): void {
       return
     }
     inflight++
-    serve(msg).then(
+    ;(msg.protocol === 'udp' ? serveUdp(msg) : serve(msg)).then(
       () => inflight--,
       (err: unknown) => {
         inflight--

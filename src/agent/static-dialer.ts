@@ -5,10 +5,13 @@
  *
  * @module
  */
-import { connect } from 'node:net'
+import { createSocket } from 'node:dgram'
+import type { Socket as UdpSocket } from 'node:dgram'
+import { connect, isIP } from 'node:net'
 import type { Socket } from 'node:net'
 import { appError, errorCode } from '../shared/errors.js'
-import type { DialOptions, PodDialer, PodTarget } from './pod-dialer.js'
+import type { DialOptions, PodDialer, PodTarget, PodUdpSocket } from './pod-dialer.js'
+import { connectUdp } from './udp-connect.js'
 
 /** Where one pod's ports are reachable. */
 export interface StaticPodEntry {
@@ -24,6 +27,7 @@ export interface StaticPodEntry {
 export class StaticDialer implements PodDialer {
   readonly #pods = new Map<string, StaticPodEntry>()
   readonly #sockets = new Set<Socket>()
+  readonly #udpSockets = new Set<UdpSocket>()
 
   constructor(pods: readonly StaticPodEntry[]) {
     this.setPods(pods)
@@ -35,15 +39,37 @@ export class StaticDialer implements PodDialer {
     for (const p of pods) this.#pods.set(`${p.namespace}/${p.name}`, p)
   }
 
-  dial(target: PodTarget, port: number, options: DialOptions): Promise<Socket> {
+  #entry(target: PodTarget): StaticPodEntry {
     const entry = this.#pods.get(`${target.namespace}/${target.name}`)
     if (entry === undefined) {
-      return Promise.reject(
-        appError(
-          'PFG_ERR_AGENT_POD_NOT_FOUND',
-          `pod ${target.namespace}/${target.name} is not on this node`,
-        ),
+      throw appError(
+        'PFG_ERR_AGENT_POD_NOT_FOUND',
+        `pod ${target.namespace}/${target.name} is not on this node`,
       )
+    }
+    return entry
+  }
+
+  /** A UDP socket connected to the pod's host:port (a UDP connect never waits). */
+  async dialUdp(target: PodTarget, port: number, options: DialOptions): Promise<PodUdpSocket> {
+    void options
+    const entry = this.#entry(target)
+    const host = entry.host ?? '127.0.0.1'
+    const hostPort = entry.ports?.[String(port)] ?? port
+    const socket = createSocket(isIP(host) === 6 ? 'udp6' : 'udp4')
+    socket.on('error', () => {}) // until the relay listens; errors end the flow there
+    this.#udpSockets.add(socket)
+    socket.once('close', () => this.#udpSockets.delete(socket))
+    const connected = await connectUdp(socket, host, hostPort, target)
+    return { socket, address: host, port: hostPort, connected }
+  }
+
+  dial(target: PodTarget, port: number, options: DialOptions): Promise<Socket> {
+    let entry: StaticPodEntry
+    try {
+      entry = this.#entry(target)
+    } catch (err) {
+      return Promise.reject(err)
     }
     const host = entry.host ?? '127.0.0.1'
     const hostPort = entry.ports?.[String(port)] ?? port
@@ -102,6 +128,8 @@ export class StaticDialer implements PodDialer {
   close(): Promise<void> {
     for (const s of this.#sockets) s.destroy()
     this.#sockets.clear()
+    for (const s of this.#udpSockets) s.close()
+    this.#udpSockets.clear()
     return Promise.resolve()
   }
 }

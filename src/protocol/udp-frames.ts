@@ -97,3 +97,35 @@ export class DatagramDecoder {
     }
   }
 }
+
+/**
+ * Trailer with which a flow's response ends when its sender ends it cleanly: why
+ * (`client` the requester ended its side, `idle`, `lifetime`, `unreachable` an ICMP
+ * port unreachable came back from the pod's port, `pod-error` another socket error).
+ */
+export const UDP_END_TRAILER = 'pfgate-udp-end'
+/** Trailer: datagrams the sender's side of the flow dropped (pressure), decimal. */
+export const UDP_DROPPED_TRAILER = 'pfgate-udp-dropped'
+/** Trailer (agent): datagrams that came from another source than the pod port, not delivered. */
+export const UDP_WRONG_SOURCE_TRAILER = 'pfgate-udp-wrong-source'
+
+/** Why a flow ended, as the end trailer and the audit record name it. */
+export type UdpEndReason = 'client' | 'idle' | 'lifetime' | 'unreachable' | 'pod-error'
+
+const UDP_END_REASONS: readonly string[] = [
+  'client',
+  'idle',
+  'lifetime',
+  'unreachable',
+  'pod-error',
+]
+
+/** Parses an end trailer value (unknown values are `undefined`). */
+export function parseUdpEnd(v: unknown): UdpEndReason | undefined {
+  return typeof v === 'string' && UDP_END_REASONS.includes(v) ? (v as UdpEndReason) : undefined
+}
+
+/** Parses a counter trailer: a decimal of at most 15 digits, else 0. */
+export function parseCountTrailer(v: unknown): number {
+  return typeof v === 'string' && /^[0-9]{1,15}$/.test(v) ? Number(v) : 0
+}

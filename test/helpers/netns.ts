@@ -78,14 +78,32 @@ export type ServerKind =
   | 'halfclose'
   /** Listens with a full backlog so connects hang; the line `accept` makes it accept. */
   | 'blackhole'
+  /**
+   * UDP echo: sends every datagram back to its source. A datagram `wrong-port:X` is first
+   * answered `WRONG` from a second socket (another port), then `X` from the right one.
+   */
+  | 'udp-echo'
 
 // Server programs, run with `node -e` (echo, halfclose) or `python3 -c` (blackhole).
 // They print `LISTEN <port>` once listening and one line per event.
 const NODE_SERVER = String.raw`
-const net = require('net'), crypto = require('crypto')
+const net = require('net'), crypto = require('crypto'), dgram = require('dgram')
 const [kind, host, banner] = process.argv.slice(1)
 let n = 0
-const server = net.createServer({ allowHalfOpen: true }, (s) => {
+if (kind === 'udp-echo') {
+  const type = net.isIPv6(host) ? 'udp6' : 'udp4'
+  const u = dgram.createSocket(type), other = dgram.createSocket(type)
+  u.on('message', (m, r) => {
+    const s = m.toString('latin1')
+    if (s.startsWith('wrong-port:')) {
+      other.send('WRONG', r.port, r.address, () => u.send(m.subarray(11), r.port, r.address))
+      return
+    }
+    u.send(m, r.port, r.address)
+  })
+  other.bind(0, host, () => u.bind(0, host, () => console.log('LISTEN ' + u.address().port)))
+}
+const server = kind === 'udp-echo' ? undefined : net.createServer({ allowHalfOpen: true }, (s) => {
   const id = ++n
   console.log('OPEN ' + id)
   s.on('error', (e) => console.log('ERROR ' + id + ' ' + e.code))
@@ -101,7 +119,7 @@ const server = net.createServer({ allowHalfOpen: true }, (s) => {
     s.on('end', () => console.log('RECEIVED ' + bytes + ' ' + h.digest('hex')))
   }
 })
-server.listen({ host, port: 0, ipv6Only: host === '::1' }, () => console.log('LISTEN ' + server.address().port))
+if (server) server.listen({ host, port: 0, ipv6Only: host === '::1' }, () => console.log('LISTEN ' + server.address().port))
 process.on('SIGTERM', () => process.exit(0))
 `
 
