@@ -69,7 +69,7 @@ export class StaticDialer implements PodDialer {
     try {
       entry = this.#entry(target)
     } catch (err) {
-      return Promise.reject(err)
+      return Promise.reject(err instanceof Error ? err : new Error(String(err)))
     }
     const host = entry.host ?? '127.0.0.1'
     const hostPort = entry.ports?.[String(port)] ?? port

@@ -43,7 +43,7 @@ export function connectUdp(
       })
     } catch (err) {
       socket.close()
-      reject(err)
+      reject(err instanceof Error ? err : new Error(String(err)))
     }
   })
 }
