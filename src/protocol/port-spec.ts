@@ -2,6 +2,8 @@
  * The port forms `oc port-forward` / `kubectl port-forward` accept:
  * `5000`, `8888:5000`, `:5000`, `0:5000` (the last two pick a free local port).
  * Named remote ports (`8080:http`) are kept as names for the caller to resolve.
+ * pfgate adds a protocol suffix: `5353:53/udp` forwards UDP (`/tcp`, the default, may be
+ * written too).
  *
  * @module
  */
@@ -16,13 +18,18 @@ export interface PortSpec {
   remote: number | string
   /** The argument as given. */
   raw: string
+  /** `udp` when the argument ends in `/udp`; else `tcp`. */
+  protocol: 'tcp' | 'udp'
 }
 
 const PORT_NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/
 
 /** Parses one port argument; throws `PFG_ERR_CLI_USAGE` with the reason. */
 export function parsePortSpec(raw: string): PortSpec {
-  const parts = raw.split(':')
+  const suffix = /\/(tcp|udp)$/.exec(raw)
+  const protocol = suffix?.[1] === 'udp' ? 'udp' : 'tcp'
+  const body = suffix === null ? raw : raw.slice(0, -suffix[0].length)
+  const parts = body.split(':')
   if (parts.length > 2) {
     throw appError(
       'PFG_ERR_CLI_USAGE',
@@ -64,7 +71,7 @@ export function parsePortSpec(raw: string): PortSpec {
     }
     local = n
   }
-  return { local, remote, raw }
+  return { local, remote, raw, protocol }
 }
 
 /** Parses every port argument; at least one is required. */

@@ -15,11 +15,23 @@ const good: [string, number, number | string][] = [
 ]
 for (const [raw, local, remote] of good) {
   test(`port spec ${raw} parses`, () => {
-    assert.deepEqual(parsePortSpec(raw), { local, remote, raw })
+    assert.deepEqual(parsePortSpec(raw), { local, remote, raw, protocol: 'tcp' })
+    assert.deepEqual(parsePortSpec(`${raw}/udp`), {
+      local,
+      remote,
+      raw: `${raw}/udp`,
+      protocol: 'udp',
+    })
+    assert.equal(parsePortSpec(`${raw}/tcp`).protocol, 'tcp')
   })
 }
 
 const bad = [
+  '53/UDP',
+  '53/sctp',
+  '53/udp/udp',
+  '/udp',
+  '53:/udp',
   '0',
   '65536',
   'abc',
