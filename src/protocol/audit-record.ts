@@ -83,6 +83,19 @@ export interface AuditRecord {
   pod?: string
   podUid?: string
   port?: number
+  /** `udp` for a UDP flow (`port` is then a UDP port); absent for TCP streams. */
+  transport?: 'udp'
+  /** UDP flows (stream.closed): datagrams the gateway relayed client→pod. */
+  datagramsClientToPod?: number
+  /** UDP flows: datagrams the gateway relayed pod→client. */
+  datagramsPodToClient?: number
+  /**
+   * UDP flows: datagrams dropped under pressure, by where (the gateway's own, and the
+   * agent's as its end trailer reported them; absent when the flow was reset).
+   */
+  datagramsDropped?: { gateway: number; agent?: number }
+  /** UDP flows: datagrams from another source than the pod port, not delivered (agent). */
+  datagramsWrongSource?: number
   /** Bytes the gateway relayed client→pod (stream.closed, session.closed). */
   bytesClientToPod?: number
   /** Bytes the gateway relayed pod→client. */
