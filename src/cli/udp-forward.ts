@@ -77,7 +77,9 @@ export class UdpLocalListener {
   /** Binds `address:port` (0 picks a free port). */
   static listen(address: string, port: number): Promise<UdpLocalListener> {
     return new Promise((resolve, reject) => {
-      const socket = createSocket({ type: isIP(address) === 6 ? 'udp6' : 'udp4', ipv6Only: true })
+      const socket = createSocket(
+        isIP(address) === 6 ? { type: 'udp6', ipv6Only: true } : { type: 'udp4' },
+      )
       socket.once('error', reject)
       socket.bind({ address, port, exclusive: true }, () => {
         socket.off('error', reject)

@@ -45,6 +45,30 @@ export const DEMO_PODS = [
   },
 ] as const
 
+/**
+ * The dev cluster's UDP demo pod (not in containerd mode, whose busybox pods serve TCP,
+ * nor in docker-compose): answers DNS queries for `*.internal` on port 53 and echoes any
+ * other datagram, on both its ports.
+ */
+export const DEMO_UDP_PODS = [
+  {
+    namespace: 'default',
+    name: 'dns',
+    node: 'node-b',
+    kind: 'udp',
+    ports: [
+      { name: 'dns', containerPort: 53, protocol: 'UDP' },
+      { name: 'echo-udp', containerPort: 7007, protocol: 'UDP' },
+    ],
+  },
+] as const
+
+/** A demo pod of either list. */
+type DemoPod = (typeof DEMO_PODS)[number] | (typeof DEMO_UDP_PODS)[number]
+
+/** The protocol a demo pod's port declares. */
+const portProtocol = (x: DemoPod['ports'][number]): string => ('protocol' in x ? x.protocol : 'TCP')
+
 /** The dev cluster's nodes. */
 export const DEV_NODES = ['node-a', 'node-b'] as const
 
@@ -278,6 +302,8 @@ export async function startDevCluster(options: DevClusterOptions): Promise<DevCl
   await ensureMaterial(dir)
   const children = new Map<string, Child>()
   let stopped = false
+  const allPods: readonly DemoPod[] =
+    options.runtime === 'containerd' ? DEMO_PODS : [...DEMO_PODS, ...DEMO_UDP_PODS]
 
   const spawnChild = (c: Child): Promise<number[]> =>
     new Promise((resolveStart, reject) => {
@@ -383,7 +409,7 @@ export async function startDevCluster(options: DevClusterOptions): Promise<DevCl
     const order = [
       'gateway',
       ...DEV_NODES.map((n) => `agent:${n}`),
-      ...DEMO_PODS.map((p) => `pod:${p.name}`),
+      ...allPods.map((p) => `pod:${p.name}`),
     ]
     for (const name of order) {
       const c = children.get(name)
@@ -399,7 +425,7 @@ export async function startDevCluster(options: DevClusterOptions): Promise<DevCl
   let runtimes: Record<string, ContainerdHarness> | undefined
   let runtimePods: Record<string, HarnessPod> | undefined
   const podUids: Record<string, string> = Object.fromEntries(
-    DEMO_PODS.map((p) => [p.name, randomUUID()]),
+    allPods.map((p) => [p.name, randomUUID()]),
   )
   if (options.runtime === 'containerd') {
     if (options.netns === true)
@@ -410,7 +436,7 @@ export async function startDevCluster(options: DevClusterOptions): Promise<DevCl
     const why = netnsUnavailable()
     if (why === undefined) {
       const id = Math.random().toString(36).slice(2, 8)
-      podNetns = Object.fromEntries(DEMO_PODS.map((p) => [p.name, `pfgate-${id}-${p.name}`]))
+      podNetns = Object.fromEntries(allPods.map((p) => [p.name, `pfgate-${id}-${p.name}`]))
     } else if (options.netns === true) {
       throw new Error(`--netns: ${why}`)
     } else {
@@ -443,7 +469,7 @@ export async function startDevCluster(options: DevClusterOptions): Promise<DevCl
         podPorts[pod.name] = pod.ports.map((p) => p.containerPort)
       }
     } else {
-      for (const pod of DEMO_PODS) {
+      for (const pod of allPods) {
         const ns = podNetns?.[pod.name]
         if (ns !== undefined) createNetns(ns)
         podPorts[pod.name] = await start(
@@ -467,7 +493,7 @@ export async function startDevCluster(options: DevClusterOptions): Promise<DevCl
     // each pod by UID (in its own config's map, or in its node's containerd over CRI).
     const agentPorts: Record<string, number> = {}
     for (const node of DEV_NODES) {
-      const mine = DEMO_PODS.filter((p) => p.node === node)
+      const mine = allPods.filter((p) => p.node === node)
       const runtime = runtimes?.[node]
       let dialer: Record<string, unknown>
       let pods: Record<string, unknown>[]
@@ -523,7 +549,7 @@ export async function startDevCluster(options: DevClusterOptions): Promise<DevCl
           port: agentPorts[n],
           tlsServerName: n,
         })),
-        pods: DEMO_PODS.map((p) => ({
+        pods: allPods.map((p) => ({
           namespace: p.namespace,
           name: p.name,
           uid: podUids[p.name],
@@ -533,7 +559,7 @@ export async function startDevCluster(options: DevClusterOptions): Promise<DevCl
           ports: p.ports.map((x) => ({
             name: x.name,
             containerPort: x.containerPort,
-            protocol: 'TCP',
+            protocol: portProtocol(x),
           })),
         })),
       }),
@@ -656,7 +682,7 @@ function deleteNetns(name: string): void {
  * connection) on the echo pod's ports, `httpd` with a page naming the pod on the
  * http pod's.
  */
-function demoPodCommand(pod: (typeof DEMO_PODS)[number]): string[] {
+function demoPodCommand(pod: DemoPod): string[] {
   const bb = '/bin/busybox'
   const servers = pod.ports.map((p) =>
     pod.kind === 'echo'

@@ -1,8 +1,10 @@
 /**
- * `pfgate demo-pod --kind echo|http --listen HOST:PORT [...]`: the dev cluster's
+ * `pfgate demo-pod --kind echo|http|udp --listen HOST:PORT [...]`: the dev cluster's
  * demo pods. `echo` sends every byte back and honours half-close (it ends its side
  * once the client has ended its own and everything was echoed); `http` answers
- * every request with a small page naming the pod.
+ * every request with a small page naming the pod; `udp` listens on UDP and answers
+ * every datagram: a DNS query (one question) with a DNS answer (`dnsAnswer`), anything
+ * else with the datagram itself (an echo).
  *
  * @module
  */
@@ -10,6 +12,9 @@ import { createServer as createHttpServer } from 'node:http'
 import { createServer } from 'node:net'
 import type { Server, Socket } from 'node:net'
 import { parseArgs } from 'node:util'
+import { createSocket } from 'node:dgram'
+import type { Socket as UdpSocket } from 'node:dgram'
+import { isIP } from 'node:net'
 
 /** Starts an echo server; resolves with its port. */
 export function startEcho(host: string, port: number): Promise<Server> {
@@ -31,6 +36,72 @@ export function startHttp(host: string, port: number, name: string): Promise<Ser
   return listen(server, host, port)
 }
 
+/** The address every `A` query under `.internal` gets (TEST-NET-1, RFC 5737). */
+export const DEMO_DNS_ADDRESS = [192, 0, 2, 10] as const
+
+/**
+ * A DNS answer to `query` when it is one (RFC 1035 §4.1: a query with one question):
+ * names under `internal.` get an `A` record {@link DEMO_DNS_ADDRESS} (TTL 60) for type A,
+ * no records for other types; other names get NXDOMAIN. `undefined` when `query` is not a
+ * DNS query (the caller echoes it).
+ */
+export function dnsAnswer(query: Buffer): Buffer | undefined {
+  if (query.length < 17 || query.length > 512) return undefined
+  const flags = query.readUInt16BE(2)
+  if ((flags & 0x8000) !== 0 || ((flags >> 11) & 0xf) !== 0) return undefined // not a QUERY
+  if (query.readUInt16BE(4) !== 1 || query.readUInt16BE(6) !== 0 || query.readUInt16BE(8) !== 0)
+    return undefined
+  const labels: string[] = []
+  let off = 12
+  for (;;) {
+    const len = query[off]
+    if (len === undefined || len > 63) return undefined
+    off++
+    if (len === 0) break
+    if (off + len > query.length) return undefined
+    labels.push(
+      query
+        .subarray(off, off + len)
+        .toString('latin1')
+        .toLowerCase(),
+    )
+    off += len
+  }
+  if (off + 4 > query.length) return undefined
+  const qtype = query.readUInt16BE(off)
+  const question = query.subarray(12, off + 4)
+  const known = labels.length >= 2 && labels[labels.length - 1] === 'internal'
+  const answer =
+    known && qtype === 1
+      ? Buffer.from([0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, ...DEMO_DNS_ADDRESS])
+      : Buffer.alloc(0)
+  const header = Buffer.alloc(12)
+  query.copy(header, 0, 0, 2) // id
+  // QR, the query's RD, RA; RCODE 3 (NXDOMAIN) for unknown names.
+  header.writeUInt16BE(0x8000 | (flags & 0x0100) | 0x0080 | (known ? 0 : 3), 2)
+  header.writeUInt16BE(1, 4)
+  header.writeUInt16BE(answer.length > 0 ? 1 : 0, 6)
+  return Buffer.concat([header, question, answer])
+}
+
+/** Starts a UDP responder (DNS answers, else echo) on `host:port`. */
+export function startUdp(host: string, port: number): Promise<UdpSocket> {
+  return new Promise((resolve, reject) => {
+    const socket = createSocket(
+      isIP(host) === 6 ? { type: 'udp6', ipv6Only: true } : { type: 'udp4' },
+    )
+    socket.on('message', (msg, rinfo) => {
+      socket.send(dnsAnswer(msg) ?? msg, rinfo.port, rinfo.address)
+    })
+    socket.once('error', reject)
+    socket.bind({ address: host, port, exclusive: true }, () => {
+      socket.off('error', reject)
+      socket.on('error', () => {}) // a client's ICMP error must not end the pod
+      resolve(socket)
+    })
+  })
+}
+
 function listen(server: Server, host: string, port: number): Promise<Server> {
   return new Promise((resolve, reject) => {
     server.once('error', reject)
@@ -50,10 +121,36 @@ function parseListen(value: string): { host: string; port: number } {
 }
 
 const DEMO_POD_USAGE =
-  'usage: pfgate demo-pod --kind echo|http --name NAME --listen HOST:PORT [--listen ...]\n'
+  'usage: pfgate demo-pod --kind echo|http|udp --name NAME --listen HOST:PORT [--listen ...]\n'
 
-/** The kinds of demo pod; both serve TCP (there is no UDP pod: port-forward is TCP only). */
-const KINDS = ['echo', 'http'] as const
+/** The kinds of demo pod: `echo` and `http` serve TCP, `udp` serves UDP. */
+const KINDS = ['echo', 'http', 'udp'] as const
+
+/** Announces the bound ports (to the supervisor, or on stdout) and waits for a stop signal. */
+async function announceAndWait(ports: number[]): Promise<void> {
+  const stopped = new Promise<void>((resolve) => {
+    const stop = (): void => resolve()
+    process.once('SIGTERM', stop)
+    process.once('SIGINT', stop)
+    process.once('disconnect', stop)
+  })
+  if (process.send !== undefined) {
+    process.send({ type: 'listening', ports })
+    process.channel?.unref()
+  } else {
+    process.stdout.write(JSON.stringify({ ports }) + '\n')
+  }
+  await stopped
+}
+
+/** The `udp` kind: a responder per address, until stopped. */
+async function runUdp(listens: { host: string; port: number }[]): Promise<number> {
+  const sockets: UdpSocket[] = []
+  for (const { host, port } of listens) sockets.push(await startUdp(host, port))
+  await announceAndWait(sockets.map((s) => s.address().port))
+  for (const s of sockets) s.close()
+  return 0
+}
 
 /** Entry point. */
 export async function main(argv: string[]): Promise<number> {
@@ -82,6 +179,7 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`error: ${(err as Error).message}\n${DEMO_POD_USAGE}`)
     return 2
   }
+  if (values.kind === 'udp') return runUdp(listens)
   const servers: Server[] = []
   for (const { host, port } of listens) {
     servers.push(
