@@ -90,14 +90,14 @@ export async function runCliToEnd(
 /** Parses `Forwarding from ADDR:PORT -> REMOTE` lines. */
 export function parseForwarding(
   lines: string[],
-): { address: string; port: number; remote: number }[] {
+): { address: string; port: number; remote: number; protocol: 'tcp' | 'udp' }[] {
   return lines.map((l) => {
-    const m = /^Forwarding from (\[[^\]]+\]|[^:]+):(\d+) -> (\d+)$/.exec(l)
+    const m = /^Forwarding from (\[[^\]]+\]|[^:]+):(\d+) -> (\d+)(\/udp)?$/.exec(l)
     if (m === null) throw new Error(`not a Forwarding line: ${JSON.stringify(l)}`)
     return {
       address: (m[1] as string).replace(/^\[|\]$/g, ''),
       port: Number(m[2]),
       remote: Number(m[3]),
-    }
+      protocol: m[4] === undefined ? 'tcp' : 'udp',
   })
 }
