@@ -77,6 +77,12 @@ export class DatagramStream {
     this.#maxBuffered = maxBufferedBytes
     stream.on('data', (chunk: Buffer) => this.#onData(chunk))
     stream.on('end', () => {
+      // Node ends the readable side of a stream that was reset, or whose session died:
+      // that EOF is no END_STREAM (the same test as the byte relay's, relay-endpoints.ts).
+      if (stream.closed && (stream.aborted || (stream.rstCode ?? RST.NO_ERROR) !== RST.NO_ERROR)) {
+        this.#finish({ kind: 'reset', code: stream.rstCode })
+        return
+      }
       try {
         this.#decoder.end()
       } catch (err) {

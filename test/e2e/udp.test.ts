@@ -96,7 +96,8 @@ function suite(mode: 'netns' | 'static'): void {
       }
       cli = runCli(['port-forward', 'dns', ...specs.filter((s) => s !== '5000:5000')], env())
       const fwd = parseForwarding(await cli.waitForLines(2 * (specs.length - 1)))
-      for (const f of fwd) if (f.address === '127.0.0.1') local.set(`${f.remote}/${f.protocol}`, f.port)
+      for (const f of fwd)
+        if (f.address === '127.0.0.1') local.set(`${f.remote}/${f.protocol}`, f.port)
     })
 
     after(async () => {
@@ -107,14 +108,26 @@ function suite(mode: 'netns' | 'static'): void {
 
     test('the output names the protocol, on both loopback addresses', () => {
       const port = local.get('53/udp') as number
-      assert.match(cli.stdout(), new RegExp(`^Forwarding from 127\\.0\\.0\\.1:${port} -> 53/udp$`, 'm'))
+      assert.match(
+        cli.stdout(),
+        new RegExp(`^Forwarding from 127\\.0\\.0\\.1:${port} -> 53/udp$`, 'm'),
+      )
       assert.match(cli.stdout(), new RegExp(`^Forwarding from \\[::1\\]:${port} -> 53/udp$`, 'm'))
     })
 
     test('dig resolves through the forward (IPv4 and IPv6 listeners)', async () => {
       const port = String(local.get('53/udp'))
       for (const server of ['127.0.0.1', '::1']) {
-        const { stdout } = await run('dig', [`@${server}`, '-p', port, 'api.internal', 'A', '+short', '+tries=1', '+time=3'])
+        const { stdout } = await run('dig', [
+          `@${server}`,
+          '-p',
+          port,
+          'api.internal',
+          'A',
+          '+short',
+          '+tries=1',
+          '+time=3',
+        ])
         assert.equal(stdout.trim(), '192.0.2.10')
       }
       const nx = await run('dig', ['@127.0.0.1', '-p', port, 'example.com', '+tries=1', '+time=3'])
@@ -154,7 +167,7 @@ function suite(mode: 'netns' | 'static'): void {
       }
     })
 
-    test('two local clients are two flows that never see each other\'s replies', async () => {
+    test("two local clients are two flows that never see each other's replies", async () => {
       const a = new Client()
       const b = new Client(6)
       try {

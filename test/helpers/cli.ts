@@ -99,5 +99,6 @@ export function parseForwarding(
       port: Number(m[2]),
       remote: Number(m[3]),
       protocol: m[4] === undefined ? 'tcp' : 'udp',
+    }
   })
 }
