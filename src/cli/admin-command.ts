@@ -121,7 +121,7 @@ export async function runAdminCommand(
               String(s.id),
               String(s.sessionId),
               String(s.user),
-              `${String(s.namespace)}/${String(s.pod)}:${String(s.port)}`,
+              `${String(s.namespace)}/${String(s.pod)}:${String(s.port)}${s.transport === 'udp' ? '/udp' : ''}`,
               String(s.node),
               String(s.protocol),
               String(s.openedAt),

@@ -664,7 +664,7 @@ function rawRow(r: AuditRecord): string[] {
   const users = Array.isArray(r.users) ? r.users.join(',') : undefined
   const target =
     r.namespace !== undefined || r.pod !== undefined
-      ? `${r.namespace ?? '?'}/${r.pod ?? '?'}${r.port !== undefined ? `:${r.port}` : ''}`
+      ? `${r.namespace ?? '?'}/${r.pod ?? '?'}${r.port !== undefined ? `:${r.port}` : ''}${r.transport === 'udp' ? '/udp' : ''}`
       : r.type === 'request.denied' && r.path !== undefined
         ? `${r.method ?? '?'} ${r.path}`
         : r.sourceAddress !== undefined
@@ -677,7 +677,11 @@ function rawRow(r: AuditRecord): string[] {
   const closed = r.type === 'stream.closed' || r.type === 'session.closed'
   const bytes =
     closed || r.bytesClientToPod !== undefined || r.bytesPodToClient !== undefined
-      ? `${formatBytes(r.bytesClientToPod)}/${formatBytes(r.bytesPodToClient)}`
+      ? `${formatBytes(r.bytesClientToPod)}/${formatBytes(r.bytesPodToClient)}${
+          r.datagramsClientToPod !== undefined || r.datagramsPodToClient !== undefined
+            ? ` (${r.datagramsClientToPod ?? '?'}/${r.datagramsPodToClient ?? '?'} datagrams)`
+            : ''
+        }`
       : '-'
   return [
     String(r.time),
