@@ -42,8 +42,10 @@ export interface AuthzRule {
   namespaces: string[]
   /** Pod name glob patterns (`*` and `?`). */
   pods: string[]
-  /** Port ranges, inclusive. */
+  /** TCP port ranges, inclusive. */
   ports: { from: number; to: number }[]
+  /** UDP port ranges, inclusive (docs/udp.md): none unless listed, whatever `ports` says. */
+  udpPorts: { from: number; to: number }[]
 }
 
 /** An audit sink's configuration. */
@@ -135,6 +137,15 @@ export interface GatewayConfig {
     clientKeepaliveMs: number
     /** Bytes the relayed streams may hold in the gateway's buffers, all together. */
     bufferBudgetBytes: number
+    /** UDP flows (docs/udp.md). */
+    udp: {
+      /** Concurrent UDP flows of one user. */
+      flowsPerUser: number
+      /** A flow without a datagram either way ends after this (0: never). */
+      idleTimeoutMs: number
+      /** The same for flows to port 53 (DNS). */
+      dnsIdleTimeoutMs: number
+    }
   }
   audit: {
     mode: 'blocking-strict' | 'blocking' | 'batch'
@@ -280,6 +291,16 @@ const schema = {
                   ],
                 },
               },
+              udpPorts: {
+                type: 'array',
+                default: [],
+                items: {
+                  anyOf: [
+                    { type: 'integer', minimum: 1, maximum: 65535 },
+                    { type: 'string', pattern: '^[1-9][0-9]{0,4}(-[1-9][0-9]{0,4})?$' },
+                  ],
+                },
+              },
             },
             required: ['namespaces'],
             anyOf: [
@@ -316,6 +337,16 @@ const schema = {
         handshakeTimeout: { ...duration, default: '10s' },
         clientKeepalive: { ...duration, default: '30s' },
         bufferBudget: { ...size, default: '256MiB' },
+        udp: {
+          type: 'object',
+          additionalProperties: false,
+          default: {},
+          properties: {
+            flowsPerUser: { type: 'integer', minimum: 1, default: 1000 },
+            idleTimeout: { ...duration, default: '60s' },
+            dnsIdleTimeout: { ...duration, default: '10s' },
+          },
+        },
       },
     },
     audit: {
@@ -449,6 +480,7 @@ type Raw = Record<string, unknown> & {
       namespaces: string[]
       pods: string[]
       ports: (number | string)[]
+      udpPorts: (number | string)[]
     }[]
     admins: { users: string[]; groups: string[] }
   }
@@ -465,6 +497,7 @@ type Raw = Record<string, unknown> & {
     handshakeTimeout: string | number
     clientKeepalive: string | number
     bufferBudget: string | number
+    udp: { flowsPerUser: number; idleTimeout: string | number; dnsIdleTimeout: string | number }
   }
   audit: {
     mode: GatewayConfig['audit']['mode']
@@ -586,6 +619,7 @@ export function parseGatewayConfig(value: unknown, source: string, baseDir: stri
         namespaces: [...r.namespaces],
         pods: [...r.pods],
         ports: r.ports.map((v) => parsePortRange(v, `authorization.rules.${i}.ports`)),
+        udpPorts: r.udpPorts.map((v) => parsePortRange(v, `authorization.rules.${i}.udpPorts`)),
       })),
       admins: {
         users: [...raw.authorization.admins.users],
@@ -605,6 +639,11 @@ export function parseGatewayConfig(value: unknown, source: string, baseDir: stri
       handshakeTimeoutMs: parseDuration(raw.limits.handshakeTimeout, 'limits.handshakeTimeout'),
       clientKeepaliveMs: parseDuration(raw.limits.clientKeepalive, 'limits.clientKeepalive'),
       bufferBudgetBytes: parseSize(raw.limits.bufferBudget, 'limits.bufferBudget'),
+      udp: {
+        flowsPerUser: raw.limits.udp.flowsPerUser,
+        idleTimeoutMs: parseDuration(raw.limits.udp.idleTimeout, 'limits.udp.idleTimeout'),
+        dnsIdleTimeoutMs: parseDuration(raw.limits.udp.dnsIdleTimeout, 'limits.udp.dnsIdleTimeout'),
+      },
     },
     audit: {
       mode: raw.audit.mode,

@@ -16,6 +16,7 @@ interface CompiledRule {
   namespaces: Set<string>
   pods: RegExp[]
   ports: { from: number; to: number }[]
+  udpPorts: { from: number; to: number }[]
 }
 
 /** Turns a `*`/`?` glob into an anchored regular expression. */
@@ -35,6 +36,7 @@ function compile(rule: AuthzRule): CompiledRule {
     namespaces: new Set(rule.namespaces),
     pods: rule.pods.map(globToRegExp),
     ports: rule.ports,
+    udpPorts: rule.udpPorts,
   }
 }
 
@@ -59,10 +61,19 @@ export class Authorizer {
     )
   }
 
-  /** May `identity` forward to `port` of `namespace/pod`? */
-  canPortForward(identity: Identity, namespace: string, pod: string, port: number): boolean {
+  /**
+   * May `identity` forward to `port` of `namespace/pod`? UDP ports are granted by
+   * `udpPorts` only (a rule's `ports` are TCP).
+   */
+  canPortForward(
+    identity: Identity,
+    namespace: string,
+    pod: string,
+    port: number,
+    transport: 'tcp' | 'udp' = 'tcp',
+  ): boolean {
     return this.#matching(identity, namespace, pod).some((r) =>
-      r.ports.some((p) => port >= p.from && port <= p.to),
+      (transport === 'udp' ? r.udpPorts : r.ports).some((p) => port >= p.from && port <= p.to),
     )
   }
 

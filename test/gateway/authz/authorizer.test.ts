@@ -139,3 +139,31 @@ describe('rules are validated at start-up', () => {
     })
   }
 })
+
+describe('UDP ports are granted apart from TCP ports', () => {
+  test('ports grant no UDP; udpPorts grant no TCP; the default is no UDP at all', () => {
+    const a = new Authorizer(
+      load({
+        rules: [
+          { users: ['alice'], namespaces: ['default'], ports: ['1-65535'] },
+          { users: ['bob'], namespaces: ['default'], ports: [8080], udpPorts: ['53', '5000-5001'] },
+        ],
+      }).authorization,
+    )
+    assert.equal(a.canPortForward(id('alice'), 'default', 'dns', 53), true)
+    assert.equal(a.canPortForward(id('alice'), 'default', 'dns', 53, 'udp'), false)
+    assert.equal(a.canPortForward(id('bob'), 'default', 'dns', 53, 'udp'), true)
+    assert.equal(a.canPortForward(id('bob'), 'default', 'dns', 5001, 'udp'), true)
+    assert.equal(a.canPortForward(id('bob'), 'default', 'dns', 5002, 'udp'), false)
+    assert.equal(a.canPortForward(id('bob'), 'default', 'dns', 53), false)
+    assert.equal(a.canPortForward(id('bob'), 'default', 'dns', 8080), true)
+    assert.equal(a.canPortForward(id('bob'), 'default', 'dns', 8080, 'udp'), false)
+  })
+
+  test('a bad UDP range is a config error naming its path', () => {
+    assert.throws(
+      () => load({ rules: [{ users: ['a'], namespaces: ['x'], udpPorts: ['9-3'] }] }),
+      /authorization\.rules\.0\.udpPorts/,
+    )
+  })
+})
