@@ -256,7 +256,13 @@ export function devGatewayConfig(
     auth: { issuer: DEV_ISSUER, audience: DEV_AUDIENCE, jwks: { file: 'jwks.json' } },
     authorization: {
       rules: [
-        { groups: ['pfgate:developers'], namespaces: ['default'], pods: ['*'], ports: ['1-65535'] },
+        {
+          groups: ['pfgate:developers'],
+          namespaces: ['default'],
+          pods: ['*'],
+          ports: ['1-65535'],
+          udpPorts: ['1-65535'],
+        },
       ],
       admins: { groups: ['pfgate:admins'] },
     },
