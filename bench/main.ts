@@ -17,6 +17,8 @@
  *    `nsenter … socat` per connection, and the runtime-resolved path (pod found by UID in
  *    a private containerd over CRI) against the static dialer (bench/netns-dialer.ts;
  *    its own namespaces and containerd; root);
+ * 8. `udp`: UDP flows through pfgate against the pod directly and a three-hop socat UDP
+ *    chain: round trip p50/p99 and datagrams per second (bench/udp.ts; its own dev cluster);
  * 7. `abuse`: hostile and broken clients against the default limits (bench/abuse.ts; its
  *    own dev clusters): unauthenticated streams, stalled readers against the buffer
  *    budget, SIGTERM with clients that never read, a denial flood against the audit trail.
@@ -45,6 +47,8 @@ import { interleavedOpens, parallelOpens } from './opens.js'
 import type { OpenLatency, ParallelOpens } from './opens.js'
 import { benchNetnsDialer } from './netns-dialer.js'
 import { benchAbuse } from './abuse.js'
+import { benchUdp } from './udp.js'
+import type { UdpBenchResult } from './udp.js'
 import type { AbuseResult } from './abuse.js'
 import type { NetnsBenchResult } from './netns-dialer.js'
 import { startSocatChain } from './socat.js'
@@ -80,13 +84,24 @@ export interface BenchReport {
   netns?: NetnsBenchResult
   /** Hostile clients against the default limits (bench/abuse.ts). */
   abuse?: AbuseResult
+  /** UDP flows against the pod directly and socat UDP relays (bench/udp.ts). */
+  udp?: UdpBenchResult
   /** Sections that failed, with the error. */
   errors?: Partial<Record<string, string>>
   rows: Row[]
   seconds: number
 }
 
-const SECTIONS = ['streams', 'latency', 'audit', 'throughput', 'kubectl', 'netns', 'abuse'] as const
+const SECTIONS = [
+  'streams',
+  'latency',
+  'audit',
+  'throughput',
+  'kubectl',
+  'netns',
+  'abuse',
+  'udp',
+] as const
 /** The sections that measure the shared system under test (the others start their own). */
 const SYSTEM_SECTIONS: readonly Section[] = ['streams', 'latency', 'audit', 'throughput', 'kubectl']
 type Section = (typeof SECTIONS)[number]
@@ -381,7 +396,36 @@ export function buildRows(r: BenchReport): Row[] {
     })
   }
   if (r.abuse !== undefined) abuseRows(r.abuse, row)
+  if (r.udp !== undefined) udpRows(r.udp, row)
   return rows
+}
+
+/** The UDP section's rows (bench/udp.ts): pfgate against the direct path and socat. */
+function udpRows(u: UdpBenchResult, row: (x: Partial<Row> & { figure: string }) => void): void {
+  for (const [figure, pick] of [
+    ['UDP round trip p50 (µs), 64 B', (p: UdpBenchResult['pfgate']) => p.p50Us],
+    ['UDP round trip p99 (µs), 64 B', (p: UdpBenchResult['pfgate']) => p.p99Us],
+    ['UDP datagrams/s, 32 in flight', (p: UdpBenchResult['pfgate']) => p.perSecond],
+  ] as const) {
+    row({
+      figure,
+      value: String(pick(u.pfgate)),
+      baseline: 'direct',
+      baseValue: String(pick(u.direct)),
+      ratio: ratio(pick(u.pfgate), pick(u.direct)),
+    })
+    row({
+      figure: '',
+      baseline: 'socat 3-hop UDP',
+      baseValue: String(pick(u.socat3)),
+      ratio: ratio(pick(u.pfgate), pick(u.socat3)),
+    })
+  }
+  row({
+    figure: 'UDP datagrams lost at 32 in flight (pfgate / direct / socat)',
+    value: `${u.pfgate.lost} of ${u.pfgate.sent}`,
+    baseValue: `${u.direct.lost} / ${u.socat3.lost}`,
+  })
 }
 
 /** The abuse section's rows (bench/abuse.ts): each figure against its bound. */
@@ -629,6 +673,9 @@ export async function runBench(options: {
     })
     await section('abuse', async () => {
       report.abuse = await benchAbuse({ quick, log })
+    })
+    await section('udp', async () => {
+      report.udp = await benchUdp({ quick, log })
     })
     await section('netns', async () => {
       // Its own namespaces and echo servers, not the system under test (needs root, ip, socat).
