@@ -21,7 +21,9 @@ import { assertNamespace, assertObjectName } from '../protocol/names.js'
 import { DuplexRelay } from '../shared/duplex-relay.js'
 import { appError, describeError, isAppError } from '../shared/errors.js'
 import { h2Endpoint, resetStream, socketEndpoint } from '../shared/relay-endpoints.js'
+import { PROTOCOL_HEADER, UDP_PROTOCOL } from '../protocol/udp-frames.js'
 import { GatewayClient, GatewayHttpError } from './gateway-client.js'
+import { defaultUdpIdleMs, UdpLocalListener } from './udp-forward.js'
 import { loadClientConfig } from './kubeconfig.js'
 import type { ClientOverrides } from './kubeconfig.js'
 
@@ -44,6 +46,7 @@ Examples:
   pfgate port-forward echo 8888:5000      # local 8888 to the pod's 5000
   pfgate port-forward echo :5000          # a free local port to the pod's 5000 (also 0:5000)
   pfgate port-forward pod/web 8080:http   # a named container port
+  pfgate port-forward dns 5353:53/udp     # UDP: local UDP 5353 to the pod's UDP 53
 
 Options:
   -n, --namespace NS              namespace (default: the context's, else "default")
@@ -55,6 +58,7 @@ Options:
       --certificate-authority F   CA bundle for the gateway's certificate
       --insecure-skip-tls-verify  do not verify the gateway's certificate (insecure)
   -q, --quiet                     do not log each connection
+      --udp-idle-timeout SECONDS  end a local UDP flow after this long without a datagram (default 10 for port 53, else 60)
   -h, --help                      this help
 `
 
@@ -112,13 +116,24 @@ function closeServer(server: Server): Promise<void> {
   return new Promise((resolve) => server.close(() => resolve()))
 }
 
-/** Resolves a remote port spec against the pod's container ports (named ports). */
+/**
+ * Resolves a remote port spec against the pod's container ports (named ports), with its
+ * protocol (docs/udp.md): a TCP forward to a port the pod declares UDP only is refused (as
+ * kubectl does), and a UDP forward to a port it declares TCP only; a port the pod does not
+ * declare is allowed either way. A named port must be declared with the spec's protocol.
+ */
 export function resolveRemotePort(spec: PortSpec, pod: PodDoc, podName: string): number {
   const ports = (pod.spec?.containers ?? []).flatMap((c) => c.ports ?? [])
+  const want = spec.protocol === 'udp' ? 'UDP' : 'TCP'
   if (typeof spec.remote === 'number') {
     const declared = ports.filter((p) => p.containerPort === spec.remote)
-    if (declared.length > 0 && declared.every((p) => (p.protocol ?? 'TCP') === 'UDP')) {
-      throw appError('PFG_ERR_CLI_USAGE', `UDP protocol is not supported for ${spec.remote}`)
+    if (declared.length > 0 && declared.every((p) => (p.protocol ?? 'TCP') !== want)) {
+      throw appError(
+        'PFG_ERR_CLI_USAGE',
+        want === 'TCP'
+          ? `UDP protocol is not supported for ${spec.remote}`
+          : `Pod '${podName}' declares port ${spec.remote} as ${declared[0]?.protocol ?? 'TCP'} only, not UDP`,
+      )
     }
     return spec.remote
   }
@@ -129,7 +144,41 @@ export function resolveRemotePort(spec: PortSpec, pod: PodDoc, podName: string):
       `Pod '${podName}' does not have a named port '${spec.remote}'`,
     )
   }
+  if ((named.protocol ?? 'TCP') !== want) {
+    throw appError(
+      'PFG_ERR_CLI_USAGE',
+      `Pod '${podName}' declares its port '${spec.remote}' as ${named.protocol ?? 'TCP'}, not ${want}`,
+    )
+  }
   return named.containerPort
+}
+
+/** Binds a UDP port on every address (a picked port is reused on the others). */
+async function listenUdp(
+  spec: PortSpec,
+  addresses: string[],
+  warn: (line: string) => void,
+): Promise<UdpLocalListener[]> {
+  const bound: UdpLocalListener[] = []
+  let port = spec.local
+  const errors: string[] = []
+  for (const address of addresses) {
+    try {
+      const l = await UdpLocalListener.listen(address, port)
+      port = l.localPort
+      bound.push(l)
+    } catch (e) {
+      errors.push(`${formatHostPort(address, port)}/udp: ${describeError(e)}`)
+    }
+  }
+  if (bound.length === 0) {
+    throw appError(
+      'PFG_ERR_CLI_LISTEN',
+      `unable to listen on any of the requested ports: ${errors.join('; ')}`,
+    )
+  }
+  for (const e of errors) warn(`Unable to listen on ${e}`)
+  return bound
 }
 
 /** Runs the command; resolves with the exit code. */
@@ -153,6 +202,7 @@ export async function runPortForward(argv: string[], io: CliIo): Promise<number>
         'certificate-authority': { type: 'string' },
         'insecure-skip-tls-verify': { type: 'boolean' },
         quiet: { type: 'boolean', short: 'q' },
+        'udp-idle-timeout': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     }))
@@ -181,10 +231,21 @@ export async function runPortForward(argv: string[], io: CliIo): Promise<number>
   }
   let specs: PortSpec[]
   let addresses: string[]
+  let udpIdleMs: number | undefined
   try {
     assertObjectName('pod', podName)
     specs = parsePortSpecs(positionals.slice(1))
     addresses = expandAddresses(values.address as string | undefined)
+    const idle = values['udp-idle-timeout']
+    if (typeof idle === 'string') {
+      if (!/^[0-9]{1,6}$/.test(idle)) {
+        throw appError(
+          'PFG_ERR_CLI_USAGE',
+          `invalid --udp-idle-timeout ${JSON.stringify(idle)}: seconds`,
+        )
+      }
+      udpIdleMs = Number(idle) * 1000
+    }
   } catch (e) {
     err(`error: ${(e as Error).message}`)
     return 2
@@ -213,6 +274,7 @@ export async function runPortForward(argv: string[], io: CliIo): Promise<number>
   setDefaultHighWaterMark(false, STREAM_HIGH_WATER_MARK)
   const client = new GatewayClient({ config })
   const listeners: Listener[] = []
+  const udpListeners: { l: UdpLocalListener; remotePort: number }[] = []
   const sockets = new Set<Socket>()
   const relays = new Set<DuplexRelay>()
   let stopping = false
@@ -222,6 +284,7 @@ export async function runPortForward(argv: string[], io: CliIo): Promise<number>
     // server.close() waits for open connections, so end those first: every stream is
     // reset (the gateway records it), every local socket closed, then the listeners.
     const closing = listeners.map((l) => closeServer(l.server))
+    for (const u of udpListeners) u.l.close()
     for (const r of relays) r.abort('shutdown')
     for (const s of sockets) s.destroy()
     client.close()
@@ -264,6 +327,10 @@ export async function runPortForward(argv: string[], io: CliIo): Promise<number>
     for (let i = 0; i < specs.length; i++) {
       const spec = specs[i] as PortSpec
       const remotePort = remotePorts[i] as number
+      if (spec.protocol === 'udp') {
+        for (const l of await listenUdp(spec, addresses, err)) udpListeners.push({ l, remotePort })
+        continue
+      }
       let bound: Listener[] = []
       for (let attempt = 0; attempt < 5 && bound.length === 0; attempt++) {
         let port = spec.local
@@ -369,6 +436,28 @@ export async function runPortForward(argv: string[], io: CliIo): Promise<number>
     l.server.on('connection', (socket: Socket) => handle(socket, l))
     io.stdout.write(
       `Forwarding from ${formatHostPort(l.address, l.localPort)} -> ${l.remotePort}\n`,
+    )
+  }
+  for (const { l, remotePort } of udpListeners) {
+    l.serve({
+      remotePort,
+      idleTimeoutMs: udpIdleMs ?? defaultUdpIdleMs(remotePort),
+      openFlow: () =>
+        client.openStream(nativePortForwardPath(nodeName, namespace, podName), {
+          [PORT_HEADER]: String(remotePort),
+          [PROTOCOL_HEADER]: UDP_PROTOCOL,
+        }),
+      report: (line) => {
+        if (!stopping) err(line)
+      },
+      flowOpened: (peer) => {
+        if (!quiet) err(`Handling UDP flow from ${peer} for ${l.localPort}`)
+      },
+    })
+  }
+  for (const { l, remotePort } of udpListeners) {
+    io.stdout.write(
+      `Forwarding from ${formatHostPort(l.address, l.localPort)} -> ${remotePort}/udp\n`,
     )
   }
   client.on('disconnected', () => {

@@ -29,7 +29,7 @@
  * @module
  */
 import { randomBytes, randomUUID } from 'node:crypto'
-import type { ClientHttp2Stream } from 'node:http2'
+import type { ClientHttp2Stream, ServerHttp2Stream } from 'node:http2'
 import { AUDIT_SCHEMA, MAX_SESSION_USERS } from '../protocol/audit-record.js'
 import type { AuditRecord, ClientProtocol } from '../protocol/audit-record.js'
 import {
@@ -45,6 +45,7 @@ import {
   isDns1123Subdomain,
 } from '../protocol/names.js'
 import { RST } from '../protocol/reset-codes.js'
+import { PROTOCOL_HEADER, UDP_PROTOCOL } from '../protocol/udp-frames.js'
 import type { EndedBy } from '../protocol/reset-codes.js'
 import { DuplexRelay } from '../shared/duplex-relay.js'
 import type { AbortReason, RelayEndpoint, RelayOutcome } from '../shared/duplex-relay.js'
@@ -67,6 +68,8 @@ import type { Impersonation } from './impersonation.js'
 import type { GatewayConfig } from './config.js'
 import type { GatewayMetrics } from './metrics.js'
 import type { AgentPool } from './relay/agent-pool.js'
+import { UdpFlowRelay } from './udp-relay.js'
+import type { UdpRelayOutcome } from './udp-relay.js'
 import type { NodeInfo, PodInfo, PodRegistry } from './registry/types.js'
 
 /** What the forwarder needs from the audit log (src/gateway/audit). */
@@ -187,6 +190,8 @@ export interface ForwardRequest {
    * authentication, so an unauthenticated client learns nothing (401 before 400).
    */
   port: number | AppError
+  /** `udp` for a UDP flow (docs/udp.md; native clients only); absent for TCP. */
+  transport?: 'udp'
   /** User agent of this request, if it differs from the session's. */
   userAgent?: string
   /** Called once the request's token has verified (before the other checks). */
@@ -218,6 +223,8 @@ export interface AdmitRequest {
    * its own (SPDY).
    */
   ports?: readonly number[] | AppError
+  /** `udp` for a UDP flow (its ports are UDP ports). */
+  transport?: 'udp'
   /** User agent of this request, if it differs from the session's. */
   userAgent?: string
   /** Called once the request's token has verified (before the other checks). */
@@ -259,9 +266,14 @@ export interface LiveStreamView {
   podUid: string
   node: string
   port: number
+  /** `udp` for a UDP flow. */
+  transport?: 'udp'
   openedAt: string
   bytesClientToPod: number
   bytesPodToClient: number
+  /** UDP flows: datagrams relayed each way so far. */
+  datagramsClientToPod?: number
+  datagramsPodToClient?: number
 }
 
 /** A stream between 200 and its end. */
@@ -274,7 +286,9 @@ export class LiveStream {
   readonly port: number
   readonly openedAt: number
   readonly userAgent: string | undefined
-  relay: DuplexRelay | undefined
+  relay: DuplexRelay | UdpFlowRelay | undefined
+  /** `udp` for a UDP flow (its relay is a {@link UdpFlowRelay}). */
+  transport: 'udp' | undefined
   /** The agent stream. */
   upstream: ClientHttp2Stream | undefined
   /** Set when an admin/limit/shutdown ended it: who and why (and the limit's error). */
@@ -300,6 +314,7 @@ export class LiveStream {
     this.port = port
     this.openedAt = openedAt
     this.userAgent = userAgent
+    this.transport = undefined
   }
 
   /** Ends the stream abnormally (`client`: the gateway found the client gone). */
@@ -340,6 +355,13 @@ export class LiveStream {
       openedAt: new Date(this.openedAt).toISOString(),
       bytesClientToPod: this.relay?.bytesAtoB ?? 0,
       bytesPodToClient: this.relay?.bytesBtoA ?? 0,
+      ...(this.relay instanceof UdpFlowRelay
+        ? {
+            transport: 'udp' as const,
+            datagramsClientToPod: this.relay.datagramsAtoB,
+            datagramsPodToClient: this.relay.datagramsBtoA,
+          }
+        : {}),
     }
   }
 }
@@ -354,6 +376,11 @@ export interface OpenedForward {
   readonly upstream: ClientHttp2Stream
   /** Starts relaying between the client endpoint and the pod. */
   start(client: RelayEndpoint): LiveStream
+  /**
+   * Starts a UDP flow (`transport: 'udp'`): the client's stream, answered 200 with
+   * `waitForTrailers`, carries datagrams both ways (docs/protocol.md).
+   */
+  startUdp(client: ServerHttp2Stream): LiveStream
   /** The client vanished before start: close the agent stream and record it. */
   cancel(reason: string): void
 }
@@ -470,6 +497,7 @@ export class Forwarder {
   readonly #sessions = new Map<string, ClientSession>()
   readonly #streams = new Map<string, LiveStream>()
   readonly #perUser = new Map<string, number>()
+  readonly #udpPerUser = new Map<string, number>()
   #draining = false
   /** Audit appends in progress (shutdown waits for them: {@link settle}). */
   readonly #inflight = new Set<Promise<unknown>>()
@@ -488,11 +516,10 @@ export class Forwarder {
       agentSessions: () => deps.agents.sessionCount(),
     })
     const { idleTimeoutMs, maxLifetimeMs } = deps.limits
-    if (idleTimeoutMs > 0 || maxLifetimeMs > 0) {
-      const every = Math.max(
-        100,
-        Math.min(1000, Math.min(...[idleTimeoutMs, maxLifetimeMs].filter((x) => x > 0)) / 4),
-      )
+    const udp = deps.limits.udp
+    const periods = [idleTimeoutMs, maxLifetimeMs, udp.idleTimeoutMs, udp.dnsIdleTimeoutMs]
+    if (periods.some((x) => x > 0)) {
+      const every = Math.max(100, Math.min(1000, Math.min(...periods.filter((x) => x > 0)) / 4))
       this.#sweeper = setInterval(() => this.#sweep(), every)
       this.#sweeper.unref()
     }
@@ -639,10 +666,13 @@ export class Forwarder {
       const identity = found.identity as Identity
       const pod = found.pod as PodInfo
       const port = req.port as number
-      this.#checkLimits(session, identity)
+      this.#checkLimits(session, identity, req.transport)
       counted = true
       session.pending++
       this.#perUser.set(identity.user, (this.#perUser.get(identity.user) ?? 0) + 1)
+      if (req.transport === 'udp') {
+        this.#udpPerUser.set(identity.user, (this.#udpPerUser.get(identity.user) ?? 0) + 1)
+      }
       if (this.#d.audit.mode === 'blocking-strict' && !this.#d.audit.healthy()) {
         throw appError('PFG_ERR_AUDIT_UNAVAILABLE', 'audit trail unavailable; refusing new streams')
       }
@@ -656,7 +686,7 @@ export class Forwarder {
       const { identity, pod } = found
       if (counted && identity !== undefined) {
         session.pending--
-        this.#decUser(identity.user)
+        this.#decUser(identity.user, req.transport)
       }
       const e = isAppError(err)
         ? err
@@ -727,11 +757,20 @@ export class Forwarder {
         )
       }
     } else {
+      const udp = req.transport === 'udp'
       for (const port of ports) {
-        if (!this.#d.authorizer.canPortForward(identity, req.namespace, req.pod, port)) {
+        if (
+          !this.#d.authorizer.canPortForward(
+            identity,
+            req.namespace,
+            req.pod,
+            port,
+            udp ? 'udp' : 'tcp',
+          )
+        ) {
           throw appError(
             'PFG_ERR_AUTH_FORBIDDEN',
-            `user "${identity.user}" cannot forward to port ${port} of pod ${req.namespace}/${req.pod}`,
+            `user "${identity.user}" cannot forward to port ${port}${udp ? '/udp' : ''} of pod ${req.namespace}/${req.pod}`,
           )
         }
       }
@@ -772,8 +811,15 @@ export class Forwarder {
     return node
   }
 
-  #checkLimits(session: ClientSession, identity: Identity): void {
+  #checkLimits(session: ClientSession, identity: Identity, transport?: 'udp'): void {
     const l = this.#d.limits
+    if (transport === 'udp' && (this.#udpPerUser.get(identity.user) ?? 0) >= l.udp.flowsPerUser) {
+      this.#d.metrics.limitHits.inc({ limit: 'udp-flows-per-user' })
+      throw appError(
+        'PFG_ERR_LIMIT_STREAMS_PER_USER',
+        `too many concurrent UDP flows for user "${identity.user}" (limit ${l.udp.flowsPerUser})`,
+      )
+    }
     if (session.streams.size + session.pending >= l.streamsPerConnection) {
       this.#d.metrics.limitHits.inc({ limit: 'streams-per-connection' })
       throw appError(
@@ -809,6 +855,7 @@ export class Forwarder {
       [POD_UID_HEADER]: pod.uid,
       [GATEWAY_STREAM_ID_HEADER]: streamId,
     }
+    if (req.transport === 'udp') headers[PROTOCOL_HEADER] = UDP_PROTOCOL
 
     // 1. The agent connects to the pod's port and answers 200.
     let upstream: ClientHttp2Stream
@@ -845,7 +892,7 @@ export class Forwarder {
     // 2. The open record. In blocking-strict it is durable before the client hears 200,
     //    so no byte is relayed without it (the pod may have sent a banner: it waits).
     const openRec = this.#record('stream.opened', session, identity)
-    this.#target(openRec, pod, node, port)
+    this.#target(openRec, pod, node, port, req.transport)
     openRec.streamId = streamId
     if (req.userAgent !== undefined) openRec.userAgent = req.userAgent
     try {
@@ -884,13 +931,18 @@ export class Forwarder {
         done()
         return this.#start(streamId, session, identity, pod, node, port, req, upstream, client)
       },
+      startUdp: (client) => {
+        if (settled) throw new TypeError('start() called twice')
+        done()
+        return this.#startUdp(streamId, session, identity, pod, node, port, req, upstream, client)
+      },
       cancel: (reason) => {
         if (settled) return
         done()
-        this.#decUser(identity.user)
+        this.#decUser(identity.user, req.transport)
         resetStream(upstream, RST.CANCEL)
         const close = this.#record('stream.closed', session, identity)
-        this.#target(close, pod, node, port)
+        this.#target(close, pod, node, port, req.transport)
         close.streamId = streamId
         close.endedBy = 'client'
         close.reason = 'client-gone'
@@ -936,6 +988,91 @@ export class Forwarder {
     })
     this.#d.budget?.started(live)
     return live
+  }
+
+  #startUdp(
+    streamId: string,
+    session: ClientSession,
+    identity: Identity,
+    pod: PodInfo,
+    node: NodeInfo,
+    port: number,
+    req: ForwardRequest,
+    upstream: ClientHttp2Stream,
+    client: ServerHttp2Stream,
+  ): LiveStream {
+    const live = new LiveStream(
+      streamId,
+      session,
+      identity,
+      pod,
+      node,
+      port,
+      this.#now(),
+      req.userAgent ?? session.userAgent,
+    )
+    live.upstream = upstream
+    live.transport = 'udp'
+    this.#streams.set(streamId, live)
+    session.streams.add(live)
+    session.streamCount++
+    this.#d.metrics.streamsOpened.inc({ protocol: session.protocol })
+    live.relay = new UdpFlowRelay(client, upstream, {
+      onDone: (outcome) => this.#closedUdp(live, outcome),
+    })
+    return live
+  }
+
+  /** The `stream.closed` record of a UDP flow (docs/udp.md, "Audit"). */
+  #closedUdp(live: LiveStream, o: UdpRelayOutcome): void {
+    this.#streams.delete(live.id)
+    const { session } = live
+    session.streams.delete(live)
+    session.bytesClientToPod += o.bytesClientToPod
+    session.bytesPodToClient += o.bytesPodToClient
+    this.#decUser(live.identity.user, 'udp')
+    const m = this.#d.metrics
+    m.bytes.inc({ direction: 'client_to_pod' }, o.bytesClientToPod)
+    m.bytes.inc({ direction: 'pod_to_client' }, o.bytesPodToClient)
+    const rec = this.#record('stream.closed', session, live.identity)
+    this.#target(rec, live.pod, live.node, live.port, 'udp')
+    rec.streamId = live.id
+    if (live.userAgent !== undefined) rec.userAgent = live.userAgent
+    rec.bytesClientToPod = o.bytesClientToPod
+    rec.bytesPodToClient = o.bytesPodToClient
+    rec.datagramsClientToPod = o.datagramsClientToPod
+    rec.datagramsPodToClient = o.datagramsPodToClient
+    rec.datagramsDropped = {
+      gateway: o.droppedGateway,
+      ...(o.droppedAgent !== undefined ? { agent: o.droppedAgent } : {}),
+    }
+    if (o.wrongSource !== undefined) rec.datagramsWrongSource = o.wrongSource
+    rec.durationMs = this.#now() - live.openedAt
+    const e = live.endedBy
+    if (o.by === 'local' && e !== undefined) {
+      rec.endedBy = e.by
+      rec.reason = e.reason
+      if (e.user !== undefined) rec.endedByUser = e.user
+      if (e.error !== undefined) rec.error = e.error
+    } else if (o.by === 'local') {
+      rec.endedBy = 'gateway'
+      rec.reason = String(o.reason)
+    } else if (o.by === 'pod') {
+      rec.endedBy = 'pod'
+      rec.reason = o.reason === 'unreachable' ? 'pod-unreachable' : 'pod-error'
+    } else if (o.by === 'client') {
+      rec.endedBy = 'client'
+      if (o.reason !== 'client') rec.reason = o.reason
+    } else {
+      rec.endedBy = 'error'
+      rec.reason = o.reason === 'protocol-error' ? 'protocol-error' : 'agent-failed'
+      rec.error = {
+        code: 'PFG_ERR_RELAY_AGENT_UNAVAILABLE',
+        message: `agent stream ended abnormally (RST ${o.upstreamRstCode ?? 'none'})`,
+      }
+    }
+    m.streamsClosed.inc({ ended_by: rec.endedBy })
+    this.#appendLogged(rec)
   }
 
   #closed(live: LiveStream, outcome: RelayOutcome): void {
@@ -988,18 +1125,49 @@ export class Forwarder {
     this.#appendLogged(rec)
   }
 
-  #decUser(user: string): void {
+  #decUser(user: string, transport?: 'udp'): void {
     const n = (this.#perUser.get(user) ?? 1) - 1
     if (n <= 0) this.#perUser.delete(user)
     else this.#perUser.set(user, n)
+    if (transport === 'udp') {
+      const u = (this.#udpPerUser.get(user) ?? 1) - 1
+      if (u <= 0) this.#udpPerUser.delete(user)
+      else this.#udpPerUser.set(user, u)
+    }
   }
 
   #sweep(): void {
     const { idleTimeoutMs, maxLifetimeMs } = this.#d.limits
     const now = this.#now()
+    const udp = this.#d.limits.udp
     for (const s of this.#streams.values()) {
       const relay = s.relay
       if (relay === undefined || relay.done) continue
+      if (relay instanceof UdpFlowRelay) {
+        // A flow ends cleanly (trailers, the agent's counts in the record), never reset.
+        const idle = s.port === 53 ? udp.dnsIdleTimeoutMs : udp.idleTimeoutMs
+        if (maxLifetimeMs > 0 && now - s.openedAt >= maxLifetimeMs) {
+          this.#d.metrics.limitHits.inc({ limit: 'max-lifetime' })
+          s.endedBy ??= {
+            by: 'limit',
+            reason: 'limit:max-lifetime',
+            error: {
+              code: 'PFG_ERR_LIMIT_LIFETIME',
+              message: `the flow reached its maximum lifetime (${maxLifetimeMs} ms)`,
+            },
+          }
+          relay.end('lifetime')
+        } else if (idle > 0 && now - relay.lastActivity >= idle) {
+          this.#d.metrics.limitHits.inc({ limit: 'idle-timeout' })
+          s.endedBy ??= {
+            by: 'limit',
+            reason: 'limit:idle-timeout',
+            error: { code: 'PFG_ERR_LIMIT_IDLE', message: `no datagram either way for ${idle} ms` },
+          }
+          relay.end('idle')
+        }
+        continue
+      }
       if (maxLifetimeMs > 0 && now - s.openedAt >= maxLifetimeMs) {
         this.#d.metrics.limitHits.inc({ limit: 'max-lifetime' })
         s.kill('limit', 'limit:max-lifetime', undefined, {
@@ -1063,6 +1231,7 @@ export class Forwarder {
     rec.namespace = shown(redacted, 'namespace', shownName('namespace', target.namespace))
     rec.pod = shown(redacted, 'pod', shownName('name', target.pod))
     if (target.port > 0) rec.port = target.port
+    if (req.transport === 'udp') rec.transport = 'udp'
     if (pod !== undefined) {
       rec.podUid = pod.uid
       rec.node = pod.nodeName
@@ -1170,12 +1339,13 @@ export class Forwarder {
     return rec
   }
 
-  #target(rec: AuditRecord, pod: PodInfo, node: NodeInfo, port: number): void {
+  #target(rec: AuditRecord, pod: PodInfo, node: NodeInfo, port: number, transport?: 'udp'): void {
     rec.node = node.name
     rec.namespace = pod.namespace
     rec.pod = pod.name
     rec.podUid = pod.uid
     rec.port = port
+    if (transport === 'udp') rec.transport = 'udp'
   }
 }
 

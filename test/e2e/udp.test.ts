@@ -267,13 +267,37 @@ function suite(mode: 'netns' | 'static'): void {
       })
     }
 
-    test('TCP and UDP in one command', async () => {
-      const both = runCli(['port-forward', 'echo', ':5000', ':6000/udp'], env())
+    test("TCP and UDP in one command (the echo pod's TCP 5000 and a UDP echo)", async (t) => {
+      // A UDP echo where the agent dials it: inside the echo pod's namespace, or on the
+      // host for the static dialer (an undeclared port is dialled as itself).
+      let udpPort: number
+      if (mode === 'netns') {
+        const srv = await startServerInNetns(cluster.podNetns?.echo as string, 'udp-echo')
+        t.after(() => srv.stop())
+        udpPort = srv.port
+      } else {
+        const srv = createSocket('udp4')
+        srv.on('message', (m, r) => srv.send(m, r.port, r.address))
+        await new Promise<void>((r) => srv.bind(0, '127.0.0.1', r))
+        t.after(() => srv.close())
+        udpPort = srv.address().port
+      }
+      const both = runCli(['port-forward', 'echo', ':5000', `:${udpPort}/udp`], env())
+      t.after(() => both.stop())
+      const fwd = parseForwarding(await both.waitForLines(4))
+      const tcp = fwd.find((f) => f.protocol === 'tcp' && f.address === '127.0.0.1')
+      const udp = fwd.find((f) => f.protocol === 'udp' && f.address === '127.0.0.1')
+      assert.equal(tcp?.remote, 5000)
+      assert.equal(udp?.remote, udpPort)
+      const r = await echoRoundTrip(tcp!.port, 64 * 1024)
+      assert.equal(r.received, r.sent)
+      const c = new Client()
       try {
-        const lines = await both.waitForLines(4).catch(() => [])
-        void lines
+        await c.send('both', udp!.port)
+        await c.waitFor(1)
+        assert.equal(String(c.got[0]), 'both')
       } finally {
-        await both.stop()
+        c.close()
       }
     })
   })
@@ -281,4 +305,3 @@ function suite(mode: 'netns' | 'static'): void {
 
 suite('netns')
 suite('static')
-void echoRoundTrip

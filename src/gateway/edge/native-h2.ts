@@ -15,6 +15,7 @@ import type {
 } from 'node:http2'
 import { constants as h2c } from 'node:http2'
 import { PORT_HEADER, STREAM_ID_HEADER } from '../../protocol/constants.js'
+import { PROTOCOL_HEADER, UDP_PROTOCOL } from '../../protocol/udp-frames.js'
 import { parsePortHeader } from '../../protocol/names.js'
 import { RST } from '../../protocol/reset-codes.js'
 import { appError, describeError, isAppError } from '../../shared/errors.js'
@@ -116,6 +117,11 @@ export class NativeH2Adapter {
       // Malformed escapes: reject as a bad name, still only after authentication.
       port = [node, namespace, pod].find((x): x is AppError => typeof x !== 'string') as AppError
     }
+    const marker = headers[PROTOCOL_HEADER]
+    const udp = marker === UDP_PROTOCOL
+    if (marker !== undefined && !udp && typeof port === 'number') {
+      port = appError('PFG_ERR_PROTO_BAD_HEADER', `invalid ${PROTOCOL_HEADER} header`)
+    }
     if (headers[':method'] !== 'POST') {
       // 405 too only after authentication: an anonymous client learns nothing (401 first).
       port = appError('PFG_ERR_ROUTE_METHOD_NOT_ALLOWED', 'port-forward streams use POST')
@@ -135,6 +141,7 @@ export class NativeH2Adapter {
         pod: typeof pod === 'string' ? pod : '',
         node: typeof node === 'string' ? node : '',
         port,
+        ...(udp ? { transport: 'udp' as const } : {}),
         ...(ua !== undefined ? { userAgent: ua } : {}),
         ...(headerBytes !== undefined ? { headerBytes } : {}),
         ...(impersonation !== undefined ? { impersonation } : {}),
@@ -149,7 +156,11 @@ export class NativeH2Adapter {
             return
           }
           try {
-            stream.respond({ ':status': 200, [STREAM_ID_HEADER]: opened.streamId })
+            stream.respond(
+              { ':status': 200, [STREAM_ID_HEADER]: opened.streamId },
+              // A UDP flow ends with trailers (why, drops: docs/protocol.md).
+              udp ? { waitForTrailers: true } : {},
+            )
           } catch (err) {
             this.#logger.debug({ err: describeError(err) }, 'respond failed')
             opened.cancel('client went away before the stream opened')
@@ -159,7 +170,8 @@ export class NativeH2Adapter {
           // failure of the agent's side is INTERNAL_ERROR, whatever code Node gave the agent
           // stream (it closes the streams of a lost connection with CANCEL).
           relayed(stream)
-          opened.start(h2Endpoint(stream, RST.INTERNAL_ERROR, PASS_TO_CLIENT))
+          if (udp) opened.startUdp(stream)
+          else opened.start(h2Endpoint(stream, RST.INTERNAL_ERROR, PASS_TO_CLIENT))
         },
         (err: unknown) => {
           stream.off('close', onClose)
