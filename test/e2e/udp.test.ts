@@ -289,11 +289,11 @@ function suite(mode: 'netns' | 'static'): void {
       const udp = fwd.find((f) => f.protocol === 'udp' && f.address === '127.0.0.1')
       assert.equal(tcp?.remote, 5000)
       assert.equal(udp?.remote, udpPort)
-      const r = await echoRoundTrip(tcp!.port, 64 * 1024)
+      const r = await echoRoundTrip(tcp.port, 64 * 1024)
       assert.equal(r.received, r.sent)
       const c = new Client()
       try {
-        await c.send('both', udp!.port)
+        await c.send('both', udp.port)
         await c.waitFor(1)
         assert.equal(String(c.got[0]), 'both')
       } finally {
