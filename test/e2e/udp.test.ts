@@ -15,7 +15,7 @@ import { createSocket } from 'node:dgram'
 import type { Socket as UdpSocket } from 'node:dgram'
 import { promisify } from 'node:util'
 import { startTestCluster } from '../helpers/cluster.js'
-import { parseForwarding, runCli } from '../helpers/cli.js'
+import { parseForwarding, runCli, runCliToEnd } from '../helpers/cli.js'
 import type { CliProcess } from '../helpers/cli.js'
 import { trailPath, waitForRecords } from '../helpers/gateway.js'
 import { startServerInNetns } from '../helpers/netns.js'
@@ -227,6 +227,50 @@ function suite(mode: 'netns' | 'static'): void {
         // A new datagram opens a new flow.
         await c.send('again', local.get('7007/udp') as number)
         await c.waitFor(2)
+      } finally {
+        c.close()
+      }
+    })
+
+    test('an admin lists a live flow and kills it; the record says admin', async (t) => {
+      const c = new Client()
+      try {
+        const port = local.get('7007/udp') as number
+        await c.send('listed', port)
+        await c.waitFor(1)
+        // This cluster's idle timeout is 1.5 s: keep the flow busy while the admin looks.
+        const keep = setInterval(() => void c.send('keep', port), 200)
+        t.after(() => clearInterval(keep))
+        const list = await runCliToEnd(['admin', 'streams', '-o', 'json'], env())
+        assert.equal(list.code, 0, list.stderr)
+        const flow = (
+          JSON.parse(list.stdout) as {
+            id: string
+            port: number
+            transport?: string
+            openedAt: string
+            datagramsClientToPod?: number
+          }[]
+        )
+          .filter((f) => f.transport === 'udp' && f.port === 7007)
+          .sort((a, b) => b.openedAt.localeCompare(a.openedAt))[0]
+        assert.ok((flow?.datagramsClientToPod ?? 0) >= 1, list.stdout)
+        assert.ok(flow !== undefined, list.stdout)
+        const table = await runCliToEnd(['admin', 'streams'], env())
+        assert.match(table.stdout, /default\/dns:7007\/udp/)
+        const kill = await runCliToEnd(['admin', 'kill', 'stream', flow.id], env())
+        assert.equal(kill.code, 0, kill.stderr)
+        const rec = await waitForRecords(
+          trailPath(cluster),
+          (rs: AuditRecord[]) =>
+            rs.find((r) => r.type === 'stream.closed' && r.streamId === flow.id),
+          'the killed flow',
+        )
+        assert.deepEqual([rec.endedBy, rec.reason, rec.transport], ['admin', 'admin:stream', 'udp'])
+        // The next datagrams from the same client open a new flow.
+        const before = c.got.length
+        await c.send('again', port)
+        await c.waitFor(before + 1)
       } finally {
         c.close()
       }
