@@ -20,6 +20,7 @@ import { isIP } from 'node:net'
 import { DatagramStream } from '../shared/datagram-stream.js'
 import { MAX_DATAGRAM_SIZE, UDP_END_TRAILER } from '../protocol/udp-frames.js'
 import { RST } from '../protocol/reset-codes.js'
+import { appError, describeError } from '../shared/errors.js'
 
 /** Datagrams a flow holds while its stream opens. */
 export const MAX_PENDING_DATAGRAMS = 64
@@ -222,4 +223,39 @@ export class UdpLocalListener {
     if (how === 'reset') flow.ds?.reset(RST.CANCEL)
     else if (!s.writableEnded) s.end()
   }
+}
+
+/** `host:port`, IPv6 in brackets. */
+const hostPort = (address: string, port: number): string =>
+  isIP(address) === 6 ? `[${address}]:${port}` : `${address}:${port}`
+
+/**
+ * Binds a local UDP port on every address (0 picks one on the first address, reused on
+ * the others); `warn` gets each address that could not be bound.
+ */
+export async function listenUdp(
+  local: number,
+  addresses: string[],
+  warn: (line: string) => void,
+): Promise<UdpLocalListener[]> {
+  const bound: UdpLocalListener[] = []
+  let port = local
+  const errors: string[] = []
+  for (const address of addresses) {
+    try {
+      const l = await UdpLocalListener.listen(address, port)
+      port = l.localPort
+      bound.push(l)
+    } catch (e) {
+      errors.push(`${hostPort(address, port)}/udp: ${describeError(e)}`)
+    }
+  }
+  if (bound.length === 0) {
+    throw appError(
+      'PFG_ERR_CLI_LISTEN',
+      `unable to listen on any of the requested ports: ${errors.join('; ')}`,
+    )
+  }
+  for (const e of errors) warn(`Unable to listen on ${e}`)
+  return bound
 }

@@ -5,7 +5,7 @@
  */
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { resolveRemotePort } from '../../src/cli/port-forward.js'
+import { resolveRemotePort } from '../../src/cli/port-forward/target.js'
 import { parsePortSpec } from '../../src/protocol/port-spec.js'
 
 const pod = {
