@@ -301,6 +301,7 @@ describe('kubectl get pods: the pods the user may forward to', () => {
       assert.deepEqual(
         table.slice(1).map((r) => `${r[0]}/${r[1]} ${r[2]} ${r[3]}`),
         [
+          'default/dns 1/1 Running',
           'default/echo 1/1 Running',
           'default/pending 0/1 Pending',
           'default/web 1/1 Running',
@@ -320,7 +321,7 @@ describe('kubectl get pods: the pods the user may forward to', () => {
       const list = JSON.parse(json.stdout) as { items: { metadata: { name: string } }[] }
       assert.deepEqual(
         list.items.map((i) => i.metadata.name),
-        ['echo', 'pending', 'web'],
+        ['dns', 'echo', 'pending', 'web'],
       )
       const hidden = await get('pods', '-n', 'restricted')
       assert.equal(hidden.code, 0, hidden.stderr)
