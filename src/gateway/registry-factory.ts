@@ -4,8 +4,8 @@
  * @module
  */
 import type { Logger } from '../shared/log.js'
-import { createKubeRegistry } from './registry/kube-registry.js'
-import type { KubeRegistrySettings } from './registry/kube-registry.js'
+import { createKubeRegistry } from './registry/kube/registry.js'
+import type { KubeRegistrySettings } from './registry/kube/config.js'
 import type { PodRegistry } from './registry/types.js'
 
 /** Creates the Kubernetes list+watch registry. */
