@@ -28,8 +28,6 @@ import { resolvePodTarget, TargetError } from './port-forward/target.js'
 import { defaultUdpIdleMs, listenUdp } from './udp-forward.js'
 import type { UdpLocalListener } from './udp-forward.js'
 
-export { PORT_FORWARD_USAGE }
-
 /** Standard streams and signals, injectable for tests. */
 export interface CliIo {
   stdout: Writable
