@@ -222,7 +222,7 @@ export async function runPortForward(argv: string[], io: CliIo): Promise<number>
     // server.close() waits for open connections, so end those first: every stream is
     // reset (the gateway records it), every local socket closed, then the listeners.
     const closing = listeners.map((l) => closeServer(l.server))
-    for (const r of relays) r.abort('shutdown')
+    for (const r of relays) r.abort('gateway')
     for (const s of sockets) s.destroy()
     client.close()
     await Promise.all(closing)

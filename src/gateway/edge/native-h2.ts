@@ -24,9 +24,10 @@ import { respondStatus } from '../../shared/h2-util.js'
 import { h2Endpoint } from '../../shared/relay-endpoints.js'
 import { relayed } from '../connections.js'
 import type { ConnectionGuard } from '../connections.js'
-import { formatAddress } from '../forwarder.js'
+import { formatAddress } from '../forward/forwarder.js'
 import { impersonationOf } from '../impersonation.js'
-import type { ClientSession, Forwarder } from '../forwarder.js'
+import type { Forwarder } from '../forward/forwarder.js'
+import type { ClientSession } from '../forward/stream-table.js'
 
 /** `/proxy/nodes/{node}/portForward/{ns}/{pod}` (no query, no trailing parts). */
 export const NATIVE_PATH = /^\/proxy\/nodes\/([^/?#]+)\/portForward\/([^/?#]+)\/([^/?#]+)$/
@@ -163,9 +164,7 @@ export class NativeH2Adapter {
         },
         (err: unknown) => {
           stream.off('close', onClose)
-          const e = isAppError(err)
-            ? err
-            : appError('PFG_ERR_RELAY_AGENT_UNAVAILABLE', 'internal error')
+          const e = isAppError(err) ? err : appError('PFG_ERR_GATEWAY_INTERNAL', 'internal error')
           const extra: Record<string, string> =
             e.statusCode === 401
               ? { 'www-authenticate': 'Bearer realm="pfgate"' }

@@ -28,7 +28,8 @@ import type { RelayEndpoint } from '../../shared/duplex-relay.js'
 import { describeError, isAppError } from '../../shared/errors.js'
 import { keepAlive } from '../../shared/keepalive.js'
 import type { Logger } from '../../shared/log.js'
-import type { ClientSession, Forwarder } from '../forwarder.js'
+import type { Forwarder } from '../forward/forwarder.js'
+import type { ClientSession } from '../forward/stream-table.js'
 
 /** The target every stream of a session forwards to (from the upgrade's path). */
 export interface UpgradeTarget {

@@ -55,9 +55,9 @@ import {
   publicError,
 } from '../../shared/errors.js'
 import type { Logger } from '../../shared/log.js'
-import { formatAddress } from '../forwarder.js'
+import { formatAddress } from '../forward/forwarder.js'
 import { impersonationOf } from '../impersonation.js'
-import type { Forwarder } from '../forwarder.js'
+import type { Forwarder } from '../forward/forwarder.js'
 import { serveSpdyPortForward } from './spdy-adapter.js'
 import type { UpgradeTarget } from './spdy-adapter.js'
 import { closeWebSocket, serveChannelPortForward } from './ws-channel-adapter.js'
@@ -351,9 +351,7 @@ export class UpgradeHandler {
       })
     } catch (err) {
       this.#pending.delete(socket)
-      const e = isAppError(err)
-        ? err
-        : appError('PFG_ERR_RELAY_AGENT_UNAVAILABLE', 'internal error')
+      const e = isAppError(err) ? err : appError('PFG_ERR_GATEWAY_INTERNAL', 'internal error')
       rejectUpgrade(
         socket,
         e,

@@ -32,11 +32,13 @@ import {
 } from '../../protocol/ws-channel.js'
 import type { ChannelEncoding } from '../../protocol/ws-channel.js'
 import { ChannelWriter } from '../../protocol/ws-channel-writer.js'
-import type { AbortReason, RelayEndpoint } from '../../shared/duplex-relay.js'
+import type { AbortReason } from '../../protocol/stream-end.js'
+import type { RelayEndpoint } from '../../shared/duplex-relay.js'
 import { isAppError } from '../../shared/errors.js'
 import { keepAlive } from '../../shared/keepalive.js'
 import type { Logger } from '../../shared/log.js'
-import type { ClientSession, Forwarder } from '../forwarder.js'
+import type { Forwarder } from '../forward/forwarder.js'
+import type { ClientSession } from '../forward/stream-table.js'
 import type { UpgradeTarget } from './spdy-adapter.js'
 
 /** How long pod connections may finish after the client closed the WebSocket. */
@@ -115,7 +117,7 @@ const ABORT_TEXT: Record<AbortReason, string> = {
   'peer-reset': 'the connection to the pod was reset',
   admin: 'ended by an administrator',
   limit: 'ended by a gateway limit',
-  shutdown: 'the gateway is shutting down',
+  gateway: 'the gateway is shutting down',
   internal: 'internal error',
 }
 

@@ -15,8 +15,8 @@ import type { Identity } from '../../../src/gateway/auth/authenticator.js'
 import type { GatewayConfig } from '../../../src/gateway/config.js'
 import { GatewayMetrics } from '../../../src/gateway/metrics.js'
 import type { NodeInfo, PodInfo } from '../../../src/gateway/registry/types.js'
-import { Forwarder } from '../../../src/gateway/forwarder.js'
-import type { AuditPort, ForwarderDeps } from '../../../src/gateway/forwarder.js'
+import { Forwarder } from '../../../src/gateway/forward/forwarder.js'
+import type { AuditPort, ForwarderDeps } from '../../../src/gateway/forward/forwarder.js'
 
 /** A stream in memory: what is written to it is kept; `feed`/`eof` play the peer. */
 export class FakeStream extends Duplex {
