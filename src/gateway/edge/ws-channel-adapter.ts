@@ -37,8 +37,10 @@ import type { RelayEndpoint } from '../../shared/duplex-relay.js'
 import { isAppError } from '../../shared/errors.js'
 import { keepAlive } from '../../shared/keepalive.js'
 import type { Logger } from '../../shared/log.js'
-import type { Forwarder } from '../forward/forwarder.js'
+import type { ForwardService } from '../forward/service.js'
 import type { ClientSession } from '../forward/stream-table.js'
+import { forwardStream } from './contract.js'
+import type { EdgeConnection } from './contract.js'
 import type { UpgradeTarget } from './spdy-adapter.js'
 
 /** How long pod connections may finish after the client closed the WebSocket. */
@@ -89,7 +91,7 @@ const CLOSE_UNSUPPORTED = 1003
 
 /** What {@link serveChannelPortForward} needs. */
 export interface ChannelServeOptions {
-  forwarder: Forwarder
+  forwarder: ForwardService
   logger: Logger
   session: ClientSession
   authorization: string | string[] | undefined
@@ -103,14 +105,6 @@ export interface ChannelServeOptions {
    * ports end (audited `client-unresponsive`) and the WebSocket is cut.
    */
   keepaliveMs?: number
-}
-
-/** A served channel connection, for the gateway's shutdown and admin kills. */
-export interface ChannelConnection {
-  /** Nothing new can start on a channel connection (its ports are fixed): no-op. */
-  drain(): void
-  /** Ends everything now. */
-  destroy(): void
 }
 
 const ABORT_TEXT: Record<AbortReason, string> = {
@@ -304,7 +298,7 @@ function portEndpoint(conn: Conn, stream: PortStream, describe: string): RelayEn
 export function serveChannelPortForward(
   ws: WebSocket,
   options: ChannelServeOptions,
-): ChannelConnection {
+): EdgeConnection {
   const { forwarder, session, target, ports, encoding } = options
   const conn = new Conn(ws, encoding, ports)
   conn.writer.sendPortPrefixes(ports)
@@ -357,40 +351,33 @@ export function serveChannelPortForward(
       // Reported through the relay.
     })
     const describe = `error forwarding port ${port} to pod ${target.namespace}/${target.pod}`
-    const ac = new AbortController()
-    const onGone = (): void => ac.abort()
-    stream.once('close', onGone)
-    forwarder
-      .open({
+    forwardStream(
+      forwarder,
+      {
         session,
         authorization: options.authorization,
         namespace: target.namespace,
         pod: target.pod,
         ...(target.node !== undefined ? { node: target.node } : {}),
         port,
-        signal: ac.signal,
-      })
-      .then(
-        (opened) => {
-          stream.off('close', onGone)
-          if (stream.destroyed || conn.closed) {
-            opened.cancel('client went away before the stream opened')
-            stream.destroy()
-            return
-          }
-          opened.start(portEndpoint(conn, stream, describe))
-        },
-        (err: unknown) => {
-          stream.off('close', onGone)
+      },
+      {
+        watch: stream,
+        gone: () => stream.destroyed || conn.closed,
+        accept: () => portEndpoint(conn, stream, describe),
+        abandoned: () => stream.destroy(),
+        refuse: (err) => {
           // The kubelet's answer: one line on the port's error channel; the port is done.
           conn.sendError(i, isAppError(err) ? err.message : `${describe}: internal error`)
           stream.destroy()
           conn.finishPort(i)
         },
-      )
+      },
+    )
   })
 
   return {
+    // Nothing new can start on a channel connection (its ports are fixed).
     drain: () => {},
     destroy: () => {
       conn.abortAll()
