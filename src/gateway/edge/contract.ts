@@ -11,7 +11,9 @@
  * @module
  */
 import type { RelayEndpoint } from '../../shared/duplex-relay.js'
+import type { AppError } from '../../shared/errors.js'
 import type { ForwardRequest, ForwardService, OpenedForward } from '../forward/service.js'
+import type { ClientSession } from '../forward/stream-table.js'
 
 /** A served client connection, as shutdown and admin kills see it. */
 export interface EdgeConnection {
@@ -73,4 +75,25 @@ export function forwardStream(
       edge.refuse(err)
     },
   )
+}
+
+/**
+ * The request for one stream of an upgraded connection (SPDY, WebSocket channels): every
+ * stream goes to the upgrade's target and is authenticated again with the upgrade's
+ * Authorization.
+ */
+export function upgradeStreamRequest(
+  session: ClientSession,
+  authorization: string | string[] | undefined,
+  target: { namespace: string; pod: string; node?: string },
+  port: number | AppError,
+): Omit<ForwardRequest, 'signal'> {
+  return {
+    session,
+    authorization,
+    namespace: target.namespace,
+    pod: target.pod,
+    ...(target.node !== undefined ? { node: target.node } : {}),
+    port,
+  }
 }

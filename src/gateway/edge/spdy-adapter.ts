@@ -30,7 +30,7 @@ import { keepAlive } from '../../shared/keepalive.js'
 import type { Logger } from '../../shared/log.js'
 import type { ForwardService } from '../forward/service.js'
 import type { ClientSession } from '../forward/stream-table.js'
-import { forwardStream } from './contract.js'
+import { forwardStream, upgradeStreamRequest } from './contract.js'
 import type { EdgeConnection } from './contract.js'
 
 /** The target every stream of a session forwards to (from the upgrade's path). */
@@ -95,14 +95,7 @@ export function serveSpdyPortForward(transport: Duplex, options: SpdyServeOption
   const onRequest = (req: SpdyForwardRequest): void => {
     forwardStream(
       forwarder,
-      {
-        session,
-        authorization: options.authorization,
-        namespace: target.namespace,
-        pod: target.pod,
-        ...(target.node !== undefined ? { node: target.node } : {}),
-        port: req.port,
-      },
+      upgradeStreamRequest(session, options.authorization, target, req.port),
       {
         watch: req.data,
         gone: () => req.settled || req.data.destroyed,

@@ -39,7 +39,7 @@ import { keepAlive } from '../../shared/keepalive.js'
 import type { Logger } from '../../shared/log.js'
 import type { ForwardService } from '../forward/service.js'
 import type { ClientSession } from '../forward/stream-table.js'
-import { forwardStream } from './contract.js'
+import { forwardStream, upgradeStreamRequest } from './contract.js'
 import type { EdgeConnection } from './contract.js'
 import type { UpgradeTarget } from './spdy-adapter.js'
 
@@ -351,29 +351,18 @@ export function serveChannelPortForward(
       // Reported through the relay.
     })
     const describe = `error forwarding port ${port} to pod ${target.namespace}/${target.pod}`
-    forwardStream(
-      forwarder,
-      {
-        session,
-        authorization: options.authorization,
-        namespace: target.namespace,
-        pod: target.pod,
-        ...(target.node !== undefined ? { node: target.node } : {}),
-        port,
+    forwardStream(forwarder, upgradeStreamRequest(session, options.authorization, target, port), {
+      watch: stream,
+      gone: () => stream.destroyed || conn.closed,
+      accept: () => portEndpoint(conn, stream, describe),
+      abandoned: () => stream.destroy(),
+      refuse: (err) => {
+        // The kubelet's answer: one line on the port's error channel; the port is done.
+        conn.sendError(i, isAppError(err) ? err.message : `${describe}: internal error`)
+        stream.destroy()
+        conn.finishPort(i)
       },
-      {
-        watch: stream,
-        gone: () => stream.destroyed || conn.closed,
-        accept: () => portEndpoint(conn, stream, describe),
-        abandoned: () => stream.destroy(),
-        refuse: (err) => {
-          // The kubelet's answer: one line on the port's error channel; the port is done.
-          conn.sendError(i, isAppError(err) ? err.message : `${describe}: internal error`)
-          stream.destroy()
-          conn.finishPort(i)
-        },
-      },
-    )
+    })
   })
 
   return {
