@@ -89,7 +89,10 @@ export function parseAuditQuery(
     const v = input[name]
     if (v === undefined) return undefined
     if (v.length > MAX_FILTER_LENGTH)
-      throw new AuditQueryError(name, `${flag(name)} is longer than ${MAX_FILTER_LENGTH} characters`)
+      throw new AuditQueryError(
+        name,
+        `${flag(name)} is longer than ${MAX_FILTER_LENGTH} characters`,
+      )
     const values = v
       .split(',')
       .map((s) => s.trim())
@@ -125,7 +128,10 @@ export function parseAuditQuery(
   const ports = list('port')?.map((p) => {
     const n = Number(p)
     if (!/^\d+$/.test(p) || n < 1 || n > 65535)
-      throw new AuditQueryError('port', `${flag('port')} must be 1..65535, not ${JSON.stringify(p)}`)
+      throw new AuditQueryError(
+        'port',
+        `${flag('port')} must be 1..65535, not ${JSON.stringify(p)}`,
+      )
     return n
   })
   if (ports !== undefined) filters.push((r) => r.port !== undefined && ports.includes(r.port))
