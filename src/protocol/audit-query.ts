@@ -64,7 +64,7 @@ export class AuditQueryError extends Error {
 /** A parsed query. */
 export interface AuditQuery {
   /** True when the record matches every filter. */
-  matches(r: AuditRecord): boolean
+  matches: (r: AuditRecord) => boolean
   /** The `since` bound (ms since epoch), when given. */
   since: number | undefined
   /** The `until` bound (ms since epoch, exclusive), when given. */

@@ -106,7 +106,10 @@ export const CSV_COLUMNS = [
 export function csvField(value: unknown): string {
   if (value === undefined || value === null) return ''
   if (typeof value === 'number') return String(value)
-  let s = Array.isArray(value) ? value.join(' ') : String(value)
+  let s: string
+  if (Array.isArray(value)) s = value.join(' ')
+  else if (typeof value === 'string') s = value
+  else s = JSON.stringify(value)
   if (/^[=+\-@\t\r]/.test(s)) s = `'${s}`
   return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s
 }
