@@ -190,7 +190,10 @@ export async function consolePlugin(app: FastifyInstance, opts: ConsoleOptions):
   }
   const asset = { config: { auth: 'public' as const, console: 'asset' as const } }
   app.get('', asset, async (_request, reply) => reply.redirect(`${CONSOLE_PREFIX}/`))
-  app.get('/', asset, async (_request, reply) => page('index.html', reply))
+  // Only `/console/`: the page's relative URLs (app.js, api/…) need the slash.
+  app.get('/', { ...asset, prefixTrailingSlash: 'slash' }, async (_request, reply) =>
+    page('index.html', reply),
+  )
   app.get('/app.js', asset, async (_request, reply) => page('app.js', reply))
   app.get('/app.css', asset, async (_request, reply) => page('app.css', reply))
 
