@@ -51,7 +51,9 @@ import {
 import { impersonationOf, impersonationRefused } from './impersonation.js'
 import { registerNodeProxy } from './node-proxy.js'
 import { keepAlive } from '../shared/keepalive.js'
-import { ConnectionGuard, clientSessionMemoryMb, preauthSettings } from './connections.js'
+import { ConnectionGuard, clientSessionMemoryMb, preauthSettings, relayed } from './connections.js'
+import { CONSOLE_PREFIX, consolePlugin } from './console/plugin.js'
+import { gatewayConsoleBackend } from './console/gateway-backend.js'
 import type { ConnectionLimits } from './connections.js'
 import { respondStatus } from '../shared/h2-util.js'
 import { UpgradeHandler } from './edge/upgrade.js'
@@ -101,6 +103,8 @@ export interface GatewayDeps {
   version?: { major: string; minor: string; gitVersion: string }
   /** The Kubernetes-compatible surface (default: the WebSocket tunnel is on). */
   kubernetes?: { websocketTunnel: boolean }
+  /** The admin console under /console/ (none: its paths are 404s); the trail it searches. */
+  console?: { auditFile: string | undefined }
 }
 
 /** The Fastify instance type of the gateway (HTTP/2 secure server with HTTP/1.1 fallback). */
@@ -578,6 +582,21 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
       return successStatus('session ended')
     },
   )
+
+  // --- Admin console (src/gateway/console/: its own login, CSRF and headers)
+  if (deps.console !== undefined) {
+    await app.register(consolePlugin, {
+      prefix: CONSOLE_PREFIX,
+      backend: gatewayConsoleBackend({ ...deps, auditFile: deps.console.auditFile }),
+      connection: {
+        authenticated: (request) => connections.authenticated(request.raw.socket),
+        longLived: (request) => {
+          const stream = (request.raw as { stream?: ServerHttp2Stream }).stream
+          if (stream !== undefined) relayed(stream)
+        },
+      },
+    })
+  }
 
   await app.ready()
 
