@@ -52,6 +52,7 @@ const FIELDS: { name: string; label: string; hint: string }[] = [
 const OUTCOMES = ['', 'ok', 'denied', 'failed', 'error', 'limit', 'admin', 'restart']
 
 const PAGE_SIZE = 50
+const MAX_PAGES = 10_000 / PAGE_SIZE
 
 function queryString(filters: Record<string, string>, extra: Record<string, string> = {}): string {
   const p = new URLSearchParams()
@@ -128,6 +129,8 @@ export function AuditView({
   }, [timeline])
 
   const pages = result !== undefined ? Math.max(1, Math.ceil(result.total / PAGE_SIZE)) : 1
+  // The gateway pages as deep as 10 000 records; older ones are for `pfgate audit query`.
+  const reachable = Math.min(pages, MAX_PAGES)
   const exportQs = queryString(applied)
 
   return (
@@ -275,7 +278,7 @@ export function AuditView({
         </span>{' '}
         <button
           type="button"
-          disabled={busy || page + 1 >= pages}
+          disabled={busy || page + 1 >= reachable}
           onClick={() => void run(applied, page + 1)}
         >
           Older

@@ -34,6 +34,8 @@ interface StreamRow {
   pod: string
   node: string
   port: number
+  service?: string
+  transport?: string
   openedAt: string
   bytesClientToPod: number
   bytesPodToClient: number
@@ -156,6 +158,7 @@ export function LiveView({
     const rows = (sample?.streams ?? []).filter((s) =>
       matches(
         filter,
+        s.service ?? '',
         s.user,
         s.sourceAddress,
         s.protocol,
@@ -265,6 +268,8 @@ export function LiveView({
                 <td>{s.protocol}</td>
                 <td>
                   {s.namespace}/{s.pod}:{s.port}
+                  {s.transport !== undefined && s.transport !== 'tcp' ? `/${s.transport}` : ''}
+                  {s.service !== undefined ? ` (service ${s.service})` : ''}
                 </td>
                 <td>{s.node}</td>
                 <td>{formatAge(s.openedAt, now)}</td>

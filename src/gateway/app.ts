@@ -54,6 +54,7 @@ import { keepAlive } from '../shared/keepalive.js'
 import { ConnectionGuard, clientSessionMemoryMb, preauthSettings, relayed } from './connections.js'
 import { CONSOLE_PREFIX, consolePlugin } from './console/plugin.js'
 import { gatewayConsoleBackend } from './console/gateway-backend.js'
+import { adminAuditRoutes } from './console/admin-audit.js'
 import type { ConnectionLimits } from './connections.js'
 import { respondStatus } from '../shared/h2-util.js'
 import { UpgradeHandler } from './edge/upgrade.js'
@@ -585,9 +586,11 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
 
   // --- Admin console (src/gateway/console/: its own login, CSRF and headers)
   if (deps.console !== undefined) {
+    const backend = gatewayConsoleBackend({ ...deps, auditFile: deps.console.auditFile })
+    await app.register(adminAuditRoutes, { backend })
     await app.register(consolePlugin, {
       prefix: CONSOLE_PREFIX,
-      backend: gatewayConsoleBackend({ ...deps, auditFile: deps.console.auditFile }),
+      backend,
       connection: {
         authenticated: (request) => connections.authenticated(request.raw.socket),
         longLived: (request) => {

@@ -21,7 +21,7 @@ import { join } from 'node:path'
 import { chromium } from 'playwright-core'
 import type { Browser, BrowserContext, Page } from 'playwright-core'
 import { startTestCluster } from '../helpers/cluster.js'
-import { parseForwarding, runCli } from '../helpers/cli.js'
+import { parseForwarding, runCli, runCliToEnd } from '../helpers/cli.js'
 import type { CliProcess } from '../helpers/cli.js'
 import { dial, eventually } from '../helpers/net.js'
 import { tokenFor, trailPath, waitForRecords } from '../helpers/gateway.js'
@@ -288,6 +288,45 @@ describe('admin console in chromium', () => {
     )
     await screenshot('timeline')
     await accessible('timeline')
+  })
+
+  test('the same search through the admin API and `pfgate audit query` finds the same records', async () => {
+    const qs = 'user=dev&outcome=admin'
+    const api = await page.request.get(`/admin/v1/audit?${qs}`, {
+      headers: { authorization: `Bearer ${adminToken}` },
+    })
+    assert.equal(api.status(), 200)
+    const fromApi = ((await api.json()) as { items: AuditRecord[] }).items.map((r) => r.id)
+    const fromPage = JSON.parse((await pageFetch(`api/audit?${qs}`)).body) as {
+      items: AuditRecord[]
+    }
+    assert.deepEqual(
+      fromPage.items.map((r) => r.id),
+      fromApi,
+    )
+    const cli = await runCliToEnd([
+      'audit',
+      'query',
+      '--file',
+      trailPath(cluster),
+      '--user',
+      'dev',
+      '--outcome',
+      'admin',
+      '-o',
+      'json',
+    ])
+    assert.equal(cli.code, 0, cli.stderr)
+    const fromCli = cli.stdout
+      .trim()
+      .split('\n')
+      .map((l) => (JSON.parse(l) as AuditRecord).id)
+    assert.deepEqual(fromCli.reverse(), fromApi)
+    assert.ok(fromApi.length >= 1)
+    const devon = await page.request.get(`/admin/v1/audit?${qs}`, {
+      headers: { authorization: `Bearer ${developerToken}` },
+    })
+    assert.equal(devon.status(), 403)
   })
 
   test('a forged cross-site request is refused; a same-site call without the CSRF token too', async () => {

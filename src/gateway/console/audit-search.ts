@@ -7,8 +7,14 @@
  * @module
  */
 import type { AuditRecord } from '../../protocol/audit-record.js'
-import type { AuditQuery } from '../../protocol/audit-query.js'
-import { recordOutcome } from '../../protocol/audit-query.js'
+import type { AuditQuery, AuditQueryInput } from '../../protocol/audit-query.js'
+import {
+  AUDIT_FILTERS,
+  AuditQueryError,
+  parseAuditQuery,
+  recordOutcome,
+} from '../../protocol/audit-query.js'
+import { appError } from '../../shared/errors.js'
 
 /** The deepest a page may reach (page × size): older records are for `pfgate audit query`. */
 export const MAX_WINDOW = 10_000
@@ -134,3 +140,54 @@ export function csvLine(r: AuditRecord): string {
 }
 
 export const CSV_HEADER = `${CSV_COLUMNS.join(',')}\r\n`
+
+/** The audit filters of a query string (and the named extra parameters); 400 on anything else. */
+export function auditQuery(
+  raw: unknown,
+  extraNames: readonly string[],
+  filters = true,
+): {
+  query: AuditQuery
+  extra: Record<string, string | undefined>
+} {
+  const input: AuditQueryInput = {}
+  const extra: Record<string, string | undefined> = {}
+  for (const [name, value] of Object.entries((raw ?? {}) as Record<string, unknown>)) {
+    if (typeof value !== 'string') {
+      throw appError('PFG_ERR_ROUTE_BAD_QUERY', `query parameter ${name} given more than once`)
+    }
+    if (extraNames.includes(name)) extra[name] = value
+    else if (filters && (AUDIT_FILTERS as readonly string[]).includes(name)) {
+      if (value !== '') input[name as keyof AuditQueryInput] = value
+    } else throw appError('PFG_ERR_ROUTE_BAD_QUERY', `unknown query parameter ${name}`)
+  }
+  try {
+    return { query: parseAuditQuery(input, Date.now()), extra }
+  } catch (err) {
+    if (err instanceof AuditQueryError) throw appError('PFG_ERR_ROUTE_BAD_QUERY', err.message)
+    throw err
+  }
+}
+
+function intParam(
+  value: string | undefined,
+  name: string,
+  dflt: number,
+  min: number,
+  max: number,
+): number {
+  if (value === undefined || value === '') return dflt
+  const n = Number(value)
+  if (!/^\d+$/.test(value) || n < min || n > max) {
+    throw appError('PFG_ERR_ROUTE_BAD_QUERY', `${name} must be ${min}..${max}`)
+  }
+  return n
+}
+
+/** A search's query string: the filters, `page` and `size` (400 on anything else). */
+export function searchParams(raw: unknown): { query: AuditQuery; page: number; size: number } {
+  const { query, extra } = auditQuery(raw, ['page', 'size'])
+  const size = intParam(extra.size, 'size', 50, 1, MAX_PAGE_SIZE)
+  const page = intParam(extra.page, 'page', 0, 0, Math.floor(MAX_WINDOW / size) - 1)
+  return { query, page, size }
+}

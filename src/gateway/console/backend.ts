@@ -34,6 +34,10 @@ export interface ConsoleStreamView {
   pod: string
   node: string
   port: number
+  /** The Service the client named, when it forwarded to one. */
+  service?: string
+  /** `udp` for a UDP flow (TCP when absent). */
+  transport?: string
   openedAt: string
   bytesClientToPod: number
   bytesPodToClient: number

@@ -22,8 +22,6 @@ import { readFileSync } from 'node:fs'
 import { Readable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { AUDIT_FILTERS, AuditQueryError, parseAuditQuery } from '../../protocol/audit-query.js'
-import type { AuditQueryInput } from '../../protocol/audit-query.js'
 import type { AuditRecord } from '../../protocol/audit-record.js'
 import { appError } from '../../shared/errors.js'
 import type { ConsoleBackend } from './backend.js'
@@ -41,10 +39,10 @@ import { DEFAULT_SAMPLER, LiveSampler } from './live.js'
 import type { LiveSample, SamplerOptions } from './live.js'
 import {
   CSV_HEADER,
-  MAX_PAGE_SIZE,
-  MAX_WINDOW,
+  auditQuery,
   csvLine,
   searchAudit,
+  searchParams,
   streamTimeline,
 } from './audit-search.js'
 
@@ -323,9 +321,7 @@ export async function consolePlugin(app: FastifyInstance, opts: ConsoleOptions):
   }
 
   app.get('/api/audit', admin, async (request) => {
-    const { query, extra } = auditQuery(request.query, ['page', 'size'])
-    const size = intParam(extra.size, 'size', 50, 1, MAX_PAGE_SIZE)
-    const pageNo = intParam(extra.page, 'page', 0, 0, Math.floor(MAX_WINDOW / size) - 1)
+    const { query, page: pageNo, size } = searchParams(request.query)
     return withTrail((records) => searchAudit(records, query, pageNo, size))
   })
   app.get('/api/audit/timeline', admin, async (request) => {
@@ -361,47 +357,4 @@ export async function consolePlugin(app: FastifyInstance, opts: ConsoleOptions):
       .header('content-disposition', `attachment; filename="pfgate-audit-${stamp}.${format}"`)
       .send(Readable.from(lines()))
   })
-}
-
-/** The audit filters of a query string (and the named extra parameters); 400 on anything else. */
-function auditQuery(
-  raw: unknown,
-  extraNames: readonly string[],
-  filters = true,
-): {
-  query: ReturnType<typeof parseAuditQuery>
-  extra: Record<string, string | undefined>
-} {
-  const input: AuditQueryInput = {}
-  const extra: Record<string, string | undefined> = {}
-  for (const [name, value] of Object.entries((raw ?? {}) as Record<string, unknown>)) {
-    if (typeof value !== 'string') {
-      throw appError('PFG_ERR_ROUTE_BAD_QUERY', `query parameter ${name} given more than once`)
-    }
-    if (extraNames.includes(name)) extra[name] = value
-    else if (filters && (AUDIT_FILTERS as readonly string[]).includes(name)) {
-      if (value !== '') input[name as keyof AuditQueryInput] = value
-    } else throw appError('PFG_ERR_ROUTE_BAD_QUERY', `unknown query parameter ${name}`)
-  }
-  try {
-    return { query: parseAuditQuery(input, Date.now()), extra }
-  } catch (err) {
-    if (err instanceof AuditQueryError) throw appError('PFG_ERR_ROUTE_BAD_QUERY', err.message)
-    throw err
-  }
-}
-
-function intParam(
-  value: string | undefined,
-  name: string,
-  dflt: number,
-  min: number,
-  max: number,
-): number {
-  if (value === undefined || value === '') return dflt
-  const n = Number(value)
-  if (!/^\d+$/.test(value) || n < min || n > max) {
-    throw appError('PFG_ERR_ROUTE_BAD_QUERY', `${name} must be ${min}..${max}`)
-  }
-  return n
 }
