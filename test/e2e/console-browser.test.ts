@@ -368,6 +368,38 @@ describe('admin console in chromium', () => {
     )
   })
 
+  test('ending a whole client session from the page resets its connections', async () => {
+    await page.getByRole('button', { name: 'Live', exact: true }).click()
+    const sock = await dial(localPort)
+    sockets.push(sock)
+    const ended = new Promise<string>((resolve) => {
+      sock.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'))
+      sock.once('close', () => resolve('close'))
+    })
+    sock.write('hello')
+    const streamRow = page.locator('#streams tbody tr[data-stream]').first()
+    await streamRow.waitFor({ timeout: 15_000 })
+    const streamId = (await streamRow.getAttribute('data-stream')) as string
+    const sessionRow = page.locator('#sessions tbody tr[data-session]').first()
+    const sessionId = (await sessionRow.getAttribute('data-session')) as string
+    await page.getByRole('button', { name: `End session ${sessionId}` }).click()
+    await page.getByRole('dialog').getByRole('button', { name: 'End session' }).click()
+    assert.equal(await ended, 'ECONNRESET')
+    await page
+      .getByRole('status')
+      .filter({ hasText: `Ended session ${sessionId}.` })
+      .waitFor()
+    const rec = await waitForRecords(
+      trailPath(cluster),
+      (rs) => rs.find((r) => r.type === 'stream.closed' && r.streamId === streamId),
+      'the close record',
+    )
+    assert.deepEqual(
+      [rec.sessionId, rec.endedBy, rec.endedByUser, rec.reason],
+      [sessionId, 'admin', 'ada', 'admin:session'],
+    )
+  })
+
   test('the page broke no Content-Security-Policy rule; an injected inline script is blocked', async () => {
     assert.deepEqual(cspViolations, [])
     // The policy is enforced, and a violation would have been seen: an inline script
