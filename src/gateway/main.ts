@@ -105,6 +105,7 @@ export async function startGateway(
     budget,
     nodeProxy: { tls: agentTls, connectTimeoutMs: config.agents.connectTimeoutMs },
     kubernetes: config.kubernetes,
+    console: { auditFile: config.audit.sinks.find((x) => x.type === 'file')?.path },
   })
   const addr = await gateway.listen(
     overrides.port ?? config.listen.port,
