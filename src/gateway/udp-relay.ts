@@ -15,9 +15,9 @@
 import type { ClientHttp2Stream, IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2'
 import { DatagramStream } from '../shared/datagram-stream.js'
 import type { DatagramStreamEnd } from '../shared/datagram-stream.js'
-import type { AbortReason } from '../shared/duplex-relay.js'
 import { rstCodeFor } from '../shared/relay-endpoints.js'
 import { RST } from '../protocol/reset-codes.js'
+import type { AbortReason } from '../protocol/stream-end.js'
 import {
   parseCountTrailer,
   parseUdpEnd,
@@ -134,7 +134,7 @@ export class UdpFlowRelay {
     this.#graceTimer.unref()
   }
 
-  /** Resets both sides (admin, limit, shutdown; `peer-reset`: the client is gone). */
+  /** Resets both sides (admin, limit, `gateway`: shutdown; `peer-reset`: the client is gone). */
   abort(reason: AbortReason): void {
     if (this.done) return
     this.#endedBy ??= { by: 'local', reason }
