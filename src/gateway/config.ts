@@ -85,6 +85,22 @@ export interface GatewayConfig {
     key: string
     connectTimeoutMs: number
     keepaliveMs: number
+    /**
+     * How streams reach agents: the gateway dials them (`dial`), they dial the gateway's
+     * agent endpoint (`reverse`), or a connected agent first and a dial otherwise (`both`).
+     */
+    mode: 'dial' | 'reverse' | 'both'
+    /** The agent endpoint reverse agents dial (docs/scaling.md); null unless a mode uses it. */
+    reverse: {
+      host: string
+      port: number
+      /** The endpoint's certificate (default: the agent-hop certificate `cert`/`key`). */
+      cert: string
+      key: string
+      /** Replicas an agent should hold a connection to (the Deployment's replicas). */
+      replicas: number
+      handshakeTimeoutMs: number
+    } | null
   }
   registry: { source: 'static'; file: string } | KubeRegistrySettings
   auth: {
@@ -200,6 +216,20 @@ const schema = {
         key: { type: 'string' },
         connectTimeout: { ...duration, default: '5s' },
         keepalive: { ...duration, default: '30s' },
+        mode: { enum: ['dial', 'reverse', 'both'], default: 'dial' },
+        reverse: {
+          type: 'object',
+          additionalProperties: false,
+          default: {},
+          properties: {
+            host: { type: 'string', default: '0.0.0.0' },
+            port: { type: 'integer', minimum: 0, maximum: 65535, default: 8132 },
+            cert: { type: 'string' },
+            key: { type: 'string' },
+            replicas: { type: 'integer', minimum: 1, maximum: 1024, default: 1 },
+            handshakeTimeout: { ...duration, default: '10s' },
+          },
+        },
       },
     },
     registry: {
@@ -422,6 +452,15 @@ type Raw = Record<string, unknown> & {
     key: string
     connectTimeout: string | number
     keepalive: string | number
+    mode: 'dial' | 'reverse' | 'both'
+    reverse: {
+      host: string
+      port: number
+      cert?: string
+      key?: string
+      replicas: number
+      handshakeTimeout: string | number
+    }
   }
   registry: Record<string, unknown> & { source: 'static' | 'kubernetes' }
   auth: {
@@ -554,6 +593,21 @@ export function parseGatewayConfig(value: unknown, source: string, baseDir: stri
       key: p(raw.agents.key),
       connectTimeoutMs: parseDuration(raw.agents.connectTimeout, 'agents.connectTimeout'),
       keepaliveMs: parseDuration(raw.agents.keepalive, 'agents.keepalive'),
+      mode: raw.agents.mode,
+      reverse:
+        raw.agents.mode === 'dial'
+          ? null
+          : {
+              host: raw.agents.reverse.host,
+              port: raw.agents.reverse.port,
+              cert: p(raw.agents.reverse.cert ?? raw.agents.cert),
+              key: p(raw.agents.reverse.key ?? raw.agents.key),
+              replicas: raw.agents.reverse.replicas,
+              handshakeTimeoutMs: parseDuration(
+                raw.agents.reverse.handshakeTimeout,
+                'agents.reverse.handshakeTimeout',
+              ),
+            },
     },
     registry,
     auth: {

@@ -112,7 +112,7 @@ test('the gateway config validates and agrees with compose and the registry', ()
     ) as string
     const ac = loadAgentConfig(agentFile)
     assert.equal(ac.nodeName, node.name)
-    assert.equal(ac.listen.port, node.port, `${node.name}: agent port`)
+    assert.equal(ac.listen?.port, node.port, `${node.name}: agent port`)
     assert.ok(agent.expose?.includes(String(node.port)))
     assert.ok(gw.depends_on?.[node.address] !== undefined, `gateway waits for ${node.address}`)
     // The agent's certificate is issued for the name the gateway verifies.
@@ -170,7 +170,7 @@ function servedPorts(svc: Service): number[] {
     return cmd.filter((_, i) => cmd[i - 1] === '--listen').map((a) => Number(a.split(':').pop()))
   }
   const file = hostPath(svc, flag(cmd, '--config') as string) as string
-  if (cmd[0] === 'agent') return [loadAgentConfig(file).listen.port]
+  if (cmd[0] === 'agent') return [loadAgentConfig(file).listen?.port ?? 0]
   if (cmd[0] === 'gateway') return [loadGatewayConfig(file).listen.port]
   return []
 }

@@ -35,6 +35,13 @@ export interface AgentPoolOptions {
   backoff?: { initialMs: number; maxMs: number }
   /** Called with each new agent session (the buffer budget sets its windows). */
   onSession?: (session: ClientHttp2Session) => void
+  /**
+   * Reverse-connected agents (src/gateway/relay/reverse-agents.ts): a node whose agent
+   * is connected to this replica is reached over that session; with `reverseOnly`, a
+   * node whose agent is not connected is never dialed.
+   */
+  reverse?: { session(node: string): ClientHttp2Session | undefined }
+  reverseOnly?: boolean
 }
 
 /** Options for one stream. */
@@ -201,6 +208,14 @@ export class AgentConnection {
 
   async #ready(signal?: AbortSignal): Promise<ClientHttp2Session> {
     if (this.#closed) throw appError('PFG_ERR_RELAY_DRAINING', 'the gateway is shutting down')
+    const reverse = this.#opts.reverse?.session(this.node.name)
+    if (reverse !== undefined) return reverse
+    if (this.#opts.reverseOnly === true) {
+      throw appError(
+        'PFG_ERR_RELAY_AGENT_UNAVAILABLE',
+        `node agent ${this.node.name} is not connected to this gateway replica`,
+      )
+    }
     const s = this.#session
     if (s !== undefined && !s.destroyed && !s.closed) return s
     if (this.#connecting !== undefined) return this.#connecting
