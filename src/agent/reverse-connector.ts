@@ -156,7 +156,7 @@ export class ReverseConnector {
         () => settle(new Error(`no hello from the gateway within ${timeoutMs} ms`)),
         timeoutMs,
       )
-      socket.once('error', (err) => settle(err))
+      socket.once('error', (err: Error) => settle(err))
       socket.once('close', () => settle(new Error('connection closed before the hello')))
       socket.once('secureConnect', () => {
         const ids = peerIdentities(socket)

@@ -173,6 +173,7 @@ export async function main(argv: string[]): Promise<number> {
       port: gw.port,
       metricsPort: gw.metricsPort,
       agentPort: gw.agentPort,
+      gatewayId: gw.gatewayId,
     })
   }
   // The supervisor's IPC channel must not keep this process alive after a shutdown.

@@ -40,7 +40,7 @@ export interface AgentPoolOptions {
    * is connected to this replica is reached over that session; with `reverseOnly`, a
    * node whose agent is not connected is never dialed.
    */
-  reverse?: { session(node: string): ClientHttp2Session | undefined }
+  reverse?: { session(node: string): ClientHttp2Session | undefined; readonly size: number }
   reverseOnly?: boolean
 }
 
@@ -367,9 +367,9 @@ export class AgentPool {
     return conn
   }
 
-  /** Number of live agent sessions (metrics). */
+  /** Number of live agent sessions, reverse-connected ones included (metrics). */
   sessionCount(): number {
-    let n = 0
+    let n = this.#opts.reverse?.size ?? 0
     for (const c of this.#conns.values()) n += c.sessionCount()
     return n
   }
