@@ -65,6 +65,8 @@ import {
   podObject,
 } from './kube-api.js'
 import { matchesLabels, parseLabelSelector, podList, podTable, wantsTable } from './kube-list.js'
+import { agentReadinessProblem, gatherListing, killAnywhere } from './cluster-view.js'
+import type { ClusterView } from './cluster-view.js'
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -101,6 +103,8 @@ export interface GatewayDeps {
   version?: { major: string; minor: string; gitVersion: string }
   /** The Kubernetes-compatible surface (default: the WebSocket tunnel is on). */
   kubernetes?: { websocketTunnel: boolean }
+  /** Replicas and reverse agents: one admin view, agents in readiness (cluster-view.ts). */
+  cluster?: ClusterView
 }
 
 /** The Fastify instance type of the gateway (HTTP/2 secure server with HTTP/1.1 fallback). */
@@ -368,6 +372,8 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     if (!deps.registry.isReady()) problems.push('registry not synced')
     if (!deps.audit.healthy()) problems.push('audit sink unavailable')
     if (forwarder.draining) problems.push('shutting down')
+    const agents = agentReadinessProblem(deps.cluster, deps.registry)
+    if (agents !== undefined) problems.push(agents)
     if (problems.length === 0) return 'ok'
     return reply
       .code(503)
@@ -524,8 +530,14 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
   }
 
   // --- Admin API
-  app.get('/admin/v1/sessions', { config: { auth: 'admin' } }, async () => ({
-    items: forwarder.sessions().map((s) => ({
+  const cluster = deps.cluster
+  const gatewayId = cluster?.gatewayId ?? ''
+  app.get('/admin/v1/sessions', { config: { auth: 'admin' } }, async (request) => ({
+    gateway: gatewayId,
+    ...(await gatherListing(cluster, '/admin/v1/sessions', sessionItems(), request)),
+  }))
+  const sessionItems = (): Record<string, unknown>[] =>
+    forwarder.sessions().map((s) => ({
       id: s.id,
       // Every user that authenticated on the connection; `user`/`groups` when only one did.
       users: s.users,
@@ -541,29 +553,51 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
         s.bytesClientToPod + [...s.streams].reduce((n, x) => n + (x.relay?.bytesAtoB ?? 0), 0),
       bytesPodToClient:
         s.bytesPodToClient + [...s.streams].reduce((n, x) => n + (x.relay?.bytesBtoA ?? 0), 0),
-    })),
+    }))
+  app.get('/admin/v1/streams', { config: { auth: 'admin' } }, async (request) => ({
+    gateway: gatewayId,
+    ...(await gatherListing(
+      cluster,
+      '/admin/v1/streams',
+      forwarder.streams().map((s) => s.view() as unknown as Record<string, unknown>),
+      request,
+    )),
   }))
-  app.get('/admin/v1/streams', { config: { auth: 'admin' } }, async () => ({
-    items: forwarder.streams().map((s) => s.view()),
+  // Reverse-connected agents on each replica (`pfgate admin agents`).
+  app.get('/admin/v1/agents', { config: { auth: 'admin' } }, async (request) => ({
+    gateway: gatewayId,
+    mode: cluster?.mode ?? 'dial',
+    ...(await gatherListing(
+      cluster,
+      '/admin/v1/agents',
+      (cluster?.reverse?.list() ?? []) as unknown as Record<string, unknown>[],
+      request,
+    )),
   }))
   /** The Status body of an admin action that worked. */
-  const successStatus = (message: string): Record<string, unknown> => ({
+  const successStatus = (message: string, gateway: string): Record<string, unknown> => ({
     kind: 'Status',
     apiVersion: 'v1',
     status: 'Success',
     code: 200,
     message,
+    details: { gateway },
   })
   app.delete<{ Params: { id: string } }>(
     '/admin/v1/streams/:id',
     { config: { auth: 'admin' } },
     async (request) => {
       const admin = (request.identity as Identity).user
-      if (!forwarder.killStream(request.params.id, admin)) {
-        throw appError('PFG_ERR_ROUTE_NOT_FOUND', `no live stream "${request.params.id}"`)
-      }
-      request.log.info({ stream: request.params.id, admin }, 'admin ended a stream')
-      return successStatus('stream ended')
+      const id = request.params.id
+      const where = await killAnywhere(
+        cluster,
+        `/admin/v1/streams/${encodeURIComponent(id)}`,
+        `stream "${id}"`,
+        () => forwarder.killStream(id, admin),
+        request,
+      )
+      request.log.info({ stream: id, admin, gateway: where.gateway }, 'admin ended a stream')
+      return successStatus('stream ended', where.gateway)
     },
   )
   app.delete<{ Params: { id: string } }>(
@@ -571,11 +605,16 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     { config: { auth: 'admin' } },
     async (request) => {
       const admin = (request.identity as Identity).user
-      if (!forwarder.killSession(request.params.id, admin)) {
-        throw appError('PFG_ERR_ROUTE_NOT_FOUND', `no live session "${request.params.id}"`)
-      }
-      request.log.info({ session: request.params.id, admin }, 'admin ended a session')
-      return successStatus('session ended')
+      const id = request.params.id
+      const where = await killAnywhere(
+        cluster,
+        `/admin/v1/sessions/${encodeURIComponent(id)}`,
+        `session "${id}"`,
+        () => forwarder.killSession(id, admin),
+        request,
+      )
+      request.log.info({ session: id, admin, gateway: where.gateway }, 'admin ended a session')
+      return successStatus('session ended', where.gateway)
     },
   )
 

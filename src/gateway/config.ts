@@ -100,8 +100,23 @@ export interface GatewayConfig {
       /** Replicas an agent should hold a connection to (the Deployment's replicas). */
       replicas: number
       handshakeTimeoutMs: number
+      /**
+       * /readyz is false while fewer agents than this are connected (capped at the number
+       * of nodes the registry knows): a replica that holds no agent would only fail streams.
+       */
+      readyMinAgents: number
     } | null
   }
+  /** The other replicas, for one admin view (docs/scaling.md); null: this replica alone. */
+  peers: {
+    urls: string[]
+    /** A headless Service's DNS name and port: each address is a peer. */
+    dns: { name: string; port: number } | undefined
+    /** CA of the peers' serving certificates (default: none, the system's). */
+    ca: string | undefined
+    serverName: string | undefined
+    timeoutMs: number
+  } | null
   registry: { source: 'static'; file: string } | KubeRegistrySettings
   auth: {
     issuer: string
@@ -228,8 +243,29 @@ const schema = {
             key: { type: 'string' },
             replicas: { type: 'integer', minimum: 1, maximum: 1024, default: 1 },
             handshakeTimeout: { ...duration, default: '10s' },
+            readyMinAgents: { type: 'integer', minimum: 0, default: 1 },
           },
         },
+      },
+    },
+    peers: {
+      type: ['object', 'null'],
+      additionalProperties: false,
+      default: null,
+      properties: {
+        urls: { type: 'array', items: { type: 'string', pattern: '^https://' }, default: [] },
+        dns: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['name', 'port'],
+          properties: {
+            name: { type: 'string', minLength: 1 },
+            port: { type: 'integer', minimum: 1, maximum: 65535 },
+          },
+        },
+        caFile: { type: 'string' },
+        serverName: { type: 'string', minLength: 1 },
+        timeout: { ...duration, default: '3s' },
       },
     },
     registry: {
@@ -460,8 +496,16 @@ type Raw = Record<string, unknown> & {
       key?: string
       replicas: number
       handshakeTimeout: string | number
+      readyMinAgents: number
     }
   }
+  peers: {
+    urls: string[]
+    dns?: { name: string; port: number }
+    caFile?: string
+    serverName?: string
+    timeout: string | number
+  } | null
   registry: Record<string, unknown> & { source: 'static' | 'kubernetes' }
   auth: {
     issuer: string
@@ -607,8 +651,19 @@ export function parseGatewayConfig(value: unknown, source: string, baseDir: stri
                 raw.agents.reverse.handshakeTimeout,
                 'agents.reverse.handshakeTimeout',
               ),
+              readyMinAgents: raw.agents.reverse.readyMinAgents,
             },
     },
+    peers:
+      raw.peers === null
+        ? null
+        : {
+            urls: [...raw.peers.urls],
+            dns: raw.peers.dns === undefined ? undefined : { ...raw.peers.dns },
+            ca: raw.peers.caFile === undefined ? undefined : p(raw.peers.caFile),
+            serverName: raw.peers.serverName,
+            timeoutMs: parseDuration(raw.peers.timeout, 'peers.timeout'),
+          },
     registry,
     auth: {
       issuer: raw.auth.issuer,

@@ -22,6 +22,7 @@ import { GatewayMetrics } from './metrics.js'
 import { BufferBudget } from './buffer-budget.js'
 import { AgentPool } from './relay/agent-pool.js'
 import { ReverseAgents } from './relay/reverse-agents.js'
+import { Peers } from './peers.js'
 import { StaticRegistry } from './registry/static-registry.js'
 import type { PodRegistry } from './registry/types.js'
 
@@ -106,7 +107,26 @@ export async function startGateway(
       logger.error({ err: describeError(err) }, 'kubernetes registry stopped before syncing'),
     )
   }
+  const pc = config.peers
+  const peers =
+    pc === null
+      ? undefined
+      : new Peers({
+          urls: pc.urls,
+          ...(pc.dns !== undefined ? { dns: pc.dns } : {}),
+          ca: pc.ca !== undefined ? readFileSync(pc.ca) : undefined,
+          ...(pc.serverName !== undefined ? { serverName: pc.serverName } : {}),
+          timeoutMs: pc.timeoutMs,
+          logger,
+        })
   const gateway = await buildGateway({
+    cluster: {
+      gatewayId,
+      mode: config.agents.mode,
+      peers,
+      reverse,
+      readyMinAgents: rc?.readyMinAgents ?? 0,
+    },
     tls: { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) },
     logger,
     registry,
@@ -137,6 +157,7 @@ export async function startGateway(
     async stop() {
       await gateway.close(config.shutdownGraceMs)
       await reverse?.close(true)
+      await peers?.close()
       budget.close()
       await audit.close()
       await registry.close()

@@ -24,8 +24,8 @@ export interface PeersOptions {
   urls: string[]
   /** A headless Service's DNS name and the port: every address it resolves to is a peer. */
   dns?: { name: string; port: number }
-  /** CA that issued the gateways' serving certificates. */
-  ca: string | Buffer
+  /** CA that issued the gateways' serving certificates (default: the system's). */
+  ca?: string | Buffer | undefined
   /** Name to verify on a peer's certificate (a peer dialed by IP has no name of its own). */
   serverName?: string
   timeoutMs: number
@@ -52,7 +52,7 @@ export class Peers {
     this.#o = options
     this.#agent = new Agent({
       connect: {
-        ca: options.ca,
+        ...(options.ca !== undefined ? { ca: options.ca } : {}),
         ...(options.serverName !== undefined ? { servername: options.serverName } : {}),
         rejectUnauthorized: true,
       },
