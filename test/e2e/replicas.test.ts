@@ -6,7 +6,9 @@
  * 200 concurrent forwards spread over the replicas; one replica SIGKILLed mid-transfer:
  * its streams fail, the others' finish intact, its trail gets the closes from recovery
  * when it restarts, the CLI's next connections work through the load balancer, and the
- * agents reconnect to the restarted replica.
+ * agents reconnect to the restarted replica. One admin view: `pfgate admin streams` through
+ * the load balancer lists every replica's streams, an admin on replica A ends a stream
+ * held by replica C, `pfgate admin agents` shows each node on every replica.
  */
 import { after, before, test } from 'node:test'
 import assert from 'node:assert/strict'
@@ -19,7 +21,7 @@ import { openRaw, settledTrail } from '../helpers/gateway.js'
 import type { RawStream } from '../helpers/gateway.js'
 import { assertNetnsPrerequisites } from '../helpers/netns.js'
 import { echoRoundTrip, sha256 } from '../helpers/net.js'
-import { parseForwarding, runCli } from '../helpers/cli.js'
+import { parseForwarding, runCli, runCliToEnd } from '../helpers/cli.js'
 import type { CliProcess } from '../helpers/cli.js'
 import { startReplicaSet } from '../helpers/replicas.js'
 import type { ReplicaSet } from '../helpers/replicas.js'
@@ -205,4 +207,60 @@ test('200 concurrent forwards over the replicas; one replica SIGKILLed mid-trans
     const { received } = await echoOnce(s, n.name, n.podName, data)
     assert.equal(sha256(received), sha256(data))
   }
+})
+
+test('one admin view: every replica’s streams through the load balancer; A ends a stream held by C', async () => {
+  const [a, , c] = set.replicas
+  const n = set.nodes[0]!
+  // One live stream on each replica, opened on its own port.
+  const live: RawStream[] = []
+  for (const r of set.replicas) {
+    const s = await session(`https://127.0.0.1:${r.clientPort}`)
+    const st = await openRaw(s, { node: n.name, pod: n.podName, port: 5000 }, set.token)
+    assert.equal(st.status, 200)
+    st.req.write('hello')
+    live.push(st)
+  }
+  const env = { KUBECONFIG: set.kubeconfig }
+  const list = await runCliToEnd(['admin', 'streams', '-o', 'json'], env)
+  assert.equal(list.code, 0, list.stderr)
+  const items = JSON.parse(list.stdout) as { id: string; gateway: string }[]
+  for (const [i, r] of set.replicas.entries()) {
+    const mine = items.find((x) => x.id === live[i]?.streamId)
+    assert.equal(mine?.gateway, r.gatewayId, `${r.name}'s stream is listed with its replica`)
+  }
+  const table = await runCliToEnd(['admin', 'streams'], env)
+  assert.match(table.stdout, /BYTES-DOWN +GATEWAY$/m)
+  for (const r of set.replicas) assert.ok(table.stdout.includes(r.gatewayId.slice(0, 8)))
+  // The admin talks to replica A; the stream lives on replica C.
+  const victim = live[2]!
+  const kill = await runCliToEnd(
+    [
+      'admin',
+      'kill',
+      'stream',
+      victim.streamId as string,
+      '--server',
+      `https://127.0.0.1:${a!.clientPort}`,
+      '--certificate-authority',
+      join(set.dir, 'ca.crt'),
+    ],
+    env,
+  )
+  assert.equal(kill.code, 0, kill.stderr)
+  const end = await victim.closed
+  assert.notEqual(end.rstCode, 0, 'the client sees a reset')
+  const trail = await settledTrail(join(c!.auditDir, 'audit.log'))
+  const closed = trail.find((r) => r.type === 'stream.closed' && r.streamId === victim.streamId)
+  assert.equal(closed?.endedBy, 'admin')
+  // The others are untouched; an unknown id is a 404 from every replica.
+  assert.ok(!live[0]!.req.destroyed && !live[1]!.req.destroyed)
+  const unknown = await runCliToEnd(['admin', 'kill', 'stream', 's-nope-1'], env)
+  assert.equal(unknown.code, 1)
+  assert.match(unknown.stderr, /no live stream/)
+  // Agents: each node is connected to all 3 replicas.
+  const agents = await runCliToEnd(['admin', 'agents'], env)
+  assert.equal(agents.code, 0, agents.stderr)
+  for (const node of set.nodes) assert.match(agents.stdout, new RegExp(`^${node.name} +3/3 `, 'm'))
+  for (const st of live.slice(0, 2)) st.req.close()
 })

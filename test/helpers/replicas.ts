@@ -343,12 +343,25 @@ export async function startReplicaSet(options: ReplicaSetOptions): Promise<Repli
               },
             }
           : { keepalive: '2s' },
+        // One admin view: every replica's client port is a peer (itself included: it
+        // recognises its own answer by the gateway id).
+        peers: {
+          urls: replicas.map((x) => `https://127.0.0.1:${x.clientPort}`),
+          caFile: 'ca.crt',
+          timeout: '2s',
+        },
         shutdownGrace: '2s',
       }
       writeFileSync(
         r.config,
         toYaml(deepMerge(deepMerge(base, mine), options.gatewayOverrides ?? {})),
       )
+    }
+    // Ports chosen up front: each replica's config names its peers.
+    for (const r of replicas) {
+      r.clientPort = await freePort()
+      r.agentPort = await freePort()
+      r.metricsPort = await freePort()
     }
     await Promise.all(
       replicas.map(async (r) => {
@@ -359,8 +372,6 @@ export async function startReplicaSet(options: ReplicaSetOptions): Promise<Repli
         r.agentPort = (msg.agentPort as number | undefined) ?? 0
         r.metricsPort = msg.metricsPort as number
         r.gatewayId = msg.gatewayId as string
-        // Restarts bind the same ports (the load balancer's configuration names them).
-        writeReplicaConfig(r)
       }),
     )
     // 4. HAProxy in TCP mode: clients on loopback, agents on each node's host address.
