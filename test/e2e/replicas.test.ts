@@ -13,7 +13,11 @@
 import { after, before, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
+import { createServer as createHttpServer } from 'node:http'
+import type { Server } from 'node:http'
 import { connect as netConnect } from 'node:net'
+import type { AddressInfo } from 'node:net'
+import type { AuditRecord } from '../../src/protocol/audit-record.js'
 import { join } from 'node:path'
 import type { ClientHttp2Session } from 'node:http2'
 import { connectGateway } from '../helpers/h2.js'
@@ -29,16 +33,36 @@ import type { ReplicaSet } from '../helpers/replicas.js'
 let set: ReplicaSet
 const sessions: ClientHttp2Session[] = []
 const clis: CliProcess[] = []
+/** One audit collector for every replica (the webhook sink), keyed by record id. */
+const collected = new Map<string, AuditRecord>()
+let collector: Server
 
 before(async () => {
   assertNetnsPrerequisites()
-  set = await startReplicaSet({ replicas: 3, mode: 'reverse' })
+  collector = createHttpServer((req, res) => {
+    const chunks: Buffer[] = []
+    req.on('data', (c: Buffer) => chunks.push(c))
+    req.on('end', () => {
+      for (const r of JSON.parse(Buffer.concat(chunks).toString('utf8')) as AuditRecord[])
+        collected.set(r.id, r)
+      res.writeHead(200).end()
+    })
+  })
+  await new Promise<void>((r) => collector.listen(0, '127.0.0.1', r))
+  const { port } = collector.address() as AddressInfo
+  set = await startReplicaSet({
+    replicas: 3,
+    mode: 'reverse',
+    webhookUrl: `http://127.0.0.1:${port}/audit`,
+  })
 })
 
 after(async () => {
   for (const c of clis) await c.stop('SIGKILL')
   for (const s of sessions) s.destroy()
   await set?.stop()
+  collector?.closeAllConnections()
+  await new Promise<void>((r) => collector?.close(() => r()))
 })
 
 async function session(url: string): Promise<ClientHttp2Session> {
@@ -263,4 +287,22 @@ test('one admin view: every replica’s streams through the load balancer; A end
   assert.equal(agents.code, 0, agents.stderr)
   for (const node of set.nodes) assert.match(agents.stdout, new RegExp(`^${node.name} +3/3 `, 'm'))
   for (const st of live.slice(0, 2)) st.req.close()
+})
+
+test('one collector receives every replica’s records (webhook sink), the killed one’s included', async () => {
+  const all: AuditRecord[] = []
+  for (const r of set.replicas) all.push(...(await settledTrail(join(r.auditDir, 'audit.log'))))
+  const gateways = new Set(all.map((r) => r.gateway))
+  assert.ok(gateways.size >= 4, 'three replicas and the killed instance wrote records')
+  const deadline = Date.now() + 15_000
+  let missing = all.filter((r) => !collected.has(r.id))
+  while (missing.length > 0 && Date.now() < deadline) {
+    await new Promise((res) => setTimeout(res, 200))
+    missing = all.filter((r) => !collected.has(r.id))
+  }
+  assert.deepEqual(
+    missing.map((r) => `${r.type} ${r.gateway} ${r.time}`),
+    [],
+    'every record of every trail reached the collector',
+  )
 })

@@ -86,6 +86,8 @@ export interface ReplicaSetOptions {
   logLevel?: string
   /** Extra gateway config merged over the generated one. */
   gatewayOverrides?: Record<string, unknown>
+  /** Also ship every replica's audit records to this collector (webhook sink). */
+  webhookUrl?: string
 }
 
 function sh(cmd: string, args: string[], input?: string): void {
@@ -328,7 +330,19 @@ export async function startReplicaSet(options: ReplicaSetOptions): Promise<Repli
         metrics: { host: '127.0.0.1', port: r.metricsPort },
         audit: {
           mode: 'blocking-strict',
-          sinks: [{ type: 'file', path: join(r.auditDir, 'audit.log'), fsync: 'always' }],
+          sinks: [
+            { type: 'file', path: join(r.auditDir, 'audit.log'), fsync: 'always' },
+            ...(options.webhookUrl !== undefined
+              ? [
+                  {
+                    type: 'webhook',
+                    url: options.webhookUrl,
+                    spoolDir: join(r.auditDir, 'spool'),
+                    timeout: '2s',
+                  },
+                ]
+              : []),
+          ],
         },
         agents: reverse
           ? {
