@@ -110,6 +110,7 @@ export class ReverseConnector {
 
   /** Waits `ms`, or less when a connection closes or the connector stops. */
   #sleep(ms: number): Promise<void> {
+    if (this.#closed) return Promise.resolve()
     return new Promise((resolve) => {
       const timer = setTimeout(done, ms)
       function done(): void {
