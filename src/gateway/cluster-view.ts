@@ -72,11 +72,13 @@ export async function gatherListing(
   path: string,
   localItems: Record<string, unknown>[],
   req: AdminRequestLike,
-): Promise<{ items: Record<string, unknown>[]; replicas: ReplicaPart[] }> {
-  const self = view?.gatewayId ?? ''
+): Promise<{ items: Record<string, unknown>[]; replicas?: ReplicaPart[] }> {
+  // No cluster view (a gateway built without one, e.g. in tests): this replica's items only.
+  if (view === undefined) return { items: localItems }
+  const self = view.gatewayId
   const items = localItems.map((x) => ({ ...x, gateway: self }))
   const replicas: ReplicaPart[] = [{ gateway: self }]
-  if (view?.peers === undefined || isLocal(req)) return { items, replicas }
+  if (view.peers === undefined || isLocal(req)) return { items, replicas }
   const answers = await view.peers.all('GET', path, authorization(req))
   for (const a of answers) {
     const body = a.body as { gateway?: unknown; items?: unknown } | undefined

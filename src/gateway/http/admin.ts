@@ -21,22 +21,24 @@ export interface AdminOptions {
 }
 
 /** The Status body of an admin action that worked (`details.gateway`: which replica). */
-function successStatus(message: string, gateway: string): Record<string, unknown> {
+function successStatus(message: string, gateway: string | undefined): Record<string, unknown> {
   return {
     kind: 'Status',
     apiVersion: 'v1',
     status: 'Success',
     code: 200,
     message,
-    details: { gateway },
+    ...(gateway !== undefined ? { details: { gateway } } : {}),
   }
 }
 
 /** `/admin/v1/sessions`, `/admin/v1/streams` and their DELETEs. */
 export const adminRoutes: GatewayPlugin<AdminOptions> = async (app, { forwarder, cluster }) => {
   const gateway = cluster?.gatewayId ?? ''
+  // `gateway`: which replica answered (only with a cluster view).
+  const self = cluster !== undefined ? { gateway } : {}
   app.get('/admin/v1/sessions', { config: { auth: 'admin' } }, async (request) => ({
-    gateway,
+    ...self,
     ...(await gatherListing(cluster, '/admin/v1/sessions', sessionItems(), request)),
   }))
   const sessionItems = (): Record<string, unknown>[] =>
@@ -58,7 +60,7 @@ export const adminRoutes: GatewayPlugin<AdminOptions> = async (app, { forwarder,
         s.bytesPodToClient + [...s.streams].reduce((n, x) => n + (x.relay?.bytesBtoA ?? 0), 0),
     }))
   app.get('/admin/v1/streams', { config: { auth: 'admin' } }, async (request) => ({
-    gateway,
+    ...self,
     ...(await gatherListing(
       cluster,
       '/admin/v1/streams',
@@ -68,7 +70,7 @@ export const adminRoutes: GatewayPlugin<AdminOptions> = async (app, { forwarder,
   }))
   // Reverse-connected agents on each replica (`pfgate admin agents`).
   app.get('/admin/v1/agents', { config: { auth: 'admin' } }, async (request) => ({
-    gateway,
+    ...self,
     mode: cluster?.mode ?? 'dial',
     ...(await gatherListing(
       cluster,
@@ -95,7 +97,7 @@ export const adminRoutes: GatewayPlugin<AdminOptions> = async (app, { forwarder,
           request,
         )
         request.log.info({ [kind]: id, admin, gateway: where.gateway }, `admin ended a ${kind}`)
-        return successStatus(`${kind} ended`, where.gateway)
+        return successStatus(`${kind} ended`, cluster !== undefined ? where.gateway : undefined)
       },
     )
   }
