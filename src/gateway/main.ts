@@ -24,7 +24,7 @@ import { BufferBudget } from './buffer-budget.js'
 import { AgentPool } from './relay/agent-pool.js'
 import { ReverseAgents } from './relay/reverse-agents.js'
 import { Peers } from './peers.js'
-import { createKubeRegistry } from './registry/kube-registry.js'
+import { createKubeRegistry } from './registry/kube/registry.js'
 import { StaticRegistry } from './registry/static-registry.js'
 import type { PodRegistry } from './registry/types.js'
 
