@@ -36,6 +36,7 @@ export const DEBIAN_PACKAGES = [
   { pkg: 'busybox-static', why: 'the image of the harness pods (sandbox and servers)' },
   { pkg: 'haproxy', why: 'the load balancer (TCP mode) in front of gateway replicas' },
   { pkg: 'nftables', why: 'agents in namespaces that the gateways cannot dial (reverse mode)' },
+  { pkg: 'chromium', why: 'the admin console tests in a real browser (driven by playwright-core)' },
 ]
 
 /** Where Debian's kubectl 1.20 (kubernetes-client) is unpacked: beside, not over, the PATH kubectl. */

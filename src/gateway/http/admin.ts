@@ -8,8 +8,8 @@
  */
 import { gatherListing, killAnywhere } from '../cluster-view.js'
 import type { ClusterView } from '../cluster-view.js'
-import { shownUserAgent } from '../forwarder.js'
-import type { Forwarder } from '../forwarder.js'
+import { shownUserAgent } from '../forward/audit-events.js'
+import type { Forwarder } from '../forward/forwarder.js'
 import { identityOf } from './auth.js'
 import type { GatewayPlugin } from './types.js'
 
