@@ -4,6 +4,7 @@
  * @module
  */
 import { dirname, resolve } from 'node:path'
+import type { FromSchema } from 'json-schema-to-ts'
 import { parseDuration, readYamlFile, validateConfig } from '../shared/config.js'
 import { appError } from '../shared/errors.js'
 import { GATEWAY_IDENTITY_URI } from '../protocol/constants.js'
@@ -13,7 +14,10 @@ import type { StaticPodEntry } from './static-dialer.js'
 export interface AgentConfig {
   /** This node's name (as the gateway's registry knows it). */
   nodeName: string
-  listen: { host: string; port: number }
+  /** The dial-in listener; null in reverse-only mode (nothing listens on the node). */
+  listen: { host: string; port: number } | null
+  /** Reverse mode: the agent dials the gateway's agent endpoint (docs/scaling.md). */
+  reverse: ReverseConfig | null
   tls: {
     /** The agent's serving certificate and key (PEM files). */
     cert: string
@@ -48,6 +52,22 @@ export interface AgentConfig {
   logLevel: string
 }
 
+/** Reverse mode: where the gateway's agent endpoint is and how to keep connections to it. */
+export interface ReverseConfig {
+  /** `host:port` of the agent endpoint (a load balancer in front of every replica). */
+  host: string
+  port: number
+  /** TLS server name sent (SNI); the gateway is verified by its identity (allowedClients). */
+  serverName: string | undefined
+  /** PING interval on each connection; unanswered for this long, the connection is dropped. */
+  keepaliveMs: number
+  /** Backoff between dials that failed or landed on a replica already connected. */
+  backoffInitialMs: number
+  backoffMaxMs: number
+  /** A full set of connections is checked again this often (the replica count may grow). */
+  resyncMs: number
+}
+
 /** One pod on this node. */
 export interface AgentPodEntry extends StaticPodEntry {
   /** The pod's UID (required with `netns`: the agent resolves pods by UID). */
@@ -56,6 +76,25 @@ export interface AgentPodEntry extends StaticPodEntry {
   netns?: string
 }
 
+/** One entry of `pods`. */
+const podEntrySchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['namespace', 'name'],
+  properties: {
+    namespace: { type: 'string' },
+    name: { type: 'string' },
+    uid: { type: 'string', minLength: 1 },
+    host: { type: 'string' },
+    ports: {
+      type: 'object',
+      propertyNames: { pattern: '^[1-9][0-9]{0,4}$' },
+      additionalProperties: { type: 'integer', minimum: 1, maximum: 65535 },
+    },
+    netns: { type: 'string' },
+  },
+} as const
+
 const schema = {
   type: 'object',
   additionalProperties: false,
@@ -63,12 +102,25 @@ const schema = {
   properties: {
     nodeName: { type: 'string', minLength: 1 },
     listen: {
-      type: 'object',
+      type: ['object', 'null'],
       additionalProperties: false,
       default: {},
       properties: {
         host: { type: 'string', default: '0.0.0.0' },
         port: { type: 'integer', minimum: 0, maximum: 65535, default: 10250 },
+      },
+    },
+    reverse: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['gateway'],
+      properties: {
+        gateway: { type: 'string', pattern: '^(\\[[0-9A-Fa-f:.]+\\]|[^:\\s/\\[\\]]+):[0-9]{1,5}$' },
+        serverName: { type: 'string', minLength: 1 },
+        keepalive: { type: ['string', 'number'], default: '15s' },
+        backoffInitial: { type: ['string', 'number'], default: '200ms' },
+        backoffMax: { type: ['string', 'number'], default: '15s' },
+        resync: { type: ['string', 'number'], default: '30s' },
       },
     },
     tls: {
@@ -107,27 +159,7 @@ const schema = {
         timeout: { type: ['string', 'number'], default: '2s' },
       },
     },
-    pods: {
-      type: 'array',
-      default: [],
-      items: {
-        type: 'object',
-        additionalProperties: false,
-        required: ['namespace', 'name'],
-        properties: {
-          namespace: { type: 'string' },
-          name: { type: 'string' },
-          uid: { type: 'string', minLength: 1 },
-          host: { type: 'string' },
-          ports: {
-            type: 'object',
-            propertyNames: { pattern: '^[1-9][0-9]{0,4}$' },
-            additionalProperties: { type: 'integer', minimum: 1, maximum: 65535 },
-          },
-          netns: { type: 'string' },
-        },
-      },
-    },
+    pods: { type: 'array', default: [], items: podEntrySchema },
     shutdownGrace: { type: ['string', 'number'], default: '10s' },
     logLevel: {
       enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
@@ -136,22 +168,8 @@ const schema = {
   },
 } as const
 
-interface RawAgentConfig {
-  nodeName: string
-  listen: { host: string; port: number }
-  tls: { cert: string; key: string; clientCa: string }
-  allowedClients: string[]
-  dialer: {
-    type: 'static' | 'netns'
-    connectTimeout: string | number
-    helperIdle: string | number
-    namespaces: 'runtime' | 'config'
-  }
-  runtime: { endpoint?: string; timeout: string | number }
-  pods: AgentPodEntry[]
-  shutdownGrace: string | number
-  logLevel: string
-}
+/** The config as ajv leaves it: validated, every default filled in. */
+type RawAgentConfig = FromSchema<typeof schema>
 
 /**
  * Namespaces come from one place: with `namespaces: runtime` a `pods[].netns` would be
@@ -174,13 +192,46 @@ function checkNetnsEntries(raw: RawAgentConfig, source: string): void {
   }
 }
 
+function parseReverse(r: NonNullable<RawAgentConfig['reverse']>, source: string): ReverseConfig {
+  const cut = r.gateway.lastIndexOf(':')
+  const host = r.gateway.slice(0, cut).replace(/^\[(.*)\]$/, '$1')
+  const port = Number(r.gateway.slice(cut + 1))
+  if (!(port >= 1 && port <= 65535)) {
+    throw appError('PFG_ERR_CONFIG_INVALID', `${source}: reverse.gateway: invalid port`)
+  }
+  const initial = parseDuration(r.backoffInitial, 'reverse.backoffInitial')
+  const max = parseDuration(r.backoffMax, 'reverse.backoffMax')
+  if (initial <= 0 || max < initial) {
+    throw appError(
+      'PFG_ERR_CONFIG_INVALID',
+      `${source}: reverse.backoffInitial must be more than 0 and at most reverse.backoffMax`,
+    )
+  }
+  return {
+    host,
+    port,
+    serverName: r.serverName,
+    keepaliveMs: parseDuration(r.keepalive, 'reverse.keepalive'),
+    backoffInitialMs: initial,
+    backoffMaxMs: max,
+    resyncMs: parseDuration(r.resync, 'reverse.resync'),
+  }
+}
+
 /** Validates a parsed config object; relative file paths resolve against `baseDir`. */
 export function parseAgentConfig(value: unknown, source: string, baseDir: string): AgentConfig {
   const raw = validateConfig<RawAgentConfig>(schema, value, source)
   checkNetnsEntries(raw, source)
+  if (raw.listen === null && raw.reverse === undefined) {
+    throw appError(
+      'PFG_ERR_CONFIG_INVALID',
+      `${source}: listen: null needs a reverse section (the agent would be unreachable)`,
+    )
+  }
   return Object.freeze({
     nodeName: raw.nodeName,
-    listen: { ...raw.listen },
+    listen: raw.listen === null ? null : { ...raw.listen },
+    reverse: raw.reverse === undefined ? null : parseReverse(raw.reverse, source),
     tls: {
       cert: resolve(baseDir, raw.tls.cert),
       key: resolve(baseDir, raw.tls.key),

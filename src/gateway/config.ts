@@ -7,13 +7,14 @@
  * @module
  */
 import { dirname, resolve } from 'node:path'
+import type { FromSchema } from 'json-schema-to-ts'
 import { parseDuration, parseSize, readYamlFile, validateConfig } from '../shared/config.js'
 import { appError } from '../shared/errors.js'
 import { DEFAULT_AUDIT_RETENTION } from './audit/file-sink.js'
 import { DEFAULT_SPOOL_MAX_BYTES } from './audit/spool.js'
 import { DEFAULT_WEBHOOK_BATCH_RECORDS, DEFAULT_WEBHOOK_TIMEOUT_MS } from './audit/webhook-sink.js'
-import { KUBE_REGISTRY_CONFIG_SCHEMA, parseKubeRegistryConfig } from './registry/kube-registry.js'
-import type { KubeRegistrySettings } from './registry/kube-registry.js'
+import { KUBE_REGISTRY_CONFIG_SCHEMA, parseKubeRegistryConfig } from './registry/kube/config.js'
+import type { KubeRegistrySettings } from './registry/kube/config.js'
 import { DEFAULT_DENIAL_LIMITS } from './audit/denial-limiter.js'
 import type { DenialLimits } from './audit/denial-limiter.js'
 
@@ -85,7 +86,38 @@ export interface GatewayConfig {
     key: string
     connectTimeoutMs: number
     keepaliveMs: number
+    /**
+     * How streams reach agents: the gateway dials them (`dial`), they dial the gateway's
+     * agent endpoint (`reverse`), or a connected agent first and a dial otherwise (`both`).
+     */
+    mode: 'dial' | 'reverse' | 'both'
+    /** The agent endpoint reverse agents dial (docs/scaling.md); null unless a mode uses it. */
+    reverse: {
+      host: string
+      port: number
+      /** The endpoint's certificate (default: the agent-hop certificate `cert`/`key`). */
+      cert: string
+      key: string
+      /** Replicas an agent should hold a connection to (the Deployment's replicas). */
+      replicas: number
+      handshakeTimeoutMs: number
+      /**
+       * /readyz is false while fewer agents than this are connected (capped at the number
+       * of nodes the registry knows): a replica that holds no agent would only fail streams.
+       */
+      readyMinAgents: number
+    } | null
   }
+  /** The other replicas, for one admin view (docs/scaling.md); null: this replica alone. */
+  peers: {
+    urls: string[]
+    /** A headless Service's DNS name and port: each address is a peer. */
+    dns: { name: string; port: number } | undefined
+    /** CA of the peers' serving certificates (default: none, the system's). */
+    ca: string | undefined
+    serverName: string | undefined
+    timeoutMs: number
+  } | null
   registry: { source: 'static'; file: string } | KubeRegistrySettings
   auth: {
     issuer: string
@@ -200,6 +232,41 @@ const schema = {
         key: { type: 'string' },
         connectTimeout: { ...duration, default: '5s' },
         keepalive: { ...duration, default: '30s' },
+        mode: { enum: ['dial', 'reverse', 'both'], default: 'dial' },
+        reverse: {
+          type: 'object',
+          additionalProperties: false,
+          default: {},
+          properties: {
+            host: { type: 'string', default: '0.0.0.0' },
+            port: { type: 'integer', minimum: 0, maximum: 65535, default: 8132 },
+            cert: { type: 'string' },
+            key: { type: 'string' },
+            replicas: { type: 'integer', minimum: 1, maximum: 1024, default: 1 },
+            handshakeTimeout: { ...duration, default: '10s' },
+            readyMinAgents: { type: 'integer', minimum: 0, default: 1 },
+          },
+        },
+      },
+    },
+    peers: {
+      type: ['object', 'null'],
+      additionalProperties: false,
+      default: null,
+      properties: {
+        urls: { type: 'array', items: { type: 'string', pattern: '^https://' }, default: [] },
+        dns: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['name', 'port'],
+          properties: {
+            name: { type: 'string', minLength: 1 },
+            port: { type: 'integer', minimum: 1, maximum: 65535 },
+          },
+        },
+        caFile: { type: 'string' },
+        serverName: { type: 'string', minLength: 1 },
+        timeout: { ...duration, default: '3s' },
       },
     },
     registry: {
@@ -412,76 +479,8 @@ const schema = {
   },
 } as const
 
-type Raw = Record<string, unknown> & {
-  listen: { host: string; port: number }
-  tls: { cert: string; key: string }
-  metrics: { host: string; port: number } | null
-  agents: {
-    ca: string
-    cert: string
-    key: string
-    connectTimeout: string | number
-    keepalive: string | number
-  }
-  registry: Record<string, unknown> & { source: 'static' | 'kubernetes' }
-  auth: {
-    issuer: string
-    audience: string | string[]
-    jwks: {
-      file?: string
-      url?: string
-      timeout: string | number
-      cacheMaxAge: string | number
-      minRefreshInterval: string | number
-      caFile?: string
-    }
-    algorithms: string[]
-    clockTolerance: string | number
-    usernameClaim: string
-    usernamePrefix: string
-    groupsClaim: string
-    groupsPrefix: string
-  }
-  authorization: {
-    rules: {
-      users: string[]
-      groups: string[]
-      namespaces: string[]
-      pods: string[]
-      ports: (number | string)[]
-    }[]
-    admins: { users: string[]; groups: string[] }
-  }
-  limits: {
-    streamsPerConnection: number
-    streamsPerUser: number
-    streamOpenTimeout: string | number
-    idleTimeout: string | number
-    maxLifetime: string | number
-    maxHeaderSize: string | number
-    unauthenticatedStreams: number
-    connectionsPerSource: number
-    requestTimeout: string | number
-    handshakeTimeout: string | number
-    clientKeepalive: string | number
-    bufferBudget: string | number
-  }
-  audit: {
-    mode: GatewayConfig['audit']['mode']
-    linger: string | number
-    sinks: (Record<string, unknown> & { type: string })[]
-    denials: {
-      rate: number
-      burst: number
-      totalRate: number
-      totalBurst: number
-      summaryInterval: string | number
-    }
-  }
-  kubernetes: { websocketTunnel: boolean }
-  shutdownGrace: string | number
-  logLevel: string
-}
+/** The config as ajv leaves it: validated, every default filled in. */
+type Raw = FromSchema<typeof schema, { parseIfThenElseKeywords: true }>
 
 function parsePortRange(value: number | string, where: string): { from: number; to: number } {
   if (typeof value === 'number') return { from: value, to: value }
@@ -497,34 +496,30 @@ function parsePortRange(value: number | string, where: string): { from: number; 
   return { from, to }
 }
 
-function parseSink(
-  s: Record<string, unknown> & { type: string },
-  base: string,
-  where: string,
-): AuditSinkConfig {
-  const p = (v: unknown): string => resolve(base, v as string)
+function parseSink(s: Raw['audit']['sinks'][number], base: string, where: string): AuditSinkConfig {
+  const p = (v: string): string => resolve(base, v)
   switch (s.type) {
     case 'file':
       return {
         type: 'file',
         path: p(s.path),
-        fsync: s.fsync as 'always',
-        fsyncIntervalMs: parseDuration(s.fsyncInterval as string, `${where}.fsyncInterval`),
-        maxSizeBytes: parseSize(s.maxSize as string, `${where}.maxSize`),
-        maxFiles: s.maxFiles as number,
-        denialsMaxSizeBytes: parseSize(s.denialsMaxSize as string, `${where}.denialsMaxSize`),
-        denialsMaxFiles: s.denialsMaxFiles as number,
+        fsync: s.fsync,
+        fsyncIntervalMs: parseDuration(s.fsyncInterval, `${where}.fsyncInterval`),
+        maxSizeBytes: parseSize(s.maxSize, `${where}.maxSize`),
+        maxFiles: s.maxFiles,
+        denialsMaxSizeBytes: parseSize(s.denialsMaxSize, `${where}.denialsMaxSize`),
+        denialsMaxFiles: s.denialsMaxFiles,
       }
     case 'stdout':
       return { type: 'stdout' }
-    default: {
+    case 'webhook': {
       const sink: AuditSinkConfig = {
         type: 'webhook',
-        url: s.url as string,
+        url: s.url,
         spoolDir: p(s.spoolDir),
-        batchSize: s.batchSize as number,
-        timeoutMs: parseDuration(s.timeout as string, `${where}.timeout`),
-        maxSpoolBytes: parseSize(s.maxSpoolSize as string, `${where}.maxSpoolSize`),
+        batchSize: s.batchSize,
+        timeoutMs: parseDuration(s.timeout, `${where}.timeout`),
+        maxSpoolBytes: parseSize(s.maxSpoolSize, `${where}.maxSpoolSize`),
       }
       if (typeof s.tokenFile === 'string') sink.tokenFile = p(s.tokenFile)
       if (typeof s.caFile === 'string') sink.caFile = p(s.caFile)
@@ -540,7 +535,7 @@ export function parseGatewayConfig(value: unknown, source: string, baseDir: stri
   const jwks = raw.auth.jwks
   let registry: GatewayConfig['registry']
   if (raw.registry.source === 'static') {
-    registry = { source: 'static', file: p(raw.registry.file as string) }
+    registry = { source: 'static', file: p(raw.registry.file) }
   } else {
     registry = parseKubeRegistryConfig((value as { registry: unknown }).registry, source, baseDir)
   }
@@ -554,7 +549,33 @@ export function parseGatewayConfig(value: unknown, source: string, baseDir: stri
       key: p(raw.agents.key),
       connectTimeoutMs: parseDuration(raw.agents.connectTimeout, 'agents.connectTimeout'),
       keepaliveMs: parseDuration(raw.agents.keepalive, 'agents.keepalive'),
+      mode: raw.agents.mode,
+      reverse:
+        raw.agents.mode === 'dial'
+          ? null
+          : {
+              host: raw.agents.reverse.host,
+              port: raw.agents.reverse.port,
+              cert: p(raw.agents.reverse.cert ?? raw.agents.cert),
+              key: p(raw.agents.reverse.key ?? raw.agents.key),
+              replicas: raw.agents.reverse.replicas,
+              handshakeTimeoutMs: parseDuration(
+                raw.agents.reverse.handshakeTimeout,
+                'agents.reverse.handshakeTimeout',
+              ),
+              readyMinAgents: raw.agents.reverse.readyMinAgents,
+            },
     },
+    peers:
+      raw.peers === null
+        ? null
+        : {
+            urls: [...raw.peers.urls],
+            dns: raw.peers.dns === undefined ? undefined : { ...raw.peers.dns },
+            ca: raw.peers.caFile === undefined ? undefined : p(raw.peers.caFile),
+            serverName: raw.peers.serverName,
+            timeoutMs: parseDuration(raw.peers.timeout, 'peers.timeout'),
+          },
     registry,
     auth: {
       issuer: raw.auth.issuer,

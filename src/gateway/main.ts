@@ -7,6 +7,7 @@
 import { readFileSync } from 'node:fs'
 import { setDefaultHighWaterMark } from 'node:stream'
 import { parseArgs } from 'node:util'
+import { drainOnSignals } from '../shared/stop-signals.js'
 import { STREAM_HIGH_WATER_MARK } from '../protocol/h2-settings.js'
 import { describeError } from '../shared/errors.js'
 import { createLogger } from '../shared/log.js'
@@ -16,12 +17,14 @@ import { Authenticator } from './auth/authenticator.js'
 import { Authorizer } from './authz/authorizer.js'
 import { loadGatewayConfig } from './config.js'
 import type { GatewayConfig } from './config.js'
-import { Forwarder, newGatewayId } from './forwarder.js'
+import { Forwarder, newGatewayId } from './forward/forwarder.js'
 import { createAuditLog } from './audit-factory.js'
 import { GatewayMetrics } from './metrics.js'
 import { BufferBudget } from './buffer-budget.js'
 import { AgentPool } from './relay/agent-pool.js'
-import { createKubeRegistry } from './registry/kube-registry.js'
+import { ReverseAgents } from './relay/reverse-agents.js'
+import { Peers } from './peers.js'
+import { createKubeRegistry } from './registry/kube/registry.js'
 import { StaticRegistry } from './registry/static-registry.js'
 import type { PodRegistry } from './registry/types.js'
 
@@ -36,6 +39,8 @@ function createRegistry(config: GatewayConfig, logger: Logger): PodRegistry {
 export interface RunningGateway {
   port: number
   metricsPort?: number
+  /** The agent endpoint's port (reverse mode). */
+  agentPort?: number
   gatewayId: string
   stop(): Promise<void>
 }
@@ -57,12 +62,26 @@ export async function startGateway(
     key: readFileSync(config.agents.key),
   }
   const budget = new BufferBudget({ budgetBytes: config.limits.bufferBudgetBytes, metrics, logger })
+  const rc = config.agents.reverse
+  const reverse =
+    rc === null
+      ? undefined
+      : new ReverseAgents({
+          replicaId: gatewayId,
+          replicas: rc.replicas,
+          tls: { ca: agentTls.ca, cert: readFileSync(rc.cert), key: readFileSync(rc.key) },
+          keepaliveMs: config.agents.keepaliveMs,
+          handshakeTimeoutMs: rc.handshakeTimeoutMs,
+          logger,
+          onSession: (s) => budget.register(s),
+        })
   const agents = new AgentPool({
     ...agentTls,
     connectTimeoutMs: config.agents.connectTimeoutMs,
     keepaliveMs: config.agents.keepaliveMs,
     logger,
     onSession: (s) => budget.register(s),
+    ...(reverse !== undefined ? { reverse, reverseOnly: config.agents.mode === 'reverse' } : {}),
   })
   const audit = await createAuditLog(config, { logger, gatewayId, metrics })
   const forwarder = new Forwarder({
@@ -89,7 +108,26 @@ export async function startGateway(
       logger.error({ err: describeError(err) }, 'kubernetes registry stopped before syncing'),
     )
   }
+  const pc = config.peers
+  const peers =
+    pc === null
+      ? undefined
+      : new Peers({
+          urls: pc.urls,
+          ...(pc.dns !== undefined ? { dns: pc.dns } : {}),
+          ca: pc.ca !== undefined ? readFileSync(pc.ca) : undefined,
+          ...(pc.serverName !== undefined ? { serverName: pc.serverName } : {}),
+          timeoutMs: pc.timeoutMs,
+          logger,
+        })
   const gateway = await buildGateway({
+    cluster: {
+      gatewayId,
+      mode: config.agents.mode,
+      peers,
+      reverse,
+      readyMinAgents: rc?.readyMinAgents ?? 0,
+    },
     tls: { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) },
     logger,
     registry,
@@ -104,18 +142,24 @@ export async function startGateway(
     budget,
     nodeProxy: { tls: agentTls, connectTimeoutMs: config.agents.connectTimeoutMs },
     kubernetes: config.kubernetes,
+    console: { auditFile: config.audit.sinks.find((x) => x.type === 'file')?.path },
   })
   const addr = await gateway.listen(
     overrides.port ?? config.listen.port,
     config.listen.host,
     config.metrics,
   )
-  logger.info({ gatewayId, host: config.listen.host, ...addr }, 'gateway listening')
+  const agentPort =
+    reverse !== undefined && rc !== null ? (await reverse.listen(rc.port, rc.host)).port : undefined
+  logger.info({ gatewayId, host: config.listen.host, ...addr, agentPort }, 'gateway listening')
   return {
     ...addr,
+    ...(agentPort !== undefined ? { agentPort } : {}),
     gatewayId,
     async stop() {
       await gateway.close(config.shutdownGraceMs)
+      await reverse?.close(true)
+      await peers?.close()
       budget.close()
       await audit.close()
       await registry.close()
@@ -147,31 +191,17 @@ export async function main(argv: string[]): Promise<number> {
     values.port !== undefined ? { port: Number(values.port) } : {},
   )
   if (process.send !== undefined) {
-    process.send({ type: 'listening', port: gw.port, metricsPort: gw.metricsPort })
+    process.send({
+      type: 'listening',
+      port: gw.port,
+      metricsPort: gw.metricsPort,
+      agentPort: gw.agentPort,
+      gatewayId: gw.gatewayId,
+    })
   }
   // The supervisor's IPC channel must not keep this process alive after a shutdown.
   process.channel?.unref()
-  await new Promise<void>((resolve) => {
-    let stopping = false
-    // The handlers stay until the process ends: Ctrl-C of `npm start` delivers SIGINT (from
-    // the terminal) and then SIGTERM (from the dev supervisor), and the default action of a
-    // second signal would kill the gateway mid-drain. The drain is bounded (shutdownGrace).
-    const stop = (signal: string): void => {
-      if (stopping) {
-        logger.info({ signal }, 'gateway already stopping: signal ignored')
-        return
-      }
-      stopping = true
-      logger.info({ signal }, 'gateway stopping: draining streams')
-      gw.stop().then(resolve, (err: unknown) => {
-        logger.error({ err: describeError(err) }, 'shutdown error')
-        resolve()
-      })
-    }
-    process.on('SIGTERM', stop)
-    process.on('SIGINT', stop)
-    process.on('disconnect', () => stop('disconnect'))
-  })
+  await drainOnSignals('gateway', logger, () => gw.stop())
   logger.info('gateway stopped')
   logger.flush()
   return 0
