@@ -22,6 +22,10 @@
  * 7. `abuse`: hostile and broken clients against the default limits (bench/abuse.ts; its
  *    own dev clusters): unauthenticated streams, stalled readers against the buffer
  *    budget, SIGTERM with clients that never read, a denial flood against the audit trail.
+ * 8. `replicas`: reverse-connected agents behind HAProxy with 2 replicas against the direct
+ *    topology, same run (bench/replicas.ts; its own replica sets; root, nft, haproxy):
+ *    stream-open latency, echo throughput, and a replica's memory per agent session and
+ *    per stream (docs/scaling.md).
  *
  * `--quick` (under a minute) uses shorter runs, one repetition and fewer baselines.
  *
@@ -43,12 +47,17 @@ import { manyStreams } from './h2-streams.js'
 import type { ManyStreamsResult } from './h2-streams.js'
 import { runIperf } from './iperf.js'
 import type { BenchKubectl, KubectlBenchResult } from './kubectl-contract.js'
-import { interleavedOpens, parallelOpens } from './opens.js'
+import { coldOpens, interleavedOpens, parallelOpens } from './opens.js'
+import { measureDuplex } from './duplex.js'
+import type { DuplexCell } from './duplex.js'
+import { startNodeChain } from './node-chain.js'
 import type { OpenLatency, ParallelOpens } from './opens.js'
 import { benchNetnsDialer } from './netns-dialer.js'
 import { benchAbuse } from './abuse.js'
 import { benchUdp } from './udp.js'
 import type { UdpBenchResult } from './udp.js'
+import { benchReplicas } from './replicas.js'
+import type { ReplicasBenchResult } from './replicas.js'
 import type { AbuseResult } from './abuse.js'
 import type { NetnsBenchResult } from './netns-dialer.js'
 import { startSocatChain } from './socat.js'
@@ -76,6 +85,10 @@ export interface BenchReport {
   environment: Record<string, string | number>
   streams?: ManyStreamsResult
   latency?: { pfgate: OpenLatency; direct: OpenLatency; socat3: OpenLatency }
+  /** The first 100 opens of the freshly started forward, before the warm ones. */
+  coldLatency?: { pfgate: OpenLatency; direct: OpenLatency }
+  /** Full-duplex echo through pfgate and the baselines (bench/duplex.ts). */
+  duplex?: { bytes: number; cells: DuplexCell[] }
   parallel?: { pfgate: ParallelOpens; direct: ParallelOpens }
   audit?: AuditCost[]
   throughput?: Cell[]
@@ -86,6 +99,8 @@ export interface BenchReport {
   abuse?: AbuseResult
   /** UDP flows against the pod directly and socat UDP relays (bench/udp.ts). */
   udp?: UdpBenchResult
+  /** Reverse agents + HAProxy + replicas against the direct topology (bench/replicas.ts). */
+  replicas?: ReplicasBenchResult
   /** Sections that failed, with the error. */
   errors?: Partial<Record<string, string>>
   rows: Row[]
@@ -97,13 +112,22 @@ const SECTIONS = [
   'latency',
   'audit',
   'throughput',
+  'duplex',
   'kubectl',
   'netns',
   'abuse',
+  'replicas',
   'udp',
 ] as const
 /** The sections that measure the shared system under test (the others start their own). */
-const SYSTEM_SECTIONS: readonly Section[] = ['streams', 'latency', 'audit', 'throughput', 'kubectl']
+const SYSTEM_SECTIONS: readonly Section[] = [
+  'streams',
+  'latency',
+  'audit',
+  'throughput',
+  'duplex',
+  'kubectl',
+]
 type Section = (typeof SECTIONS)[number]
 
 const UP1: Mode = { parallel: 1, direction: 'up' }
@@ -262,6 +286,52 @@ export function buildRows(r: BenchReport): Row[] {
       })
     }
   }
+  if (r.latency !== undefined) {
+    const { pfgate, direct } = r.latency
+    row({
+      figure: `stream open p99.9, ${pfgate.n} sequential (ms)`,
+      value: f3(pfgate.p999Ms),
+      baseline: 'direct TCP',
+      baseValue: f3(direct.p999Ms),
+      ratio: `+${f3(pfgate.p999Ms - direct.p999Ms)} ms`,
+    })
+  }
+  if (r.coldLatency !== undefined) {
+    const { pfgate, direct } = r.coldLatency
+    for (const k of ['p50Ms', 'p99Ms'] as const) {
+      row({
+        figure: `stream open ${k.slice(0, 3)}, first ${pfgate.n} (cold) (ms)`,
+        value: f3(pfgate[k]),
+        baseline: 'direct TCP, first opens',
+        baseValue: f3(direct[k]),
+        ratio: `+${f3(pfgate[k] - direct[k])} ms`,
+      })
+    }
+  }
+  if (r.duplex !== undefined) {
+    const cells = r.duplex.cells
+    const p = cells.find((c) => c.path === 'pfgate')
+    const targets: Record<string, number> = { 'node TLS chain': 1.0, 'socat 3-hop TLS': 0.9 }
+    let first = true
+    for (const b of cells) {
+      if (p === undefined || b === p) continue
+      const n = Math.min(p.samples.length, b.samples.length)
+      const q = median(
+        Array.from({ length: n }, (_, i) => (p.samples[i] as number) / (b.samples[i] as number)),
+      )
+      const t = targets[b.path]
+      row({
+        figure: first ? `full-duplex echo, ${r.duplex.bytes / 1048576} MiB (MB/s)` : '',
+        value: first ? f2(p.mbps) : '',
+        baseline: b.path,
+        baseValue: f2(b.mbps),
+        ratio: `${f2(q)}×`,
+        target: t !== undefined ? `≥ ${t}×` : '',
+        result: t !== undefined ? verdict(q >= t) : '',
+      })
+      first = false
+    }
+  }
   if (r.parallel !== undefined) {
     const { pfgate, direct } = r.parallel
     row({
@@ -396,6 +466,50 @@ export function buildRows(r: BenchReport): Row[] {
     })
   }
   if (r.abuse !== undefined) abuseRows(r.abuse, row)
+  // Reverse agents behind HAProxy with replicas, against the direct topology.
+  const rp = r.replicas
+  if (rp !== undefined) {
+    const q50 = rp.opens.reverse.p50 / rp.opens.direct.p50
+    row({
+      figure: 'replicas: stream open p50 via HAProxy + reverse agent (ms)',
+      value: f2(rp.opens.reverse.p50),
+      baseline: 'one gateway, dialed agent',
+      baseValue: f2(rp.opens.direct.p50),
+      ratio: `${f2(q50)}×`,
+      target: '≤ 2×',
+      result: verdict(q50 <= 2),
+    })
+    row({
+      figure: 'replicas: stream open p99 (ms)',
+      value: f2(rp.opens.reverse.p99),
+      baseline: 'one gateway, dialed agent',
+      baseValue: f2(rp.opens.direct.p99),
+      ratio: `${f2(rp.opens.reverse.p99 / rp.opens.direct.p99)}×`,
+    })
+    for (const [label, t] of [
+      ['1 stream', rp.throughput1],
+      ['8 streams', rp.throughput8],
+    ] as const) {
+      const q = t.reverse / t.direct
+      row({
+        figure: `replicas: echo throughput, ${label} (MB/s)`,
+        value: f2(t.reverse),
+        baseline: 'one gateway, dialed agent',
+        baseValue: f2(t.direct),
+        ratio: `${f2(q)}×`,
+        target: '≥ 0.5×',
+        result: verdict(q >= 0.5),
+      })
+    }
+    row({
+      figure: `replicas: replica RSS per idle reverse agent session (KiB, ${rp.agentSessionKiB.n})`,
+      value: f2(rp.agentSessionKiB.perSession),
+    })
+    row({
+      figure: `replicas: replica RSS per open idle stream (KiB, ${rp.streamKiB.n})`,
+      value: f2(rp.streamKiB.perStream),
+    })
+  }
   if (r.udp !== undefined) udpRows(r.udp, row)
   return rows
 }
@@ -594,6 +708,12 @@ export async function runBench(options: {
       log(`latency: ${n} sequential opens through pfgate, direct, socat 3-hop`)
       const socat3 = await startSocatChain('plain3', sys.pod.echoPort, sys.dir)
       try {
+        // The forward has carried nothing yet: its first opens are the cold ones.
+        const [coldPfgate, coldDirect] = await coldOpens([sys.cli.echoPort, sys.pod.echoPort], 100)
+        report.coldLatency = {
+          pfgate: coldPfgate as OpenLatency,
+          direct: coldDirect as OpenLatency,
+        }
         const [direct, pfgate, socat] = await interleavedOpens(
           [sys.pod.echoPort, sys.cli.echoPort, socat3.port],
           [n, n, quick ? 100 : 300],
@@ -646,6 +766,36 @@ export async function runBench(options: {
         log,
       })
     })
+    await section('duplex', async (sys) => {
+      const bytes = (quick ? 16 : 64) * 1048576
+      log(`duplex: ${bytes / 1048576} MiB full-duplex echo through pfgate and the baselines`)
+      const chains = [
+        {
+          path: 'socat 3-hop TCP',
+          chain: await startSocatChain('plain3', sys.pod.echoPort, sys.dir),
+        },
+        {
+          path: 'socat 3-hop TLS',
+          chain: await startSocatChain('tls3', sys.pod.echoPort, sys.dir),
+        },
+        { path: 'node TLS chain', chain: await startNodeChain(sys.pod.echoPort, sys.dir) },
+      ]
+      try {
+        const cells = await measureDuplex(
+          [
+            { path: 'pfgate', port: sys.cli.echoPort },
+            ...chains.map((c) => ({ path: c.path, port: c.chain.port })),
+            { path: 'direct', port: sys.pod.echoPort },
+          ],
+          bytes,
+          quick ? 2 : 6,
+          log,
+        )
+        report.duplex = { bytes, cells }
+      } finally {
+        await Promise.all(chains.map((c) => c.chain.stop()))
+      }
+    })
     await section('kubectl', async (sys) => {
       const fn = await loadKubectlSection().catch((err: unknown) => {
         report.kubectl = { error: (err as Error).message }
@@ -673,6 +823,10 @@ export async function runBench(options: {
     })
     await section('abuse', async () => {
       report.abuse = await benchAbuse({ quick, log })
+    })
+    await section('replicas', async () => {
+      log('replicas: reverse agents behind HAProxy (2 replicas) vs direct')
+      report.replicas = await benchReplicas({ quick, log })
     })
     await section('udp', async () => {
       report.udp = await benchUdp({ quick, log })

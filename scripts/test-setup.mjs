@@ -35,6 +35,8 @@ export const DEBIAN_PACKAGES = [
   { pkg: 'containernetworking-plugins', why: 'CNI bridge network of the harness pods' },
   { pkg: 'busybox-static', why: 'the image of the harness pods (sandbox and servers)' },
   { pkg: 'bind9-dnsutils', why: '`dig`: a real DNS client through UDP forwards' },
+  { pkg: 'haproxy', why: 'the load balancer (TCP mode) in front of gateway replicas' },
+  { pkg: 'nftables', why: 'agents in namespaces that the gateways cannot dial (reverse mode)' },
   { pkg: 'chromium', why: 'the admin console tests in a real browser (driven by playwright-core)' },
 ]
 

@@ -73,12 +73,14 @@ Filters (all given must match; a comma-separated list matches any of its values)
   --outcome O           ok, denied, failed, error, limit, admin, restart
   --session ID          the client session id
   --stream ID           the stream id
+  --gateway ID          the gateway instance that wrote the record
   --since TIME|DUR      at or after TIME (RFC 3339) or DUR ago (30s, 15m, 2h, 7d)
   --until TIME|DUR      before TIME or DUR ago
 
 Options:
   -f, --file PATH       the trail (default $PFGATE_AUDIT_FILE, else ${DEV_AUDIT_FILE} when
-                        present, else ${DEFAULT_AUDIT_FILE}); PATH.N rotated files too
+                        present, else ${DEFAULT_AUDIT_FILE}); PATH.N rotated files too;
+                        query: repeat it to merge several replicas' trails by time
   -o, --output FORMAT   table (default) or json (one record per line, as stored)
   -h, --help            this help
 
@@ -87,7 +89,8 @@ written (with --since, the matching history first) until interrupted.
 `
 
 const OPTIONS = {
-  file: { type: 'string', short: 'f' },
+  file: { type: 'string', short: 'f', multiple: true },
+  gateway: { type: 'string' },
   user: { type: 'string' },
   namespace: { type: 'string', short: 'n' },
   pod: { type: 'string' },
@@ -109,7 +112,10 @@ type Filter = (r: AuditRecord) => boolean
 
 interface Parsed {
   command: 'query' | 'follow'
+  /** The first trail (follow reads only this one). */
   file: string
+  /** Every trail given (`--file` repeated: several replicas' trails, merged by time). */
+  files: string[]
   output: 'table' | 'json'
   filter: Filter
   since: number | undefined
@@ -177,9 +183,13 @@ function parse(argv: string[], io: AuditCommandIO): Parsed | 'help' {
     if (err instanceof AuditQueryError) throw new InputError(err.message)
     throw err
   }
+  const files = values.file ?? [defaultAuditFile()]
+  if (command === 'follow' && files.length > 1)
+    throw new InputError('follow reads one trail: give --file once')
   return {
     command,
-    file: values.file ?? defaultAuditFile(),
+    file: files[0] as string,
+    files,
     output,
     filter: q.matches,
     since: q.since,
@@ -217,15 +227,26 @@ async function* trailRecords(path: string, skipped: Skipped): AsyncGenerator<Aud
 }
 
 async function query(p: Parsed, io: AuditCommandIO, out: Output): Promise<number> {
-  const denied = deniedTrailPath(p.file)
-  if ((await trailFiles(p.file)).length === 0 && (await trailFiles(denied)).length === 0) {
-    io.stderr.write(`pfgate audit: no such file: ${p.file}\n`)
-    return 1
+  for (const file of p.files) {
+    const denied = deniedTrailPath(file)
+    if ((await trailFiles(file)).length === 0 && (await trailFiles(denied)).length === 0) {
+      io.stderr.write(`pfgate audit: no such file: ${file}\n`)
+      return 1
+    }
   }
   const skipped: Skipped = { malformed: 0, partial: [] }
   let matched = 0
-  // The main trail and the denials trail beside it, merged in time order.
-  for await (const r of mergeByTime(trailRecords(p.file, skipped), trailRecords(denied, skipped))) {
+  // Each trail and the denials trail beside it, all merged in time order (several
+  // replicas' trails: each record names its gateway).
+  let merged: AsyncIterable<AuditRecord> | undefined
+  for (const file of p.files) {
+    const one = mergeByTime(
+      trailRecords(file, skipped),
+      trailRecords(deniedTrailPath(file), skipped),
+    )
+    merged = merged === undefined ? one : mergeByTime(merged, one)
+  }
+  for await (const r of merged as AsyncIterable<AuditRecord>) {
     if (!p.filter(r)) continue
     matched++
     await out.record(r)

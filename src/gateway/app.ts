@@ -38,6 +38,8 @@ import { kubeApiRoutes } from './kube/routes.js'
 import type { GatewayMetrics } from './metrics.js'
 import type { AgentPool } from './relay/agent-pool.js'
 import type { PodRegistry } from './registry/types.js'
+import { agentReadinessProblem } from './cluster-view.js'
+import type { ClusterView } from './cluster-view.js'
 import type { Logger } from '../shared/log.js'
 
 /** Everything the gateway is made of. */
@@ -63,6 +65,8 @@ export interface GatewayDeps {
   }
   /** The Kubernetes-compatible surface (default: the WebSocket tunnel is on). */
   kubernetes?: { websocketTunnel: boolean }
+  /** Replicas and reverse agents: one admin view, agents in readiness (cluster-view.ts). */
+  cluster?: ClusterView
   /** The admin console under /console/ (none: its paths are 404s); the trail it searches. */
   console?: { auditFile: string | undefined }
 }
@@ -129,13 +133,18 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     onAuthenticated: (socket) => connections.authenticated(socket),
   })
   // Routes.
-  await app.register(healthRoutes, { registry: deps.registry, audit: deps.audit, forwarder })
+  await app.register(healthRoutes, {
+    registry: deps.registry,
+    audit: deps.audit,
+    forwarder,
+    agentsProblem: () => agentReadinessProblem(deps.cluster, deps.registry),
+  })
   await app.register(kubeApiRoutes, { registry: deps.registry, authorizer: deps.authorizer })
   await app.register(forwardPathRoutes)
   if (deps.nodeProxy !== undefined) {
     await app.register(nodeProxyRoutes, { registry: deps.registry, ...deps.nodeProxy, logger })
   }
-  await app.register(adminRoutes, { forwarder })
+  await app.register(adminRoutes, { forwarder, cluster: deps.cluster })
   if (deps.console !== undefined) {
     // The admin console (console/: its own login, CSRF and headers) and its audit search
     // for API clients; both on one backend over the gateway's parts.

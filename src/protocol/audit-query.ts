@@ -12,6 +12,7 @@ import type { AuditRecord } from './audit-record.js'
 /** The filters, by name (`--user`, `?user=` …). */
 export const AUDIT_FILTERS = [
   'user',
+  'gateway',
   'namespace',
   'pod',
   'port',
@@ -121,6 +122,7 @@ export function parseAuditQuery(
       return got !== undefined && wanted.has(got)
     })
   }
+  eq('gateway', (r) => r.gateway)
   eq('namespace', (r) => r.namespace)
   eq('pod', (r) => r.pod)
   eq('session', (r) => r.sessionId)
