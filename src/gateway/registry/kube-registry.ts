@@ -34,7 +34,16 @@ import {
   loadKubeconfigCredentials,
 } from './kube-credentials.js'
 import type { KubeCredentials } from './kube-credentials.js'
-import type { ContainerPort, NodeInfo, PodInfo, PodRegistry, RegistryEvents } from './types.js'
+import type {
+  ContainerPort,
+  NodeInfo,
+  PodInfo,
+  PodRegistry,
+  RegistryEvents,
+  ServiceInfo,
+  WorkloadInfo,
+  WorkloadKind,
+} from './types.js'
 
 // ───────────────────────────── annotations ─────────────────────────────
 
@@ -855,6 +864,14 @@ export class KubeRegistry implements PodRegistry {
       this.#allNamespaces !== undefined ? [this.#allNamespaces] : this.#podReflectors.values()
     for (const r of pods) out.push(...r.items.values())
     return out
+  }
+
+  getService(_namespace: string, _name: string): ServiceInfo | undefined {
+    return undefined
+  }
+
+  getWorkload(_kind: WorkloadKind, _namespace: string, _name: string): WorkloadInfo | undefined {
+    return undefined
   }
 
   /** Every node of the view. */
