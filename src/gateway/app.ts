@@ -50,6 +50,7 @@ import {
 } from './header-limit.js'
 import { impersonationOf, impersonationRefused } from './impersonation.js'
 import { registerNodeProxy } from './node-proxy.js'
+import { registerTargetRoutes } from './kube-targets.js'
 import { keepAlive } from '../shared/keepalive.js'
 import { ConnectionGuard, clientSessionMemoryMb, preauthSettings } from './connections.js'
 import type { ConnectionLimits } from './connections.js'
@@ -511,6 +512,12 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
       'PFG_ERR_PROTO_HTTP2_REQUIRED',
       'native port-forward needs HTTP/2 (or a SPDY/WebSocket upgrade on the Kubernetes paths)',
     )
+  })
+
+  // Services and apps/v1 workloads, for kubectl's own resolution of svc/ and deployment/.
+  registerTargetRoutes(app as unknown as FastifyInstance, {
+    registry: deps.registry,
+    authorizer: deps.authorizer,
   })
 
   // --- Node proxy (admins: each agent's /healthz and /metrics over the mTLS hop)
