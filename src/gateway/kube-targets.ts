@@ -176,7 +176,7 @@ export function registerTargetRoutes(app: FastifyInstance, deps: TargetRoutesDep
         `${resource}${group} "${name}" is forbidden: user "${identity.user}" cannot get resource "${resource}" in API group "${group.slice(1)}" in the namespace "${ns}"`,
       )
     }
-    if (!deps.registry.isReady()) {
+    if (!deps.registry.isReady() || deps.registry.targetsReady?.() === false) {
       throw appError(
         'PFG_ERR_ROUTE_NOT_READY',
         'the pod registry has not synced yet; retry shortly',

@@ -44,6 +44,7 @@ import type {
   WorkloadInfo,
   WorkloadKind,
 } from './types.js'
+import { sameObject, serviceInfoFromObject, workloadInfoFromObject } from './kube-objects.js'
 
 // ───────────────────────────── annotations ─────────────────────────────
 
@@ -321,6 +322,9 @@ export function podInfoFromObject(value: unknown): PodInfo | undefined {
   if (labels !== undefined) pod.labels = labels
   const created = str(meta.creationTimestamp)
   if (created !== undefined) pod.creationTimestamp = created
+  const conditions = Array.isArray(status?.conditions) ? (status.conditions as unknown[]) : []
+  const ready = conditions.map(rec).find((c) => str(c?.type) === 'Ready')
+  if (ready !== undefined) pod.ready = str(ready.status) === 'True'
   return pod
 }
 
@@ -496,7 +500,22 @@ export interface KubeRegistryStatus {
   /** The most recent failure, if any since start (cleared by nothing: it is history). */
   lastError?: { code: string; message: string; at: string }
   resources: { path: string; synced: boolean; resourceVersion: string; items: number }[]
+  /** Services and workloads (forward targets): they do not gate `ready`. */
+  targets?: {
+    synced: boolean
+    lastError?: { code: string; message: string; at: string }
+    resources: { path: string; synced: boolean; resourceVersion: string; items: number }[]
+  }
 }
+
+/** The collections of forward targets a Kubernetes registry lists and watches. */
+type TargetCollection = 'Service' | WorkloadKind
+const TARGET_COLLECTIONS: readonly TargetCollection[] = [
+  'Service',
+  'Deployment',
+  'ReplicaSet',
+  'StatefulSet',
+]
 
 interface Resource<T> {
   /** API path of the collection, e.g. `/api/v1/pods`. */
@@ -763,6 +782,17 @@ export class KubeRegistry implements PodRegistry {
   readonly #podReflectors = new Map<string, Reflector<PodInfo>>()
   readonly #allNamespaces: Reflector<PodInfo> | undefined
   readonly #nodes: Reflector<NodeInfo>
+  /**
+   * Services and apps/v1 workloads (forward targets), per namespace or cluster-wide. They do
+   * not gate readiness: pods forward while they sync, and a gateway whose RBAC predates
+   * them keeps working for pods (forwards to a service then get 503 until they sync).
+   */
+  readonly #targets: {
+    kind: TargetCollection
+    ns: string | undefined
+    r: Reflector<ServiceInfo | WorkloadInfo>
+  }[] = []
+  #targetsError: KubeRegistryStatus['lastError']
   readonly #basePath: string
   readonly #logger: Logger
   #pool: Pool | undefined
@@ -841,6 +871,60 @@ export class KubeRegistry implements PodRegistry {
       same: sameNode,
       emit: (type, node) => this.#emit('node', type, node),
     })
+    const targetHost: ReflectorHost = {
+      ...this.#host,
+      onSynced: () => undefined,
+      onError: (path, err, attempt) => {
+        this.#targetsError = {
+          code: errorCode(err) ?? 'ERROR',
+          message: describeError(err),
+          at: new Date().toISOString(),
+        }
+        this.#logger.warn(
+          { path, attempt, err: describeError(err) },
+          'kubernetes list/watch of services/workloads failed; retrying',
+        )
+      },
+    }
+    for (const ns of namespaces.length === 0 ? [undefined] : namespaces) {
+      for (const kind of TARGET_COLLECTIONS) {
+        const base = kind === 'Service' ? '/api/v1' : '/apis/apps/v1'
+        const plural = `${kind.toLowerCase()}s`
+        const path =
+          ns === undefined
+            ? `${base}/${plural}`
+            : `${base}/namespaces/${encodeURIComponent(ns)}/${plural}`
+        this.#targets.push({
+          kind,
+          ns,
+          r: new Reflector<ServiceInfo | WorkloadInfo>(targetHost, {
+            path,
+            map: (obj) =>
+              kind === 'Service' ? serviceInfoFromObject(obj) : workloadInfoFromObject(kind, obj),
+            key: (o) => `${o.namespace}/${o.name}`,
+            same: sameObject,
+            emit: () => undefined,
+          }),
+        })
+      }
+    }
+  }
+
+  #target(
+    kind: TargetCollection,
+    namespace: string,
+    name: string,
+  ): ServiceInfo | WorkloadInfo | undefined {
+    for (const t of this.#targets) {
+      if (t.kind === kind && (t.ns === undefined || t.ns === namespace))
+        return t.r.items.get(`${namespace}/${name}`)
+    }
+    return undefined
+  }
+
+  /** True once services and workloads have been listed (every collection). */
+  targetsReady(): boolean {
+    return this.#targets.every((t) => t.r.synced)
   }
 
   #reflectors(): Reflector<PodInfo | NodeInfo>[] {
@@ -866,12 +950,12 @@ export class KubeRegistry implements PodRegistry {
     return out
   }
 
-  getService(_namespace: string, _name: string): ServiceInfo | undefined {
-    return undefined
+  getService(namespace: string, name: string): ServiceInfo | undefined {
+    return this.#target('Service', namespace, name) as ServiceInfo | undefined
   }
 
-  getWorkload(_kind: WorkloadKind, _namespace: string, _name: string): WorkloadInfo | undefined {
-    return undefined
+  getWorkload(kind: WorkloadKind, namespace: string, name: string): WorkloadInfo | undefined {
+    return this.#target(kind, namespace, name) as WorkloadInfo | undefined
   }
 
   /** Every node of the view. */
@@ -894,6 +978,16 @@ export class KubeRegistry implements PodRegistry {
         resourceVersion: r.resourceVersion,
         items: r.items.size,
       })),
+      targets: {
+        synced: this.targetsReady(),
+        ...(this.#targetsError !== undefined ? { lastError: { ...this.#targetsError } } : {}),
+        resources: this.#targets.map(({ r }) => ({
+          path: r.resource.path,
+          synced: r.synced,
+          resourceVersion: r.resourceVersion,
+          items: r.items.size,
+        })),
+      },
     }
   }
 
@@ -912,7 +1006,7 @@ export class KubeRegistry implements PodRegistry {
     const url = new URL(c.server)
     this.#pool = new Pool(url.origin, {
       // One connection per long-lived watch, plus room for a list beside it.
-      connections: this.#reflectors().length + 2,
+      connections: this.#reflectors().length + this.#targets.length + 2,
       connect: {
         ...(c.ca !== undefined ? { ca: c.ca } : {}),
         ...(c.cert !== undefined ? { cert: c.cert } : {}),
@@ -929,7 +1023,10 @@ export class KubeRegistry implements PodRegistry {
       },
       'kubernetes registry starting',
     )
-    this.#loops = this.#reflectors().map((r) => r.run())
+    this.#loops = [
+      ...this.#reflectors().map((r) => r.run()),
+      ...this.#targets.map(({ r }) => r.run()),
+    ]
     return this.#started
   }
 

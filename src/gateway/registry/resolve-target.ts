@@ -84,6 +84,12 @@ function lookup(
   registry: PodRegistry,
   req: TargetRequest,
 ): { selector: Record<string, string> | undefined; service?: ServiceInfo } {
+  if (registry.targetsReady?.() === false) {
+    throw appError(
+      'PFG_ERR_ROUTE_NOT_READY',
+      'the registry has not listed services and workloads yet; retry shortly',
+    )
+  }
   if (req.kind === 'service') {
     const service = registry.getService(req.namespace, req.name)
     if (service === undefined) {

@@ -105,6 +105,11 @@ export interface PodRegistry {
   getWorkload(kind: WorkloadKind, namespace: string, name: string): WorkloadInfo | undefined
   /** True once the first full view is loaded (the first list has synced). */
   isReady(): boolean
+  /**
+   * False while services and workloads are not listed yet (a source where they sync
+   * separately from pods); absent or true: they are known.
+   */
+  targetsReady?(): boolean
   /** Starts loading/watching. Resolves when the first view is in (or rejects with why not). */
   start(): Promise<void>
   /** Stops watching; idempotent. */
