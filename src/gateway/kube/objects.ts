@@ -7,13 +7,8 @@
  *
  * @module
  */
-import type { PodInfo } from './registry/types.js'
-import {
-  SERVICE_RESOURCE,
-  aggregatedAppsGroup,
-  aggregatedResource,
-  appsGroup,
-} from './kube-targets.js'
+import type { PodInfo } from '../registry/types.js'
+import { SERVICE_RESOURCE, aggregatedAppsGroup, aggregatedResource, appsGroup } from './targets.js'
 
 /** A pod's `metadata`, as in the Pod object and in a Table row's partial object. */
 export function podMetadata(pod: PodInfo): Record<string, unknown> {
@@ -139,7 +134,8 @@ export function coreV1Resources(): Record<string, unknown> {
 
 /**
  * `GET /api` or `/apis` with aggregated discovery: an `APIGroupDiscoveryList` (the core
- * group with `pods` and its `portforward` subresource; no named groups under `/apis`).
+ * group with `pods` and its `portforward` subresource, and `services`; under `/apis` the
+ * apps group with the workloads a forward may name).
  */
 export function aggregatedDiscovery(
   version: 'v2' | 'v2beta1',

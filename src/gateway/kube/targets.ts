@@ -7,14 +7,15 @@
  *
  * @module
  */
-import type { FastifyInstance } from 'fastify'
-import { assertNamespace, assertObjectName } from '../protocol/names.js'
-import { TARGET_RESOURCES, WORKLOAD_KINDS, kindOfResource } from '../protocol/targets.js'
-import type { TargetKind } from '../protocol/targets.js'
-import { appError } from '../shared/errors.js'
-import type { Identity } from './auth/authenticator.js'
-import type { Authorizer } from './authz/authorizer.js'
-import type { PodRegistry, ServiceInfo, WorkloadInfo } from './registry/types.js'
+import { assertNamespace, assertObjectName } from '../../protocol/names.js'
+import { TARGET_RESOURCES, WORKLOAD_KINDS, kindOfResource } from '../../protocol/targets.js'
+import type { TargetKind } from '../../protocol/targets.js'
+import { appError } from '../../shared/errors.js'
+import type { Identity } from '../auth/authenticator.js'
+import type { Authorizer } from '../authz/authorizer.js'
+import { identityOf } from '../http/auth.js'
+import type { GatewayPlugin } from '../http/types.js'
+import type { PodRegistry, ServiceInfo, WorkloadInfo } from '../registry/types.js'
 
 /** Discovery entries (legacy `APIResource`) for the core group's services. */
 export const SERVICE_RESOURCE = {
@@ -150,8 +151,8 @@ export function workloadObject(w: WorkloadInfo): Record<string, unknown> {
 
 /** What the routes need. */
 export interface TargetRoutesDeps {
-  registry: PodRegistry
-  authorizer: Authorizer
+  registry: Pick<PodRegistry, 'isReady' | 'targetsReady' | 'getService' | 'getWorkload'>
+  authorizer: Pick<Authorizer, 'canUseTarget'>
 }
 
 /**
@@ -159,7 +160,7 @@ export interface TargetRoutesDeps {
  * `GET /apis/apps/v1/namespaces/{ns}/{deployments|replicasets|statefulsets}/{name}`.
  * A name the user is not granted is 403 whether it exists or not (no existence leak).
  */
-export function registerTargetRoutes(app: FastifyInstance, deps: TargetRoutesDeps): void {
+export const kubeTargetRoutes: GatewayPlugin<TargetRoutesDeps> = async (app, deps) => {
   const get = (
     kind: Exclude<TargetKind, 'pod'>,
     ns: string,
@@ -196,7 +197,7 @@ export function registerTargetRoutes(app: FastifyInstance, deps: TargetRoutesDep
     async (request, reply) =>
       reply
         .type('application/json')
-        .send(get('service', request.params.ns, request.params.name, request.identity as Identity)),
+        .send(get('service', request.params.ns, request.params.name, identityOf(request))),
   )
   app.get<{ Params: { ns: string; resource: string; name: string } }>(
     '/apis/apps/v1/namespaces/:ns/:resource/:name',
@@ -210,7 +211,7 @@ export function registerTargetRoutes(app: FastifyInstance, deps: TargetRoutesDep
       }
       return reply
         .type('application/json')
-        .send(get(kind, request.params.ns, request.params.name, request.identity as Identity))
+        .send(get(kind, request.params.ns, request.params.name, identityOf(request)))
     },
   )
   app.get('/apis/apps/v1', async (_request, reply) =>
