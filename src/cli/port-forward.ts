@@ -18,6 +18,8 @@ import { parsePortSpecs } from '../protocol/port-spec.js'
 import type { PortSpec } from '../protocol/port-spec.js'
 import { RST, resetCodeName } from '../protocol/reset-codes.js'
 import { assertNamespace, assertObjectName } from '../protocol/names.js'
+import { TARGET_RESOURCES, nativeTargetPath, parseTargetRef } from '../protocol/targets.js'
+import type { TargetRef } from '../protocol/targets.js'
 import { DuplexRelay } from '../shared/duplex-relay.js'
 import { appError, describeError, isAppError } from '../shared/errors.js'
 import { h2Endpoint, resetStream, socketEndpoint } from '../shared/relay-endpoints.js'
@@ -37,13 +39,20 @@ export interface CliIo {
 export const PORT_FORWARD_USAGE = `Forward one or more local ports to a pod, through the pfgate gateway.
 
 Usage:
-  pfgate port-forward [-n NAMESPACE] POD [LOCAL_PORT:]REMOTE_PORT [...[LOCAL_PORT_N:]REMOTE_PORT_N]
+  pfgate port-forward [-n NAMESPACE] TYPE/NAME [LOCAL_PORT:]REMOTE_PORT [...[LOCAL_PORT_N:]REMOTE_PORT_N]
+
+TYPE/NAME is a pod (NAME, pod/NAME), a service (svc/NAME) or a workload (deploy/NAME,
+rs/NAME, sts/NAME). For a service or workload the gateway picks a ready pod for every
+new connection, so the forward follows the pods when they are replaced; for a service,
+REMOTE_PORT is a service port (number or name), mapped to each pod's target port.
 
 Examples:
   pfgate port-forward echo 5000 6000      # local 5000 and 6000 to the pod's 5000 and 6000
   pfgate port-forward echo 8888:5000      # local 8888 to the pod's 5000
   pfgate port-forward echo :5000          # a free local port to the pod's 5000 (also 0:5000)
   pfgate port-forward pod/web 8080:http   # a named container port
+  pfgate port-forward svc/hello 8080:80   # local 8080 to service port 80 of a ready pod, per connection
+  pfgate port-forward deploy/hello 8080:http
 
 Options:
   -n, --namespace NS              namespace (default: the context's, else "default")
@@ -72,7 +81,8 @@ interface Listener {
   server: Server
   address: string
   localPort: number
-  remotePort: number
+  /** A pod's port; for a service or workload, the port asked for (number or name). */
+  remotePort: number | string
 }
 
 function formatHostPort(address: string, port: number): string {
@@ -132,6 +142,41 @@ export function resolveRemotePort(spec: PortSpec, pod: PodDoc, podName: string):
   return named.containerPort
 }
 
+/** A Service or apps/v1 workload as the gateway serves it (what the CLI reads of it). */
+interface TargetDoc {
+  spec?: { ports?: { name?: string; port: number }[] }
+}
+
+/** The API path of a service or workload object. */
+function targetObjectPath(namespace: string, ref: TargetRef): string {
+  const ns = encodeURIComponent(namespace)
+  const name = encodeURIComponent(ref.name)
+  const resource = TARGET_RESOURCES[ref.kind]
+  return ref.kind === 'service'
+    ? `/api/v1/namespaces/${ns}/services/${name}`
+    : `/apis/apps/v1/namespaces/${ns}/${resource}/${name}`
+}
+
+/**
+ * The remote port to ask the gateway for: for a service, one of its ports (by number or
+ * name, kubectl's error otherwise; the gateway maps it to each picked pod's target port);
+ * for a workload, the container port as given (a name is resolved on each picked pod).
+ */
+export function targetRemotePort(spec: PortSpec, doc: TargetDoc, ref: TargetRef): number | string {
+  if (ref.kind !== 'service') return spec.remote
+  const ports = doc.spec?.ports ?? []
+  const sp = ports.find((p) => (typeof spec.remote === 'number' ? p.port : p.name) === spec.remote)
+  if (sp === undefined) {
+    throw appError(
+      'PFG_ERR_CLI_USAGE',
+      typeof spec.remote === 'number'
+        ? `Service ${ref.name} does not have a service port ${spec.remote}`
+        : `Service ${ref.name} does not have a named port '${spec.remote}'`,
+    )
+  }
+  return sp.port
+}
+
 /** Runs the command; resolves with the exit code. */
 export async function runPortForward(argv: string[], io: CliIo): Promise<number> {
   const err = (line: string): void => {
@@ -172,17 +217,18 @@ export async function runPortForward(argv: string[], io: CliIo): Promise<number>
   }
 
   // Arguments: everything is checked before any I/O.
-  let podName = positionals[0] as string
-  if (podName.startsWith('pod/') || podName.startsWith('pods/'))
-    podName = podName.slice(podName.indexOf('/') + 1)
-  else if (podName.includes('/')) {
-    err(`error: only pods can be forwarded by pfgate; got ${JSON.stringify(positionals[0])}`)
+  let ref: TargetRef
+  try {
+    ref = parseTargetRef(positionals[0] as string)
+  } catch (e) {
+    err(`error: ${(e as Error).message}`)
     return 2
   }
+  const podName = ref.name
   let specs: PortSpec[]
   let addresses: string[]
   try {
-    assertObjectName('pod', podName)
+    assertObjectName(ref.kind, ref.name)
     specs = parsePortSpecs(positionals.slice(1))
     addresses = expandAddresses(values.address as string | undefined)
   } catch (e) {
@@ -228,10 +274,17 @@ export async function runPortForward(argv: string[], io: CliIo): Promise<number>
     await Promise.all(closing)
   }
 
-  // 1. Learn the pod: its node (for the path) and its named ports.
+  // 1. Learn the pod: its node (for the path) and its named ports. A service or workload
+  //    is resolved by the gateway for every connection; here only its object is read
+  //    (it exists, the user may use it, a service's ports).
   let pod: PodDoc
+  let target: TargetDoc | undefined
   try {
-    pod = await client.getJson<PodDoc>(podPath(namespace, podName))
+    if (ref.kind === 'pod') pod = await client.getJson<PodDoc>(podPath(namespace, podName))
+    else {
+      target = await client.getJson<TargetDoc>(targetObjectPath(namespace, ref))
+      pod = {}
+    }
   } catch (e) {
     client.close()
     if (e instanceof GatewayHttpError) {
@@ -250,9 +303,11 @@ export async function runPortForward(argv: string[], io: CliIo): Promise<number>
     return 1
   }
   let nodeName = pod.spec?.nodeName ?? ''
-  let remotePorts: number[]
+  let remotePorts: (number | string)[]
   try {
-    remotePorts = specs.map((s) => resolveRemotePort(s, pod, podName))
+    remotePorts = specs.map((s) =>
+      target === undefined ? resolveRemotePort(s, pod, podName) : targetRemotePort(s, target, ref),
+    )
   } catch (e) {
     client.close()
     err(`error: ${(e as Error).message}`)
@@ -263,7 +318,7 @@ export async function runPortForward(argv: string[], io: CliIo): Promise<number>
   try {
     for (let i = 0; i < specs.length; i++) {
       const spec = specs[i] as PortSpec
-      const remotePort = remotePorts[i] as number
+      const remotePort = remotePorts[i] as number | string
       let bound: Listener[] = []
       for (let attempt = 0; attempt < 5 && bound.length === 0; attempt++) {
         let port = spec.local
@@ -320,7 +375,9 @@ export async function runPortForward(argv: string[], io: CliIo): Promise<number>
     const open = async (retry: boolean): Promise<void> => {
       try {
         const stream = await client.openStream(
-          nativePortForwardPath(nodeName, namespace, podName),
+          ref.kind === 'pod'
+            ? nativePortForwardPath(nodeName, namespace, podName)
+            : nativeTargetPath(namespace, ref.kind, ref.name),
           {
             [PORT_HEADER]: String(l.remotePort),
           },
@@ -347,7 +404,12 @@ export async function runPortForward(argv: string[], io: CliIo): Promise<number>
         })
         relays.add(relay)
       } catch (e) {
-        if (e instanceof GatewayHttpError && e.errorCode === 'PFG_ERR_ROUTE_WRONG_NODE' && retry) {
+        if (
+          e instanceof GatewayHttpError &&
+          e.errorCode === 'PFG_ERR_ROUTE_WRONG_NODE' &&
+          retry &&
+          ref.kind === 'pod'
+        ) {
           // The pod moved: learn its new node and try once more.
           try {
             const fresh = await client.getJson<PodDoc>(podPath(namespace, podName))

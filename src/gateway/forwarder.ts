@@ -68,6 +68,9 @@ import type { GatewayConfig } from './config.js'
 import type { GatewayMetrics } from './metrics.js'
 import type { AgentPool } from './relay/agent-pool.js'
 import type { NodeInfo, PodInfo, PodRegistry } from './registry/types.js'
+import { resolveTarget } from './registry/resolve-target.js'
+import { describeTarget } from '../protocol/targets.js'
+import type { TargetKind } from '../protocol/targets.js'
 
 /** What the forwarder needs from the audit log (src/gateway/audit). */
 export interface AuditPort {
@@ -178,6 +181,8 @@ export interface ForwardRequest {
   session: ClientSession
   /** The Authorization header value as received. */
   authorization: string | string[] | undefined
+  /** A service or workload instead of a pod (see {@link AdmitRequest.target}). */
+  target?: AdmitRequest['target']
   namespace: string
   pod: string
   /** The node the client named, if any (checked, never trusted). */
@@ -209,7 +214,14 @@ export interface AdmitRequest {
   /** The Authorization header value as received. */
   authorization: string | string[] | undefined
   namespace: string
+  /** The pod; empty when `target` names a service or workload instead. */
   pod: string
+  /**
+   * A service or workload to resolve to a ready pod for this stream (docs/protocol.md,
+   * "Services and workloads"); its port is a service port (services) or a container port
+   * (workloads), by number or name, or the adapter's parse error for it.
+   */
+  target?: { kind: Exclude<TargetKind, 'pod'>; name: string; port: number | string | AppError }
   /** The node the client named, if any (checked, never trusted). */
   node?: string
   /**
@@ -241,9 +253,27 @@ export interface DeniedRequest {
 }
 
 /** What the checks learnt before one of them refused (for the audit record). */
+/** What a refused stream's record names. */
+interface RejectedTarget {
+  namespace: string
+  pod: string
+  node: string | undefined
+  port: number
+  /** `svc/echo:5000`, when the stream named a service or workload. */
+  asked?: string
+}
+
+/** `svc/echo:5000` for a target as asked (a port that did not parse shows as `?`). */
+function askedOf(t: NonNullable<AdmitRequest['target']>): string {
+  return describeTarget(t.kind, t.name, t.port instanceof AppError ? '?' : t.port)
+}
+
 interface Found {
   identity?: Identity
   pod?: PodInfo
+  /** With a target: the pod's port picked for this stream, and what was asked (`svc/echo:80`). */
+  port?: number
+  asked?: string
 }
 
 /** Admin view of a live stream. */
@@ -266,6 +296,8 @@ export interface LiveStreamView {
 
 /** A stream between 200 and its end. */
 export class LiveStream {
+  /** What the stream asked for when it named a service or workload (`svc/echo:5000`). */
+  asked: string | undefined
   readonly id: string
   readonly session: ClientSession
   readonly identity: Identity
@@ -614,11 +646,12 @@ export class Forwarder {
     const started = this.#now()
     const t0 = performance.now()
     const { session } = req
-    const target = {
+    const target: RejectedTarget = {
       namespace: req.namespace,
       pod: req.pod,
       node: req.node,
       port: typeof req.port === 'number' ? req.port : 0,
+      ...(req.target !== undefined ? { asked: askedOf(req.target) } : {}),
     }
     const found: Found = {}
     let counted = false
@@ -638,7 +671,8 @@ export class Forwarder {
       )
       const identity = found.identity as Identity
       const pod = found.pod as PodInfo
-      const port = req.port as number
+      const port = found.port ?? (req.port as number)
+      if (found.asked !== undefined) target.asked = found.asked
       this.#checkLimits(session, identity)
       counted = true
       session.pending++
@@ -646,7 +680,7 @@ export class Forwarder {
       if (this.#d.audit.mode === 'blocking-strict' && !this.#d.audit.healthy()) {
         throw appError('PFG_ERR_AUDIT_UNAVAILABLE', 'audit trail unavailable; refusing new streams')
       }
-      const opened = await this.#openToAgent(req, port, identity, pod, node, started)
+      const opened = await this.#openToAgent(req, port, identity, pod, node, started, found.asked)
       this.#d.metrics.openLatency.observe(
         { protocol: session.protocol },
         (performance.now() - t0) / 1000,
@@ -662,6 +696,7 @@ export class Forwarder {
         ? err
         : appError('PFG_ERR_RELAY_AGENT_UNAVAILABLE', describeError(err), { cause: err })
       if ((e as AppError & { audited?: boolean }).audited) throw e
+      if (found.port !== undefined) target.port = found.port
       throw this.#rejected(req, identity, pod, target, e)
     }
   }
@@ -715,6 +750,7 @@ export class Forwarder {
     session.addIdentity(identity)
     this.#auditSession(session, identity)
     if (req.impersonation !== undefined) throw impersonationRefused(identity, req.impersonation)
+    if (req.target !== undefined) return this.#checkTarget(req, req.target, identity, found)
     if (ports instanceof AppError) throw ports
     assertNamespace(req.namespace)
     assertObjectName('pod', req.pod)
@@ -750,10 +786,51 @@ export class Forwarder {
       )
     }
     found.pod = pod
+    return this.#placed(req, pod)
+  }
+
+  /**
+   * A service or workload: the name must be granted, then a ready pod the user may
+   * forward to is picked for this stream (resolve-target.ts), then the pod's checks.
+   */
+  #checkTarget(
+    req: AdmitRequest,
+    t: NonNullable<AdmitRequest['target']>,
+    identity: Identity,
+    found: Found,
+  ): NodeInfo {
+    if (t.port instanceof AppError) throw t.port
+    assertNamespace(req.namespace)
+    assertObjectName(t.kind, t.name)
+    if (!this.#d.authorizer.canUseTarget(identity, req.namespace, t.kind, t.name)) {
+      throw appError(
+        'PFG_ERR_AUTH_FORBIDDEN',
+        `user "${identity.user}" cannot forward to ${t.kind} ${req.namespace}/${t.name}`,
+      )
+    }
+    if (!this.#d.registry.isReady()) {
+      throw appError(
+        'PFG_ERR_ROUTE_NOT_READY',
+        'the pod registry has not synced yet; retry shortly',
+      )
+    }
+    const picked = resolveTarget(
+      this.#d.registry,
+      { namespace: req.namespace, kind: t.kind, name: t.name, port: t.port },
+      (pod, port) => this.#d.authorizer.canPortForward(identity, pod.namespace, pod.name, port),
+    )
+    found.pod = picked.pod
+    found.port = picked.port
+    found.asked = picked.asked
+    return this.#placed(req, picked.pod)
+  }
+
+  /** The pod's node (checked against the one the client named), phase, and agent. */
+  #placed(req: AdmitRequest, pod: PodInfo): NodeInfo {
     if (req.node !== undefined && req.node !== pod.nodeName) {
       throw appError(
         'PFG_ERR_ROUTE_WRONG_NODE',
-        `pod ${req.namespace}/${req.pod} is not on node "${req.node}"`,
+        `pod ${pod.namespace}/${pod.name} is not on node "${req.node}"`,
       )
     }
     if (pod.phase !== 'Running') {
@@ -766,7 +843,7 @@ export class Forwarder {
     if (node === undefined) {
       throw appError(
         'PFG_ERR_ROUTE_NODE_UNKNOWN',
-        `no agent address is known for node "${pod.nodeName}" of pod ${req.namespace}/${req.pod}`,
+        `no agent address is known for node "${pod.nodeName}" of pod ${pod.namespace}/${pod.name}`,
       )
     }
     return node
@@ -797,6 +874,7 @@ export class Forwarder {
     pod: PodInfo,
     node: NodeInfo,
     started: number,
+    asked: string | undefined,
   ): Promise<OpenedForward> {
     const { session } = req
     const streamId = `s-${this.#prefix}-${(++this.#seq).toString(36)}`
@@ -845,7 +923,7 @@ export class Forwarder {
     // 2. The open record. In blocking-strict it is durable before the client hears 200,
     //    so no byte is relayed without it (the pod may have sent a banner: it waits).
     const openRec = this.#record('stream.opened', session, identity)
-    this.#target(openRec, pod, node, port)
+    this.#target(openRec, pod, node, port, asked)
     openRec.streamId = streamId
     if (req.userAgent !== undefined) openRec.userAgent = req.userAgent
     try {
@@ -882,7 +960,19 @@ export class Forwarder {
       start: (client) => {
         if (settled) throw new TypeError('start() called twice')
         done()
-        return this.#start(streamId, session, identity, pod, node, port, req, upstream, client)
+        const live = this.#start(
+          streamId,
+          session,
+          identity,
+          pod,
+          node,
+          port,
+          req,
+          upstream,
+          client,
+        )
+        live.asked = asked
+        return live
       },
       cancel: (reason) => {
         if (settled) return
@@ -890,7 +980,7 @@ export class Forwarder {
         this.#decUser(identity.user)
         resetStream(upstream, RST.CANCEL)
         const close = this.#record('stream.closed', session, identity)
-        this.#target(close, pod, node, port)
+        this.#target(close, pod, node, port, asked)
         close.streamId = streamId
         close.endedBy = 'client'
         close.reason = 'client-gone'
@@ -951,7 +1041,7 @@ export class Forwarder {
     m.bytes.inc({ direction: 'pod_to_client' }, outcome.bytesBtoA)
 
     const rec = this.#record('stream.closed', session, live.identity)
-    this.#target(rec, live.pod, live.node, live.port)
+    this.#target(rec, live.pod, live.node, live.port, live.asked)
     rec.streamId = live.id
     if (live.userAgent !== undefined) rec.userAgent = live.userAgent
     rec.bytesClientToPod = outcome.bytesAtoB
@@ -1054,14 +1144,17 @@ export class Forwarder {
     req: AdmitRequest,
     identity: Identity | undefined,
     pod: PodInfo | undefined,
-    target: { namespace: string; pod: string; node: string | undefined; port: number },
+    target: RejectedTarget,
     err: AppError,
   ): AppError {
     const denied = DENIED_REASONS.has(reasonFor(err))
     const rec = this.#record(denied ? 'stream.denied' : 'stream.failed', req.session, identity)
     const redacted: string[] = []
     rec.namespace = shown(redacted, 'namespace', shownName('namespace', target.namespace))
-    rec.pod = shown(redacted, 'pod', shownName('name', target.pod))
+    if (target.asked !== undefined)
+      rec.target = shown(redacted, 'target', shownName('name', target.asked))
+    const podName = pod?.name ?? target.pod
+    if (podName !== '') rec.pod = shown(redacted, 'pod', shownName('name', podName))
     if (target.port > 0) rec.port = target.port
     if (pod !== undefined) {
       rec.podUid = pod.uid
@@ -1170,7 +1263,8 @@ export class Forwarder {
     return rec
   }
 
-  #target(rec: AuditRecord, pod: PodInfo, node: NodeInfo, port: number): void {
+  #target(rec: AuditRecord, pod: PodInfo, node: NodeInfo, port: number, asked?: string): void {
+    if (asked !== undefined) rec.target = asked
     rec.node = node.name
     rec.namespace = pod.namespace
     rec.pod = pod.name

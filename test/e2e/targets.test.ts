@@ -14,7 +14,7 @@ import assert from 'node:assert/strict'
 import { request as httpRequest } from 'node:http'
 import { join } from 'node:path'
 import { startTestCluster } from '../helpers/cluster.js'
-import { parseForwarding, runCli, runCliToEnd } from '../helpers/cli.js'
+import { runCli, runCliToEnd } from '../helpers/cli.js'
 import type { CliProcess } from '../helpers/cli.js'
 import {
   echoThrough,
@@ -161,8 +161,146 @@ test('the API serves the objects kubectl reads only to users granted the name', 
   assert.match(rs.body, /"pod-template-hash":"6c7d9"/)
 })
 
-void parseForwarding
-void runCli
-void runCliToEnd
-void readAudit
-void eventually
+/** Starts `pfgate port-forward ARGS` with the dev kubeconfig; resolves with its local port. */
+async function cliForward(args: string[]): Promise<{ cli: CliProcess; port: number }> {
+  const cli = runCli(['port-forward', ...args], {
+    KUBECONFIG: cluster.kubeconfig,
+    HOME: cluster.dir,
+  })
+  clis.add(cli)
+  // A workload's named port is shown as asked (`-> http`): the pods resolve it.
+  const lines = await cli.waitForLines(2)
+  const port = Number(/^Forwarding from 127\.0\.0\.1:(\d+) -> /.exec(lines[0] ?? '')?.[1])
+  assert.ok(port > 0, lines.join('\n'))
+  return { cli, port }
+}
+
+/** The pod that served a page (`hello from NAME: ...`). */
+function servedBy(page: string): string {
+  return /^hello from (\S+):/.exec(page)?.[1] ?? `?${page}`
+}
+
+/** Waits until the gateway's view of `default/<pod>` is `present` (the registry reloads). */
+async function podVisible(pod: string, present: boolean): Promise<void> {
+  await eventually(
+    async () =>
+      (
+        await gatewayGet(
+          cluster.gatewayUrl,
+          cluster.dir,
+          `/api/v1/namespaces/default/pods/${pod}`,
+          cluster.token,
+        )
+      ).status === (present ? 200 : 404),
+    15_000,
+    `the registry to ${present ? 'show' : 'drop'} ${pod}`,
+  )
+}
+
+describe('pfgate port-forward TYPE/NAME', () => {
+  test('svc/hello: a pod is picked per connection (both replicas serve), port 80 → named http', async () => {
+    const { cli, port } = await cliForward(['svc/hello', ':80'])
+    try {
+      const seen = new Set<string>()
+      for (let i = 0; i < 20 && seen.size < 2; i++) seen.add(servedBy(await httpGet(port)))
+      assert.deepEqual([...seen].sort(), ['hello-6c7d9-q8x2m', 'hello-6c7d9-z4k7p'])
+    } finally {
+      await cli.stop()
+    }
+  })
+
+  test('deploy/hello and rs/… by named port; unknown ones are refused before listening', async () => {
+    for (const args of [
+      ['deploy/hello', ':http'],
+      ['rs/hello-6c7d9', ':8080'],
+    ]) {
+      const { cli, port } = await cliForward(args)
+      try {
+        assert.match(servedBy(await httpGet(port)), /^hello-6c7d9-/)
+      } finally {
+        await cli.stop()
+      }
+    }
+    const env = { KUBECONFIG: cluster.kubeconfig, HOME: cluster.dir }
+    const nosvc = await runCliToEnd(['port-forward', 'svc/nosuch', '80'], env)
+    assert.equal(nosvc.code, 1)
+    assert.match(nosvc.stderr, /services "nosuch" (is forbidden|not found)/)
+    const noport = await runCliToEnd(['port-forward', 'svc/hello', '81'], env)
+    assert.equal(noport.code, 1)
+    assert.match(noport.stderr, /Service hello does not have a service port 81/)
+    const badType = await runCliToEnd(['port-forward', 'cronjob/x', '80'], env)
+    assert.equal(badType.code, 2)
+    assert.match(badType.stderr, /doesn't have a resource type "cronjob"/)
+  })
+
+  test('svc/hello survives the deletion of the pod it was using; both connections audited', async (t) => {
+    const { cli, port } = await cliForward(['svc/hello', ':80'])
+    let removed: string | undefined
+    let entry: Record<string, unknown> | undefined
+    try {
+      const first = servedBy(await httpGet(port))
+      // The pod is deleted: its process killed and its registry entry removed.
+      removed = first
+      await cluster.kill(`pod:${first}`, 'SIGKILL', false)
+      updateRegistry(cluster.dir, (pods) => {
+        entry = pods.find((p) => p.name === first)
+        return pods.filter((p) => p.name !== first)
+      })
+      await podVisible(first, false)
+      const second = servedBy(await httpGet(port))
+      assert.notEqual(second, first, 'the next connection reached the other replica')
+      assert.equal(cli.proc.exitCode, null, 'the same CLI, never restarted')
+      const recs = readAudit(cluster.dir).filter(
+        (r) => r.type === 'stream.opened' && r.target === 'svc/hello:80',
+      )
+      const mine = recs.slice(-2)
+      assert.deepEqual(
+        mine.map((r) => [r.target, r.pod, r.port]),
+        [
+          ['svc/hello:80', first, 8080],
+          ['svc/hello:80', second, 8080],
+        ],
+      )
+      for (const r of mine) t.diagnostic(JSON.stringify(r))
+    } finally {
+      await cli.stop()
+      if (removed !== undefined) {
+        await cluster.restart(`pod:${removed}`)
+        updateRegistry(cluster.dir, (pods) => [...pods, entry as never])
+        await podVisible(removed, true)
+      }
+    }
+  })
+
+  test('no ready pod: each connection gets the error, the CLI keeps listening and recovers', async () => {
+    const { cli, port } = await cliForward(['svc/hello', ':80'])
+    let saved: Record<string, unknown>[] = []
+    try {
+      updateRegistry(cluster.dir, (pods) => {
+        saved = pods.filter((p) => p.name.startsWith('hello-'))
+        return pods.map((p) => (p.name.startsWith('hello-') ? { ...p, ready: false } : p))
+      })
+      await eventually(
+        async () =>
+          (await httpGet(port).then(
+            () => false,
+            () => true,
+          )) && /no endpoints available for service "hello"/.test(cli.stderr()),
+        15_000,
+        'the 503 for a service without ready pods',
+      )
+      assert.equal(cli.proc.exitCode, null)
+      updateRegistry(cluster.dir, (pods) => [
+        ...pods.filter((p) => !p.name.startsWith('hello-')),
+        ...(saved as never[]),
+      ])
+      await eventually(
+        async () => /^hello from hello-/.test(await httpGet(port).catch(() => '')),
+        15_000,
+        'a ready pod again',
+      )
+    } finally {
+      await cli.stop()
+    }
+  })
+})
