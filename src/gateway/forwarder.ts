@@ -960,19 +960,9 @@ export class Forwarder {
       start: (client) => {
         if (settled) throw new TypeError('start() called twice')
         done()
-        const live = this.#start(
-          streamId,
-          session,
-          identity,
-          pod,
-          node,
-          port,
-          req,
-          upstream,
-          client,
-        )
-        live.asked = asked
-        return live
+        const s = this.#start(streamId, session, identity, pod, node, port, req, upstream, client)
+        s.asked = asked
+        return s
       },
       cancel: (reason) => {
         if (settled) return
