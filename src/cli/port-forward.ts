@@ -25,6 +25,7 @@ import { appError, describeError, isAppError } from '../shared/errors.js'
 import { h2Endpoint, resetStream, socketEndpoint } from '../shared/relay-endpoints.js'
 import { GatewayClient, GatewayHttpError } from './gateway-client.js'
 import { loadClientConfig } from './kubeconfig.js'
+import { parseDuration } from '../shared/config.js'
 import type { ClientOverrides } from './kubeconfig.js'
 
 /** Standard streams and signals, injectable for tests. */
@@ -89,22 +90,52 @@ function formatHostPort(address: string, port: number): string {
   return isIP(address) === 6 ? `[${address}]:${port}` : `${address}:${port}`
 }
 
-function expandAddresses(value: string | undefined): string[] {
+/**
+ * An address to listen on, and how its failure counts (kubectl's rule): the two addresses
+ * `localhost` stands for may fail one at a time (`all`: the port fails only if all of them
+ * do, e.g. no IPv6), an address named explicitly may not (`any`: one failure fails the port).
+ */
+interface ListenAddress {
+  address: string
+  failureMode: 'all' | 'any'
+}
+
+function expandAddresses(value: string | undefined): ListenAddress[] {
   const parts = (value ?? 'localhost')
     .split(',')
     .map((s) => s.trim())
     .filter((s) => s !== '')
-  const out: string[] = []
+  const out = new Map<string, ListenAddress>()
   for (const p of parts) {
-    if (p === 'localhost') out.push('127.0.0.1', '::1')
-    else if (isIP(p) !== 0) out.push(p)
+    if (p === 'localhost') {
+      for (const address of ['127.0.0.1', '::1'])
+        if (!out.has(address)) out.set(address, { address, failureMode: 'all' })
+    } else if (isIP(p) !== 0) out.set(p, { address: p, failureMode: 'any' })
     else
       throw appError(
         'PFG_ERR_CLI_USAGE',
         `invalid --address ${JSON.stringify(p)}: use IP addresses or localhost`,
       )
   }
-  return [...new Set(out)]
+  return [...out.values()]
+}
+
+/** `--pod-running-timeout` (kubectl's default 1m): a positive duration. */
+function parsePodRunningTimeout(value: unknown): number {
+  if (value === undefined) return 60_000
+  let ms: number
+  try {
+    ms = parseDuration(value as string, '--pod-running-timeout')
+  } catch {
+    ms = 0
+  }
+  if (!(ms > 0)) {
+    throw appError(
+      'PFG_ERR_CLI_USAGE',
+      `invalid --pod-running-timeout ${JSON.stringify(value)}: use a duration higher than zero (like 5s, 2m, or 3h)`,
+    )
+  }
+  return ms
 }
 
 function listenOn(address: string, port: number): Promise<Server> {
@@ -120,6 +151,54 @@ function listenOn(address: string, port: number): Promise<Server> {
 
 function closeServer(server: Server): Promise<void> {
   return new Promise((resolve) => server.close(() => resolve()))
+}
+
+/**
+ * Binds one port on every address (a free port, picked on the first address and reused on
+ * the others, when `local` is 0). Returns the listeners, or the error that fails the port
+ * (kubectl's rule: see {@link ListenAddress}); a tolerated failure is reported with `err`.
+ */
+async function bindPort(
+  local: number,
+  remotePort: number | string,
+  addresses: ListenAddress[],
+  err: (line: string) => void,
+): Promise<Listener[] | Error> {
+  for (let attempt = 0; attempt < 5; attempt++) {
+    let port = local
+    const bound: Listener[] = []
+    const errors: { text: string; mode: ListenAddress['failureMode']; inUse: boolean }[] = []
+    for (const { address, failureMode } of addresses) {
+      try {
+        const server = await listenOn(address, port)
+        const a = server.address()
+        port = typeof a === 'object' && a !== null ? a.port : port
+        bound.push({ server, address, localPort: port, remotePort })
+      } catch (e) {
+        const text = `unable to create listener: Error listen ${formatHostPort(address, port)}: ${describeError(e)}`
+        errors.push({
+          text,
+          mode: failureMode,
+          inUse: (e as { code?: string }).code === 'EADDRINUSE',
+        })
+      }
+    }
+    const failed = bound.length === 0 || errors.some((e) => e.mode === 'any')
+    if (failed && local === 0 && bound.length > 0 && errors.some((e) => e.inUse)) {
+      // The port picked on the first address is taken on another: pick again.
+      await Promise.all(bound.map((l) => closeServer(l.server)))
+      continue
+    }
+    if (failed) {
+      await Promise.all(bound.map((l) => closeServer(l.server)))
+      return new Error(
+        `Listeners failed to create with the following errors: [${errors.map((e) => e.text).join(' ')}]`,
+      )
+    }
+    for (const e of errors) err(`Unable to listen on ${e.text}`)
+    return bound
+  }
+  return new Error('no free port was found on every address')
 }
 
 /** Resolves a remote port spec against the pod's container ports (named ports). */
@@ -182,7 +261,7 @@ export async function runPortForward(argv: string[], io: CliIo): Promise<number>
   const err = (line: string): void => {
     io.stderr.write(line.endsWith('\n') ? line : line + '\n')
   }
-  let values: Record<string, string | boolean | undefined>
+  let values: Record<string, string | string[] | boolean | undefined>
   let positionals: string[]
   try {
     ;({ values, positionals } = parseArgs({
@@ -190,7 +269,8 @@ export async function runPortForward(argv: string[], io: CliIo): Promise<number>
       allowPositionals: true,
       options: {
         namespace: { type: 'string', short: 'n' },
-        address: { type: 'string', multiple: false },
+        address: { type: 'string', multiple: true },
+        'pod-running-timeout': { type: 'string' },
         kubeconfig: { type: 'string' },
         context: { type: 'string' },
         server: { type: 'string', short: 's' },
@@ -226,11 +306,21 @@ export async function runPortForward(argv: string[], io: CliIo): Promise<number>
   }
   const podName = ref.name
   let specs: PortSpec[]
-  let addresses: string[]
+  let addresses: ListenAddress[]
+  let podRunningTimeoutMs: number
   try {
     assertObjectName(ref.kind, ref.name)
     specs = parsePortSpecs(positionals.slice(1))
-    addresses = expandAddresses(values.address as string | undefined)
+    // Repeated --address flags all apply (each may be a comma-separated list).
+    addresses = expandAddresses((values.address as string[] | undefined)?.join(','))
+    podRunningTimeoutMs = parsePodRunningTimeout(values['pod-running-timeout'])
+    if (typeof values.namespace === 'string') assertNamespace(values.namespace)
+    if (ref.kind !== 'pod' && ref.kind !== 'service' && specs.some((x) => x.localFromRemote)) {
+      throw appError(
+        'PFG_ERR_CLI_USAGE',
+        `a bare port name needs a local port for ${positionals[0] as string}: use LOCAL:NAME`,
+      )
+    }
   } catch (e) {
     err(`error: ${(e as Error).message}`)
     return 2
@@ -251,7 +341,8 @@ export async function runPortForward(argv: string[], io: CliIo): Promise<number>
     assertNamespace(config.namespace)
   } catch (e) {
     err(`error: ${(e as Error).message}`)
-    return 1
+    // An invalid namespace is an invalid argument wherever it came from (kubectl: 2).
+    return isAppError(e) && e.code === 'PFG_ERR_ROUTE_BAD_NAME' ? 2 : 1
   }
   const namespace = config.namespace
   const quiet = values.quiet === true
@@ -288,12 +379,23 @@ export async function runPortForward(argv: string[], io: CliIo): Promise<number>
   } catch (e) {
     client.close()
     if (e instanceof GatewayHttpError) {
-      if (e.status === 401) err('error: You must be logged in to the server (Unauthorized)')
+      // The gateway's message carries its ref (`Unauthorized (ref …)`), as kubectl shows it.
+      if (e.status === 401) err(`error: You must be logged in to the server (${e.message})`)
       else err(`Error from server (${e.kubeStatus?.reason ?? e.status}): ${e.message}`)
     } else {
       err(`error: ${describeError(e)}`)
     }
     return 1
+  }
+  // --pod-running-timeout: a Pending pod is waited for (kubectl's default: 1 minute).
+  const waitUntil = Date.now() + podRunningTimeoutMs
+  while (ref.kind === 'pod' && pod.status?.phase === 'Pending' && Date.now() < waitUntil) {
+    await new Promise((r) => setTimeout(r, Math.min(500, Math.max(0, waitUntil - Date.now()))))
+    try {
+      pod = await client.getJson<PodDoc>(podPath(namespace, podName))
+    } catch {
+      break // reported as it is below
+    }
   }
   if (pod.status?.phase !== undefined && pod.status.phase !== 'Running') {
     client.close()
@@ -314,49 +416,22 @@ export async function runPortForward(argv: string[], io: CliIo): Promise<number>
     return 1
   }
 
-  // 2. Listen. A random port (`:5000`) is picked on the first address and reused on the others.
-  try {
-    for (let i = 0; i < specs.length; i++) {
-      const spec = specs[i] as PortSpec
-      const remotePort = remotePorts[i] as number | string
-      let bound: Listener[] = []
-      for (let attempt = 0; attempt < 5 && bound.length === 0; attempt++) {
-        let port = spec.local
-        const errors: string[] = []
-        for (const address of addresses) {
-          try {
-            const server = await listenOn(address, port)
-            const a = server.address()
-            port = typeof a === 'object' && a !== null ? a.port : port
-            bound.push({ server, address, localPort: port, remotePort })
-          } catch (e) {
-            errors.push(`${formatHostPort(address, port)}: ${describeError(e)}`)
-            if (spec.local === 0 && bound.length > 0) break // picked port busy elsewhere: retry
-          }
-        }
-        if (
-          spec.local === 0 &&
-          bound.length > 0 &&
-          bound.length < addresses.length &&
-          errors.some((x) => x.includes('EADDRINUSE'))
-        ) {
-          await Promise.all(bound.map((l) => closeServer(l.server)))
-          bound = []
-          continue
-        }
-        if (bound.length === 0) {
-          throw appError(
-            'PFG_ERR_CLI_LISTEN',
-            `unable to listen on any of the requested ports: ${errors.join('; ')}`,
-          )
-        }
-        for (const e of errors) err(`Unable to listen on ${e}`)
-      }
-      listeners.push(...bound)
-    }
-  } catch (e) {
+  // 2. Listen. A random port (`:5000`) is picked on the first address and reused on the
+  //    others. As kubectl: a port that cannot be bound is reported and skipped (the others
+  //    are served); only when no port at all could be bound does the command fail.
+  for (let i = 0; i < specs.length; i++) {
+    const spec = specs[i] as PortSpec
+    const remotePort = remotePorts[i] as number | string
+    const local = spec.localFromRemote === true ? (remotePort as number) : spec.local
+    const bound = await bindPort(local, remotePort, addresses, err)
+    if (bound instanceof Error) err(`Unable to listen on port ${local}: ${bound.message}`)
+    else listeners.push(...bound)
+  }
+  if (listeners.length === 0) {
     await shutdown()
-    err(`error: ${describeError(e)}`)
+    err(
+      `error: unable to listen on any of the requested ports: ${specs.map((x) => x.raw).join(', ')}`,
+    )
     return 1
   }
 

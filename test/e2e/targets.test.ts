@@ -12,6 +12,8 @@
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { request as httpRequest } from 'node:http'
+import { createServer } from 'node:net'
+import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { startTestCluster } from '../helpers/cluster.js'
 import { runCli, runCliToEnd } from '../helpers/cli.js'
@@ -301,6 +303,200 @@ describe('pfgate port-forward TYPE/NAME', () => {
       )
     } finally {
       await cli.stop()
+    }
+  })
+})
+
+/** Occupies `port` on the given addresses (a busy local port); returns the closer. */
+async function occupy(addresses: string[], port = 0): Promise<{ port: number; close: () => void }> {
+  const servers: ReturnType<typeof createServer>[] = []
+  for (const host of addresses) {
+    const srv = createServer()
+    await new Promise<void>((resolve, reject) => {
+      srv.once('error', reject)
+      srv.listen({ host, port, ipv6Only: host.includes(':'), exclusive: true }, () => resolve())
+    })
+    port = (srv.address() as AddressInfo).port
+    servers.push(srv)
+  }
+  return { port, close: () => servers.forEach((x) => x.close()) }
+}
+
+async function freePort(): Promise<number> {
+  const o = await occupy(['127.0.0.1', '::1'])
+  o.close()
+  return o.port
+}
+
+describe('kubectl parity (items 5, 6, 7, 9): the same behaviour as kubectl 1.33', () => {
+  const env = (): NodeJS.ProcessEnv => ({ KUBECONFIG: cluster.kubeconfig, HOME: cluster.dir })
+
+  test('a busy local port is reported and skipped; the others are forwarded (pfgate and kubectl)', async () => {
+    const busy = await occupy(['127.0.0.1', '::1'])
+    try {
+      for (const who of ['pfgate', 'kubectl'] as const) {
+        const free = await freePort()
+        const args = ['echo', `${free}:5000`, `${busy.port}:6000`]
+        let out: () => string
+        let errText: () => string
+        let stop: () => Promise<unknown>
+        if (who === 'pfgate') {
+          const cli = runCli(['port-forward', ...args], env())
+          clis.add(cli)
+          await cli.waitForStderr(new RegExp(`Unable to listen on port ${busy.port}:`))
+          out = () => cli.stdout()
+          errText = () => cli.stderr()
+          stop = () => cli.stop()
+          assert.equal(cli.proc.exitCode, null, 'pfgate keeps forwarding the other port')
+        } else {
+          const f = await startKubectlForward('1.33', args, 1, opts())
+          forwards.add(f)
+          await eventually(() => /Unable to listen on port/.test(f.stderr()), 10_000, 'kubectl')
+          out = f.stdout
+          errText = f.stderr
+          stop = () => f.stop()
+        }
+        try {
+          assert.match(out(), new RegExp(`Forwarding from 127\\.0\\.0\\.1:${free} -> 5000`), who)
+          assert.match(
+            errText(),
+            new RegExp(`Unable to listen on port ${busy.port}: Listeners failed to create`),
+            who,
+          )
+          const r = await echoThrough(free, 1024)
+          assert.equal(r.gotSha, r.sentSha, who)
+        } finally {
+          await stop()
+        }
+      }
+    } finally {
+      busy.close()
+    }
+    // Every port busy: exit 1.
+    const all = await occupy(['127.0.0.1', '::1'])
+    try {
+      const r = await runCliToEnd(['port-forward', 'echo', `${all.port}:5000`], env())
+      assert.equal(r.code, 1)
+      assert.match(r.stderr, /error: unable to listen on any of the requested ports/)
+    } finally {
+      all.close()
+    }
+  })
+
+  test('--address: an explicit list fails the port when one address fails, localhost tolerates it; repeated flags all apply', async () => {
+    const v6busy = await occupy(['::1'])
+    try {
+      const explicit = runCli(
+        ['port-forward', '--address', '127.0.0.1,::1', 'echo', `${v6busy.port}:5000`, ':6000'],
+        env(),
+      )
+      clis.add(explicit)
+      await explicit.waitForStderr(new RegExp(`Unable to listen on port ${v6busy.port}:`))
+      await explicit.waitForLines(2)
+      assert.doesNotMatch(explicit.stdout(), new RegExp(`:${v6busy.port} ->`))
+      await explicit.stop()
+      const lh = runCli(['port-forward', 'echo', `${v6busy.port}:5000`], env())
+      clis.add(lh)
+      const lines = await lh.waitForLines(1)
+      assert.match(
+        lines[0] ?? '',
+        new RegExp(`^Forwarding from 127\\.0\\.0\\.1:${v6busy.port} -> 5000$`),
+      )
+      await lh.stop()
+    } finally {
+      v6busy.close()
+    }
+    const both = runCli(
+      ['port-forward', '--address', '127.0.0.1', '--address', '::1', 'echo', ':5000'],
+      env(),
+    )
+    clis.add(both)
+    const lines = await both.waitForLines(2)
+    assert.match(lines.join('\n'), /127\.0\.0\.1:\d+ -> 5000\nForwarding from \[::1\]:\d+ -> 5000/)
+    await both.stop()
+  })
+
+  test('a bare named port: the local port is the container port; an unknown name is kubectl’s error', async () => {
+    const cli = runCli(['port-forward', 'echo', 'echo-alt'], env())
+    clis.add(cli)
+    const [line] = await cli.waitForLines(1)
+    assert.equal(line, 'Forwarding from 127.0.0.1:6000 -> 6000')
+    await cli.stop()
+    const bad = await runCliToEnd(['port-forward', 'echo', 'nosuch'], env())
+    assert.equal(bad.code, 1)
+    assert.match(bad.stderr, /error: Pod 'echo' does not have a named port 'nosuch'/)
+    const k = await runKubectl('1.33', ['port-forward', 'echo', 'nosuch'], {
+      ...opts(),
+      timeoutMs: 20_000,
+    })
+    assert.match(k.stderr, /Pod 'echo' does not have a named port 'nosuch'/)
+  })
+
+  test('--pod-running-timeout: a Pending pod is waited for; invalid values exit 2', async () => {
+    // The echo pod goes Pending (as while its containers start), then Running again.
+    const setPhase = (phase: string): void =>
+      updateRegistry(cluster.dir, (pods) =>
+        pods.map((p) => (p.name === 'echo' ? { ...p, phase } : p)),
+      )
+    setPhase('Pending')
+    await eventually(
+      async () =>
+        /"phase":"Pending"/.test(
+          (
+            await gatewayGet(
+              cluster.gatewayUrl,
+              cluster.dir,
+              '/api/v1/namespaces/default/pods/echo',
+              cluster.token,
+            )
+          ).body,
+        ),
+      15_000,
+      'the echo pod to be Pending',
+    )
+    const short = await runCliToEnd(
+      ['port-forward', '--pod-running-timeout', '1s', 'echo', ':5000'],
+      env(),
+    )
+    assert.equal(short.code, 1)
+    assert.match(short.stderr, /pod is not running. Current status=Pending/)
+    const cli = runCli(['port-forward', '--pod-running-timeout', '30s', 'echo', ':5000'], env())
+    clis.add(cli)
+    await new Promise((r) => setTimeout(r, 1500))
+    assert.equal(cli.stdout(), '', 'still waiting')
+    setPhase('Running')
+    const [line] = await cli.waitForLines(1, 20_000)
+    const port = Number(/:(\d+) -> 5000$/.exec(line ?? '')?.[1])
+    const r = await echoThrough(port, 1024)
+    assert.equal(r.gotSha, r.sentSha)
+    await cli.stop()
+    for (const v of ['0s', 'soon', '-1m']) {
+      const bad = await runCliToEnd(
+        ['port-forward', `--pod-running-timeout=${v}`, 'echo', '5000'],
+        env(),
+      )
+      assert.equal(bad.code, 2, v)
+      assert.match(bad.stderr, /^error: invalid --pod-running-timeout/m)
+    }
+  })
+
+  test('errors: the ref the gateway sends is shown; every invalid argument exits 2', async () => {
+    const unauth = await runCliToEnd(['port-forward', '--token', 'bogus', 'echo', '5000'], env())
+    assert.equal(unauth.code, 1)
+    assert.match(
+      unauth.stderr,
+      /^error: You must be logged in to the server \(Unauthorized \(ref [0-9a-f]+\)\)/m,
+    )
+    for (const args of [
+      ['-n', 'Bad_NS', 'echo', '5000'],
+      ['echo', '0'],
+      ['cronjob/x', '5000'],
+      ['--address', 'nowhere', 'echo', '5000'],
+      ['echo'],
+    ]) {
+      const r = await runCliToEnd(['port-forward', ...args], env())
+      assert.equal(r.code, 2, args.join(' '))
+      assert.match(r.stderr, /^error: /m, args.join(' '))
     }
   })
 })

@@ -34,7 +34,7 @@ const bad = [
   '-1:80',
   '05000',
   '8080:HTTP',
-  'http',
+  'HTTP',
   ' 80',
   '80 ',
   '1e3',
@@ -51,6 +51,15 @@ for (const raw of bad) {
     )
   })
 }
+
+test('a bare port name takes its local port from what the name resolves to', () => {
+  assert.deepEqual(parsePortSpec('http'), {
+    local: 0,
+    remote: 'http',
+    raw: 'http',
+    localFromRemote: true,
+  })
+})
 
 test('at least one port is required', () => {
   assert.throws(() => parsePortSpecs([]), { code: 'PFG_ERR_CLI_USAGE' })
