@@ -34,7 +34,7 @@ if (why !== undefined) throw new Error(`pod-deletion tests need root, ip and nse
 
 /** How long an ending may take to reach the client (the issue's clients gave up at 10 s). */
 const PROMPT_MS = 4_000
-const ROUNDS = Number(process.env.I11_ROUNDS ?? 5)
+const ROUNDS = 5
 
 let cluster: DevCluster & { cleanup(): Promise<void> }
 let home: string
@@ -42,15 +42,7 @@ let webEntry: RegistryPod
 let webDeleted = false
 
 before(async () => {
-  cluster = await startTestCluster(
-    {},
-    {
-      netns: true,
-      ...(process.env.I11_LOG !== undefined
-        ? { logFile: process.env.I11_LOG, logLevel: 'debug' }
-        : {}),
-    },
-  )
+  cluster = await startTestCluster({}, { netns: true })
   home = mkdtempSync(join(tmpdir(), 'pfgate-i11-home-'))
   updateRegistry(cluster.dir, (pods) => {
     webEntry = pods.find((p) => p.name === 'web') as RegistryPod
@@ -165,24 +157,16 @@ async function deleteWeb(): Promise<void> {
   await cluster.kill('pod:web', 'SIGKILL', false)
   execFileSync('ip', ['netns', 'del', cluster.podNetns?.web as string], { stdio: 'ignore' })
   updateRegistry(cluster.dir, (pods) => pods.filter((p) => p.name !== 'web'))
-  console.log(`# ${new Date().toISOString()} web deleted`)
 }
 
-/** One round against a forwarded local port; returns the ids of the streams it used. */
+/** One round against a forwarded local port. */
 async function round(port: number, label: string): Promise<void> {
   const s = watch(await dial(port))
   assert.match(await request(s, '/one'), /200 OK/, `${label}: the first request`)
   const mark = s.received.length
   await deleteWeb()
   const t0 = Date.now()
-  await endedWithin(s, PROMPT_MS, `${label}: the connection to the deleted pod`).catch(
-    (err: unknown) => {
-      if (process.env.I11_LOG !== undefined)
-        for (const r of readAudit(cluster.dir).filter((x) => x.pod === 'web'))
-          console.log(JSON.stringify(r))
-      throw err
-    },
-  )
+  await endedWithin(s, PROMPT_MS, `${label}: the connection to the deleted pod`)
   assert.equal(s.received.slice(mark), '', `${label}: nothing more from the pod`)
   const sock2 = await dial(port).catch(() => undefined)
   if (sock2 !== undefined) {
