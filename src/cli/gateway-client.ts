@@ -6,13 +6,11 @@
  * @module
  */
 import { EventEmitter } from 'node:events'
-import { connect, constants as h2c } from 'node:http2'
+import { constants as h2c } from 'node:http2'
 import type { ClientHttp2Session, ClientHttp2Stream, OutgoingHttpHeaders } from 'node:http2'
-import { Backoff } from '../shared/backoff.js'
-import { keepAlive } from '../shared/keepalive.js'
+import { awaitOpen, ConnectTimeoutError, H2ClientSession } from '../shared/h2-client-session.js'
 import { resetStream } from '../shared/relay-endpoints.js'
 import { appError, describeError } from '../shared/errors.js'
-import { h2SessionOptions, widenConnectionWindow } from '../protocol/h2-settings.js'
 import { parseStatus, statusErrorCode } from '../protocol/status.js'
 import type { KubeStatus } from '../protocol/status.js'
 import type { ClientConfig } from './kubeconfig.js'
@@ -45,14 +43,9 @@ export interface GatewayClientOptions {
 /** Events: `connected`, `disconnected` (err?), `reconnecting` (delayMs). */
 export class GatewayClient extends EventEmitter {
   readonly #cfg: ClientConfig
-  readonly #origin: string
   readonly #prefix: string
-  readonly #connectTimeoutMs: number
-  readonly #keepaliveMs: number
   readonly #userAgent: string
-  #session: ClientHttp2Session | undefined
-  #connecting: Promise<ClientHttp2Session> | undefined
-  readonly #backoff = new Backoff({ initialMs: 250, maxMs: 5000 })
+  readonly #h2: H2ClientSession
   #retryTimer: NodeJS.Timeout | undefined
   #closed = false
   /** Streams this client opened that are still open. */
@@ -60,100 +53,60 @@ export class GatewayClient extends EventEmitter {
 
   constructor(options: GatewayClientOptions) {
     super()
-    this.#cfg = options.config
-    const url = new URL(options.config.server)
-    this.#origin = url.origin
+    const cfg = options.config
+    this.#cfg = cfg
+    const url = new URL(cfg.server)
     this.#prefix = url.pathname.replace(/\/+$/, '')
-    this.#connectTimeoutMs = options.connectTimeoutMs ?? 10_000
-    this.#keepaliveMs = options.keepaliveMs ?? 30_000
     this.#userAgent = options.userAgent ?? `pfgate/0.1 (node ${process.version})`
-  }
-
-  /** Is a session up? */
-  get connected(): boolean {
-    return this.#session !== undefined && !this.#session.destroyed && !this.#session.closed
-  }
-
-  /** The session, connecting if needed. Rejects with `PFG_ERR_CLI_CONNECT`. */
-  session(): Promise<ClientHttp2Session> {
-    if (this.#closed) return Promise.reject(appError('PFG_ERR_CLI_CONNECT', 'client closed'))
-    const s = this.#session
-    if (s !== undefined && !s.destroyed && !s.closed) return Promise.resolve(s)
-    this.#connecting ??= this.#connect().finally(() => {
-      this.#connecting = undefined
-    })
-    return this.#connecting
-  }
-
-  #connect(): Promise<ClientHttp2Session> {
-    const cfg = this.#cfg
-    return new Promise((resolve, reject) => {
-      const session = connect(this.#origin, {
-        ...h2SessionOptions(),
+    this.#h2 = new H2ClientSession({
+      authority: url.origin,
+      tls: {
         ...(cfg.ca !== undefined ? { ca: cfg.ca } : {}),
         ...(cfg.cert !== undefined ? { cert: cfg.cert } : {}),
         ...(cfg.key !== undefined ? { key: cfg.key } : {}),
         ...(cfg.tlsServerName !== undefined ? { servername: cfg.tlsServerName } : {}),
         rejectUnauthorized: !cfg.insecureSkipTlsVerify,
-      })
-      let settled = false
-      const timer = setTimeout(() => {
-        if (settled) return
-        settled = true
-        session.destroy()
-        reject(
-          appError(
-            'PFG_ERR_CLI_CONNECT',
-            `cannot reach ${cfg.server}: timed out after ${this.#connectTimeoutMs} ms`,
-          ),
-        )
-      }, this.#connectTimeoutMs)
-      session.once('connect', () => {
-        clearTimeout(timer)
-        if (settled) return
-        settled = true
-        widenConnectionWindow(session)
-        this.#session = session
-        this.#backoff.reset()
-        this.#keepalive(session)
-        this.emit('connected')
-        resolve(session)
-      })
-      session.on('error', (err) => {
-        clearTimeout(timer)
-        if (!settled) {
-          settled = true
-          session.destroy()
-          reject(
-            appError('PFG_ERR_CLI_CONNECT', `cannot reach ${cfg.server}: ${describeError(err)}`, {
-              cause: err,
-            }),
-          )
-        } else {
-          this.emit('disconnected', err)
-        }
-      })
-      session.on('goaway', () => {
-        // The gateway is draining: new streams need a new session.
-        if (this.#session === session) this.#session = undefined
-      })
-      session.once('close', () => {
-        clearTimeout(timer)
-        if (this.#session === session) {
-          this.#session = undefined
-          if (!this.#closed) {
-            this.emit('disconnected')
-            this.#scheduleReconnect()
-          }
-        }
-      })
+      },
+      connectTimeoutMs: options.connectTimeoutMs ?? 10_000,
+      keepaliveMs: options.keepaliveMs ?? 30_000,
+      backoff: { initialMs: 250, maxMs: 5000 },
+      events: {
+        up: () => this.emit('connected'),
+        error: (err) => this.emit('disconnected', err),
+        down: () => {
+          if (this.#closed) return
+          this.emit('disconnected')
+          this.#scheduleReconnect()
+        },
+      },
     })
+  }
+
+  /** Is a session up? */
+  get connected(): boolean {
+    return this.#h2.connected
+  }
+
+  /** The session, connecting if needed. Rejects with `PFG_ERR_CLI_CONNECT`. */
+  async session(): Promise<ClientHttp2Session> {
+    if (this.#closed) throw appError('PFG_ERR_CLI_CONNECT', 'client closed')
+    try {
+      return await this.#h2.session()
+    } catch (err) {
+      const why =
+        err instanceof ConnectTimeoutError
+          ? `timed out after ${err.timeoutMs} ms`
+          : describeError(err)
+      throw appError('PFG_ERR_CLI_CONNECT', `cannot reach ${this.#cfg.server}: ${why}`, {
+        cause: err,
+      })
+    }
   }
 
   /** Re-establishes the session in the background, with backoff, until it is up again. */
   #scheduleReconnect(): void {
     if (this.#closed || this.#retryTimer !== undefined) return
-    const delay = this.#backoff.next()
+    const delay = this.#h2.retryDelay()
     this.emit('reconnecting', delay)
     this.#retryTimer = setTimeout(() => {
       this.#retryTimer = undefined
@@ -161,11 +114,6 @@ export class GatewayClient extends EventEmitter {
       this.session().catch(() => this.#scheduleReconnect())
     }, delay)
     this.#retryTimer.unref()
-  }
-
-  #keepalive(session: ClientHttp2Session): void {
-    const stop = keepAlive(session, this.#keepaliveMs, () => session.destroy())
-    session.once('close', stop)
   }
 
   #headers(extra: OutgoingHttpHeaders): OutgoingHttpHeaders {
@@ -229,35 +177,23 @@ export class GatewayClient extends EventEmitter {
     )
     this.streams.add(req)
     req.once('close', () => this.streams.delete(req))
-    return new Promise((resolve, reject) => {
-      // Errors after the 200 belong to the relay; this listener keeps them from being unhandled.
-      req.on('error', (err) =>
-        reject(
-          appError('PFG_ERR_CLI_CONNECT', `stream failed: ${describeError(err)}`, { cause: err }),
-        ),
-      )
-      req.once('close', () =>
-        reject(
-          appError(
-            'PFG_ERR_CLI_CONNECT',
-            `stream closed before an answer (code ${req.rstCode ?? 'none'})`,
-          ),
-        ),
-      )
-      req.once('response', (h) => {
-        const status = Number(h[':status'])
-        if (status === 200) {
-          resolve(req)
-          return
-        }
-        const chunks: Buffer[] = []
-        req.on('data', (c: Buffer) => chunks.push(c))
-        req.once('end', () => {
-          reject(new GatewayHttpError(status, Buffer.concat(chunks).toString('utf8')))
-          req.close()
+    const outcome = await awaitOpen(req)
+    switch (outcome.kind) {
+      case 'ok':
+        return req
+      case 'refused':
+        req.close()
+        throw new GatewayHttpError(outcome.status, outcome.body)
+      case 'error':
+        throw appError('PFG_ERR_CLI_CONNECT', `stream failed: ${describeError(outcome.error)}`, {
+          cause: outcome.error,
         })
-      })
-    })
+      default:
+        throw appError(
+          'PFG_ERR_CLI_CONNECT',
+          `stream closed before an answer (code ${req.rstCode ?? 'none'})`,
+        )
+    }
   }
 
   /** Closes every stream and the session. */
@@ -265,8 +201,6 @@ export class GatewayClient extends EventEmitter {
     this.#closed = true
     if (this.#retryTimer !== undefined) clearTimeout(this.#retryTimer)
     for (const s of this.streams) resetStream(s, h2c.NGHTTP2_CANCEL)
-    this.#session?.close()
-    this.#session?.destroy()
-    this.#session = undefined
+    this.#h2.close('goaway-destroy')
   }
 }

@@ -1,32 +1,31 @@
 /**
- * `pfgate port-forward [-n NS] POD [LOCAL:]REMOTE [...]`: `oc port-forward` /
+ * `pfgate port-forward [-n NS] TYPE/NAME [LOCAL:]REMOTE [...]`: `oc port-forward` /
  * `kubectl port-forward` through the gateway. Listens on 127.0.0.1 and [::1]
  * (or `--address`), prints one `Forwarding from` line per listener on stdout,
  * carries every local connection as a stream of one HTTP/2 connection, and on
  * SIGINT/SIGTERM closes every stream, the connection and the listeners.
  *
+ * The steps, each in `port-forward/`: parse the arguments (`args.ts`), resolve the target
+ * (`target.ts`), listen (`listen.ts`), serve each connection through a stream dialer
+ * (`serve.ts`, `gateway-dialer.ts`).
+ *
  * @module
  */
-import { createServer, isIP } from 'node:net'
-import type { Server, Socket } from 'node:net'
 import { setDefaultHighWaterMark } from 'node:stream'
 import type { Writable } from 'node:stream'
-import { parseArgs } from 'node:util'
-import { nativePortForwardPath, podPath, PORT_HEADER } from '../protocol/constants.js'
 import { STREAM_HIGH_WATER_MARK } from '../protocol/h2-settings.js'
-import { parsePortSpecs } from '../protocol/port-spec.js'
-import type { PortSpec } from '../protocol/port-spec.js'
-import { RST, resetCodeName } from '../protocol/reset-codes.js'
-import { assertNamespace, assertObjectName } from '../protocol/names.js'
-import { TARGET_RESOURCES, nativeTargetPath, parseTargetRef } from '../protocol/targets.js'
-import type { TargetRef } from '../protocol/targets.js'
-import { DuplexRelay } from '../shared/duplex-relay.js'
-import { appError, describeError, isAppError } from '../shared/errors.js'
-import { h2Endpoint, resetStream, socketEndpoint } from '../shared/relay-endpoints.js'
-import { GatewayClient, GatewayHttpError } from './gateway-client.js'
+import { assertNamespace } from '../protocol/names.js'
+import { describeError, isAppError } from '../shared/errors.js'
+import { GatewayClient } from './gateway-client.js'
+import type { ClientConfig } from './kubeconfig.js'
 import { loadClientConfig } from './kubeconfig.js'
-import { parseDuration } from '../shared/config.js'
-import type { ClientOverrides } from './kubeconfig.js'
+import { parsePortForwardArgs, PORT_FORWARD_USAGE } from './port-forward/args.js'
+import { GatewayDialer } from './port-forward/gateway-dialer.js'
+import { formatHostPort, listenAll } from './port-forward/listen.js'
+import { serve } from './port-forward/serve.js'
+import { resolveNamedTarget, resolvePodTarget, TargetError } from './port-forward/target.js'
+
+export { PORT_FORWARD_USAGE }
 
 /** Standard streams and signals, injectable for tests. */
 export interface CliIo {
@@ -37,305 +36,22 @@ export interface CliIo {
   stopSignal: Promise<string>
 }
 
-export const PORT_FORWARD_USAGE = `Forward one or more local ports to a pod, through the pfgate gateway.
-
-Usage:
-  pfgate port-forward [-n NAMESPACE] TYPE/NAME [LOCAL_PORT:]REMOTE_PORT [...[LOCAL_PORT_N:]REMOTE_PORT_N]
-
-TYPE/NAME is a pod (NAME, pod/NAME), a service (svc/NAME) or a workload (deploy/NAME,
-rs/NAME, sts/NAME). For a service or workload the gateway picks a ready pod for every
-new connection, so the forward follows the pods when they are replaced; for a service,
-REMOTE_PORT is a service port (number or name), mapped to each pod's target port.
-
-Examples:
-  pfgate port-forward echo 5000 6000      # local 5000 and 6000 to the pod's 5000 and 6000
-  pfgate port-forward echo 8888:5000      # local 8888 to the pod's 5000
-  pfgate port-forward echo :5000          # a free local port to the pod's 5000 (also 0:5000)
-  pfgate port-forward pod/web 8080:http   # a named container port
-  pfgate port-forward svc/hello 8080:80   # local 8080 to service port 80 of a ready pod, per connection
-  pfgate port-forward deploy/hello 8080:http
-
-Options:
-  -n, --namespace NS              namespace (default: the context's, else "default")
-      --address ADDRS             addresses to listen on, comma separated: IPs or localhost (default localhost = 127.0.0.1 and ::1)
-      --kubeconfig FILE           kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)
-      --context NAME              kubeconfig context (default: current-context)
-  -s, --server URL                gateway URL, overriding the kubeconfig
-      --token TOKEN               bearer token, overriding the kubeconfig
-      --certificate-authority F   CA bundle for the gateway's certificate
-      --insecure-skip-tls-verify  do not verify the gateway's certificate (insecure)
-  -q, --quiet                     do not log each connection
-  -h, --help                      this help
-`
-
-interface PodDoc {
-  kind?: string
-  metadata?: { name?: string; namespace?: string }
-  spec?: {
-    nodeName?: string
-    containers?: { ports?: { name?: string; containerPort: number; protocol?: string }[] }[]
-  }
-  status?: { phase?: string }
-}
-
-interface Listener {
-  server: Server
-  address: string
-  localPort: number
-  /** A pod's port; for a service or workload, the port asked for (number or name). */
-  remotePort: number | string
-}
-
-function formatHostPort(address: string, port: number): string {
-  return isIP(address) === 6 ? `[${address}]:${port}` : `${address}:${port}`
-}
-
-/**
- * An address to listen on, and how its failure counts (kubectl's rule): the two addresses
- * `localhost` stands for may fail one at a time (`all`: the port fails only if all of them
- * do, e.g. no IPv6), an address named explicitly may not (`any`: one failure fails the port).
- */
-interface ListenAddress {
-  address: string
-  failureMode: 'all' | 'any'
-}
-
-function expandAddresses(value: string | undefined): ListenAddress[] {
-  const parts = (value ?? 'localhost')
-    .split(',')
-    .map((s) => s.trim())
-    .filter((s) => s !== '')
-  const out = new Map<string, ListenAddress>()
-  for (const p of parts) {
-    if (p === 'localhost') {
-      for (const address of ['127.0.0.1', '::1'])
-        if (!out.has(address)) out.set(address, { address, failureMode: 'all' })
-    } else if (isIP(p) !== 0) out.set(p, { address: p, failureMode: 'any' })
-    else
-      throw appError(
-        'PFG_ERR_CLI_USAGE',
-        `invalid --address ${JSON.stringify(p)}: use IP addresses or localhost`,
-      )
-  }
-  return [...out.values()]
-}
-
-/** `--pod-running-timeout` (kubectl's default 1m): a positive duration. */
-function parsePodRunningTimeout(value: unknown): number {
-  if (value === undefined) return 60_000
-  let ms: number
-  try {
-    ms = parseDuration(value as string, '--pod-running-timeout')
-  } catch {
-    ms = 0
-  }
-  if (!(ms > 0)) {
-    throw appError(
-      'PFG_ERR_CLI_USAGE',
-      `invalid --pod-running-timeout ${JSON.stringify(value)}: use a duration higher than zero (like 5s, 2m, or 3h)`,
-    )
-  }
-  return ms
-}
-
-function listenOn(address: string, port: number): Promise<Server> {
-  return new Promise((resolve, reject) => {
-    const server = createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true })
-    server.once('error', reject)
-    server.listen({ host: address, port, ipv6Only: isIP(address) === 6, exclusive: true }, () => {
-      server.off('error', reject)
-      resolve(server)
-    })
-  })
-}
-
-function closeServer(server: Server): Promise<void> {
-  return new Promise((resolve) => server.close(() => resolve()))
-}
-
-/**
- * Binds one port on every address (a free port, picked on the first address and reused on
- * the others, when `local` is 0). Returns the listeners, or the error that fails the port
- * (kubectl's rule: see {@link ListenAddress}); a tolerated failure is reported with `err`.
- */
-async function bindPort(
-  local: number,
-  remotePort: number | string,
-  addresses: ListenAddress[],
-  err: (line: string) => void,
-): Promise<Listener[] | Error> {
-  for (let attempt = 0; attempt < 5; attempt++) {
-    let port = local
-    const bound: Listener[] = []
-    const errors: { text: string; mode: ListenAddress['failureMode']; inUse: boolean }[] = []
-    for (const { address, failureMode } of addresses) {
-      try {
-        const server = await listenOn(address, port)
-        const a = server.address()
-        port = typeof a === 'object' && a !== null ? a.port : port
-        bound.push({ server, address, localPort: port, remotePort })
-      } catch (e) {
-        const text = `unable to create listener: Error listen ${formatHostPort(address, port)}: ${describeError(e)}`
-        errors.push({
-          text,
-          mode: failureMode,
-          inUse: (e as { code?: string }).code === 'EADDRINUSE',
-        })
-      }
-    }
-    const failed = bound.length === 0 || errors.some((e) => e.mode === 'any')
-    if (failed && local === 0 && bound.length > 0 && errors.some((e) => e.inUse)) {
-      // The port picked on the first address is taken on another: pick again.
-      await Promise.all(bound.map((l) => closeServer(l.server)))
-      continue
-    }
-    if (failed) {
-      await Promise.all(bound.map((l) => closeServer(l.server)))
-      return new Error(
-        `Listeners failed to create with the following errors: [${errors.map((e) => e.text).join(' ')}]`,
-      )
-    }
-    for (const e of errors) err(`Unable to listen on ${e.text}`)
-    return bound
-  }
-  return new Error('no free port was found on every address')
-}
-
-/** Resolves a remote port spec against the pod's container ports (named ports). */
-export function resolveRemotePort(spec: PortSpec, pod: PodDoc, podName: string): number {
-  const ports = (pod.spec?.containers ?? []).flatMap((c) => c.ports ?? [])
-  if (typeof spec.remote === 'number') {
-    const declared = ports.filter((p) => p.containerPort === spec.remote)
-    if (declared.length > 0 && declared.every((p) => (p.protocol ?? 'TCP') === 'UDP')) {
-      throw appError('PFG_ERR_CLI_USAGE', `UDP protocol is not supported for ${spec.remote}`)
-    }
-    return spec.remote
-  }
-  const named = ports.find((p) => p.name === spec.remote)
-  if (named === undefined) {
-    throw appError(
-      'PFG_ERR_CLI_USAGE',
-      `Pod '${podName}' does not have a named port '${spec.remote}'`,
-    )
-  }
-  return named.containerPort
-}
-
-/** A Service or apps/v1 workload as the gateway serves it (what the CLI reads of it). */
-interface TargetDoc {
-  spec?: { ports?: { name?: string; port: number }[] }
-}
-
-/** The API path of a service or workload object. */
-function targetObjectPath(namespace: string, ref: TargetRef): string {
-  const ns = encodeURIComponent(namespace)
-  const name = encodeURIComponent(ref.name)
-  const resource = TARGET_RESOURCES[ref.kind]
-  return ref.kind === 'service'
-    ? `/api/v1/namespaces/${ns}/services/${name}`
-    : `/apis/apps/v1/namespaces/${ns}/${resource}/${name}`
-}
-
-/**
- * The remote port to ask the gateway for: for a service, one of its ports (by number or
- * name, kubectl's error otherwise; the gateway maps it to each picked pod's target port);
- * for a workload, the container port as given (a name is resolved on each picked pod).
- */
-export function targetRemotePort(spec: PortSpec, doc: TargetDoc, ref: TargetRef): number | string {
-  if (ref.kind !== 'service') return spec.remote
-  const ports = doc.spec?.ports ?? []
-  const sp = ports.find((p) => (typeof spec.remote === 'number' ? p.port : p.name) === spec.remote)
-  if (sp === undefined) {
-    throw appError(
-      'PFG_ERR_CLI_USAGE',
-      typeof spec.remote === 'number'
-        ? `Service ${ref.name} does not have a service port ${spec.remote}`
-        : `Service ${ref.name} does not have a named port '${spec.remote}'`,
-    )
-  }
-  return sp.port
-}
-
 /** Runs the command; resolves with the exit code. */
 export async function runPortForward(argv: string[], io: CliIo): Promise<number> {
   const err = (line: string): void => {
     io.stderr.write(line.endsWith('\n') ? line : line + '\n')
   }
-  let values: Record<string, string | string[] | boolean | undefined>
-  let positionals: string[]
-  try {
-    ;({ values, positionals } = parseArgs({
-      args: argv,
-      allowPositionals: true,
-      options: {
-        namespace: { type: 'string', short: 'n' },
-        address: { type: 'string', multiple: true },
-        'pod-running-timeout': { type: 'string' },
-        kubeconfig: { type: 'string' },
-        context: { type: 'string' },
-        server: { type: 'string', short: 's' },
-        token: { type: 'string' },
-        'certificate-authority': { type: 'string' },
-        'insecure-skip-tls-verify': { type: 'boolean' },
-        quiet: { type: 'boolean', short: 'q' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    }))
-  } catch (e) {
-    err(`error: ${(e as Error).message}`)
-    err("See 'pfgate port-forward --help' for usage.")
-    return 2
-  }
-  if (values.help === true) {
+  const parsed = parsePortForwardArgs(argv)
+  if (parsed.kind === 'help') {
     io.stdout.write(PORT_FORWARD_USAGE)
     return 0
   }
-  if (positionals.length < 2) {
-    err('error: TYPE/NAME and list of ports are required for port-forward')
-    err("See 'pfgate port-forward --help' for usage.")
-    return 2
+  if (parsed.kind === 'usage-error') {
+    for (const line of parsed.lines) err(line)
+    return parsed.exitCode
   }
-
-  // Arguments: everything is checked before any I/O.
-  let ref: TargetRef
-  try {
-    ref = parseTargetRef(positionals[0] as string)
-  } catch (e) {
-    err(`error: ${(e as Error).message}`)
-    return 2
-  }
-  const podName = ref.name
-  let specs: PortSpec[]
-  let addresses: ListenAddress[]
-  let podRunningTimeoutMs: number
-  try {
-    assertObjectName(ref.kind, ref.name)
-    specs = parsePortSpecs(positionals.slice(1))
-    // Repeated --address flags all apply (each may be a comma-separated list).
-    addresses = expandAddresses((values.address as string[] | undefined)?.join(','))
-    podRunningTimeoutMs = parsePodRunningTimeout(values['pod-running-timeout'])
-    if (typeof values.namespace === 'string') assertNamespace(values.namespace)
-    if (ref.kind !== 'pod' && ref.kind !== 'service' && specs.some((x) => x.localFromRemote)) {
-      throw appError(
-        'PFG_ERR_CLI_USAGE',
-        `a bare port name needs a local port for ${positionals[0] as string}: use LOCAL:NAME`,
-      )
-    }
-  } catch (e) {
-    err(`error: ${(e as Error).message}`)
-    return 2
-  }
-
-  const overrides: ClientOverrides = {}
-  if (typeof values.kubeconfig === 'string') overrides.kubeconfig = values.kubeconfig
-  if (typeof values.context === 'string') overrides.context = values.context
-  if (typeof values.server === 'string') overrides.server = values.server
-  if (typeof values.token === 'string') overrides.token = values.token
-  if (typeof values['certificate-authority'] === 'string')
-    overrides.certificateAuthority = values['certificate-authority']
-  if (values['insecure-skip-tls-verify'] === true) overrides.insecureSkipTlsVerify = true
-  if (typeof values.namespace === 'string') overrides.namespace = values.namespace
-  let config
+  const { target, specs, addresses, overrides, quiet, podRunningTimeoutMs } = parsed.request
+  let config: ClientConfig
   try {
     config = loadClientConfig(overrides, io.env)
     assertNamespace(config.namespace)
@@ -345,169 +61,50 @@ export async function runPortForward(argv: string[], io: CliIo): Promise<number>
     return isAppError(e) && e.code === 'PFG_ERR_ROUTE_BAD_NAME' ? 2 : 1
   }
   const namespace = config.namespace
-  const quiet = values.quiet === true
 
   setDefaultHighWaterMark(false, STREAM_HIGH_WATER_MARK)
   const client = new GatewayClient({ config })
-  const listeners: Listener[] = []
-  const sockets = new Set<Socket>()
-  const relays = new Set<DuplexRelay>()
-  let stopping = false
 
-  const shutdown = async (): Promise<void> => {
-    stopping = true
-    // server.close() waits for open connections, so end those first: every stream is
-    // reset (the gateway records it), every local socket closed, then the listeners.
-    const closing = listeners.map((l) => closeServer(l.server))
-    for (const r of relays) r.abort('shutdown')
-    for (const s of sockets) s.destroy()
-    client.close()
-    await Promise.all(closing)
-  }
-
-  // 1. Learn the pod: its node (for the path) and its named ports. A service or workload
-  //    is resolved by the gateway for every connection; here only its object is read
-  //    (it exists, the user may use it, a service's ports).
-  let pod: PodDoc
-  let target: TargetDoc | undefined
-  try {
-    if (ref.kind === 'pod') pod = await client.getJson<PodDoc>(podPath(namespace, podName))
-    else {
-      target = await client.getJson<TargetDoc>(targetObjectPath(namespace, ref))
-      pod = {}
-    }
-  } catch (e) {
-    client.close()
-    if (e instanceof GatewayHttpError) {
-      // The gateway's message carries its ref (`Unauthorized (ref …)`), as kubectl shows it.
-      if (e.status === 401) err(`error: You must be logged in to the server (${e.message})`)
-      else err(`Error from server (${e.kubeStatus?.reason ?? e.status}): ${e.message}`)
-    } else {
-      err(`error: ${describeError(e)}`)
-    }
-    return 1
-  }
-  // --pod-running-timeout: a Pending pod is waited for (kubectl's default: 1 minute).
-  const waitUntil = Date.now() + podRunningTimeoutMs
-  while (ref.kind === 'pod' && pod.status?.phase === 'Pending' && Date.now() < waitUntil) {
-    await new Promise((r) => setTimeout(r, Math.min(500, Math.max(0, waitUntil - Date.now()))))
-    try {
-      pod = await client.getJson<PodDoc>(podPath(namespace, podName))
-    } catch {
-      break // reported as it is below
-    }
-  }
-  if (pod.status?.phase !== undefined && pod.status.phase !== 'Running') {
-    client.close()
-    err(
-      `error: unable to forward port because pod is not running. Current status=${pod.status.phase}`,
-    )
-    return 1
-  }
-  let nodeName = pod.spec?.nodeName ?? ''
+  // The target: a pod's node (for the stream path) and its named ports; a service's or
+  // workload's object (the gateway picks a pod for every connection).
+  let nodeName = ''
   let remotePorts: (number | string)[]
   try {
-    remotePorts = specs.map((s) =>
-      target === undefined ? resolveRemotePort(s, pod, podName) : targetRemotePort(s, target, ref),
-    )
+    if (target.kind === 'pod') {
+      const pod = await resolvePodTarget(client, namespace, target.name, specs, podRunningTimeoutMs)
+      nodeName = pod.nodeName
+      remotePorts = pod.remotePorts
+    } else {
+      remotePorts = (await resolveNamedTarget(client, namespace, target, specs)).remotePorts
+    }
   } catch (e) {
     client.close()
-    err(`error: ${(e as Error).message}`)
+    err(e instanceof TargetError ? e.message : `error: ${describeError(e)}`)
     return 1
   }
 
-  // 2. Listen. A random port (`:5000`) is picked on the first address and reused on the
-  //    others. As kubectl: a port that cannot be bound is reported and skipped (the others
-  //    are served); only when no port at all could be bound does the command fail.
-  for (let i = 0; i < specs.length; i++) {
-    const spec = specs[i] as PortSpec
-    const remotePort = remotePorts[i] as number | string
-    const local = spec.localFromRemote === true ? (remotePort as number) : spec.local
-    const bound = await bindPort(local, remotePort, addresses, err)
-    if (bound instanceof Error) err(`Unable to listen on port ${local}: ${bound.message}`)
-    else listeners.push(...bound)
-  }
-  if (listeners.length === 0) {
-    await shutdown()
-    err(
-      `error: unable to listen on any of the requested ports: ${specs.map((x) => x.raw).join(', ')}`,
-    )
-    return 1
-  }
-
-  // 3. Serve.
-  const handle = (socket: Socket, l: Listener): void => {
-    if (stopping) {
-      socket.destroy()
-      return
-    }
-    sockets.add(socket)
-    socket.once('close', () => sockets.delete(socket))
-    socket.on('error', () => {
-      // The relay reports it; a reset local client must not crash the CLI.
+  let listeners
+  try {
+    // A bare port name (`http`) listens on the number it resolved to, as kubectl.
+    const pairs = specs.map((s, i) => {
+      const remote = remotePorts[i] as number | string
+      return { local: s.localFromRemote === true ? (remote as number) : s.local, remote }
     })
-    if (!quiet) err(`Handling connection for ${l.localPort}`)
-    const open = async (retry: boolean): Promise<void> => {
-      try {
-        const stream = await client.openStream(
-          ref.kind === 'pod'
-            ? nativePortForwardPath(nodeName, namespace, podName)
-            : nativeTargetPath(namespace, ref.kind, ref.name),
-          {
-            [PORT_HEADER]: String(l.remotePort),
-          },
-        )
-        if (socket.destroyed || stopping) {
-          resetStream(stream, RST.CANCEL)
-          return
-        }
-        const relay = new DuplexRelay(socketEndpoint(socket), h2Endpoint(stream, RST.CANCEL), {
-          onDone(outcome) {
-            relays.delete(relay)
-            const f = outcome.failure
-            if (f !== undefined && f.side === 'b' && !stopping) {
-              const code = stream.rstCode
-              err(
-                `error: connection for ${l.localPort} -> ${l.remotePort} ended abnormally: ${
-                  code !== undefined
-                    ? `stream reset (${resetCodeName(code)})`
-                    : describeError(f.error ?? f.reason)
-                }`,
-              )
-            }
-          },
-        })
-        relays.add(relay)
-      } catch (e) {
-        if (
-          e instanceof GatewayHttpError &&
-          e.errorCode === 'PFG_ERR_ROUTE_WRONG_NODE' &&
-          retry &&
-          ref.kind === 'pod'
-        ) {
-          // The pod moved: learn its new node and try once more.
-          try {
-            const fresh = await client.getJson<PodDoc>(podPath(namespace, podName))
-            nodeName = fresh.spec?.nodeName ?? nodeName
-            return await open(false)
-          } catch {
-            // fall through to the report below
-          }
-        }
-        const what = e instanceof GatewayHttpError ? `${e.message}` : describeError(e)
-        err(`an error occurred forwarding ${l.localPort} -> ${l.remotePort}: ${what}`)
-        // Only this local connection ends; the listeners keep serving.
-        if (!socket.destroyed) socket.destroy()
-      }
-    }
-    void open(true)
+    listeners = await listenAll(pairs, addresses, err)
+  } catch (e) {
+    client.close()
+    err(`error: ${isAppError(e) ? e.message : describeError(e)}`)
+    return 1
   }
+
+  const dialer = new GatewayDialer(client, namespace, target, nodeName)
+  const serving = serve(listeners, dialer, { quiet, log: err })
   for (const l of listeners) {
-    l.server.on('connection', (socket: Socket) => handle(socket, l))
     io.stdout.write(
       `Forwarding from ${formatHostPort(l.address, l.localPort)} -> ${l.remotePort}\n`,
     )
   }
+  let stopping = false
   client.on('disconnected', () => {
     if (!stopping) err('lost connection to the gateway; reconnecting')
   })
@@ -515,14 +112,10 @@ export async function runPortForward(argv: string[], io: CliIo): Promise<number>
     if (!stopping) err('connected to the gateway')
   })
 
-  const signal = await io.stopSignal
-  void signal
-  await shutdown()
+  await io.stopSignal
+  stopping = true
+  const stopped = serving.stop()
+  client.close()
+  await stopped
   return 0
-}
-
-/** Exit code and message for an unexpected failure. */
-export function reportFatal(e: unknown, stderr: Writable): number {
-  stderr.write(`error: ${isAppError(e) ? e.message : describeError(e)}\n`)
-  return 1
 }

@@ -344,6 +344,7 @@ describe('kubectl parity (items 5, 6, 7, 9): the same behaviour as kubectl 1.33'
           const cli = runCli(['port-forward', ...args], env())
           clis.add(cli)
           await cli.waitForStderr(new RegExp(`Unable to listen on port ${busy.port}:`))
+          await cli.waitForLines(2)
           out = () => cli.stdout()
           errText = () => cli.stderr()
           stop = () => cli.stop()
