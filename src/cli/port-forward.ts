@@ -25,8 +25,6 @@ import { formatHostPort, listenAll } from './port-forward/listen.js'
 import { serve } from './port-forward/serve.js'
 import { resolveNamedTarget, resolvePodTarget, TargetError } from './port-forward/target.js'
 
-export { PORT_FORWARD_USAGE }
-
 /** Standard streams and signals, injectable for tests. */
 export interface CliIo {
   stdout: Writable

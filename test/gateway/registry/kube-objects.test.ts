@@ -10,8 +10,8 @@ import assert from 'node:assert/strict'
 import {
   serviceInfoFromObject,
   workloadInfoFromObject,
-} from '../../../src/gateway/registry/kube-objects.js'
-import { podInfoFromObject } from '../../../src/gateway/registry/kube-registry.js'
+} from '../../../src/gateway/registry/kube/targets.js'
+import { podInfoFromObject } from '../../../src/gateway/registry/kube/objects.js'
 
 test('a Service keeps its selector and ports; named and numeric target ports', () => {
   const svc = serviceInfoFromObject({

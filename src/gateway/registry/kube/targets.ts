@@ -7,7 +7,7 @@
  *
  * @module
  */
-import type { ServiceInfo, ServicePort, WorkloadInfo, WorkloadKind } from './types.js'
+import type { ServiceInfo, ServicePort, WorkloadInfo, WorkloadKind } from '../types.js'
 
 type Obj = Record<string, unknown>
 
