@@ -1,7 +1,7 @@
 /**
  * Service and workload targets → one ready pod and its port, picked again for every
  * forwarded connection (docs/protocol.md, "Services and workloads"). Pure functions of
- * the registry's view: the forwarder calls {@link resolveTarget} after authorizing the
+ * the registry's view: the forward core calls {@link resolveTarget} after authorizing the
  * name asked for, and authorizes the pod it returns.
  *
  * A pod is a candidate when it matches the selector, is Running and ready (its `Ready`
@@ -27,6 +27,12 @@ export interface TargetRequest {
   /** Service: a service port number or name. Workload: a container port number or name. */
   port: number | string
 }
+
+/** The part of the registry resolution reads. */
+export type TargetRegistry = Pick<
+  PodRegistry,
+  'listPods' | 'getService' | 'getWorkload' | 'targetsReady'
+>
 
 /** The pod picked for one connection and the pod's port to dial. */
 export interface ResolvedTarget {
@@ -81,7 +87,7 @@ export function servicePortFor(svc: ServiceInfo, port: number | string): Service
 
 /** The selector of the service or workload, or a 404 in Kubernetes' words. */
 function lookup(
-  registry: PodRegistry,
+  registry: TargetRegistry,
   req: TargetRequest,
 ): { selector: Record<string, string> | undefined; service?: ServiceInfo } {
   if (registry.targetsReady?.() === false) {
@@ -111,7 +117,7 @@ function lookup(
  * the user may forward to on that port).
  */
 export function resolveTarget(
-  registry: PodRegistry,
+  registry: TargetRegistry,
   req: TargetRequest,
   allowed: (pod: PodInfo, port: number) => boolean,
   pick: (n: number) => number = randomInt,
