@@ -9,6 +9,7 @@ import { describeError } from '../shared/errors.js'
 import { plainText } from '../shared/text.js'
 import { GatewayClient, GatewayHttpError } from './gateway-client.js'
 import { loadClientConfig } from './kubeconfig.js'
+import { credentialProvider } from './credentials/index.js'
 import type { ClientOverrides } from './kubeconfig.js'
 
 const USAGE = `usage:
@@ -91,7 +92,16 @@ export async function runAdminCommand(
   if (values['insecure-skip-tls-verify'] === true) overrides.insecureSkipTlsVerify = true
   let client: GatewayClient | undefined
   try {
-    client = new GatewayClient({ config: loadClientConfig(overrides, io.env) })
+    const config = loadClientConfig(overrides, io.env)
+    client = new GatewayClient({
+      config,
+      credentials: credentialProvider(config, {
+        env: io.env,
+        terminal: process.stdin.isTTY,
+        stderr: io.stderr,
+        warn: (m) => io.stderr.write(`${m}\n`),
+      }),
+    })
     if (what === 'kill') {
       const path = `/admin/v1/${kind === 'stream' ? 'streams' : 'sessions'}/${encodeURIComponent(id as string)}`
       await client.request('DELETE', path)

@@ -3,6 +3,12 @@
  * every forwarded connection as a stream, kept alive with PING, re-established
  * with backoff when it drops.
  *
+ * Every request and stream asks the credential provider for the credential to send
+ * (src/cli/credentials/): an exec plugin's token is refreshed before it expires, and a
+ * 401 refreshes it once and retries that request or stream. A client certificate that
+ * changes (a plugin's new certificate) starts a new session; streams on the old one
+ * finish there.
+ *
  * @module
  */
 import { EventEmitter } from 'node:events'
@@ -16,6 +22,8 @@ import { h2SessionOptions, widenConnectionWindow } from '../protocol/h2-settings
 import { parseStatus, statusErrorCode } from '../protocol/status.js'
 import type { KubeStatus } from '../protocol/status.js'
 import type { ClientConfig } from './kubeconfig.js'
+import { StaticCredentials } from './credentials/providers.js'
+import type { Credential, CredentialProvider } from './credentials/types.js'
 
 /** An HTTP error answer from the gateway. */
 export class GatewayHttpError extends Error {
@@ -40,6 +48,8 @@ export interface GatewayClientOptions {
   connectTimeoutMs?: number
   keepaliveMs?: number
   userAgent?: string
+  /** Where credentials come from (default: the config's static token and certificate). */
+  credentials?: CredentialProvider
 }
 
 /** Events: `connected`, `disconnected` (err?), `reconnecting` (delayMs). */
@@ -50,7 +60,10 @@ export class GatewayClient extends EventEmitter {
   readonly #connectTimeoutMs: number
   readonly #keepaliveMs: number
   readonly #userAgent: string
+  readonly #creds: CredentialProvider
   #session: ClientHttp2Session | undefined
+  /** The client certificate the current session presented. */
+  #sessionCert: Buffer | undefined
   #connecting: Promise<ClientHttp2Session> | undefined
   readonly #backoff = new Backoff({ initialMs: 250, maxMs: 5000 })
   #retryTimer: NodeJS.Timeout | undefined
@@ -67,6 +80,17 @@ export class GatewayClient extends EventEmitter {
     this.#connectTimeoutMs = options.connectTimeoutMs ?? 10_000
     this.#keepaliveMs = options.keepaliveMs ?? 30_000
     this.#userAgent = options.userAgent ?? `pfgate/0.1 (node ${process.version})`
+    this.#creds =
+      options.credentials ??
+      new StaticCredentials(
+        {
+          ...(options.config.token !== undefined ? { token: options.config.token } : {}),
+          ...(options.config.cert !== undefined && options.config.key !== undefined
+            ? { cert: options.config.cert, key: options.config.key }
+            : {}),
+        },
+        () => undefined,
+      )
   }
 
   /** Is a session up? */
@@ -74,25 +98,34 @@ export class GatewayClient extends EventEmitter {
     return this.#session !== undefined && !this.#session.destroyed && !this.#session.closed
   }
 
-  /** The session, connecting if needed. Rejects with `PFG_ERR_CLI_CONNECT`. */
-  session(): Promise<ClientHttp2Session> {
+  /**
+   * The session, connecting if needed (with `cred`'s client certificate, when it has
+   * one). Rejects with `PFG_ERR_CLI_CONNECT`.
+   */
+  session(cred?: Credential): Promise<ClientHttp2Session> {
     if (this.#closed) return Promise.reject(appError('PFG_ERR_CLI_CONNECT', 'client closed'))
     const s = this.#session
-    if (s !== undefined && !s.destroyed && !s.closed) return Promise.resolve(s)
-    this.#connecting ??= this.#connect().finally(() => {
+    if (s !== undefined && !s.destroyed && !s.closed) {
+      if (cred === undefined || sameBytes(cred.cert, this.#sessionCert)) return Promise.resolve(s)
+      // A new client certificate: new streams go on a new session, open ones finish here.
+      this.#session = undefined
+      s.close()
+    }
+    this.#connecting ??= this.#connect(cred).finally(() => {
       this.#connecting = undefined
     })
     return this.#connecting
   }
 
-  #connect(): Promise<ClientHttp2Session> {
+  #connect(cred: Credential | undefined): Promise<ClientHttp2Session> {
     const cfg = this.#cfg
+    const cert = cred !== undefined ? cred.cert : cfg.cert
+    const key = cred !== undefined ? cred.key : cfg.key
     return new Promise((resolve, reject) => {
       const session = connect(this.#origin, {
         ...h2SessionOptions(),
         ...(cfg.ca !== undefined ? { ca: cfg.ca } : {}),
-        ...(cfg.cert !== undefined ? { cert: cfg.cert } : {}),
-        ...(cfg.key !== undefined ? { key: cfg.key } : {}),
+        ...(cert !== undefined && key !== undefined ? { cert, key } : {}),
         ...(cfg.tlsServerName !== undefined ? { servername: cfg.tlsServerName } : {}),
         rejectUnauthorized: !cfg.insecureSkipTlsVerify,
       })
@@ -114,6 +147,7 @@ export class GatewayClient extends EventEmitter {
         settled = true
         widenConnectionWindow(session)
         this.#session = session
+        this.#sessionCert = cert
         this.#backoff.reset()
         this.#keepalive(session)
         this.emit('connected')
@@ -158,7 +192,10 @@ export class GatewayClient extends EventEmitter {
     this.#retryTimer = setTimeout(() => {
       this.#retryTimer = undefined
       if (this.#closed || this.connected) return
-      this.session().catch(() => this.#scheduleReconnect())
+      this.#creds
+        .get()
+        .then((cred) => this.session(cred))
+        .catch(() => this.#scheduleReconnect())
     }, delay)
     this.#retryTimer.unref()
   }
@@ -168,10 +205,39 @@ export class GatewayClient extends EventEmitter {
     session.once('close', stop)
   }
 
-  #headers(extra: OutgoingHttpHeaders): OutgoingHttpHeaders {
+  #headers(extra: OutgoingHttpHeaders, cred: Credential): OutgoingHttpHeaders {
     const h: OutgoingHttpHeaders = { 'user-agent': this.#userAgent, ...extra }
-    if (this.#cfg.token !== undefined) h.authorization = `Bearer ${this.#cfg.token}`
+    if (cred.token !== undefined) h.authorization = `Bearer ${cred.token}`
     return h
+  }
+
+  /**
+   * Runs `attempt` with the current credential; on a 401, asks the provider for a fresh
+   * one and, when it has one, runs `attempt` once more.
+   */
+  async #withCredentials<T>(attempt: (cred: Credential) => Promise<T>): Promise<T> {
+    const cred = await this.#credential()
+    try {
+      return await attempt(cred)
+    } catch (err) {
+      if (!(err instanceof GatewayHttpError) || err.status !== 401) throw err
+      let fresh: Credential | undefined
+      try {
+        fresh = await this.#creds.refresh(cred)
+      } catch {
+        throw err // the provider has told the user why
+      }
+      if (fresh === undefined) throw err
+      return attempt(fresh)
+    }
+  }
+
+  async #credential(): Promise<Credential> {
+    try {
+      return await this.#creds.get()
+    } catch (err) {
+      throw appError('PFG_ERR_CLI_CREDENTIALS', describeError(err), { cause: err })
+    }
   }
 
   /** GET a JSON document; rejects with {@link GatewayHttpError} on a non-2xx answer. */
@@ -180,14 +246,21 @@ export class GatewayClient extends EventEmitter {
   }
 
   /** A small JSON request; rejects with {@link GatewayHttpError} on a non-2xx answer. */
-  async request<T>(method: string, path: string): Promise<T> {
-    const session = await this.session()
+  request<T>(method: string, path: string): Promise<T> {
+    return this.#withCredentials((cred) => this.#request<T>(method, path, cred))
+  }
+
+  async #request<T>(method: string, path: string, cred: Credential): Promise<T> {
+    const session = await this.session(cred)
     const req = session.request(
-      this.#headers({
-        ':method': method,
-        ':path': this.#prefix + path,
-        accept: 'application/json',
-      }),
+      this.#headers(
+        {
+          ':method': method,
+          ':path': this.#prefix + path,
+          accept: 'application/json',
+        },
+        cred,
+      ),
     )
     return new Promise<T>((resolve, reject) => {
       let status = 0
@@ -218,11 +291,20 @@ export class GatewayClient extends EventEmitter {
   /**
    * Opens a forwarding stream; resolves once the gateway answered 200 (the pod's port
    * is connected). Rejects with {@link GatewayHttpError} or a `PFG_ERR_CLI_CONNECT` error.
+   * A 401 (an expired token) refreshes the credential and opens the stream once more.
    */
-  async openStream(path: string, headers: OutgoingHttpHeaders): Promise<ClientHttp2Stream> {
-    const session = await this.session()
+  openStream(path: string, headers: OutgoingHttpHeaders): Promise<ClientHttp2Stream> {
+    return this.#withCredentials((cred) => this.#openStream(path, headers, cred))
+  }
+
+  async #openStream(
+    path: string,
+    headers: OutgoingHttpHeaders,
+    cred: Credential,
+  ): Promise<ClientHttp2Stream> {
+    const session = await this.session(cred)
     const req = session.request(
-      this.#headers({ ':method': 'POST', ':path': this.#prefix + path, ...headers }),
+      this.#headers({ ':method': 'POST', ':path': this.#prefix + path, ...headers }, cred),
       {
         endStream: false,
       },
@@ -268,5 +350,10 @@ export class GatewayClient extends EventEmitter {
     this.#session?.close()
     this.#session?.destroy()
     this.#session = undefined
+    this.#creds.close()
   }
+}
+
+function sameBytes(a: Buffer | undefined, b: Buffer | undefined): boolean {
+  return a === b || (a !== undefined && b !== undefined && a.equals(b))
 }

@@ -23,6 +23,7 @@ import { appError, describeError, isAppError } from '../shared/errors.js'
 import { h2Endpoint, resetStream, socketEndpoint } from '../shared/relay-endpoints.js'
 import { GatewayClient, GatewayHttpError } from './gateway-client.js'
 import { loadClientConfig } from './kubeconfig.js'
+import { credentialProvider } from './credentials/index.js'
 import type { ClientOverrides } from './kubeconfig.js'
 
 /** Standard streams and signals, injectable for tests. */
@@ -211,7 +212,15 @@ export async function runPortForward(argv: string[], io: CliIo): Promise<number>
   const quiet = values.quiet === true
 
   setDefaultHighWaterMark(false, STREAM_HIGH_WATER_MARK)
-  const client = new GatewayClient({ config })
+  const client = new GatewayClient({
+    config,
+    credentials: credentialProvider(config, {
+      env: io.env,
+      terminal: process.stdin.isTTY,
+      stderr: io.stderr,
+      warn: err,
+    }),
+  })
   const listeners: Listener[] = []
   const sockets = new Set<Socket>()
   const relays = new Set<DuplexRelay>()
