@@ -315,14 +315,14 @@ export class Authenticator {
   readonly #x509: CertificateIdentitySource | undefined
 
   constructor(
-    config: GatewayConfig['auth'],
+    config: GatewayConfig['auth'] | undefined,
     logger: Logger,
     now: () => number = Date.now,
     extra: ExtraSources = {},
   ) {
     this.#now = now
     this.#jwt = [
-      ...(config.jwks !== undefined
+      ...(config?.jwks !== undefined
         ? [new StaticJwksSource(config, logger, now, () => this.#cache.clear())]
         : []),
       ...(extra.jwt ?? []),
