@@ -7,7 +7,7 @@
  *
  * The browser's part is played by {@link TestBrowser}: it follows redirects with a cookie
  * jar and fills in the provider's own development sign-in form (`devInteractions`) and
- * device-flow forms; consent is pre-granted for the first-party client.
+ * device-flow forms and confirms the consent screen a native client always gets.
  *
  * @module
  */
@@ -110,6 +110,7 @@ export class TestOidcProvider {
             'urn:ietf:params:oauth:grant-type:device_code',
           ],
           response_types: ['code'],
+          id_token_signed_response_alg: 'ES256',
         },
       ],
       jwks: { keys: this.keys as never },
@@ -263,6 +264,14 @@ export class TestBrowser {
         if (action === undefined) throw new Error('sign-in form without an action')
         next = new URL(action, current).href
         form = { prompt: 'login', login, password: 'any' }
+        continue
+      }
+      if (current.startsWith(this.#issuer) && /name="prompt" value="consent"/.test(r.body)) {
+        // A native client is always asked to confirm (oidc-provider: native_client_prompt).
+        const action = /<form[^>]*action="([^"]+)"/.exec(r.body)?.[1]
+        if (action === undefined) throw new Error('consent form without an action')
+        next = new URL(action, current).href
+        form = { prompt: 'consent' }
         continue
       }
       return { url: current, status: r.status, body: r.body }

@@ -96,7 +96,10 @@ export class OidcIssuerSource implements JwtIdentitySource {
       })
       .catch((err: unknown) => {
         this.#failedAt = this.#now()
-        this.#lastError = describeError(err)
+        // undici's "fetch failed" keeps the reason (ECONNREFUSED, a TLS error) in its cause.
+        const cause = (err as { cause?: unknown }).cause
+        this.#lastError =
+          describeError(err) + (cause !== undefined ? ` (${describeError(cause)})` : '')
         this.#logger.warn({ issuer: this.issuer, err: this.#lastError }, 'OIDC discovery failed')
         throw unavailable(`OIDC discovery for ${this.issuer}: ${this.#lastError}`, err)
       })
