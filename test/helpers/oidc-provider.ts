@@ -234,7 +234,7 @@ export class TestBrowser {
       },
       ...(form !== undefined ? { body: new URLSearchParams(form).toString() } : {}),
     })
-    this.#store(res.headers as unknown as Headers)
+    this.#store(res.headers)
     const location = res.headers.get('location') ?? undefined
     const body = await res.text()
     return {

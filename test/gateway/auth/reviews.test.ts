@@ -58,7 +58,7 @@ function tokenSource(
 
 /** An authenticator whose only source is TokenReview. */
 function reviewOnly(source: TokenReviewSource): Authenticator {
-  return new Authenticator(undefined as never, silent, Date.now, { tokenReview: source })
+  return new Authenticator(undefined, silent, Date.now, { tokenReview: source })
 }
 
 async function rejection(p: Promise<unknown>): Promise<Error & { code?: string; reason?: string }> {
