@@ -21,15 +21,15 @@ import { createAuditLog } from './audit-factory.js'
 import { GatewayMetrics } from './metrics.js'
 import { BufferBudget } from './buffer-budget.js'
 import { AgentPool } from './relay/agent-pool.js'
+import { createKubeRegistry } from './registry/kube-registry.js'
 import { StaticRegistry } from './registry/static-registry.js'
 import type { PodRegistry } from './registry/types.js'
 
 /** Creates the registry the config names. */
-export async function createRegistry(config: GatewayConfig, logger: Logger): Promise<PodRegistry> {
+function createRegistry(config: GatewayConfig, logger: Logger): PodRegistry {
   const r = config.registry
   if (r.source === 'static') return new StaticRegistry({ file: r.file, logger })
-  const { createKubeRegistryFromConfig } = await import('./registry-factory.js')
-  return createKubeRegistryFromConfig(r, logger)
+  return createKubeRegistry(r, { env: process.env, logger })
 }
 
 /** A started gateway (for main and for tests that run it in-process). */
@@ -48,7 +48,7 @@ export async function startGateway(
 ): Promise<RunningGateway> {
   const gatewayId = newGatewayId()
   const metrics = new GatewayMetrics()
-  const registry = await createRegistry(config, logger)
+  const registry = createRegistry(config, logger)
   const authenticator = new Authenticator(config.auth, logger)
   const authorizer = new Authorizer(config.authorization)
   const agentTls = {
@@ -124,16 +124,16 @@ export async function startGateway(
   }
 }
 
+/** `--config FILE [--port N]`. */
+const OPTIONS = {
+  config: { type: 'string', short: 'c' },
+  port: { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const
+
 /** Entry point. */
 export async function main(argv: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      config: { type: 'string', short: 'c' },
-      port: { type: 'string' },
-      help: { type: 'boolean', short: 'h' },
-    },
-  })
+  const { values } = parseArgs({ args: argv, options: OPTIONS })
   if (values.help === true || values.config === undefined) {
     process.stderr.write('usage: pfgate gateway --config FILE [--port N]\n')
     return values.help === true ? 0 : 2

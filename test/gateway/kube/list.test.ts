@@ -7,8 +7,8 @@ import {
   parseLabelSelector,
   podTable,
   wantsTable,
-} from '../../src/gateway/kube-list.js'
-import { isAppError } from '../../src/shared/errors.js'
+} from '../../../src/gateway/kube/list.js'
+import { isAppError } from '../../../src/shared/errors.js'
 
 test('label selectors: the equality forms kubectl -l sends', () => {
   assert.deepEqual(parseLabelSelector(undefined), [])

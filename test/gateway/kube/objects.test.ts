@@ -9,7 +9,7 @@ import {
   aggregatedDiscoveryContentType,
   aggregatedDiscoveryVersion,
   coreV1Resources,
-} from '../../src/gateway/kube-api.js'
+} from '../../../src/gateway/kube/objects.js'
 
 test('the aggregated discovery version a client asks for first, as kubectl sends Accept', () => {
   const k133 =

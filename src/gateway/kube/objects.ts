@@ -7,7 +7,7 @@
  *
  * @module
  */
-import type { PodInfo } from './registry/types.js'
+import type { PodInfo } from '../registry/types.js'
 
 /** A pod's `metadata`, as in the Pod object and in a Table row's partial object. */
 export function podMetadata(pod: PodInfo): Record<string, unknown> {

@@ -6,9 +6,9 @@
  *
  * @module
  */
-import { appError } from '../shared/errors.js'
-import { podMetadata, podObject } from './kube-api.js'
-import type { PodInfo } from './registry/types.js'
+import { appError } from '../../shared/errors.js'
+import { podMetadata, podObject } from './objects.js'
+import type { PodInfo } from '../registry/types.js'
 
 /** One requirement of a label selector: `k=v`, `k==v`, `k!=v`, `k`, `!k`. */
 export interface LabelRequirement {

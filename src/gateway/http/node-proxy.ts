@@ -3,7 +3,7 @@
  * Admins reach each agent's `/healthz`, `/readyz` and `/metrics` through the gateway, over the
  * same mutual-TLS HTTP/2 hop the streams use (the agent accepts no one else); every
  * other path is a 404 `Status`, and the whole prefix requires the admin role (the
- * gateway's authentication hook, `config.auth: 'admin'`).
+ * gateway's authentication hook, auth.ts, `config.auth: 'admin'`).
  *
  * Built on `@fastify/http-proxy` (which uses `@fastify/reply-from`) with an undici
  * dispatcher that speaks HTTP/2 (`allowH2`; the agent offers only `h2`) and presents the
@@ -22,17 +22,18 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import httpProxy from '@fastify/http-proxy'
 import { Agent, Client } from 'undici'
 import type { Dispatcher } from 'undici'
-import { assertObjectName } from '../protocol/names.js'
-import { buildStatus } from '../protocol/status.js'
-import { appError, describeError, newRef } from '../shared/errors.js'
-import type { Logger } from '../shared/log.js'
-import type { NodeInfo, PodRegistry } from './registry/types.js'
+import { assertObjectName } from '../../protocol/names.js'
+import { buildStatus } from '../../protocol/status.js'
+import { appError, describeError, newRef } from '../../shared/errors.js'
+import type { Logger } from '../../shared/log.js'
+import type { NodeInfo, PodRegistry } from '../registry/types.js'
+import type { GatewayPlugin } from './types.js'
 
 /** The route prefix (a Fastify pattern). */
-export const NODE_PROXY_PREFIX = '/proxy/nodes/:node'
+const NODE_PROXY_PREFIX = '/proxy/nodes/:node'
 
 /** Agent paths an admin may reach (GET and HEAD). */
-export const NODE_PROXY_PATHS: readonly string[] = ['/healthz', '/readyz', '/metrics']
+const NODE_PROXY_PATHS: readonly string[] = ['/healthz', '/readyz', '/metrics']
 
 /** Request headers passed on to the agent; every other header stays at the gateway. */
 const FORWARDED_HEADERS = ['accept', 'user-agent'] as const
@@ -49,7 +50,7 @@ export interface NodeProxyOptions {
 }
 
 /** The agent's origin, `https://host:port` (IPv6 in brackets). */
-export function agentOrigin(node: NodeInfo): string {
+function agentOrigin(node: NodeInfo): string {
   const host = node.address.includes(':') ? `[${node.address}]` : node.address
   return new URL(`https://${host}:${node.port}`).origin
 }
@@ -58,14 +59,11 @@ const kNode = Symbol('pfgate.nodeProxy.node')
 const kPath = Symbol('pfgate.nodeProxy.path')
 type ProxiedRequest = FastifyRequest & { [kNode]?: NodeInfo; [kPath]?: string }
 
-/**
- * Registers the node proxy routes on `app` (call before `app.ready()`). The dispatcher
- * closes with the app.
- */
-export async function registerNodeProxy(
-  app: FastifyInstance,
-  options: NodeProxyOptions,
-): Promise<void> {
+/** The node proxy's routes (admins only). The dispatcher closes with the app. */
+export const nodeProxyRoutes: GatewayPlugin<NodeProxyOptions> = (app, options) =>
+  registerNodeProxy(app as unknown as FastifyInstance, options)
+
+async function registerNodeProxy(app: FastifyInstance, options: NodeProxyOptions): Promise<void> {
   const { registry, logger } = options
   const timeout = options.requestTimeoutMs ?? 10_000
   /** Node by origin: the TLS server name to verify for a new connection. */

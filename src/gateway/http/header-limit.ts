@@ -19,10 +19,10 @@
  * @module
  */
 import type { Socket } from 'node:net'
-import { buildStatus } from '../protocol/status.js'
-import type { Logger } from '../shared/log.js'
-import type { GatewayMetrics } from './metrics.js'
-import { formatAddress } from './forwarder.js'
+import { buildStatus } from '../../protocol/status.js'
+import type { Logger } from '../../shared/log.js'
+import type { GatewayMetrics } from '../metrics.js'
+import { formatAddress } from '../forwarder.js'
 
 const STATUS_TEXT: Record<number, string> = {
   400: 'Bad Request',
