@@ -59,8 +59,10 @@ import {
 } from '../shared/errors.js'
 import type { Logger } from '../shared/log.js'
 import { h2Endpoint, resetStream } from '../shared/relay-endpoints.js'
+import { verifiedClientCertificate } from './auth/authenticator.js'
 import type { Authenticator, Identity } from './auth/authenticator.js'
 import type { Authorizer } from './authz/authorizer.js'
+import type { PeerCertificate } from 'node:tls'
 import { MAX_RECORDED_USER_AGENT, logText, untrustedText } from './audit/sanitize.js'
 import { impersonationRefused } from './impersonation.js'
 import type { Impersonation } from './impersonation.js'
@@ -117,6 +119,8 @@ export interface ClientSessionInfo {
   /** `ip:port`, IPv6 in brackets. */
   sourceAddress: string
   userAgent?: string
+  /** The client certificate TLS verified against the client CA, if any (x509 identity source). */
+  clientCertificate?: PeerCertificate
   /** Ends the client connection (admin kill of a session); the adapter resets its streams. */
   terminate: () => void
 }
@@ -127,12 +131,15 @@ export class ClientSession {
   readonly protocol: ClientProtocol
   readonly sourceAddress: string
   readonly userAgent: string | undefined
+  readonly clientCertificate: PeerCertificate | undefined
   readonly openedAt: number
   /**
    * Every user that authenticated a request on this connection, with the groups of their
    * first authentication, in order (at most MAX_SESSION_USERS).
    */
   readonly identities = new Map<string, string[]>()
+  /** Which source authenticated each of {@link identities}. */
+  readonly authSources = new Map<string, NonNullable<Identity['source']>>()
   readonly streams = new Set<LiveStream>()
   /** Streams being opened (count toward the per-connection limit). */
   pending = 0
@@ -152,6 +159,7 @@ export class ClientSession {
     this.protocol = info.protocol
     this.sourceAddress = info.sourceAddress
     this.userAgent = info.userAgent
+    this.clientCertificate = info.clientCertificate
     this.openedAt = now
     this.#terminate = info.terminate
   }
@@ -163,8 +171,10 @@ export class ClientSession {
 
   /** Notes that `identity` authenticated a request here. */
   addIdentity(identity: Identity): void {
-    if (this.identities.size < MAX_SESSION_USERS && !this.identities.has(identity.user))
+    if (this.identities.size < MAX_SESSION_USERS && !this.identities.has(identity.user)) {
       this.identities.set(identity.user, identity.groups)
+      if (identity.source !== undefined) this.authSources.set(identity.user, identity.source)
+    }
   }
 
   /** Ends the connection (admin). */
@@ -358,6 +368,12 @@ export interface OpenedForward {
   cancel(reason: string): void
 }
 
+/** The session's verified client certificate, as a spread for {@link ClientSessionInfo}. */
+export function certificateOf(socket: unknown): { clientCertificate?: PeerCertificate } {
+  const clientCertificate = verifiedClientCertificate(socket)
+  return clientCertificate !== undefined ? { clientCertificate } : {}
+}
+
 /** A stream-level failure with its audit reason word. */
 function reasonFor(err: AppError): string {
   switch (err.code) {
@@ -368,6 +384,8 @@ function reasonFor(err: AppError): string {
       return 'forbidden'
     case 'PFG_ERR_AUTH_IMPERSONATION':
       return 'impersonation'
+    case 'PFG_ERR_AUTH_UNAVAILABLE':
+      return 'auth-unavailable'
     case 'PFG_ERR_ROUTE_METHOD_NOT_ALLOWED':
     case 'PFG_ERR_ROUTE_BAD_NAME':
     case 'PFG_ERR_ROUTE_BAD_PORT':
@@ -535,6 +553,8 @@ export class Forwarder {
       rec.users = session.users
       const only = session.identities.size === 1 ? [...session.identities][0] : undefined
       if (only !== undefined) {
+        const source = session.authSources.get(only[0])
+        if (source !== undefined) rec.authSource = source
         rec.user = only[0]
         rec.groups = only[1]
       }
@@ -709,7 +729,12 @@ export class Forwarder {
     if (this.#draining) {
       throw appError('PFG_ERR_RELAY_DRAINING', 'the gateway is shutting down; retry shortly')
     }
-    const identity = await this.#d.authenticator.authenticate(req.authorization)
+    const identity = await this.#d.authenticator.authenticate({
+      authorization: req.authorization,
+      ...(session.clientCertificate !== undefined
+        ? { clientCertificate: session.clientCertificate }
+        : {}),
+    })
     found.identity = identity
     req.onAuthenticated?.()
     session.addIdentity(identity)
@@ -719,22 +744,23 @@ export class Forwarder {
     assertNamespace(req.namespace)
     assertObjectName('pod', req.pod)
     if (req.node !== undefined) assertObjectName('node', req.node)
-    if (ports === undefined) {
-      if (!this.#d.authorizer.canAccessPod(identity, req.namespace, req.pod)) {
-        throw appError(
-          'PFG_ERR_AUTH_FORBIDDEN',
-          `user "${identity.user}" cannot forward to pod ${req.namespace}/${req.pod}`,
-        )
-      }
-    } else {
-      for (const port of ports) {
-        if (!this.#d.authorizer.canPortForward(identity, req.namespace, req.pod, port)) {
-          throw appError(
-            'PFG_ERR_AUTH_FORBIDDEN',
-            `user "${identity.user}" cannot forward to port ${port} of pod ${req.namespace}/${req.pod}`,
-          )
-        }
-      }
+    const refused = await this.#d.authorizer.mayForward(
+      identity,
+      req.namespace,
+      req.pod,
+      ports ?? [],
+    )
+    if (refused === true) {
+      throw appError(
+        'PFG_ERR_AUTH_FORBIDDEN',
+        `user "${identity.user}" cannot forward to pod ${req.namespace}/${req.pod}`,
+      )
+    }
+    if (refused !== undefined) {
+      throw appError(
+        'PFG_ERR_AUTH_FORBIDDEN',
+        `user "${identity.user}" cannot forward to port ${refused} of pod ${req.namespace}/${req.pod}`,
+      )
     }
     if (!this.#d.registry.isReady()) {
       throw appError(
@@ -1108,6 +1134,7 @@ export class Forwarder {
     if (info.identity !== undefined) {
       rec.user = info.identity.user
       rec.groups = info.identity.groups
+      if (info.identity.source !== undefined) rec.authSource = info.identity.source
     }
     if (info.userAgent !== undefined) rec.userAgent = info.userAgent
     const redacted: string[] = []
@@ -1165,6 +1192,7 @@ export class Forwarder {
     if (identity !== undefined) {
       rec.user = identity.user
       rec.groups = identity.groups
+      if (identity.source !== undefined) rec.authSource = identity.source
     }
     if (session.userAgent !== undefined) rec.userAgent = session.userAgent
     return rec

@@ -14,6 +14,7 @@ import type { Logger } from '../shared/log.js'
 import { buildGateway } from './app.js'
 import { Authenticator } from './auth/authenticator.js'
 import { Authorizer } from './authz/authorizer.js'
+import { clientCaOf, createIdentitySources, createRbac } from './auth/identity-config.js'
 import { loadGatewayConfig } from './config.js'
 import type { GatewayConfig } from './config.js'
 import { Forwarder, newGatewayId } from './forwarder.js'
@@ -49,8 +50,20 @@ export async function startGateway(
   const gatewayId = newGatewayId()
   const metrics = new GatewayMetrics()
   const registry = createRegistry(config, logger)
-  const authenticator = new Authenticator(config.auth, logger)
-  const authorizer = new Authorizer(config.authorization)
+  const sources = config.auth.sources ?? { oidc: [] }
+  const authenticator = new Authenticator(
+    config.auth,
+    logger,
+    Date.now,
+    createIdentitySources(sources, config.auth, logger, process.env),
+  )
+  const rbac = createRbac(config.authorization, process.env)
+  const authorizer = new Authorizer(config.authorization, rbac)
+  const clientCa = clientCaOf(sources)
+  logger.info(
+    { sources: authenticator.sources, authorization: rbac !== undefined ? 'rbac' : 'rules' },
+    'identity sources',
+  )
   const agentTls = {
     ca: readFileSync(config.agents.ca),
     cert: readFileSync(config.agents.cert),
@@ -90,7 +103,11 @@ export async function startGateway(
     )
   }
   const gateway = await buildGateway({
-    tls: { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) },
+    tls: {
+      cert: readFileSync(config.tls.cert),
+      key: readFileSync(config.tls.key),
+      ...(clientCa !== undefined ? { clientCa } : {}),
+    },
     logger,
     registry,
     authenticator,

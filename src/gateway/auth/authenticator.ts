@@ -89,6 +89,27 @@ export interface TokenIdentitySource {
   close(): void
 }
 
+/**
+ * The client certificate of a TLS socket when the handshake verified it against the client
+ * CA (`authorized`), else undefined. Any socket-like object (an HTTP/2 compatibility proxy).
+ */
+export function verifiedClientCertificate(socket: unknown): PeerCertificate | undefined {
+  const s = socket as { authorized?: unknown; getPeerCertificate?: () => PeerCertificate } | null
+  if (s === null || s.authorized !== true || typeof s.getPeerCertificate !== 'function')
+    return undefined
+  const cert = s.getPeerCertificate()
+  return Object.keys(cert).length > 0 ? cert : undefined
+}
+
+/** The input of {@link Authenticator.authenticate} for a request on `socket`. */
+export function authInput(
+  authorization: string | string[] | undefined,
+  socket: unknown,
+): AuthInput {
+  const clientCertificate = verifiedClientCertificate(socket)
+  return { authorization, ...(clientCertificate !== undefined ? { clientCertificate } : {}) }
+}
+
 /** A JWT source: answers for the tokens of one issuer. */
 export interface JwtIdentitySource extends TokenIdentitySource {
   readonly issuer: string
@@ -244,6 +265,7 @@ class StaticJwksSource implements JwtIdentitySource {
 
   constructor(
     config: GatewayConfig['auth'],
+    jwks: NonNullable<GatewayConfig['auth']['jwks']>,
     logger: Logger,
     now: () => number,
     onReload: () => void,
@@ -253,7 +275,6 @@ class StaticJwksSource implements JwtIdentitySource {
     this.#logger = logger
     this.#now = now
     this.#onReload = onReload
-    const jwks = config.jwks
     if ('file' in jwks) {
       this.#getKey = this.#loadFile(jwks.file)
       this.#watchedFile = jwks.file
@@ -321,9 +342,10 @@ export class Authenticator {
     extra: ExtraSources = {},
   ) {
     this.#now = now
+    const jwks = config?.jwks
     this.#jwt = [
-      ...(config?.jwks !== undefined
-        ? [new StaticJwksSource(config, logger, now, () => this.#cache.clear())]
+      ...(config !== undefined && jwks !== undefined
+        ? [new StaticJwksSource(config, jwks, logger, now, () => this.#cache.clear())]
         : []),
       ...(extra.jwt ?? []),
     ]

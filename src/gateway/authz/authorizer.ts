@@ -4,10 +4,16 @@
  * the admin API. Evaluated once per stream, never cached per session
  * (docs/security.md#authorization-default-deny).
  *
+ * In RBAC mode (`authorization.mode: rbac`, src/gateway/authz/rbac.ts) the cluster's RBAC
+ * decides who may forward to which pod (a SubjectAccessReview for `create pods/portforward`)
+ * and the rules, when there are any, narrow on top — RBAC never sees ports. The `may*`
+ * methods are the ones callers use; they ask RBAC when it is on.
+ *
  * @module
  */
 import type { AuthzRule, GatewayConfig } from '../config.js'
 import type { Identity } from '../auth/authenticator.js'
+import type { RbacAuthorizer } from './rbac.js'
 
 interface CompiledRule {
   users: Set<string>
@@ -44,10 +50,47 @@ export class Authorizer {
   readonly #adminUsers: Set<string>
   readonly #adminGroups: Set<string>
 
-  constructor(config: GatewayConfig['authorization']) {
+  readonly #rbac: RbacAuthorizer | undefined
+
+  constructor(
+    config: Pick<GatewayConfig['authorization'], 'rules' | 'admins'>,
+    rbac?: RbacAuthorizer,
+  ) {
     this.#rules = config.rules.map(compile)
     this.#adminUsers = new Set(config.admins.users)
     this.#adminGroups = new Set(config.admins.groups)
+    this.#rbac = rbac
+  }
+
+  /** Is RBAC the authorizer? */
+  get rbac(): boolean {
+    return this.#rbac !== undefined
+  }
+
+  /**
+   * May `identity` forward to each of `ports` of `namespace/pod` (no ports: to some port of
+   * it)? RBAC first when it is on (rejects with `PFG_ERR_AUTH_UNAVAILABLE` when the API
+   * server cannot answer), then the rules when there are any. Resolves with the port that is
+   * refused (or `true` when the pod is refused as a whole), or undefined when allowed.
+   */
+  async mayForward(
+    identity: Identity,
+    namespace: string,
+    pod: string,
+    ports: readonly number[],
+  ): Promise<number | true | undefined> {
+    if (this.#rbac !== undefined) {
+      const decision = await this.#rbac.portForward(identity, namespace, pod)
+      if (!decision.allowed) return true
+      if (this.#rules.length === 0) return undefined
+    }
+    if (ports.length === 0) return this.canAccessPod(identity, namespace, pod) ? undefined : true
+    return ports.find((p) => !this.canPortForward(identity, namespace, pod, p))
+  }
+
+  /** May `identity` see the pod (the CLIs read it before forwarding)? */
+  async mayAccessPod(identity: Identity, namespace: string, pod: string): Promise<boolean> {
+    return (await this.mayForward(identity, namespace, pod, [])) === undefined
   }
 
   #matching(identity: Identity, namespace: string, pod: string): CompiledRule[] {

@@ -24,7 +24,7 @@ import { respondStatus } from '../../shared/h2-util.js'
 import { h2Endpoint } from '../../shared/relay-endpoints.js'
 import { relayed } from '../connections.js'
 import type { ConnectionGuard } from '../connections.js'
-import { formatAddress } from '../forwarder.js'
+import { certificateOf, formatAddress } from '../forwarder.js'
 import { impersonationOf } from '../impersonation.js'
 import type { ClientSession, Forwarder } from '../forwarder.js'
 
@@ -70,6 +70,7 @@ export class NativeH2Adapter {
         protocol: 'native-h2',
         sourceAddress: formatAddress(socket.remoteAddress, socket.remotePort),
         ...(ua !== undefined ? { userAgent: ua } : {}),
+        ...certificateOf(socket),
         terminate: () => {
           if (!h2.destroyed) h2.destroy(undefined, h2c.NGHTTP2_CANCEL)
         },

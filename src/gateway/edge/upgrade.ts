@@ -55,7 +55,7 @@ import {
   publicError,
 } from '../../shared/errors.js'
 import type { Logger } from '../../shared/log.js'
-import { formatAddress } from '../forwarder.js'
+import { certificateOf, formatAddress } from '../forwarder.js'
 import { impersonationOf } from '../impersonation.js'
 import type { Forwarder } from '../forwarder.js'
 import { serveSpdyPortForward } from './spdy-adapter.js'
@@ -333,6 +333,7 @@ export class UpgradeHandler {
       protocol: choice.protocol satisfies ClientProtocol,
       sourceAddress: formatAddress(tcp.remoteAddress, tcp.remotePort),
       ...(userAgent !== undefined ? { userAgent } : {}),
+      ...certificateOf(tcp),
       terminate: () => (served !== undefined ? served.destroy() : socket.destroy()),
     })
 

@@ -33,7 +33,7 @@ const KUBERNETES_VERSION = { major: '1', minor: '33', gitVersion: 'v1.33.0-pfgat
 /** What the facade reads. */
 export interface KubeApiOptions {
   registry: Pick<PodRegistry, 'isReady' | 'getPod' | 'listPods'>
-  authorizer: Pick<Authorizer, 'canAccessPod'>
+  authorizer: Pick<Authorizer, 'mayAccessPod'>
 }
 
 function notReady(): Error {
@@ -45,14 +45,14 @@ function notReady(): Error {
  * pod). The forwarder's admission runs the same three steps before it dials; they are
  * to become one function of the forward core, with this route's messages.
  */
-function visiblePod(
+async function visiblePod(
   deps: KubeApiOptions,
   identity: Identity,
   namespace: string,
   name: string,
-): PodInfo | undefined {
+): Promise<PodInfo | undefined> {
   // Default deny: a pod is visible only to those who may forward to it (no existence leak).
-  if (!deps.authorizer.canAccessPod(identity, namespace, name)) {
+  if (!(await deps.authorizer.mayAccessPod(identity, namespace, name))) {
     throw appError(
       'PFG_ERR_AUTH_FORBIDDEN',
       `pods "${name}" is forbidden: user "${identity.user}" cannot get resource "pods" in namespace "${namespace}"`,
@@ -81,7 +81,7 @@ export const kubeApiRoutes: GatewayPlugin<KubeApiOptions> = async (app, deps) =>
       const { ns, pod } = request.params
       assertNamespace(ns)
       assertObjectName('pod', pod)
-      const info = visiblePod(deps, identityOf(request), ns, pod)
+      const info = await visiblePod(deps, identityOf(request), ns, pod)
       if (info === undefined) {
         return sendStatus(reply, appError('PFG_ERR_ROUTE_POD_NOT_FOUND', `pods "${pod}" not found`))
       }
@@ -115,14 +115,17 @@ export const kubeApiRoutes: GatewayPlugin<KubeApiOptions> = async (app, deps) =>
         const selector = parseLabelSelector(q.labelSelector)
         if (!deps.registry.isReady()) throw notReady()
         const identity = identityOf(request)
-        const pods = deps.registry
+        const candidates = deps.registry
           .listPods()
           .filter(
-            (p) =>
-              (ns === undefined || p.namespace === ns) &&
-              matchesLabels(p.labels, selector) &&
-              deps.authorizer.canAccessPod(identity, p.namespace, p.name),
+            (p) => (ns === undefined || p.namespace === ns) && matchesLabels(p.labels, selector),
           )
+        // In RBAC mode each pod is one (cached) SubjectAccessReview.
+        const allowed = await Promise.all(
+          candidates.map((p) => deps.authorizer.mayAccessPod(identity, p.namespace, p.name)),
+        )
+        const pods = candidates
+          .filter((_, i) => allowed[i] === true)
           .sort((a, b) => a.namespace.localeCompare(b.namespace) || a.name.localeCompare(b.name))
         return reply
           .type('application/json')
