@@ -1,7 +1,7 @@
 /**
  * OIDC issuer discovery: configure only the issuer URL and the audience; the gateway
- * reads `<issuer>/.well-known/openid-configuration` (OpenID Connect Discovery 1.0 §4),
- * checks that the document's `issuer` is exactly the configured one (§4.3: no trailing
+ * reads `<issuer>/.well-known/openid-configuration` (OpenID Connect Discovery 1.0, section 4),
+ * checks that the document's `issuer` is exactly the configured one (its section 4.3: no trailing
  * slash games, no other host), takes its `jwks_uri` and verifies tokens against that key
  * set. Key rotation is followed: `jose` refetches the key set when a token names an
  * unknown `kid` (at most once per `minRefreshInterval`, so forged kids cannot hammer the
