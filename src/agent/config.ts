@@ -4,6 +4,7 @@
  * @module
  */
 import { dirname, resolve } from 'node:path'
+import type { FromSchema } from 'json-schema-to-ts'
 import { parseDuration, readYamlFile, validateConfig } from '../shared/config.js'
 import { appError } from '../shared/errors.js'
 import { GATEWAY_IDENTITY_URI } from '../protocol/constants.js'
@@ -56,6 +57,25 @@ export interface AgentPodEntry extends StaticPodEntry {
   netns?: string
 }
 
+/** One entry of `pods`. */
+const podEntrySchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['namespace', 'name'],
+  properties: {
+    namespace: { type: 'string' },
+    name: { type: 'string' },
+    uid: { type: 'string', minLength: 1 },
+    host: { type: 'string' },
+    ports: {
+      type: 'object',
+      propertyNames: { pattern: '^[1-9][0-9]{0,4}$' },
+      additionalProperties: { type: 'integer', minimum: 1, maximum: 65535 },
+    },
+    netns: { type: 'string' },
+  },
+} as const
+
 const schema = {
   type: 'object',
   additionalProperties: false,
@@ -107,27 +127,7 @@ const schema = {
         timeout: { type: ['string', 'number'], default: '2s' },
       },
     },
-    pods: {
-      type: 'array',
-      default: [],
-      items: {
-        type: 'object',
-        additionalProperties: false,
-        required: ['namespace', 'name'],
-        properties: {
-          namespace: { type: 'string' },
-          name: { type: 'string' },
-          uid: { type: 'string', minLength: 1 },
-          host: { type: 'string' },
-          ports: {
-            type: 'object',
-            propertyNames: { pattern: '^[1-9][0-9]{0,4}$' },
-            additionalProperties: { type: 'integer', minimum: 1, maximum: 65535 },
-          },
-          netns: { type: 'string' },
-        },
-      },
-    },
+    pods: { type: 'array', default: [], items: podEntrySchema },
     shutdownGrace: { type: ['string', 'number'], default: '10s' },
     logLevel: {
       enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
@@ -136,22 +136,8 @@ const schema = {
   },
 } as const
 
-interface RawAgentConfig {
-  nodeName: string
-  listen: { host: string; port: number }
-  tls: { cert: string; key: string; clientCa: string }
-  allowedClients: string[]
-  dialer: {
-    type: 'static' | 'netns'
-    connectTimeout: string | number
-    helperIdle: string | number
-    namespaces: 'runtime' | 'config'
-  }
-  runtime: { endpoint?: string; timeout: string | number }
-  pods: AgentPodEntry[]
-  shutdownGrace: string | number
-  logLevel: string
-}
+/** The config as ajv leaves it: validated, every default filled in. */
+type RawAgentConfig = FromSchema<typeof schema>
 
 /**
  * Namespaces come from one place: with `namespaces: runtime` a `pods[].netns` would be

@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { setDefaultHighWaterMark } from 'node:stream'
 import { createLogger } from '../shared/log.js'
+import { drainOnSignals } from '../shared/stop-signals.js'
 import type { Logger } from '../shared/log.js'
 import { STREAM_HIGH_WATER_MARK } from '../protocol/h2-settings.js'
 import { loadAgentConfig } from './config.js'
@@ -66,17 +67,8 @@ export async function main(argv: string[]): Promise<number> {
   if (process.send !== undefined) process.send({ type: 'listening', port: addr.port })
   // The supervisor's IPC channel must not keep this process alive after a shutdown.
   process.channel?.unref()
-  await new Promise<void>((resolve) => {
-    const stop = (signal: string): void => {
-      logger.info({ signal }, 'agent stopping')
-      process.off('SIGTERM', stop)
-      process.off('SIGINT', stop)
-      agent.close(config.shutdownGraceMs).then(resolve, resolve)
-    }
-    process.on('SIGTERM', stop)
-    process.on('SIGINT', stop)
-    process.on('disconnect', () => stop('disconnect'))
-  })
+  await drainOnSignals('agent', logger, () => agent.close(config.shutdownGraceMs))
+  logger.info('agent stopped')
   logger.flush()
   return 0
 }

@@ -8,9 +8,8 @@ import { parseArgs } from 'node:util'
 import { describeError } from '../shared/errors.js'
 import { plainText } from '../shared/text.js'
 import { GatewayClient, GatewayHttpError } from './gateway-client.js'
-import { loadClientConfig } from './kubeconfig.js'
+import { CONNECTION_FLAGS, loadClientConfig, overridesFromFlags } from './kubeconfig.js'
 import { credentialProvider } from './credentials/index.js'
-import type { ClientOverrides } from './kubeconfig.js'
 
 const USAGE = `usage:
   pfgate admin streams  [-o table|json]     live streams with their byte counts
@@ -56,12 +55,7 @@ export async function runAdminCommand(
       allowPositionals: true,
       options: {
         output: { type: 'string', short: 'o', default: 'table' },
-        kubeconfig: { type: 'string' },
-        context: { type: 'string' },
-        server: { type: 'string', short: 's' },
-        token: { type: 'string' },
-        'certificate-authority': { type: 'string' },
-        'insecure-skip-tls-verify': { type: 'boolean' },
+        ...CONNECTION_FLAGS,
         help: { type: 'boolean', short: 'h' },
       },
     })
@@ -82,14 +76,7 @@ export async function runAdminCommand(
     io.stderr.write(USAGE)
     return 2
   }
-  const overrides: ClientOverrides = {}
-  if (values.kubeconfig !== undefined) overrides.kubeconfig = values.kubeconfig
-  if (values.context !== undefined) overrides.context = values.context
-  if (values.server !== undefined) overrides.server = values.server
-  if (values.token !== undefined) overrides.token = values.token
-  if (values['certificate-authority'] !== undefined)
-    overrides.certificateAuthority = values['certificate-authority']
-  if (values['insecure-skip-tls-verify'] === true) overrides.insecureSkipTlsVerify = true
+  const overrides = overridesFromFlags(values)
   let client: GatewayClient | undefined
   try {
     const config = loadClientConfig(overrides, io.env)

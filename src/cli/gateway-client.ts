@@ -12,13 +12,11 @@
  * @module
  */
 import { EventEmitter } from 'node:events'
-import { connect, constants as h2c } from 'node:http2'
+import { constants as h2c } from 'node:http2'
 import type { ClientHttp2Session, ClientHttp2Stream, OutgoingHttpHeaders } from 'node:http2'
-import { Backoff } from '../shared/backoff.js'
-import { keepAlive } from '../shared/keepalive.js'
+import { awaitOpen, ConnectTimeoutError, H2ClientSession } from '../shared/h2-client-session.js'
 import { resetStream } from '../shared/relay-endpoints.js'
 import { appError, describeError } from '../shared/errors.js'
-import { h2SessionOptions, widenConnectionWindow } from '../protocol/h2-settings.js'
 import { parseStatus, statusErrorCode } from '../protocol/status.js'
 import type { KubeStatus } from '../protocol/status.js'
 import type { ClientConfig } from './kubeconfig.js'
@@ -55,17 +53,14 @@ export interface GatewayClientOptions {
 /** Events: `connected`, `disconnected` (err?), `reconnecting` (delayMs). */
 export class GatewayClient extends EventEmitter {
   readonly #cfg: ClientConfig
-  readonly #origin: string
   readonly #prefix: string
+  readonly #userAgent: string
   readonly #connectTimeoutMs: number
   readonly #keepaliveMs: number
-  readonly #userAgent: string
   readonly #creds: CredentialProvider
-  #session: ClientHttp2Session | undefined
-  /** The client certificate the current session presented. */
-  #sessionCert: Buffer | undefined
-  #connecting: Promise<ClientHttp2Session> | undefined
-  readonly #backoff = new Backoff({ initialMs: 250, maxMs: 5000 })
+  /** The session(s) to the gateway, made with {@link #h2Cert}'s client certificate. */
+  #h2: H2ClientSession | undefined
+  #h2Cert: Buffer | undefined
   #retryTimer: NodeJS.Timeout | undefined
   #closed = false
   /** Streams this client opened that are still open. */
@@ -73,121 +68,89 @@ export class GatewayClient extends EventEmitter {
 
   constructor(options: GatewayClientOptions) {
     super()
-    this.#cfg = options.config
-    const url = new URL(options.config.server)
-    this.#origin = url.origin
+    const cfg = options.config
+    this.#cfg = cfg
+    const url = new URL(cfg.server)
     this.#prefix = url.pathname.replace(/\/+$/, '')
+    this.#userAgent = options.userAgent ?? `pfgate/0.1 (node ${process.version})`
     this.#connectTimeoutMs = options.connectTimeoutMs ?? 10_000
     this.#keepaliveMs = options.keepaliveMs ?? 30_000
-    this.#userAgent = options.userAgent ?? `pfgate/0.1 (node ${process.version})`
     this.#creds =
       options.credentials ??
       new StaticCredentials(
         {
-          ...(options.config.token !== undefined ? { token: options.config.token } : {}),
-          ...(options.config.cert !== undefined && options.config.key !== undefined
-            ? { cert: options.config.cert, key: options.config.key }
+          ...(cfg.token !== undefined ? { token: cfg.token } : {}),
+          ...(cfg.cert !== undefined && cfg.key !== undefined
+            ? { cert: cfg.cert, key: cfg.key }
             : {}),
         },
         () => undefined,
       )
   }
 
-  /** Is a session up? */
-  get connected(): boolean {
-    return this.#session !== undefined && !this.#session.destroyed && !this.#session.closed
-  }
-
-  /**
-   * The session, connecting if needed (with `cred`'s client certificate, when it has
-   * one). Rejects with `PFG_ERR_CLI_CONNECT`.
-   */
-  session(cred?: Credential): Promise<ClientHttp2Session> {
-    if (this.#closed) return Promise.reject(appError('PFG_ERR_CLI_CONNECT', 'client closed'))
-    const s = this.#session
-    if (s !== undefined && !s.destroyed && !s.closed) {
-      if (cred === undefined || sameBytes(cred.cert, this.#sessionCert)) return Promise.resolve(s)
-      // A new client certificate: new streams go on a new session, open ones finish here.
-      this.#session = undefined
-      s.close()
-    }
-    this.#connecting ??= this.#connect(cred).finally(() => {
-      this.#connecting = undefined
-    })
-    return this.#connecting
-  }
-
-  #connect(cred: Credential | undefined): Promise<ClientHttp2Session> {
+  /** The HTTP/2 client for `cred`'s client certificate (a new one when it changed). */
+  #h2For(cred: Credential | undefined): H2ClientSession {
     const cfg = this.#cfg
     const cert = cred !== undefined ? cred.cert : cfg.cert
     const key = cred !== undefined ? cred.key : cfg.key
-    return new Promise((resolve, reject) => {
-      const session = connect(this.#origin, {
-        ...h2SessionOptions(),
+    if (this.#h2 !== undefined && sameBytes(cert, this.#h2Cert)) return this.#h2
+    // New streams go on a new session; open ones finish on the old one.
+    this.#h2?.close('graceful')
+    const url = new URL(cfg.server)
+    const h2: H2ClientSession = new H2ClientSession({
+      authority: url.origin,
+      tls: {
         ...(cfg.ca !== undefined ? { ca: cfg.ca } : {}),
         ...(cert !== undefined && key !== undefined ? { cert, key } : {}),
         ...(cfg.tlsServerName !== undefined ? { servername: cfg.tlsServerName } : {}),
         rejectUnauthorized: !cfg.insecureSkipTlsVerify,
-      })
-      let settled = false
-      const timer = setTimeout(() => {
-        if (settled) return
-        settled = true
-        session.destroy()
-        reject(
-          appError(
-            'PFG_ERR_CLI_CONNECT',
-            `cannot reach ${cfg.server}: timed out after ${this.#connectTimeoutMs} ms`,
-          ),
-        )
-      }, this.#connectTimeoutMs)
-      session.once('connect', () => {
-        clearTimeout(timer)
-        if (settled) return
-        settled = true
-        widenConnectionWindow(session)
-        this.#session = session
-        this.#sessionCert = cert
-        this.#backoff.reset()
-        this.#keepalive(session)
-        this.emit('connected')
-        resolve(session)
-      })
-      session.on('error', (err) => {
-        clearTimeout(timer)
-        if (!settled) {
-          settled = true
-          session.destroy()
-          reject(
-            appError('PFG_ERR_CLI_CONNECT', `cannot reach ${cfg.server}: ${describeError(err)}`, {
-              cause: err,
-            }),
-          )
-        } else {
-          this.emit('disconnected', err)
-        }
-      })
-      session.on('goaway', () => {
-        // The gateway is draining: new streams need a new session.
-        if (this.#session === session) this.#session = undefined
-      })
-      session.once('close', () => {
-        clearTimeout(timer)
-        if (this.#session === session) {
-          this.#session = undefined
-          if (!this.#closed) {
-            this.emit('disconnected')
-            this.#scheduleReconnect()
-          }
-        }
-      })
+      },
+      connectTimeoutMs: this.#connectTimeoutMs,
+      keepaliveMs: this.#keepaliveMs,
+      backoff: { initialMs: 250, maxMs: 5000 },
+      events: {
+        up: () => this.emit('connected'),
+        error: (err) => this.emit('disconnected', err),
+        down: () => {
+          if (this.#closed || this.#h2 !== h2) return
+          this.emit('disconnected')
+          this.#scheduleReconnect()
+        },
+      },
     })
+    this.#h2 = h2
+    this.#h2Cert = cert
+    return h2
+  }
+
+  /** Is a session up? */
+  get connected(): boolean {
+    return this.#h2?.connected ?? false
+  }
+
+  /**
+   * The session, connecting if needed (with `cred`'s client certificate, when it has one).
+   * Rejects with `PFG_ERR_CLI_CONNECT`.
+   */
+  async session(cred?: Credential): Promise<ClientHttp2Session> {
+    if (this.#closed) throw appError('PFG_ERR_CLI_CONNECT', 'client closed')
+    try {
+      return await this.#h2For(cred).session()
+    } catch (err) {
+      const why =
+        err instanceof ConnectTimeoutError
+          ? `timed out after ${err.timeoutMs} ms`
+          : describeError(err)
+      throw appError('PFG_ERR_CLI_CONNECT', `cannot reach ${this.#cfg.server}: ${why}`, {
+        cause: err,
+      })
+    }
   }
 
   /** Re-establishes the session in the background, with backoff, until it is up again. */
   #scheduleReconnect(): void {
     if (this.#closed || this.#retryTimer !== undefined) return
-    const delay = this.#backoff.next()
+    const delay = this.#h2For(undefined).retryDelay()
     this.emit('reconnecting', delay)
     this.#retryTimer = setTimeout(() => {
       this.#retryTimer = undefined
@@ -198,11 +161,6 @@ export class GatewayClient extends EventEmitter {
         .catch(() => this.#scheduleReconnect())
     }, delay)
     this.#retryTimer.unref()
-  }
-
-  #keepalive(session: ClientHttp2Session): void {
-    const stop = keepAlive(session, this.#keepaliveMs, () => session.destroy())
-    session.once('close', stop)
   }
 
   #headers(extra: OutgoingHttpHeaders, cred: Credential): OutgoingHttpHeaders {
@@ -311,35 +269,23 @@ export class GatewayClient extends EventEmitter {
     )
     this.streams.add(req)
     req.once('close', () => this.streams.delete(req))
-    return new Promise((resolve, reject) => {
-      // Errors after the 200 belong to the relay; this listener keeps them from being unhandled.
-      req.on('error', (err) =>
-        reject(
-          appError('PFG_ERR_CLI_CONNECT', `stream failed: ${describeError(err)}`, { cause: err }),
-        ),
-      )
-      req.once('close', () =>
-        reject(
-          appError(
-            'PFG_ERR_CLI_CONNECT',
-            `stream closed before an answer (code ${req.rstCode ?? 'none'})`,
-          ),
-        ),
-      )
-      req.once('response', (h) => {
-        const status = Number(h[':status'])
-        if (status === 200) {
-          resolve(req)
-          return
-        }
-        const chunks: Buffer[] = []
-        req.on('data', (c: Buffer) => chunks.push(c))
-        req.once('end', () => {
-          reject(new GatewayHttpError(status, Buffer.concat(chunks).toString('utf8')))
-          req.close()
+    const outcome = await awaitOpen(req)
+    switch (outcome.kind) {
+      case 'ok':
+        return req
+      case 'refused':
+        req.close()
+        throw new GatewayHttpError(outcome.status, outcome.body)
+      case 'error':
+        throw appError('PFG_ERR_CLI_CONNECT', `stream failed: ${describeError(outcome.error)}`, {
+          cause: outcome.error,
         })
-      })
-    })
+      default:
+        throw appError(
+          'PFG_ERR_CLI_CONNECT',
+          `stream closed before an answer (code ${req.rstCode ?? 'none'})`,
+        )
+    }
   }
 
   /** Closes every stream and the session. */
@@ -347,9 +293,7 @@ export class GatewayClient extends EventEmitter {
     this.#closed = true
     if (this.#retryTimer !== undefined) clearTimeout(this.#retryTimer)
     for (const s of this.streams) resetStream(s, h2c.NGHTTP2_CANCEL)
-    this.#session?.close()
-    this.#session?.destroy()
-    this.#session = undefined
+    this.#h2?.close('goaway-destroy')
     this.#creds.close()
   }
 }

@@ -50,6 +50,38 @@ export interface ClientOverrides {
   namespace?: string
 }
 
+/** The flags every CLI command that talks to the gateway takes (for `util.parseArgs`). */
+export const CONNECTION_FLAGS = {
+  kubeconfig: { type: 'string' },
+  context: { type: 'string' },
+  server: { type: 'string', short: 's' },
+  token: { type: 'string' },
+  'certificate-authority': { type: 'string' },
+  'insecure-skip-tls-verify': { type: 'boolean' },
+} as const
+
+/** The overrides {@link CONNECTION_FLAGS} (and `namespace`, when a command has it) gave. */
+export function overridesFromFlags(
+  values: Record<string, string | boolean | (string | boolean)[] | undefined>,
+): ClientOverrides {
+  const overrides: ClientOverrides = {}
+  const str = (k: string): string | undefined => {
+    const v = values[k]
+    return typeof v === 'string' ? v : undefined
+  }
+  const set = <K extends keyof ClientOverrides>(k: K, v: ClientOverrides[K] | undefined): void => {
+    if (v !== undefined) overrides[k] = v
+  }
+  set('kubeconfig', str('kubeconfig'))
+  set('context', str('context'))
+  set('server', str('server'))
+  set('token', str('token'))
+  set('certificateAuthority', str('certificate-authority'))
+  if (values['insecure-skip-tls-verify'] === true) overrides.insecureSkipTlsVerify = true
+  set('namespace', str('namespace'))
+  return overrides
+}
+
 interface NamedMap<T> {
   name: string
   value: T

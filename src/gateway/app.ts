@@ -13,7 +13,7 @@
  * @module
  */
 import type { Server as HttpServer } from 'node:http'
-import type { Http2SecureServer, Http2Session } from 'node:http2'
+import type { Http2Session } from 'node:http2'
 import { authInput } from './auth/authenticator.js'
 import type { Authenticator } from './auth/authenticator.js'
 import type { Authorizer } from './authz/authorizer.js'
@@ -66,7 +66,6 @@ export interface GatewayDeps {
 /** A built gateway. */
 export interface Gateway {
   readonly app: GatewayApp
-  readonly server: Http2SecureServer
   /** Listens on the TLS port (and the metrics port when given). */
   listen(
     port: number,
@@ -139,7 +138,6 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
   let metricsServer: HttpServer | undefined
   return {
     app,
-    server,
     async listen(port, host, metrics) {
       await app.listen({ port, host })
       const addr = server.address()

@@ -7,6 +7,7 @@
  * @module
  */
 import { dirname, resolve } from 'node:path'
+import type { FromSchema } from 'json-schema-to-ts'
 import { parseDuration, parseSize, readYamlFile, validateConfig } from '../shared/config.js'
 import { appError } from '../shared/errors.js'
 import { DEFAULT_AUDIT_RETENTION } from './audit/file-sink.js'
@@ -429,76 +430,8 @@ const schema = {
   },
 } as const
 
-type Raw = Record<string, unknown> & {
-  listen: { host: string; port: number }
-  tls: { cert: string; key: string }
-  metrics: { host: string; port: number } | null
-  agents: {
-    ca: string
-    cert: string
-    key: string
-    connectTimeout: string | number
-    keepalive: string | number
-  }
-  registry: Record<string, unknown> & { source: 'static' | 'kubernetes' }
-  auth: Record<string, unknown> & {
-    issuer?: string
-    audience?: string | string[]
-    jwks?: {
-      file?: string
-      url?: string
-      timeout: string | number
-      cacheMaxAge: string | number
-      minRefreshInterval: string | number
-      caFile?: string
-    }
-    algorithms: string[]
-    clockTolerance: string | number
-    usernameClaim: string
-    usernamePrefix: string
-    groupsClaim: string
-    groupsPrefix: string
-  }
-  authorization: Record<string, unknown> & {
-    rules: {
-      users: string[]
-      groups: string[]
-      namespaces: string[]
-      pods: string[]
-      ports: (number | string)[]
-    }[]
-    admins: { users: string[]; groups: string[] }
-  }
-  limits: {
-    streamsPerConnection: number
-    streamsPerUser: number
-    streamOpenTimeout: string | number
-    idleTimeout: string | number
-    maxLifetime: string | number
-    maxHeaderSize: string | number
-    unauthenticatedStreams: number
-    connectionsPerSource: number
-    requestTimeout: string | number
-    handshakeTimeout: string | number
-    clientKeepalive: string | number
-    bufferBudget: string | number
-  }
-  audit: {
-    mode: GatewayConfig['audit']['mode']
-    linger: string | number
-    sinks: (Record<string, unknown> & { type: string })[]
-    denials: {
-      rate: number
-      burst: number
-      totalRate: number
-      totalBurst: number
-      summaryInterval: string | number
-    }
-  }
-  kubernetes: { websocketTunnel: boolean }
-  shutdownGrace: string | number
-  logLevel: string
-}
+/** The config as ajv leaves it: validated, every default filled in. */
+type Raw = FromSchema<typeof schema, { parseIfThenElseKeywords: true }>
 
 function parsePortRange(value: number | string, where: string): { from: number; to: number } {
   if (typeof value === 'number') return { from: value, to: value }
@@ -514,34 +447,30 @@ function parsePortRange(value: number | string, where: string): { from: number; 
   return { from, to }
 }
 
-function parseSink(
-  s: Record<string, unknown> & { type: string },
-  base: string,
-  where: string,
-): AuditSinkConfig {
-  const p = (v: unknown): string => resolve(base, v as string)
+function parseSink(s: Raw['audit']['sinks'][number], base: string, where: string): AuditSinkConfig {
+  const p = (v: string): string => resolve(base, v)
   switch (s.type) {
     case 'file':
       return {
         type: 'file',
         path: p(s.path),
-        fsync: s.fsync as 'always',
-        fsyncIntervalMs: parseDuration(s.fsyncInterval as string, `${where}.fsyncInterval`),
-        maxSizeBytes: parseSize(s.maxSize as string, `${where}.maxSize`),
-        maxFiles: s.maxFiles as number,
-        denialsMaxSizeBytes: parseSize(s.denialsMaxSize as string, `${where}.denialsMaxSize`),
-        denialsMaxFiles: s.denialsMaxFiles as number,
+        fsync: s.fsync,
+        fsyncIntervalMs: parseDuration(s.fsyncInterval, `${where}.fsyncInterval`),
+        maxSizeBytes: parseSize(s.maxSize, `${where}.maxSize`),
+        maxFiles: s.maxFiles,
+        denialsMaxSizeBytes: parseSize(s.denialsMaxSize, `${where}.denialsMaxSize`),
+        denialsMaxFiles: s.denialsMaxFiles,
       }
     case 'stdout':
       return { type: 'stdout' }
-    default: {
+    case 'webhook': {
       const sink: AuditSinkConfig = {
         type: 'webhook',
-        url: s.url as string,
+        url: s.url,
         spoolDir: p(s.spoolDir),
-        batchSize: s.batchSize as number,
-        timeoutMs: parseDuration(s.timeout as string, `${where}.timeout`),
-        maxSpoolBytes: parseSize(s.maxSpoolSize as string, `${where}.maxSpoolSize`),
+        batchSize: s.batchSize,
+        timeoutMs: parseDuration(s.timeout, `${where}.timeout`),
+        maxSpoolBytes: parseSize(s.maxSpoolSize, `${where}.maxSpoolSize`),
       }
       if (typeof s.tokenFile === 'string') sink.tokenFile = p(s.tokenFile)
       if (typeof s.caFile === 'string') sink.caFile = p(s.caFile)
@@ -557,7 +486,7 @@ export function parseGatewayConfig(value: unknown, source: string, baseDir: stri
   const jwks = raw.auth.jwks
   let registry: GatewayConfig['registry']
   if (raw.registry.source === 'static') {
-    registry = { source: 'static', file: p(raw.registry.file as string) }
+    registry = { source: 'static', file: p(raw.registry.file) }
   } else {
     registry = parseKubeRegistryConfig((value as { registry: unknown }).registry, source, baseDir)
   }

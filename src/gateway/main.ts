@@ -7,6 +7,7 @@
 import { readFileSync } from 'node:fs'
 import { setDefaultHighWaterMark } from 'node:stream'
 import { parseArgs } from 'node:util'
+import { drainOnSignals } from '../shared/stop-signals.js'
 import { STREAM_HIGH_WATER_MARK } from '../protocol/h2-settings.js'
 import { describeError } from '../shared/errors.js'
 import { createLogger } from '../shared/log.js'
@@ -168,27 +169,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   // The supervisor's IPC channel must not keep this process alive after a shutdown.
   process.channel?.unref()
-  await new Promise<void>((resolve) => {
-    let stopping = false
-    // The handlers stay until the process ends: Ctrl-C of `npm start` delivers SIGINT (from
-    // the terminal) and then SIGTERM (from the dev supervisor), and the default action of a
-    // second signal would kill the gateway mid-drain. The drain is bounded (shutdownGrace).
-    const stop = (signal: string): void => {
-      if (stopping) {
-        logger.info({ signal }, 'gateway already stopping: signal ignored')
-        return
-      }
-      stopping = true
-      logger.info({ signal }, 'gateway stopping: draining streams')
-      gw.stop().then(resolve, (err: unknown) => {
-        logger.error({ err: describeError(err) }, 'shutdown error')
-        resolve()
-      })
-    }
-    process.on('SIGTERM', stop)
-    process.on('SIGINT', stop)
-    process.on('disconnect', () => stop('disconnect'))
-  })
+  await drainOnSignals('gateway', logger, () => gw.stop())
   logger.info('gateway stopped')
   logger.flush()
   return 0

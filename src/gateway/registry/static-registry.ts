@@ -7,6 +7,7 @@
  */
 import { EventEmitter } from 'node:events'
 import { watchFile, unwatchFile } from 'node:fs'
+import type { FromSchema } from 'json-schema-to-ts'
 import { readYamlFile, validateConfig } from '../../shared/config.js'
 import { describeError } from '../../shared/errors.js'
 import type { Logger } from '../../shared/log.js'
@@ -68,18 +69,8 @@ const schema = {
   },
 } as const
 
-interface RawRegistry {
-  nodes: NodeInfo[]
-  pods: {
-    namespace: string
-    name: string
-    uid?: string
-    node: string
-    phase: string
-    labels?: Record<string, string>
-    ports: PodInfo['ports']
-  }[]
-}
+/** The registry file as ajv leaves it: validated, every default filled in. */
+type RawRegistry = FromSchema<typeof schema>
 
 /** Stable UID for a pod without one: derived from its name (a static file has no API server). */
 function syntheticUid(namespace: string, name: string): string {

@@ -1,0 +1,76 @@
+/**
+ * The {@link StreamDialer} of `pfgate port-forward`: native HTTP/2 streams through the
+ * gateway to one pod. When the pod moved to another node, the pod is looked up again and
+ * the open retried once.
+ *
+ * @module
+ */
+import type { ClientHttp2Stream } from 'node:http2'
+import { nativePortForwardPath, PORT_HEADER } from '../../protocol/constants.js'
+import { RST, resetCodeName } from '../../protocol/reset-codes.js'
+import { h2Endpoint, resetStream } from '../../shared/relay-endpoints.js'
+import type { RelayEndpoint } from '../../shared/duplex-relay.js'
+import { GatewayHttpError } from '../gateway-client.js'
+import type { GatewayClient } from '../gateway-client.js'
+import type { PodStream, StreamDialer } from './serve.js'
+import { fetchPod } from './target.js'
+
+class GatewayPodStream implements PodStream {
+  readonly endpoint: RelayEndpoint
+  readonly #stream: ClientHttp2Stream
+
+  constructor(stream: ClientHttp2Stream) {
+    this.#stream = stream
+    this.endpoint = h2Endpoint(stream, RST.CANCEL)
+  }
+
+  cancel(): void {
+    resetStream(this.#stream, RST.CANCEL)
+  }
+
+  resetDescription(): string | undefined {
+    const code = this.#stream.rstCode
+    return code !== undefined ? `stream reset (${resetCodeName(code)})` : undefined
+  }
+}
+
+/** Streams to pod `name` in `namespace` on `nodeName` (updated when the pod moved). */
+export class GatewayDialer implements StreamDialer {
+  readonly #client: GatewayClient
+  readonly #namespace: string
+  readonly #pod: string
+  #nodeName: string
+
+  constructor(client: GatewayClient, namespace: string, pod: string, nodeName: string) {
+    this.#client = client
+    this.#namespace = namespace
+    this.#pod = pod
+    this.#nodeName = nodeName
+  }
+
+  dial(remotePort: number): Promise<PodStream> {
+    return this.#open(remotePort, true)
+  }
+
+  async #open(remotePort: number, retry: boolean): Promise<PodStream> {
+    try {
+      const stream = await this.#client.openStream(
+        nativePortForwardPath(this.#nodeName, this.#namespace, this.#pod),
+        { [PORT_HEADER]: String(remotePort) },
+      )
+      return new GatewayPodStream(stream)
+    } catch (e) {
+      if (e instanceof GatewayHttpError && e.errorCode === 'PFG_ERR_ROUTE_WRONG_NODE' && retry) {
+        // The pod moved: learn its new node and try once more.
+        try {
+          const fresh = await fetchPod(this.#client, this.#namespace, this.#pod)
+          this.#nodeName = fresh.spec?.nodeName ?? this.#nodeName
+          return await this.#open(remotePort, false)
+        } catch {
+          // fall through to the first error
+        }
+      }
+      throw e
+    }
+  }
+}
