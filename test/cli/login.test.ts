@@ -22,7 +22,7 @@ let dir: string
 let ca: string
 
 before(async () => {
-  idp = await TestOidcProvider.start({ idTokenTtlS: 61, groups: { frank: ['ops'] } })
+  idp = await TestOidcProvider.start({ idTokenTtlS: 300, groups: { frank: ['ops'] } })
   dir = mkdtempSync(join(tmpdir(), 'pfgate-login-'))
   ca = idp.writeCa(join(dir, 'idp-ca.pem'))
 })
@@ -85,7 +85,7 @@ test('get-token: cached, refreshed near expiry, "log in again" when it cannot', 
   assert.equal(statSync(file).mode & 0o777, 0o600)
   assert.equal(statSync(cache).mode & 0o777, 0o700)
 
-  // 61 s tokens: more than a minute left, so the cached one is printed as it is.
+  // 5 min tokens: more than a minute left, so the cached one is printed as it is.
   const first = await runCliToEnd(['login', 'get-token', ...flags], env)
   assert.equal(first.code, 0, first.stderr)
   const cred = JSON.parse(first.stdout) as {
