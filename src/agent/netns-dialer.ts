@@ -33,9 +33,6 @@ import type { NsIdentity } from './netns-handle.js'
 import type { PodNetnsResolver, ResolverReadiness } from './netns-resolver.js'
 import type { DialOptions, PodDialer, PodTarget } from './pod-dialer.js'
 
-export type { NetnsDialerStats } from './helper-process.js'
-export type { NetnsHelperInfo } from './namespace-slot.js'
-
 /** Stop a helper after this long without dials (ms); 0 never stops it. */
 export const DEFAULT_IDLE_TIMEOUT_MS = 10 * 60_000
 /** How often a live helper's namespace path is re-checked (deleted or replaced), ms. */

@@ -26,8 +26,6 @@ import { formatHostPort, listenAll } from './port-forward/listen.js'
 import { serve } from './port-forward/serve.js'
 import { resolvePodTarget, TargetError } from './port-forward/target.js'
 
-export { PORT_FORWARD_USAGE }
-
 /** Standard streams and signals, injectable for tests. */
 export interface CliIo {
   stdout: Writable

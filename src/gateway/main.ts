@@ -23,7 +23,7 @@ import { createAuditLog } from './audit-factory.js'
 import { GatewayMetrics } from './metrics.js'
 import { BufferBudget } from './buffer-budget.js'
 import { AgentPool } from './relay/agent-pool.js'
-import { createKubeRegistry } from './registry/kube-registry.js'
+import { createKubeRegistry } from './registry/kube/registry.js'
 import { StaticRegistry } from './registry/static-registry.js'
 import type { PodRegistry } from './registry/types.js'
 

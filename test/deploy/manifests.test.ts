@@ -11,7 +11,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { readFileSync, readdirSync } from 'node:fs'
 import { parseAllDocuments, parse as parseYaml } from 'yaml'
-import { parseKubeRegistryConfig } from '../../src/gateway/registry/kube-registry.js'
+import { parseKubeRegistryConfig } from '../../src/gateway/registry/kube/config.js'
 import { parseAgentConfig } from '../../src/agent/config.js'
 
 // Compiled to dist/test/deploy/: the repository root is three levels up.

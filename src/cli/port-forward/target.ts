@@ -30,7 +30,7 @@ export class TargetError extends Error {
 }
 
 /** Resolves a remote port spec against the pod's container ports (named ports). */
-export function resolveRemotePort(spec: PortSpec, pod: PodDoc, podName: string): number {
+function resolveRemotePort(spec: PortSpec, pod: PodDoc, podName: string): number {
   const ports = (pod.spec?.containers ?? []).flatMap((c) => c.ports ?? [])
   if (typeof spec.remote === 'number') {
     const declared = ports.filter((p) => p.containerPort === spec.remote)

@@ -1,7 +1,7 @@
 /**
  * Resolution: pod → node (PodRegistry), node → agent address (NodeDirectory).
  * Sources: static YAML (static-registry.ts) and a Kubernetes API list+watch
- * (kube-registry.ts). The gateway only ever uses these interfaces.
+ * (kube/registry.ts). The gateway only ever uses these interfaces.
  *
  * @module
  */

@@ -18,15 +18,16 @@ import { spawn } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import {
   KUBE_REGISTRY_CONFIG_SCHEMA,
-  KubeRegistry,
-  LineSplitter,
-  NODE_AGENT_PORT_ANNOTATION,
-  createKubeRegistry,
-  nodeInfoFromObject,
   parseKubeRegistryConfig,
+} from '../../../src/gateway/registry/kube/config.js'
+import type { KubeRegistryOptions } from '../../../src/gateway/registry/kube/config.js'
+import { LineSplitter } from '../../../src/gateway/registry/kube/line-splitter.js'
+import {
+  NODE_AGENT_PORT_ANNOTATION,
+  nodeInfoFromObject,
   podInfoFromObject,
-} from '../../../src/gateway/registry/kube-registry.js'
-import type { KubeRegistryOptions } from '../../../src/gateway/registry/kube-registry.js'
+} from '../../../src/gateway/registry/kube/objects.js'
+import { KubeRegistry, createKubeRegistry } from '../../../src/gateway/registry/kube/registry.js'
 import type { KubeCredentials } from '../../../src/gateway/registry/kube-credentials.js'
 import type { NodeInfo, PodInfo } from '../../../src/gateway/registry/types.js'
 import { isAppError } from '../../../src/shared/errors.js'
