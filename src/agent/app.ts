@@ -330,7 +330,7 @@ export function createAgentServer(options: AgentServerOptions): AgentServer {
       while (relays.size > 0 && Date.now() < deadline) {
         await new Promise((r) => setTimeout(r, 50))
       }
-      for (const r of relays) r.abort('shutdown')
+      for (const r of relays) r.abort('gateway')
       for (const s of sessions) s.destroy(undefined, h2c.NGHTTP2_CANCEL)
       await dialer.close()
       await closed

@@ -28,6 +28,8 @@ import {
   mergeByTime,
   orderTrailFiles,
 } from '../protocol/audit-record.js'
+import { AUDIT_FILTERS, AuditQueryError, parseAuditQuery } from '../protocol/audit-query.js'
+import type { AuditQuery, AuditQueryInput } from '../protocol/audit-query.js'
 import { errorCode } from '../shared/errors.js'
 import { plainText } from '../shared/text.js'
 
@@ -100,28 +102,6 @@ const OPTIONS = {
   help: { type: 'boolean', short: 'h' },
 } as const
 
-/** Outcomes `--outcome` accepts. */
-export const OUTCOMES = ['ok', 'denied', 'failed', 'error', 'limit', 'admin', 'restart'] as const
-
-/** The outcome of a record, as `--outcome` matches it (see docs/audit.md). */
-export function recordOutcome(r: AuditRecord): (typeof OUTCOMES)[number] {
-  if (r.type === 'stream.denied' || r.type === 'request.denied') return 'denied'
-  if (r.type === 'denials.suppressed') return 'denied'
-  if (r.type === 'stream.failed') return 'failed'
-  switch (r.endedBy) {
-    case 'error':
-      return 'error'
-    case 'limit':
-      return 'limit'
-    case 'admin':
-      return 'admin'
-    case 'gateway-restart':
-      return 'restart'
-    default:
-      return r.error !== undefined ? 'error' : 'ok'
-  }
-}
-
 /** A bad value in an option (exit 1, not a usage error). */
 class InputError extends Error {}
 
@@ -185,85 +165,25 @@ function parse(argv: string[], io: AuditCommandIO): Parsed | 'help' {
   if (output !== 'table' && output !== 'json')
     throw new InputError(`--output must be table or json, not ${JSON.stringify(output)}`)
   const now = (io.now ?? (() => new Date()))().getTime()
-  const filters: Filter[] = []
-  const list = (v: string): string[] =>
-    v
-      .split(',')
-      .map((s) => s.trim())
-      .filter((s) => s !== '')
-  const eq = (name: string, get: (r: AuditRecord) => string | undefined, v?: string): void => {
-    if (v === undefined) return
-    const wanted = new Set(list(v))
-    if (wanted.size === 0) throw new InputError(`--${name} needs a value`)
-    filters.push((r) => {
-      const got = get(r)
-      return got !== undefined && wanted.has(got)
-    })
+  const input: AuditQueryInput = {}
+  for (const name of AUDIT_FILTERS) {
+    const v = values[name]
+    if (v !== undefined) input[name] = v
   }
-  if (values.user !== undefined) {
-    // A session's users, or a summary's, count too.
-    const wanted = new Set(list(values.user))
-    if (wanted.size === 0) throw new InputError('--user needs a value')
-    filters.push(
-      (r) =>
-        (r.user !== undefined && wanted.has(r.user)) ||
-        (Array.isArray(r.users) && r.users.some((u) => wanted.has(u))),
-    )
+  let q: AuditQuery
+  try {
+    q = parseAuditQuery(input, now, (n) => `--${n}`)
+  } catch (err) {
+    if (err instanceof AuditQueryError) throw new InputError(err.message)
+    throw err
   }
-  eq('namespace', (r) => r.namespace, values.namespace)
-  eq('pod', (r) => r.pod, values.pod)
-  eq('session', (r) => r.sessionId, values.session)
-  eq('stream', (r) => r.streamId, values.stream)
-  if (values.port !== undefined) {
-    const ports = list(values.port).map((p) => {
-      const n = Number(p)
-      if (!/^\d+$/.test(p) || n < 1 || n > 65535)
-        throw new InputError(`--port must be 1..65535, not ${JSON.stringify(p)}`)
-      return n
-    })
-    filters.push((r) => r.port !== undefined && ports.includes(r.port))
-  }
-  if (values.type !== undefined) {
-    const types = list(values.type)
-    for (const t of types)
-      if (!/^[a-z]+(\.[a-z]+)?$/.test(t)) throw new InputError(`bad --type ${JSON.stringify(t)}`)
-    filters.push((r) => types.some((t) => r.type === t || r.type.startsWith(`${t}.`)))
-  }
-  if (values.outcome !== undefined) {
-    const outcomes = list(values.outcome)
-    for (const o of outcomes)
-      if (!(OUTCOMES as readonly string[]).includes(o))
-        throw new InputError(
-          `--outcome must be one of ${OUTCOMES.join(', ')}, not ${JSON.stringify(o)}`,
-        )
-    filters.push((r) => outcomes.includes(recordOutcome(r)))
-  }
-  const since = values.since !== undefined ? parseTime('since', values.since, now) : undefined
-  const until = values.until !== undefined ? parseTime('until', values.until, now) : undefined
-  if (since !== undefined) filters.push((r) => Date.parse(r.time) >= since)
-  if (until !== undefined) filters.push((r) => Date.parse(r.time) < until)
   return {
     command,
     file: values.file ?? defaultAuditFile(),
     output,
-    filter: (r) => filters.every((f) => f(r)),
-    since,
+    filter: q.matches,
+    since: q.since,
   }
-}
-
-/** RFC 3339 (or any Date.parse-able date), or a duration ago: `90s`, `15m`, `2h`, `7d`. */
-export function parseTime(name: string, value: string, now: number): number {
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(value.trim())
-  if (m !== null) {
-    const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as 'ms']
-    return now - Number(m[1]) * unit
-  }
-  const t = /^\d{4}-\d{2}-\d{2}/.test(value) ? Date.parse(value) : NaN
-  if (Number.isNaN(t))
-    throw new InputError(
-      `--${name} must be a time (2024-05-01T10:00:00Z) or a duration ago (30s, 15m, 2h, 7d), not ${JSON.stringify(value)}`,
-    )
-  return t
 }
 
 // --- query -------------------------------------------------------------------------

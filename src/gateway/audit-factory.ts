@@ -26,7 +26,7 @@ import { StreamSink } from './audit/stream-sink.js'
 import type { AuditSink } from './audit/types.js'
 import { WebhookSink } from './audit/webhook-sink.js'
 import type { GatewayConfig } from './config.js'
-import type { AuditPort } from './forwarder.js'
+import type { AuditPort } from './forward/forwarder.js'
 import type { GatewayMetrics } from './metrics.js'
 
 /** An audit port that can be closed (writes `gateway.stopped` first). */

@@ -32,7 +32,7 @@
 import type { Http2Session } from 'node:http2'
 import { STREAM_HIGH_WATER_MARK, STREAM_WINDOW } from '../protocol/h2-settings.js'
 import type { Logger } from '../shared/log.js'
-import type { LiveStream } from './forwarder.js'
+import type { LiveStream } from './forward/stream-table.js'
 import type { GatewayMetrics } from './metrics.js'
 
 /** The smallest per-stream window the budget grants (one HTTP/2 frame). */
@@ -222,9 +222,13 @@ export class BufferBudget {
       if (over <= 0) break
       const idleS = Math.round((now - (s.relay?.lastActivity ?? now)) / 1000)
       this.#o.metrics.limitHits.inc({ limit: 'buffer-budget' })
-      s.kill('limit', 'limit:buffer-budget', undefined, {
-        code: 'PFG_ERR_LIMIT_BUFFER_BUDGET',
-        message: `the gateway's relay buffers are over budget (limits.bufferBudget, ${budget} bytes) and this stream had not moved a byte for ${idleS} s`,
+      s.kill({
+        endedBy: 'limit',
+        reason: 'limit:buffer-budget',
+        error: {
+          code: 'PFG_ERR_LIMIT_BUFFER_BUDGET',
+          message: `the gateway's relay buffers are over budget (limits.bufferBudget, ${budget} bytes) and this stream had not moved a byte for ${idleS} s`,
+        },
       })
       over -= (held.get(s) ?? 0) * scale
       ended++

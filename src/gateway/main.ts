@@ -18,7 +18,7 @@ import { Authorizer } from './authz/authorizer.js'
 import { clientCaOf, createIdentitySources, createRbac } from './auth/identity-config.js'
 import { loadGatewayConfig } from './config.js'
 import type { GatewayConfig } from './config.js'
-import { Forwarder, newGatewayId } from './forwarder.js'
+import { Forwarder, newGatewayId } from './forward/forwarder.js'
 import { createAuditLog } from './audit-factory.js'
 import { GatewayMetrics } from './metrics.js'
 import { BufferBudget } from './buffer-budget.js'
@@ -122,6 +122,7 @@ export async function startGateway(
     budget,
     nodeProxy: { tls: agentTls, connectTimeoutMs: config.agents.connectTimeoutMs },
     kubernetes: config.kubernetes,
+    console: { auditFile: config.audit.sinks.find((x) => x.type === 'file')?.path },
   })
   const addr = await gateway.listen(
     overrides.port ?? config.listen.port,

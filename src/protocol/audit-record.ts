@@ -10,7 +10,7 @@
  *
  * @module
  */
-import type { EndedBy } from './reset-codes.js'
+import type { EndedBy } from './stream-end.js'
 
 /** Schema identifier carried by every record written. Bump on incompatible change. */
 export const AUDIT_SCHEMA = 'pfgate.audit/v2'

@@ -14,19 +14,7 @@
  * @module
  */
 import type { Duplex } from 'node:stream'
-
-/** Why a side was aborted; each endpoint maps it to its own wire signal (RST code, TCP RST...). */
-export type AbortReason =
-  /** The other side reset or failed: propagate. */
-  | 'peer-reset'
-  /** An admin ended the stream. */
-  | 'admin'
-  /** A limit (idle, lifetime) ended the stream. */
-  | 'limit'
-  /** The process is shutting down (drain deadline passed). */
-  | 'shutdown'
-  /** An internal error. */
-  | 'internal'
+import type { AbortReason } from '../protocol/stream-end.js'
 
 /** One side of a relay: a byte stream plus how to abort it abnormally. */
 export interface RelayEndpoint {
@@ -44,24 +32,29 @@ export interface RelayEndpoint {
   eofIsAbort?(): boolean
 }
 
-/** How a relay ended. */
-export interface RelayOutcome {
+/**
+ * How a relay ended. `S` names the two sides (A first) in the caller's own words
+ * ({@link RelayOptions.sides}; `a` and `b` unless named).
+ */
+export interface RelayOutcome<S extends string = 'a' | 'b'> {
   /** Bytes read from A and written to B. */
   bytesAtoB: number
   /** Bytes read from B and written to A. */
   bytesBtoA: number
   /** The side whose EOF came first (normal ends), if any. */
-  firstEof: 'a' | 'b' | undefined
+  firstEof: S | undefined
   /** Set when the relay ended abnormally: which side failed (or 'local' for abort()), and why. */
-  failure?: { side: 'a' | 'b' | 'local'; reason: AbortReason | 'error' | 'closed'; error?: Error }
+  failure?: { side: S | 'local'; reason: AbortReason | 'error' | 'closed'; error?: Error }
 }
 
 /** Options for {@link DuplexRelay}. */
-export interface RelayOptions {
+export interface RelayOptions<S extends string = 'a' | 'b'> {
   /** Called once when both sides are done (normally or not). */
-  onDone: (outcome: RelayOutcome) => void
+  onDone: (outcome: RelayOutcome<S>) => void
   /** Clock for `lastActivity` (ms). */
   now?: () => number
+  /** The names of A and B in the outcome (default `a`, `b`). */
+  sides?: readonly [S, S]
 }
 
 const DIR_A = 0
@@ -75,7 +68,7 @@ type HwmStream = Duplex & {
 
 /** The relay a stream belongs to, stored on the stream for the shared listeners. */
 const kRelay = Symbol('pfgate.relay')
-type RelayStream = Duplex & { [kRelay]?: DuplexRelay }
+type RelayStream = Duplex & { [kRelay]?: DuplexRelay<string> }
 
 /**
  * Joins A and B. Data flows as soon as it is constructed; call it only once both
@@ -86,30 +79,32 @@ type RelayStream = Duplex & { [kRelay]?: DuplexRelay }
  * idle relay then costs two small objects, not a dozen closures and their scopes
  * (docs/performance.md: memory per idle stream).
  */
-export class DuplexRelay {
+export class DuplexRelay<S extends string = 'a' | 'b'> {
   bytesAtoB = 0
   bytesBtoA = 0
   /** ms timestamp of the last byte either way (for idle limits). */
   lastActivity: number
   #a: RelayEndpoint
   #b: RelayEndpoint
-  #opts: RelayOptions
+  #opts: RelayOptions<S>
+  #sides: readonly [S, S]
   /** EOF read from A / from B. */
   #eof = [false, false]
   /** Our writes to A / to B have finished (after end()). */
   #finished = [false, false]
-  #firstEof: 'a' | 'b' | undefined
+  #firstEof: S | undefined
   #done = false
   #now: () => number
 
-  constructor(a: RelayEndpoint, b: RelayEndpoint, options: RelayOptions) {
+  constructor(a: RelayEndpoint, b: RelayEndpoint, options: RelayOptions<S>) {
     this.#a = a
     this.#b = b
     this.#opts = options
+    this.#sides = options.sides ?? (['a', 'b'] as unknown as readonly [S, S])
     this.#now = options.now ?? Date.now
     this.lastActivity = this.#now()
-    DuplexRelay.#wire(this, a.stream)
-    DuplexRelay.#wire(this, b.stream)
+    DuplexRelay.#wire(this as unknown as DuplexRelay<string>, a.stream)
+    DuplexRelay.#wire(this as unknown as DuplexRelay<string>, b.stream)
   }
 
   /** True once onDone has been called. */
@@ -153,7 +148,7 @@ export class DuplexRelay {
    * other side) and the destination of the other; `dir` below is the direction the
    * stream is the source of, found by identity (A is the source of A→B).
    */
-  static #wire(relay: DuplexRelay, stream: RelayStream): void {
+  static #wire(relay: DuplexRelay<string>, stream: RelayStream): void {
     stream[kRelay] = relay
     stream.on('data', DuplexRelay.#onData)
     stream.on('end', DuplexRelay.#onEnd)
@@ -175,7 +170,7 @@ export class DuplexRelay {
   }
 
   static #onData = function (this: RelayStream, chunk: Buffer): void {
-    const r = this[kRelay] as DuplexRelay
+    const r = this[kRelay] as DuplexRelay<string>
     const dir = r.#dirOf(this)
     if (dir === DIR_A) r.bytesAtoB += chunk.length
     else r.bytesBtoA += chunk.length
@@ -185,12 +180,12 @@ export class DuplexRelay {
 
   /** The stream we write to drained: resume the one we read from. */
   static #onDrain = function (this: RelayStream): void {
-    const r = this[kRelay] as DuplexRelay
+    const r = this[kRelay] as DuplexRelay<string>
     r.#other(r.#dirOf(this)).resume()
   }
 
   static #onEnd = function (this: RelayStream): void {
-    const r = this[kRelay] as DuplexRelay
+    const r = this[kRelay] as DuplexRelay<string>
     const dir = r.#dirOf(this)
     const endpoint = dir === DIR_A ? r.#a : r.#b
     if (endpoint.eofIsAbort?.() === true) {
@@ -198,7 +193,7 @@ export class DuplexRelay {
       return
     }
     r.#eof[dir] = true
-    r.#firstEof ??= dir === DIR_A ? 'a' : 'b'
+    r.#firstEof ??= r.#sides[dir]
     // Half-close: the peer's EOF becomes our end of the write side toward the other peer
     // (unless that side is already gone: end() would only build an error to drop).
     const other = r.#other(dir)
@@ -207,18 +202,18 @@ export class DuplexRelay {
 
   static #onFinish = function (this: RelayStream): void {
     // Our writes to this stream (the destination of the other direction) are done.
-    const r = this[kRelay] as DuplexRelay
+    const r = this[kRelay] as DuplexRelay<string>
     r.#finished[r.#dirOf(this)] = true
     r.#check()
   }
 
   static #onError = function (this: RelayStream, err: Error): void {
-    const r = this[kRelay] as DuplexRelay
+    const r = this[kRelay] as DuplexRelay<string>
     r.#fail(r.#dirOf(this), 'error', err)
   }
 
   static #onClose = function (this: RelayStream): void {
-    const r = this[kRelay] as DuplexRelay
+    const r = this[kRelay] as DuplexRelay<string>
     const dir = r.#dirOf(this)
     if (!(r.#eof[dir] && r.#finished[dir])) r.#fail(dir, 'closed')
     else r.#check()
@@ -233,7 +228,7 @@ export class DuplexRelay {
 
   #fail(dir: 0 | 1, reason: 'error' | 'closed', error?: Error): void {
     if (this.#done) return
-    const side = dir === DIR_A ? 'a' : 'b'
+    const side = this.#sides[dir]
     this.#finish(error === undefined ? { side, reason } : { side, reason, error })
     // Propagate to the other side as a reset, with the failing side's RST code if it had one.
     const failed = dir === DIR_A ? this.#a : this.#b
@@ -242,9 +237,9 @@ export class DuplexRelay {
     other.abort('peer-reset', typeof rstCode === 'number' ? rstCode : undefined)
   }
 
-  #finish(failure: RelayOutcome['failure']): void {
+  #finish(failure: RelayOutcome<S>['failure']): void {
     this.#done = true
-    const outcome: RelayOutcome = {
+    const outcome: RelayOutcome<S> = {
       bytesAtoB: this.bytesAtoB,
       bytesBtoA: this.bytesBtoA,
       firstEof: this.#firstEof,

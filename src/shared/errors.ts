@@ -15,6 +15,12 @@ export const ERROR_CODES = {
   // CONFIG: start-up problems, never sent to clients
   PFG_ERR_CONFIG_INVALID: { status: 500, summary: 'a configuration file or flag is invalid' },
 
+  // GATEWAY: the gateway itself
+  PFG_ERR_GATEWAY_INTERNAL: {
+    status: 500,
+    summary: 'an unexpected error inside the gateway (its log line has the details, by ref)',
+  },
+
   // AUTH
   PFG_ERR_AUTH_MISSING: { status: 401, summary: 'no bearer token was presented' },
   PFG_ERR_AUTH_INVALID: { status: 401, summary: 'the bearer token was rejected' },
@@ -22,6 +28,10 @@ export const ERROR_CODES = {
   PFG_ERR_AUTH_UNAVAILABLE: {
     status: 503,
     summary: 'the API server that reviews tokens or access cannot answer (fail closed)',
+  },
+  PFG_ERR_AUTH_CSRF: {
+    status: 403,
+    summary: 'a console call that changes state came from another site or without its CSRF token',
   },
   PFG_ERR_AUTH_IMPERSONATION: {
     status: 403,
@@ -73,6 +83,10 @@ export const ERROR_CODES = {
   PFG_ERR_LIMIT_IDLE: { status: 0, summary: 'the stream was idle for too long' },
   PFG_ERR_LIMIT_LIFETIME: { status: 0, summary: 'the stream reached its maximum lifetime' },
   PFG_ERR_LIMIT_HEADER_TOO_LARGE: { status: 431, summary: 'request headers are too large' },
+  PFG_ERR_LIMIT_CONSOLE_BUSY: {
+    status: 503,
+    summary: 'too many admin console live views or audit searches at once',
+  },
   PFG_ERR_LIMIT_BUFFER_BUDGET: {
     status: 0,
     summary: "a stalled stream was reset: the gateway's relay buffers were over budget",
@@ -113,6 +127,8 @@ export interface AppErrorOptions {
   statusCode?: number
   /** The underlying error. */
   cause?: unknown
+  /** The ref that ties what the client is told to the gateway's log line ({@link newRef}). */
+  ref?: string
 }
 
 /**
@@ -122,12 +138,18 @@ export interface AppErrorOptions {
 export class AppError extends Error {
   readonly code: AppErrorCode
   readonly statusCode: number
+  /**
+   * The ref the client was told (`… (ref XXXXXXXX)`), when there is one: whoever records or
+   * logs the error uses the same ref.
+   */
+  ref: string | undefined
 
   constructor(code: AppErrorCode, message: string, options: AppErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause })
     this.name = 'AppError'
     this.code = code
     this.statusCode = options.statusCode ?? ERROR_CODES[code].status
+    this.ref = options.ref
   }
 }
 
@@ -154,6 +176,7 @@ export function newRef(): string {
  * (and the audit record keeps them). See {@link publicError}.
  */
 export const INTERNAL_DETAIL_MESSAGES: Partial<Record<AppErrorCode, string>> = {
+  PFG_ERR_GATEWAY_INTERNAL: 'internal error',
   PFG_ERR_RELAY_AGENT_UNAVAILABLE: 'the node agent cannot be reached',
   PFG_ERR_AUDIT_UNAVAILABLE: 'the audit trail cannot record this stream; it is refused',
 }
@@ -167,17 +190,24 @@ export function hidesDetail(err: unknown): boolean {
  * What a client is told about `err`, tagged with `ref` (the gateway's log line has the
  * same ref and the details): the error itself when its message is safe to show, else the
  * same code and status with a generic message (Teleport's tagged generic messages).
- * A thrown value that is not an AppError becomes `PFG_ERR_RELAY_AGENT_UNAVAILABLE`.
+ * A thrown value that is not an AppError becomes `PFG_ERR_GATEWAY_INTERNAL` ({@link internalError}).
  */
 export function publicError(err: unknown, ref: string): AppError {
   if (isAppError(err) && !hidesDetail(err)) return err
-  const code = isAppError(err) ? err.code : 'PFG_ERR_RELAY_AGENT_UNAVAILABLE'
-  const text = (isAppError(err) ? INTERNAL_DETAIL_MESSAGES[code] : undefined) ?? 'internal error'
-  const pub = appError(code, `${text} (ref ${ref})`, {
-    statusCode: isAppError(err) ? err.statusCode : 502,
-  })
-  ;(pub as AppError & { ref?: string }).ref = ref
-  return pub
+  const e = isAppError(err) ? err : internalError(err)
+  const text = INTERNAL_DETAIL_MESSAGES[e.code] ?? 'internal error'
+  return appError(e.code, `${text} (ref ${ref})`, { statusCode: e.statusCode, ref })
+}
+
+/**
+ * `err` as an AppError: itself when it is one, else `PFG_ERR_GATEWAY_INTERNAL` with its
+ * description (the log and the audit record keep it; a client gets `internal error` and a
+ * ref, {@link publicError}).
+ */
+export function internalError(err: unknown): AppError {
+  return isAppError(err)
+    ? err
+    : appError('PFG_ERR_GATEWAY_INTERNAL', describeError(err), { cause: err })
 }
 
 /** Returns the `code` property of any error-like value (Node's and dependencies' too). */

@@ -1,14 +1,15 @@
 /**
  * Relay endpoints for the two kinds of byte stream pfgate joins: HTTP/2 streams
  * and TCP sockets. Each maps an abort reason to its wire signal: an RST_STREAM code
- * (the table in src/protocol/reset-codes.ts) or a TCP RST.
+ * (rstCodeFor below; docs/protocol.md has the table) or a TCP RST.
  *
  * @module
  */
 import type { Http2Stream } from 'node:http2'
 import type { Socket } from 'node:net'
 import { RST } from '../protocol/reset-codes.js'
-import type { AbortReason, RelayEndpoint } from './duplex-relay.js'
+import type { AbortReason } from '../protocol/stream-end.js'
+import type { RelayEndpoint } from './duplex-relay.js'
 
 /**
  * The RST code for an abort. `peerFailureCode` is the code to use when the peer failed
@@ -29,7 +30,7 @@ export function rstCodeFor(
       if (passThrough !== undefined && !passThrough.includes(peerRstCode)) return peerFailureCode
       return peerRstCode
     case 'admin':
-    case 'shutdown':
+    case 'gateway':
       return RST.CANCEL
     case 'limit':
       return RST.ENHANCE_YOUR_CALM

@@ -27,7 +27,7 @@ test('every reference in the repository points inside it', () => {
   const repo = workingTree(ROOT)
   const files = repositoryFiles(ROOT)
   assert.ok(files.includes('docs/kubernetes-protocols.md'), 'the walk sees docs/')
-  assert.ok(files.includes('src/gateway/forwarder.ts'), 'the walk sees src/')
+  assert.ok(files.includes('src/gateway/forward/forwarder.ts'), 'the walk sees src/')
   const problems = []
   let scanned = 0
   for (const file of files) {

@@ -1,7 +1,8 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { BufferBudget, sizesFor } from '../../src/gateway/buffer-budget.js'
-import type { LiveStream } from '../../src/gateway/forwarder.js'
+import type { Stop } from '../../src/protocol/stream-end.js'
+import type { LiveStream } from '../../src/gateway/forward/stream-table.js'
 import { GatewayMetrics } from '../../src/gateway/metrics.js'
 import { silentLogger } from '../../src/shared/log.js'
 
@@ -40,7 +41,7 @@ function fakeStream(id: string, held: number, lastActivity: number, killed: stri
   return {
     id,
     relay: { buffered: () => held, lastActivity, setHighWaterMark: () => undefined },
-    kill: (by: string, reason: string) => killed.push(`${id} ${by} ${reason}`),
+    kill: (stop: Stop) => killed.push(`${id} ${stop.endedBy} ${stop.reason}`),
   } as unknown as LiveStream
 }
 

@@ -71,7 +71,10 @@ test('every code is used in src/, or marked reserved in the doc', () => {
 
 test('codes are well-formed and statuses are HTTP errors or 0', () => {
   for (const [code, { status, summary }] of Object.entries(ERROR_CODES)) {
-    assert.match(code, /^PFG_ERR_(CONFIG|AUTH|ROUTE|PROTO|RELAY|LIMIT|AUDIT|AGENT|CLI)_[A-Z0-9_]+$/)
+    assert.match(
+      code,
+      /^PFG_ERR_(CONFIG|GATEWAY|AUTH|ROUTE|PROTO|RELAY|LIMIT|AUDIT|AGENT|CLI)_[A-Z0-9_]+$/,
+    )
     assert.ok(status === 0 || (status >= 400 && status <= 599), `${code}: ${status}`)
     assert.ok(summary.length > 5, code)
   }

@@ -46,7 +46,7 @@ test('RST codes for each abort reason', () => {
   assert.equal(rstCodeFor('peer-reset', RST.NO_ERROR, RST.CANCEL), RST.CANCEL)
   assert.equal(rstCodeFor('peer-reset', undefined, RST.INTERNAL_ERROR), RST.INTERNAL_ERROR)
   assert.equal(rstCodeFor('admin', undefined, RST.INTERNAL_ERROR), RST.CANCEL)
-  assert.equal(rstCodeFor('shutdown', undefined, RST.INTERNAL_ERROR), RST.CANCEL)
+  assert.equal(rstCodeFor('gateway', undefined, RST.INTERNAL_ERROR), RST.CANCEL)
   assert.equal(rstCodeFor('limit', undefined, RST.INTERNAL_ERROR), RST.ENHANCE_YOUR_CALM)
   assert.equal(rstCodeFor('internal', undefined, RST.CANCEL), RST.INTERNAL_ERROR)
   // Toward a native client only the pod's reset passes; a lost agent is INTERNAL_ERROR.

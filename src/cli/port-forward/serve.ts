@@ -101,7 +101,7 @@ export function serve(listeners: Listener[], dialer: StreamDialer, options: Serv
       // server.close() waits for open connections, so end those first: every stream is
       // reset (the gateway records it), every local socket closed, then the listeners.
       const closing = listeners.map((l) => closeServer(l.server))
-      for (const r of relays) r.abort('shutdown')
+      for (const r of relays) r.abort('gateway')
       for (const s of sockets) s.destroy()
       await Promise.all(closing)
     },

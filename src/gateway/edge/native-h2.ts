@@ -23,10 +23,12 @@ import type { Logger } from '../../shared/log.js'
 import { respondStatus } from '../../shared/h2-util.js'
 import { h2Endpoint } from '../../shared/relay-endpoints.js'
 import { relayed } from '../connections.js'
+import { certificateOf, forwardStream } from './contract.js'
 import type { ConnectionGuard } from '../connections.js'
-import { certificateOf, formatAddress } from '../forwarder.js'
+import { formatAddress } from '../forward/forwarder.js'
 import { impersonationOf } from '../impersonation.js'
-import type { ClientSession, Forwarder } from '../forwarder.js'
+import type { ForwardService } from '../forward/service.js'
+import type { ClientSession } from '../forward/stream-table.js'
 
 /** `/proxy/nodes/{node}/portForward/{ns}/{pod}` (no query, no trailing parts). */
 export const NATIVE_PATH = /^\/proxy\/nodes\/([^/?#]+)\/portForward\/([^/?#]+)\/([^/?#]+)$/
@@ -50,11 +52,11 @@ const PASS_TO_CLIENT = [RST.CONNECT_ERROR]
 
 /** Handles native streams for one gateway. */
 export class NativeH2Adapter {
-  readonly #forwarder: Forwarder
+  readonly #forwarder: ForwardService
   readonly #logger: Logger
   readonly #connections: ConnectionGuard | undefined
 
-  constructor(forwarder: Forwarder, logger: Logger, connections?: ConnectionGuard) {
+  constructor(forwarder: ForwardService, logger: Logger, connections?: ConnectionGuard) {
     this.#forwarder = forwarder
     this.#logger = logger
     this.#connections = connections
@@ -124,12 +126,10 @@ export class NativeH2Adapter {
     const impersonation = impersonationOf(headers)
     const h2 = stream.session as TaggedSession
     const session = this.#session(h2, headers)
-    const ac = new AbortController()
-    const onClose = (): void => ac.abort()
-    stream.once('close', onClose)
     const ua = headers['user-agent']
-    this.#forwarder
-      .open({
+    forwardStream(
+      this.#forwarder,
+      {
         session,
         authorization: headers.authorization,
         namespace: typeof namespace === 'string' ? namespace : '',
@@ -140,33 +140,25 @@ export class NativeH2Adapter {
         ...(headerBytes !== undefined ? { headerBytes } : {}),
         ...(impersonation !== undefined ? { impersonation } : {}),
         onAuthenticated: () => this.#connections?.authenticated(h2.socket),
-        signal: ac.signal,
-      })
-      .then(
-        (opened) => {
-          stream.off('close', onClose)
-          if (stream.destroyed || stream.closed) {
-            opened.cancel('client went away before the stream opened')
-            return
-          }
+      },
+      {
+        watch: stream,
+        gone: () => stream.destroyed || stream.closed,
+        accept: (opened) => {
           try {
             stream.respond({ ':status': 200, [STREAM_ID_HEADER]: opened.streamId })
           } catch (err) {
             this.#logger.debug({ err: describeError(err) }, 'respond failed')
-            opened.cancel('client went away before the stream opened')
-            return
+            return undefined
           }
           // Toward the client (docs/protocol.md): the pod's reset is CONNECT_ERROR; any other
           // failure of the agent's side is INTERNAL_ERROR, whatever code Node gave the agent
           // stream (it closes the streams of a lost connection with CANCEL).
           relayed(stream)
-          opened.start(h2Endpoint(stream, RST.INTERNAL_ERROR, PASS_TO_CLIENT))
+          return h2Endpoint(stream, RST.INTERNAL_ERROR, PASS_TO_CLIENT)
         },
-        (err: unknown) => {
-          stream.off('close', onClose)
-          const e = isAppError(err)
-            ? err
-            : appError('PFG_ERR_RELAY_AGENT_UNAVAILABLE', 'internal error')
+        refuse: (err) => {
+          const e = isAppError(err) ? err : appError('PFG_ERR_GATEWAY_INTERNAL', 'internal error')
           const extra: Record<string, string> =
             e.statusCode === 401
               ? { 'www-authenticate': 'Bearer realm="pfgate"' }
@@ -175,6 +167,7 @@ export class NativeH2Adapter {
                 : {}
           respondStatus(stream, e, extra)
         },
-      )
+      },
+    )
   }
 }

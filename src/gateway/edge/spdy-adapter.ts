@@ -28,7 +28,10 @@ import type { RelayEndpoint } from '../../shared/duplex-relay.js'
 import { describeError, isAppError } from '../../shared/errors.js'
 import { keepAlive } from '../../shared/keepalive.js'
 import type { Logger } from '../../shared/log.js'
-import type { ClientSession, Forwarder } from '../forwarder.js'
+import type { ForwardService } from '../forward/service.js'
+import type { ClientSession } from '../forward/stream-table.js'
+import { forwardStream, upgradeStreamRequest } from './contract.js'
+import type { EdgeConnection } from './contract.js'
 
 /** The target every stream of a session forwards to (from the upgrade's path). */
 export interface UpgradeTarget {
@@ -40,7 +43,7 @@ export interface UpgradeTarget {
 
 /** What {@link serveSpdyPortForward} needs. */
 export interface SpdyServeOptions {
-  forwarder: Forwarder
+  forwarder: ForwardService
   logger: Logger
   /** The ClientSession created for this upgrade (its protocol is `spdy` or `ws-spdy`). */
   session: ClientSession
@@ -59,12 +62,8 @@ export interface SpdyServeOptions {
 }
 
 /** A served SPDY connection, for the gateway's shutdown and admin kills. */
-export interface SpdyConnection {
+export interface SpdyConnection extends EdgeConnection {
   readonly spdy: SpdySession
-  /** Refuses new streams; GOAWAY and close once the open ones have finished. */
-  drain(): void
-  /** Ends everything now. */
-  destroy(): void
 }
 
 /** A relay endpoint for a forwarded connection's data stream: any abort is a reset. */
@@ -94,26 +93,13 @@ export function serveSpdyPortForward(transport: Duplex, options: SpdyServeOption
   const log = logger.child({ session: session.id, protocol: session.protocol })
 
   const onRequest = (req: SpdyForwardRequest): void => {
-    const ac = new AbortController()
-    const onGone = (): void => ac.abort()
-    req.data.once('close', onGone)
-    forwarder
-      .open({
-        session,
-        authorization: options.authorization,
-        namespace: target.namespace,
-        pod: target.pod,
-        ...(target.node !== undefined ? { node: target.node } : {}),
-        port: req.port,
-        signal: ac.signal,
-      })
-      .then(
-        (opened) => {
-          req.data.off('close', onGone)
-          if (req.settled || req.data.destroyed) {
-            opened.cancel('client went away before the stream opened')
-            return
-          }
+    forwardStream(
+      forwarder,
+      upgradeStreamRequest(session, options.authorization, target, req.port),
+      {
+        watch: req.data,
+        gone: () => req.settled || req.data.destroyed,
+        accept: (opened) => {
           // The kubelet's closing order
           // (docs/kubernetes-protocols.md#the-kubelets-side): when the pod's side ends,
           // the error stream's FIN, then the data stream's (after its queued bytes).
@@ -123,14 +109,12 @@ export function serveSpdyPortForward(transport: Duplex, options: SpdyServeOption
           up.once('end', () => {
             if (!(up.closed && !up.writableEnded)) req.finish()
           })
-          opened.start(spdyEndpoint(req))
+          return spdyEndpoint(req)
         },
-        (err: unknown) => {
-          req.data.off('close', onGone)
-          // The kubelet's answer to a stream it cannot forward: one line, then FINs.
-          req.fail(errorStreamText(err))
-        },
-      )
+        // The kubelet's answer to a stream it cannot forward: one line, then FINs.
+        refuse: (err) => req.fail(errorStreamText(err)),
+      },
+    )
   }
 
   const pf = servePortForward(spdy, {

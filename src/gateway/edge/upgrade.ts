@@ -55,9 +55,11 @@ import {
   publicError,
 } from '../../shared/errors.js'
 import type { Logger } from '../../shared/log.js'
-import { certificateOf, formatAddress } from '../forwarder.js'
+import { formatAddress } from '../forward/forwarder.js'
 import { impersonationOf } from '../impersonation.js'
-import type { Forwarder } from '../forwarder.js'
+import type { ForwardService } from '../forward/service.js'
+import { certificateOf } from './contract.js'
+import type { EdgeConnection } from './contract.js'
 import { serveSpdyPortForward } from './spdy-adapter.js'
 import type { UpgradeTarget } from './spdy-adapter.js'
 import { closeWebSocket, serveChannelPortForward } from './ws-channel-adapter.js'
@@ -139,7 +141,7 @@ export function rejectUpgrade(
 
 /** What {@link UpgradeHandler} needs. */
 export interface UpgradeHandlerOptions {
-  forwarder: Forwarder
+  forwarder: ForwardService
   logger: Logger
   /** Accept the SPDY-over-WebSocket tunnel (default true); off makes kubectl fall back. */
   websocketTunnel?: boolean
@@ -147,11 +149,6 @@ export interface UpgradeHandlerOptions {
   onAuthenticated?: (socket: Socket) => void
   /** PING interval of upgraded connections (SPDY PING, WebSocket ping); 0 disables. */
   keepaliveMs?: number
-}
-
-interface Served {
-  drain(): void
-  destroy(): void
 }
 
 /** What an upgrade request asks for, once its headers were checked. */
@@ -166,8 +163,8 @@ type Choice =
     }
 
 /** The `'upgrade'` listener of one gateway. */
-export class UpgradeHandler {
-  readonly #forwarder: Forwarder
+export class UpgradeHandler implements EdgeConnection {
+  readonly #forwarder: ForwardService
   readonly #logger: Logger
   readonly #tunnel: boolean
   readonly #onAuthenticated: ((socket: Socket) => void) | undefined
@@ -175,7 +172,7 @@ export class UpgradeHandler {
   readonly #wss: WebSocketServer
   /** The subprotocol to answer for a request (the tunnel's is added in 'headers'). */
   readonly #subprotocol = new WeakMap<IncomingMessage, string>()
-  readonly #live = new Set<Served>()
+  readonly #live = new Set<EdgeConnection>()
   /** Sockets between the request and the 101 (closed at shutdown). */
   readonly #pending = new Set<Duplex>()
   #draining = false
@@ -328,7 +325,7 @@ export class UpgradeHandler {
         : bearerFromSubprotocols(req.headers['sec-websocket-protocol']))
     const tcp = socket as Socket
     const userAgent = req.headers['user-agent']
-    let served: Served | undefined
+    let served: EdgeConnection | undefined
     const session = this.#forwarder.newSession({
       protocol: choice.protocol satisfies ClientProtocol,
       sourceAddress: formatAddress(tcp.remoteAddress, tcp.remotePort),
@@ -352,9 +349,7 @@ export class UpgradeHandler {
       })
     } catch (err) {
       this.#pending.delete(socket)
-      const e = isAppError(err)
-        ? err
-        : appError('PFG_ERR_RELAY_AGENT_UNAVAILABLE', 'internal error')
+      const e = isAppError(err) ? err : appError('PFG_ERR_GATEWAY_INTERNAL', 'internal error')
       rejectUpgrade(
         socket,
         e,
@@ -384,7 +379,7 @@ export class UpgradeHandler {
       target,
       keepaliveMs: this.#keepaliveMs,
     }
-    const track = (s: Served): (() => void) => {
+    const track = (s: EdgeConnection): (() => void) => {
       this.#live.add(s)
       return () => this.#live.delete(s)
     }

@@ -32,11 +32,15 @@ import {
 } from '../../protocol/ws-channel.js'
 import type { ChannelEncoding } from '../../protocol/ws-channel.js'
 import { ChannelWriter } from '../../protocol/ws-channel-writer.js'
-import type { AbortReason, RelayEndpoint } from '../../shared/duplex-relay.js'
+import type { AbortReason } from '../../protocol/stream-end.js'
+import type { RelayEndpoint } from '../../shared/duplex-relay.js'
 import { isAppError } from '../../shared/errors.js'
 import { keepAlive } from '../../shared/keepalive.js'
 import type { Logger } from '../../shared/log.js'
-import type { ClientSession, Forwarder } from '../forwarder.js'
+import type { ForwardService } from '../forward/service.js'
+import type { ClientSession } from '../forward/stream-table.js'
+import { forwardStream, upgradeStreamRequest } from './contract.js'
+import type { EdgeConnection } from './contract.js'
 import type { UpgradeTarget } from './spdy-adapter.js'
 
 /** How long pod connections may finish after the client closed the WebSocket. */
@@ -87,7 +91,7 @@ const CLOSE_UNSUPPORTED = 1003
 
 /** What {@link serveChannelPortForward} needs. */
 export interface ChannelServeOptions {
-  forwarder: Forwarder
+  forwarder: ForwardService
   logger: Logger
   session: ClientSession
   authorization: string | string[] | undefined
@@ -103,19 +107,11 @@ export interface ChannelServeOptions {
   keepaliveMs?: number
 }
 
-/** A served channel connection, for the gateway's shutdown and admin kills. */
-export interface ChannelConnection {
-  /** Nothing new can start on a channel connection (its ports are fixed): no-op. */
-  drain(): void
-  /** Ends everything now. */
-  destroy(): void
-}
-
 const ABORT_TEXT: Record<AbortReason, string> = {
   'peer-reset': 'the connection to the pod was reset',
   admin: 'ended by an administrator',
   limit: 'ended by a gateway limit',
-  shutdown: 'the gateway is shutting down',
+  gateway: 'the gateway is shutting down',
   internal: 'internal error',
 }
 
@@ -302,7 +298,7 @@ function portEndpoint(conn: Conn, stream: PortStream, describe: string): RelayEn
 export function serveChannelPortForward(
   ws: WebSocket,
   options: ChannelServeOptions,
-): ChannelConnection {
+): EdgeConnection {
   const { forwarder, session, target, ports, encoding } = options
   const conn = new Conn(ws, encoding, ports)
   conn.writer.sendPortPrefixes(ports)
@@ -355,40 +351,22 @@ export function serveChannelPortForward(
       // Reported through the relay.
     })
     const describe = `error forwarding port ${port} to pod ${target.namespace}/${target.pod}`
-    const ac = new AbortController()
-    const onGone = (): void => ac.abort()
-    stream.once('close', onGone)
-    forwarder
-      .open({
-        session,
-        authorization: options.authorization,
-        namespace: target.namespace,
-        pod: target.pod,
-        ...(target.node !== undefined ? { node: target.node } : {}),
-        port,
-        signal: ac.signal,
-      })
-      .then(
-        (opened) => {
-          stream.off('close', onGone)
-          if (stream.destroyed || conn.closed) {
-            opened.cancel('client went away before the stream opened')
-            stream.destroy()
-            return
-          }
-          opened.start(portEndpoint(conn, stream, describe))
-        },
-        (err: unknown) => {
-          stream.off('close', onGone)
-          // The kubelet's answer: one line on the port's error channel; the port is done.
-          conn.sendError(i, isAppError(err) ? err.message : `${describe}: internal error`)
-          stream.destroy()
-          conn.finishPort(i)
-        },
-      )
+    forwardStream(forwarder, upgradeStreamRequest(session, options.authorization, target, port), {
+      watch: stream,
+      gone: () => stream.destroyed || conn.closed,
+      accept: () => portEndpoint(conn, stream, describe),
+      abandoned: () => stream.destroy(),
+      refuse: (err) => {
+        // The kubelet's answer: one line on the port's error channel; the port is done.
+        conn.sendError(i, isAppError(err) ? err.message : `${describe}: internal error`)
+        stream.destroy()
+        conn.finishPort(i)
+      },
+    })
   })
 
   return {
+    // Nothing new can start on a channel connection (its ports are fixed).
     drain: () => {},
     destroy: () => {
       conn.abortAll()

@@ -5,8 +5,8 @@
  * @module
  */
 import { appError } from '../../shared/errors.js'
-import { shownUserAgent } from '../forwarder.js'
-import type { Forwarder } from '../forwarder.js'
+import { shownUserAgent } from '../forward/audit-events.js'
+import type { Forwarder } from '../forward/forwarder.js'
 import { identityOf } from './auth.js'
 import type { GatewayPlugin } from './types.js'
 

@@ -14,8 +14,8 @@ import { appError, isAppError } from '../../shared/errors.js'
 import { describeError, hidesDetail, newRef, publicError } from '../../shared/errors.js'
 import type { AppError } from '../../shared/errors.js'
 import type { Identity } from '../auth/authenticator.js'
-import { formatAddress } from '../forwarder.js'
-import type { Forwarder } from '../forwarder.js'
+import { formatAddress } from '../forward/forwarder.js'
+import type { Forwarder } from '../forward/forwarder.js'
 import type { GatewayPlugin } from './types.js'
 
 /** The part of a Fastify reply `sendStatus` uses (any server flavour). */

@@ -22,7 +22,7 @@ import type { Socket } from 'node:net'
 import { buildStatus } from '../../protocol/status.js'
 import type { Logger } from '../../shared/log.js'
 import type { GatewayMetrics } from '../metrics.js'
-import { formatAddress } from '../forwarder.js'
+import { formatAddress } from '../forward/forwarder.js'
 
 const STATUS_TEXT: Record<number, string> = {
   400: 'Bad Request',

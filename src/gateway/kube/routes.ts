@@ -8,14 +8,13 @@
  *
  * @module
  */
-import { assertNamespace, assertObjectName } from '../../protocol/names.js'
+import { assertNamespace } from '../../protocol/names.js'
 import { appError } from '../../shared/errors.js'
-import type { Identity } from '../auth/authenticator.js'
 import type { Authorizer } from '../authz/authorizer.js'
+import { resolvePod } from '../forward/resolve-pod.js'
 import { identityOf } from '../http/auth.js'
-import { sendStatus } from '../http/errors.js'
 import type { GatewayPlugin } from '../http/types.js'
-import type { PodInfo, PodRegistry } from '../registry/types.js'
+import type { PodRegistry } from '../registry/types.js'
 import { matchesLabels, parseLabelSelector, podList, podTable, wantsTable } from './list.js'
 import {
   aggregatedDiscovery,
@@ -33,33 +32,11 @@ const KUBERNETES_VERSION = { major: '1', minor: '33', gitVersion: 'v1.33.0-pfgat
 /** What the facade reads. */
 export interface KubeApiOptions {
   registry: Pick<PodRegistry, 'isReady' | 'getPod' | 'listPods'>
-  authorizer: Pick<Authorizer, 'mayAccessPod'>
+  authorizer: Pick<Authorizer, 'mayForward' | 'mayAccessPod'>
 }
 
 function notReady(): Error {
   return appError('PFG_ERR_ROUTE_NOT_READY', 'the pod registry has not synced yet; retry shortly')
-}
-
-/**
- * The pod `identity` may see: authorize → registry ready → lookup (undefined: no such
- * pod). The forwarder's admission runs the same three steps before it dials; they are
- * to become one function of the forward core, with this route's messages.
- */
-async function visiblePod(
-  deps: KubeApiOptions,
-  identity: Identity,
-  namespace: string,
-  name: string,
-): Promise<PodInfo | undefined> {
-  // Default deny: a pod is visible only to those who may forward to it (no existence leak).
-  if (!(await deps.authorizer.mayAccessPod(identity, namespace, name))) {
-    throw appError(
-      'PFG_ERR_AUTH_FORBIDDEN',
-      `pods "${name}" is forbidden: user "${identity.user}" cannot get resource "pods" in namespace "${namespace}"`,
-    )
-  }
-  if (!deps.registry.isReady()) throw notReady()
-  return deps.registry.getPod(namespace, name)
 }
 
 /** The Kubernetes API facade's routes. */
@@ -79,12 +56,8 @@ export const kubeApiRoutes: GatewayPlugin<KubeApiOptions> = async (app, deps) =>
     '/api/v1/namespaces/:ns/pods/:pod',
     async (request, reply) => {
       const { ns, pod } = request.params
-      assertNamespace(ns)
-      assertObjectName('pod', pod)
-      const info = await visiblePod(deps, identityOf(request), ns, pod)
-      if (info === undefined) {
-        return sendStatus(reply, appError('PFG_ERR_ROUTE_POD_NOT_FOUND', `pods "${pod}" not found`))
-      }
+      // Names → authorize (default deny: no existence leak) → ready → lookup, as a forward.
+      const info = await resolvePod(deps, identityOf(request), { namespace: ns, pod }, 'get')
       if (wantsTable(request.headers.accept)) {
         return reply.type('application/json').send(podTable([info], Date.now()))
       }

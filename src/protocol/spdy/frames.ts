@@ -223,45 +223,45 @@ const EMPTY = Buffer.alloc(0)
  * ```
  */
 export class FrameParser {
-  private readonly maxControl: number
-  private chunks: Buffer[] = []
+  readonly #maxControl: number
+  #chunks: Buffer[] = []
   /** Bytes consumed from chunks[0]. */
-  private offset = 0
-  private available = 0
+  #offset = 0
+  #available = 0
   /** >= 0 while inside a DATA payload: bytes of it still to come. */
-  private dataRemaining = -1
-  private dataStreamId = 0
-  private dataFin = false
-  private readonly scratch = Buffer.alloc(FRAME_HEADER_SIZE)
-  private failure: SpdyProtocolError | undefined
+  #dataRemaining = -1
+  #dataStreamId = 0
+  #dataFin = false
+  readonly #scratch = Buffer.alloc(FRAME_HEADER_SIZE)
+  #failure: SpdyProtocolError | undefined
 
   constructor(options: FrameParserOptions = {}) {
-    this.maxControl = options.maxControlFrameSize ?? DEFAULT_MAX_CONTROL_FRAME_SIZE
-    if (!Number.isInteger(this.maxControl) || this.maxControl < 8) {
+    this.#maxControl = options.maxControlFrameSize ?? DEFAULT_MAX_CONTROL_FRAME_SIZE
+    if (!Number.isInteger(this.#maxControl) || this.#maxControl < 8) {
       throw new RangeError('maxControlFrameSize must be an integer >= 8')
     }
   }
 
   /** Bytes received but not yet returned by {@link next}. */
   get bufferedBytes(): number {
-    return this.available
+    return this.#available
   }
 
   /** True when the parser stopped on a protocol error. */
   get failed(): boolean {
-    return this.failure !== undefined
+    return this.#failure !== undefined
   }
 
   /** True between frames (no partial frame buffered): a clean place for EOF. */
   get atFrameBoundary(): boolean {
-    return this.available === 0 && this.dataRemaining < 0
+    return this.#available === 0 && this.#dataRemaining < 0
   }
 
   /** Appends transport bytes. Empty chunks are fine (the WebSocket tunnel sends them). */
   push(chunk: Buffer): void {
     if (chunk.length === 0) return
-    this.chunks.push(chunk)
-    this.available += chunk.length
+    this.#chunks.push(chunk)
+    this.#available += chunk.length
   }
 
   /**
@@ -269,64 +269,66 @@ export class FrameParser {
    * Throws {@link SpdyProtocolError} on a malformed frame (and on every later call).
    */
   next(): SpdyFrame | null {
-    if (this.failure !== undefined) throw this.failure
-    if (this.dataRemaining >= 0) return this.nextDataPiece()
-    if (this.available < FRAME_HEADER_SIZE) return null
-    const h = this.scratch
-    this.copyOut(h, FRAME_HEADER_SIZE)
+    if (this.#failure !== undefined) throw this.#failure
+    if (this.#dataRemaining >= 0) return this.#nextDataPiece()
+    if (this.#available < FRAME_HEADER_SIZE) return null
+    const h = this.#scratch
+    this.#copyOut(h, FRAME_HEADER_SIZE)
     const length = (h[5]! << 16) | (h[6]! << 8) | h[7]!
     const flags = h[4]!
     if ((h[0]! & 0x80) === 0) {
       const streamId = h.readUInt32BE(0) & MAX_STREAM_ID
-      if (streamId === 0) return this.fail('DATA frame on stream 0')
-      this.skip(FRAME_HEADER_SIZE)
-      this.dataRemaining = length
-      this.dataStreamId = streamId
-      this.dataFin = (flags & FLAG_FIN) !== 0
-      return this.nextDataPiece()
+      if (streamId === 0) return this.#fail('DATA frame on stream 0')
+      this.#skip(FRAME_HEADER_SIZE)
+      this.#dataRemaining = length
+      this.#dataStreamId = streamId
+      this.#dataFin = (flags & FLAG_FIN) !== 0
+      return this.#nextDataPiece()
     }
     const version = h.readUInt16BE(0) & 0x7fff
-    if (version !== SPDY_VERSION) return this.fail(`unsupported SPDY version ${version}`)
-    if (length > this.maxControl) {
-      return this.fail(`control frame of ${length} bytes exceeds the ${this.maxControl}-byte limit`)
+    if (version !== SPDY_VERSION) return this.#fail(`unsupported SPDY version ${version}`)
+    if (length > this.#maxControl) {
+      return this.#fail(
+        `control frame of ${length} bytes exceeds the ${this.#maxControl}-byte limit`,
+      )
     }
-    if (this.available < FRAME_HEADER_SIZE + length) return null
+    if (this.#available < FRAME_HEADER_SIZE + length) return null
     const type = h.readUInt16BE(2)
-    this.skip(FRAME_HEADER_SIZE)
-    const payload = this.take(length)
-    return this.parseControl(type, flags, payload)
+    this.#skip(FRAME_HEADER_SIZE)
+    const payload = this.#take(length)
+    return this.#parseControl(type, flags, payload)
   }
 
-  private nextDataPiece(): DataPiece | null {
-    const remaining = this.dataRemaining
+  #nextDataPiece(): DataPiece | null {
+    const remaining = this.#dataRemaining
     if (remaining === 0) {
-      this.dataRemaining = -1
+      this.#dataRemaining = -1
       return {
         kind: 'data',
-        streamId: this.dataStreamId,
+        streamId: this.#dataStreamId,
         data: EMPTY,
-        fin: this.dataFin,
+        fin: this.#dataFin,
         last: true,
       }
     }
-    if (this.available === 0) return null
-    const first = this.chunks[0]!
-    const n = Math.min(remaining, first.length - this.offset)
-    const data = first.subarray(this.offset, this.offset + n)
-    this.skip(n)
-    this.dataRemaining = remaining - n
-    const last = this.dataRemaining === 0
-    if (last) this.dataRemaining = -1
-    return { kind: 'data', streamId: this.dataStreamId, data, fin: last && this.dataFin, last }
+    if (this.#available === 0) return null
+    const first = this.#chunks[0]!
+    const n = Math.min(remaining, first.length - this.#offset)
+    const data = first.subarray(this.#offset, this.#offset + n)
+    this.#skip(n)
+    this.#dataRemaining = remaining - n
+    const last = this.#dataRemaining === 0
+    if (last) this.#dataRemaining = -1
+    return { kind: 'data', streamId: this.#dataStreamId, data, fin: last && this.#dataFin, last }
   }
 
-  private parseControl(type: number, flags: number, p: Buffer): ControlFrame {
+  #parseControl(type: number, flags: number, p: Buffer): ControlFrame {
     const len = p.length
     switch (type) {
       case FrameType.SYN_STREAM: {
-        if (len < 10) return this.fail(`SYN_STREAM too short (${len} bytes)`)
+        if (len < 10) return this.#fail(`SYN_STREAM too short (${len} bytes)`)
         const streamId = p.readUInt32BE(0) & MAX_STREAM_ID
-        if (streamId === 0) return this.fail('SYN_STREAM with stream id 0')
+        if (streamId === 0) return this.#fail('SYN_STREAM with stream id 0')
         return {
           kind: 'syn_stream',
           flags,
@@ -340,25 +342,25 @@ export class FrameParser {
       case FrameType.SYN_REPLY:
       case FrameType.HEADERS: {
         const name = type === FrameType.SYN_REPLY ? 'SYN_REPLY' : 'HEADERS'
-        if (len < 4) return this.fail(`${name} too short (${len} bytes)`)
+        if (len < 4) return this.#fail(`${name} too short (${len} bytes)`)
         const streamId = p.readUInt32BE(0) & MAX_STREAM_ID
-        if (streamId === 0) return this.fail(`${name} with stream id 0`)
+        if (streamId === 0) return this.#fail(`${name} with stream id 0`)
         const headerBlock = p.subarray(4)
         return type === FrameType.SYN_REPLY
           ? { kind: 'syn_reply', flags, streamId, headerBlock }
           : { kind: 'headers', flags, streamId, headerBlock }
       }
       case FrameType.RST_STREAM: {
-        if (len !== 8) return this.fail(`RST_STREAM length ${len}, expected 8`)
+        if (len !== 8) return this.#fail(`RST_STREAM length ${len}, expected 8`)
         const streamId = p.readUInt32BE(0) & MAX_STREAM_ID
-        if (streamId === 0) return this.fail('RST_STREAM with stream id 0')
+        if (streamId === 0) return this.#fail('RST_STREAM with stream id 0')
         return { kind: 'rst_stream', streamId, status: p.readUInt32BE(4) }
       }
       case FrameType.SETTINGS: {
-        if (len < 4) return this.fail(`SETTINGS too short (${len} bytes)`)
+        if (len < 4) return this.#fail(`SETTINGS too short (${len} bytes)`)
         const count = p.readUInt32BE(0)
         if (count > (len - 4) / 8 || len !== 4 + count * 8) {
-          return this.fail(`SETTINGS length ${len} does not match ${count} entries`)
+          return this.#fail(`SETTINGS length ${len} does not match ${count} entries`)
         }
         const entries: SettingsEntry[] = []
         for (let i = 0, o = 4; i < count; i++, o += 8) {
@@ -367,17 +369,17 @@ export class FrameParser {
         return { kind: 'settings', flags, entries }
       }
       case FrameType.PING:
-        if (len !== 4) return this.fail(`PING length ${len}, expected 4`)
+        if (len !== 4) return this.#fail(`PING length ${len}, expected 4`)
         return { kind: 'ping', id: p.readUInt32BE(0) }
       case FrameType.GOAWAY:
-        if (len !== 8) return this.fail(`GOAWAY length ${len}, expected 8`)
+        if (len !== 8) return this.#fail(`GOAWAY length ${len}, expected 8`)
         return {
           kind: 'goaway',
           lastGoodStreamId: p.readUInt32BE(0) & MAX_STREAM_ID,
           status: p.readUInt32BE(4),
         }
       case FrameType.WINDOW_UPDATE:
-        if (len !== 8) return this.fail(`WINDOW_UPDATE length ${len}, expected 8`)
+        if (len !== 8) return this.#fail(`WINDOW_UPDATE length ${len}, expected 8`)
         return {
           kind: 'window_update',
           streamId: p.readUInt32BE(0) & MAX_STREAM_ID,
@@ -389,54 +391,54 @@ export class FrameParser {
     }
   }
 
-  private fail(message: string): never {
-    this.failure = new SpdyProtocolError(message)
+  #fail(message: string): never {
+    this.#failure = new SpdyProtocolError(message)
     // Drop what we hold: nothing after a framing error can be trusted.
-    this.chunks = []
-    this.offset = 0
-    this.available = 0
-    throw this.failure
+    this.#chunks = []
+    this.#offset = 0
+    this.#available = 0
+    throw this.#failure
   }
 
   /** Copies the first `n` buffered bytes into `target` without consuming them. */
-  private copyOut(target: Buffer, n: number): void {
+  #copyOut(target: Buffer, n: number): void {
     let copied = 0
-    let off = this.offset
+    let off = this.#offset
     for (let i = 0; copied < n; i++) {
-      const c = this.chunks[i]!
+      const c = this.#chunks[i]!
       copied += c.copy(target, copied, off, Math.min(c.length, off + n - copied))
       off = 0
     }
   }
 
   /** Consumes `n` bytes (n <= available). */
-  private skip(n: number): void {
-    this.available -= n
+  #skip(n: number): void {
+    this.#available -= n
     while (n > 0) {
-      const c = this.chunks[0]!
-      const rest = c.length - this.offset
+      const c = this.#chunks[0]!
+      const rest = c.length - this.#offset
       if (n < rest) {
-        this.offset += n
+        this.#offset += n
         return
       }
       n -= rest
-      this.chunks.shift()
-      this.offset = 0
+      this.#chunks.shift()
+      this.#offset = 0
     }
   }
 
   /** Consumes and returns `n` bytes: a view when they sit in one chunk, else a copy. */
-  private take(n: number): Buffer {
+  #take(n: number): Buffer {
     if (n === 0) return EMPTY
-    const first = this.chunks[0]!
-    if (first.length - this.offset >= n) {
-      const out = first.subarray(this.offset, this.offset + n)
-      this.skip(n)
+    const first = this.#chunks[0]!
+    if (first.length - this.#offset >= n) {
+      const out = first.subarray(this.#offset, this.#offset + n)
+      this.#skip(n)
       return out
     }
     const out = Buffer.allocUnsafe(n)
-    this.copyOut(out, n)
-    this.skip(n)
+    this.#copyOut(out, n)
+    this.#skip(n)
     return out
   }
 }

@@ -141,27 +141,27 @@ interface Job<T> {
  * Call {@link close} when the connection ends; pending callbacks then get an error.
  */
 export class HeaderCodec {
-  private readonly maxBlock: number
-  private readonly memLevel: number
-  private readonly level: number
-  private inflate: zlib.Inflate | undefined
-  private deflate: zlib.Deflate | undefined
-  private readonly inflateJobs: Job<SpdyHeaders>[] = []
-  private readonly deflateJobs: Job<Buffer>[] = []
-  private inflateOut: Buffer[] = []
-  private inflateSize = 0
-  private deflateOut: Buffer[] = []
-  private failure: Error | undefined
+  readonly #maxBlock: number
+  readonly #memLevel: number
+  readonly #level: number
+  #inflate: zlib.Inflate | undefined
+  #deflate: zlib.Deflate | undefined
+  readonly #inflateJobs: Job<SpdyHeaders>[] = []
+  readonly #deflateJobs: Job<Buffer>[] = []
+  #inflateOut: Buffer[] = []
+  #inflateSize = 0
+  #deflateOut: Buffer[] = []
+  #failure: Error | undefined
 
   constructor(options: HeaderCodecOptions = {}) {
-    this.maxBlock = options.maxHeaderBlockSize ?? DEFAULT_MAX_HEADER_BLOCK_SIZE
-    this.memLevel = options.deflateMemLevel ?? 1
-    this.level = options.deflateLevel ?? 6
+    this.#maxBlock = options.maxHeaderBlockSize ?? DEFAULT_MAX_HEADER_BLOCK_SIZE
+    this.#memLevel = options.deflateMemLevel ?? 1
+    this.#level = options.deflateLevel ?? 6
   }
 
   /** The error that broke the codec (it then fails every call), if any. */
   get error(): Error | undefined {
-    return this.failure
+    return this.#failure
   }
 
   /**
@@ -171,12 +171,12 @@ export class HeaderCodec {
    * {@link SpdyProtocolError} and the codec stays usable).
    */
   decode(block: Buffer, cb: Callback<SpdyHeaders>): void {
-    if (this.failure !== undefined) {
-      process.nextTick(cb, this.failure)
+    if (this.#failure !== undefined) {
+      process.nextTick(cb, this.#failure)
       return
     }
-    this.inflateJobs.push({ input: block, cb })
-    if (this.inflateJobs.length === 1) this.runInflate()
+    this.#inflateJobs.push({ input: block, cb })
+    if (this.#inflateJobs.length === 1) this.#runInflate()
   }
 
   /**
@@ -187,68 +187,68 @@ export class HeaderCodec {
    */
   encode(headers: HeaderInput, cb: Callback<Buffer>): void {
     const raw = serializeHeaderBlock(headers)
-    if (this.failure !== undefined) {
-      process.nextTick(cb, this.failure)
+    if (this.#failure !== undefined) {
+      process.nextTick(cb, this.#failure)
       return
     }
-    this.deflateJobs.push({ input: raw, cb })
-    if (this.deflateJobs.length === 1) this.runDeflate()
+    this.#deflateJobs.push({ input: raw, cb })
+    if (this.#deflateJobs.length === 1) this.#runDeflate()
   }
 
   /** Releases both zlib contexts; pending and later calls fail. Idempotent. */
   close(): void {
-    if (this.failure === undefined) this.fail(new Error('SPDY header codec closed'))
+    if (this.#failure === undefined) this.#fail(new Error('SPDY header codec closed'))
   }
 
-  private getInflate(): zlib.Inflate {
-    if (this.inflate === undefined) {
+  #getInflate(): zlib.Inflate {
+    if (this.#inflate === undefined) {
       const inflate = zlib.createInflate({ dictionary: SPDY3_DICTIONARY })
       inflate.on('data', (chunk: Buffer) => {
-        this.inflateSize += chunk.length
-        if (this.inflateSize > this.maxBlock) {
-          this.fail(new SpdyProtocolError(`header block inflates past ${this.maxBlock} bytes`))
+        this.#inflateSize += chunk.length
+        if (this.#inflateSize > this.#maxBlock) {
+          this.#fail(new SpdyProtocolError(`header block inflates past ${this.#maxBlock} bytes`))
           return
         }
-        this.inflateOut.push(chunk)
+        this.#inflateOut.push(chunk)
       })
       inflate.on('error', (err: Error) => {
-        this.fail(new SpdyProtocolError(`header block does not inflate: ${err.message}`))
+        this.#fail(new SpdyProtocolError(`header block does not inflate: ${err.message}`))
       })
-      this.inflate = inflate
+      this.#inflate = inflate
     }
-    return this.inflate
+    return this.#inflate
   }
 
-  private getDeflate(): zlib.Deflate {
-    if (this.deflate === undefined) {
+  #getDeflate(): zlib.Deflate {
+    if (this.#deflate === undefined) {
       const deflate = zlib.createDeflate({
         dictionary: SPDY3_DICTIONARY,
-        memLevel: this.memLevel,
-        level: this.level,
+        memLevel: this.#memLevel,
+        level: this.#level,
       })
-      deflate.on('data', (chunk: Buffer) => this.deflateOut.push(chunk))
+      deflate.on('data', (chunk: Buffer) => this.#deflateOut.push(chunk))
       deflate.on('error', (err: Error) => {
-        this.fail(new Error(`SPDY header deflate failed: ${err.message}`))
+        this.#fail(new Error(`SPDY header deflate failed: ${err.message}`))
       })
-      this.deflate = deflate
+      this.#deflate = deflate
     }
-    return this.deflate
+    return this.#deflate
   }
 
-  private runInflate(): void {
-    const job = this.inflateJobs[0]
-    if (job === undefined || this.failure !== undefined) return
-    const inflate = this.getInflate()
-    this.inflateOut = []
-    this.inflateSize = 0
+  #runInflate(): void {
+    const job = this.#inflateJobs[0]
+    if (job === undefined || this.#failure !== undefined) return
+    const inflate = this.#getInflate()
+    this.#inflateOut = []
+    this.#inflateSize = 0
     inflate.write(job.input)
     inflate.flush(zlib.constants.Z_SYNC_FLUSH, () => {
       // After a failure the job was already answered by fail().
-      if (this.failure !== undefined || this.inflateJobs[0] !== job) return
-      this.inflateJobs.shift()
+      if (this.#failure !== undefined || this.#inflateJobs[0] !== job) return
+      this.#inflateJobs.shift()
       const raw =
-        this.inflateOut.length === 1 ? this.inflateOut[0]! : Buffer.concat(this.inflateOut)
-      this.inflateOut = []
+        this.#inflateOut.length === 1 ? this.#inflateOut[0]! : Buffer.concat(this.#inflateOut)
+      this.#inflateOut = []
       let headers: SpdyHeaders | undefined
       let error: Error | null = null
       try {
@@ -256,35 +256,35 @@ export class HeaderCodec {
       } catch (err) {
         error = err as Error
       }
-      this.runInflate()
+      this.#runInflate()
       job.cb(error, headers)
     })
   }
 
-  private runDeflate(): void {
-    const job = this.deflateJobs[0]
-    if (job === undefined || this.failure !== undefined) return
-    const deflate = this.getDeflate()
-    this.deflateOut = []
+  #runDeflate(): void {
+    const job = this.#deflateJobs[0]
+    if (job === undefined || this.#failure !== undefined) return
+    const deflate = this.#getDeflate()
+    this.#deflateOut = []
     deflate.write(job.input)
     deflate.flush(zlib.constants.Z_SYNC_FLUSH, () => {
-      if (this.failure !== undefined || this.deflateJobs[0] !== job) return
-      this.deflateJobs.shift()
+      if (this.#failure !== undefined || this.#deflateJobs[0] !== job) return
+      this.#deflateJobs.shift()
       const block =
-        this.deflateOut.length === 1 ? this.deflateOut[0]! : Buffer.concat(this.deflateOut)
-      this.deflateOut = []
-      this.runDeflate()
+        this.#deflateOut.length === 1 ? this.#deflateOut[0]! : Buffer.concat(this.#deflateOut)
+      this.#deflateOut = []
+      this.#runDeflate()
       job.cb(null, block)
     })
   }
 
-  private fail(err: Error): void {
-    if (this.failure !== undefined) return
-    this.failure = err
-    this.inflateOut = []
-    this.deflateOut = []
-    const inflate = this.inflate
-    const deflate = this.deflate
+  #fail(err: Error): void {
+    if (this.#failure !== undefined) return
+    this.#failure = err
+    this.#inflateOut = []
+    this.#deflateOut = []
+    const inflate = this.#inflate
+    const deflate = this.#deflate
     // Keep a listener: a destroyed zlib stream may still report an error.
     if (inflate !== undefined) {
       inflate.removeAllListeners('data')
@@ -297,11 +297,11 @@ export class HeaderCodec {
       deflate.destroy()
     }
     const callbacks: ((e: Error) => void)[] = [
-      ...this.inflateJobs.map((j) => j.cb),
-      ...this.deflateJobs.map((j) => j.cb),
+      ...this.#inflateJobs.map((j) => j.cb),
+      ...this.#deflateJobs.map((j) => j.cb),
     ]
-    this.inflateJobs.length = 0
-    this.deflateJobs.length = 0
+    this.#inflateJobs.length = 0
+    this.#deflateJobs.length = 0
     // Answer later: fail() runs inside zlib events and inside close().
     for (const cb of callbacks) process.nextTick(cb, err)
   }

@@ -138,10 +138,10 @@ class ForwardRequest implements SpdyForwardRequest {
   readonly dataStreamId: number
   readonly errorStreamId: number
   readonly data: Duplex
-  private readonly errorStream: SpdyStream
-  private readonly dataStream: SpdyStream
-  private settledValue = false
-  private readonly onSettled: () => void
+  readonly #errorStream: SpdyStream
+  readonly #dataStream: SpdyStream
+  #settledValue = false
+  readonly #onSettled: () => void
 
   constructor(
     port: number,
@@ -152,26 +152,26 @@ class ForwardRequest implements SpdyForwardRequest {
   ) {
     this.port = port
     this.requestId = requestId
-    this.errorStream = errorStream
-    this.dataStream = dataStream
+    this.#errorStream = errorStream
+    this.#dataStream = dataStream
     this.data = dataStream
     this.dataStreamId = dataStream.id
     this.errorStreamId = errorStream.id
-    this.onSettled = onSettled
+    this.#onSettled = onSettled
     // However the data stream ends (the relay called data.end() itself, the client
     // reset it, the session died), the error stream must still get its FIN.
-    dataStream.once('finish', () => this.settle())
-    dataStream.once('close', () => this.settle())
+    dataStream.once('finish', () => this.#settle())
+    dataStream.once('close', () => this.#settle())
   }
 
   get settled(): boolean {
-    return this.settledValue
+    return this.#settledValue
   }
 
   fail(message: string): void {
-    if (this.settledValue) return
-    this.settledValue = true
-    const err = this.errorStream
+    if (this.#settledValue) return
+    this.#settledValue = true
+    const err = this.#errorStream
     if (!err.destroyed && !err.writableEnded) {
       if (message.length > 0) err.write(message)
       err.end()
@@ -179,36 +179,36 @@ class ForwardRequest implements SpdyForwardRequest {
     // Nobody relays the client's bytes any more: drop them, so an unread data
     // stream never holds up the session (its reads stop for everyone,
     // docs/kubernetes-protocols.md#no-flow-control).
-    const data = this.dataStream
+    const data = this.#dataStream
     if (!data.destroyed) {
       data.unpipe()
       data.resume()
     }
     endStream(data)
-    this.onSettled()
+    this.#onSettled()
   }
 
   finish(): void {
-    if (this.settledValue) return
-    this.settledValue = true
-    endStream(this.errorStream)
-    endStream(this.dataStream)
-    this.onSettled()
+    if (this.#settledValue) return
+    this.#settledValue = true
+    endStream(this.#errorStream)
+    endStream(this.#dataStream)
+    this.#onSettled()
   }
 
   reset(): void {
-    if (this.settledValue) return
-    this.settledValue = true
-    this.dataStream.reset(RstStatus.CANCEL)
-    endStream(this.errorStream)
-    this.onSettled()
+    if (this.#settledValue) return
+    this.#settledValue = true
+    this.#dataStream.reset(RstStatus.CANCEL)
+    endStream(this.#errorStream)
+    this.#onSettled()
   }
 
-  private settle(): void {
-    if (this.settledValue) return
-    this.settledValue = true
-    endStream(this.errorStream)
-    this.onSettled()
+  #settle(): void {
+    if (this.#settledValue) return
+    this.#settledValue = true
+    endStream(this.#errorStream)
+    this.#onSettled()
   }
 }
 

@@ -247,10 +247,10 @@ export class SpdyStream extends Duplex {
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, cb: WriteCallback): void {
-    this.writeChunk(chunk, cb)
+    this.#writeChunk(chunk, cb)
   }
 
-  private writeChunk(chunk: Buffer, cb: WriteCallback): void {
+  #writeChunk(chunk: Buffer, cb: WriteCallback): void {
     const st = this[kState]
     if (st.reply === 'none') this.reply()
     if (st.reply !== 'sent') {
@@ -266,7 +266,7 @@ export class SpdyStream extends Duplex {
     let total = 0
     for (const c of chunks) total += c.chunk.length
     if (total <= SMALL_PAYLOAD * 4) {
-      this.writeChunk(
+      this.#writeChunk(
         Buffer.concat(
           chunks.map((c) => c.chunk),
           total,
@@ -276,8 +276,8 @@ export class SpdyStream extends Duplex {
       return
     }
     const last = chunks.length - 1
-    for (let i = 0; i < last; i++) this.writeChunk(chunks[i]!.chunk, noop)
-    this.writeChunk(chunks[last]!.chunk, cb)
+    for (let i = 0; i < last; i++) this.#writeChunk(chunks[i]!.chunk, noop)
+    this.#writeChunk(chunks[last]!.chunk, cb)
   }
 
   override _final(cb: WriteCallback): void {
@@ -322,67 +322,67 @@ interface PendingPing {
  * ```
  */
 export class SpdySession extends EventEmitter<SpdySessionEvents> {
-  private readonly transport: Duplex
-  private parser: FrameParser
-  private readonly codec: HeaderCodec
-  private readonly streams = new Map<number, SpdyStream>()
-  private readonly congested = new Set<SpdyStream>()
-  private readonly maxDataFrame: number
-  private readonly maxStreams: number
-  private readonly hwm: number
-  private readonly closeTimeoutMs: number
-  private readonly host: StreamHost
-  private state: SessionState = 'open'
-  private clientSpoke = false
-  private prelude: Buffer[] = []
-  private decoding = false
-  private pumping = false
-  private transportPaused = false
-  private lastClientStreamId = 0
-  private lastGoodStreamIdValue = 0
-  private goawayReceived = false
+  readonly #transport: Duplex
+  #parser: FrameParser
+  readonly #codec: HeaderCodec
+  readonly #streams = new Map<number, SpdyStream>()
+  readonly #congested = new Set<SpdyStream>()
+  readonly #maxDataFrame: number
+  readonly #maxStreams: number
+  readonly #hwm: number
+  readonly #closeTimeoutMs: number
+  readonly #host: StreamHost
+  #state: SessionState = 'open'
+  #clientSpoke = false
+  #prelude: Buffer[] = []
+  #decoding = false
+  #pumping = false
+  #transportPaused = false
+  #lastClientStreamId = 0
+  #lastGoodStreamIdValue = 0
+  #goawayReceived = false
   /** GOAWAY status for the end of a graceful close. */
-  private drainStatus: number = GoawayStatus.OK
-  private drainWaiters: WriteCallback[] = []
-  private closeTimer: NodeJS.Timeout | undefined
-  private closeError: Error | undefined
-  private pings = new Map<number, PendingPing>()
-  private nextPingId = 2
-  private bytesReadValue = 0
-  private bytesWrittenValue = 0
+  #drainStatus: number = GoawayStatus.OK
+  #drainWaiters: WriteCallback[] = []
+  #closeTimer: NodeJS.Timeout | undefined
+  #closeError: Error | undefined
+  #pings = new Map<number, PendingPing>()
+  #nextPingId = 2
+  #bytesReadValue = 0
+  #bytesWrittenValue = 0
 
   constructor(transport: Duplex, options: SpdySessionOptions = {}) {
     super()
-    this.transport = transport
-    this.parser = new FrameParser({ maxControlFrameSize: options.maxControlFrameSize })
-    this.codec = new HeaderCodec({ maxHeaderBlockSize: options.maxHeaderBlockSize })
-    this.maxDataFrame = options.maxDataFrameSize ?? DEFAULT_MAX_DATA_FRAME_SIZE
-    if (!Number.isInteger(this.maxDataFrame) || this.maxDataFrame < 1) {
+    this.#transport = transport
+    this.#parser = new FrameParser({ maxControlFrameSize: options.maxControlFrameSize })
+    this.#codec = new HeaderCodec({ maxHeaderBlockSize: options.maxHeaderBlockSize })
+    this.#maxDataFrame = options.maxDataFrameSize ?? DEFAULT_MAX_DATA_FRAME_SIZE
+    if (!Number.isInteger(this.#maxDataFrame) || this.#maxDataFrame < 1) {
       throw new RangeError('maxDataFrameSize must be a positive integer')
     }
-    if (this.maxDataFrame > MAX_FRAME_LENGTH) this.maxDataFrame = MAX_FRAME_LENGTH
-    this.maxStreams = options.maxConcurrentStreams ?? DEFAULT_MAX_CONCURRENT_STREAMS
-    this.hwm = options.streamHighWaterMark ?? DEFAULT_STREAM_HIGH_WATER_MARK
-    this.closeTimeoutMs = options.closeTimeoutMs ?? DEFAULT_CLOSE_TIMEOUT_MS
-    this.host = {
-      reply: (s, h) => this.sendReply(s, h),
-      writeData: (s, c, f, cb) => this.writeData(s, c, f, cb),
-      reset: (s, status) => this.sendReset(s, status),
-      read: (s) => this.onStreamRead(s),
-      destroyed: (s) => this.onStreamDestroyed(s),
+    if (this.#maxDataFrame > MAX_FRAME_LENGTH) this.#maxDataFrame = MAX_FRAME_LENGTH
+    this.#maxStreams = options.maxConcurrentStreams ?? DEFAULT_MAX_CONCURRENT_STREAMS
+    this.#hwm = options.streamHighWaterMark ?? DEFAULT_STREAM_HIGH_WATER_MARK
+    this.#closeTimeoutMs = options.closeTimeoutMs ?? DEFAULT_CLOSE_TIMEOUT_MS
+    this.#host = {
+      reply: (s, h) => this.#sendReply(s, h),
+      writeData: (s, c, f, cb) => this.#writeData(s, c, f, cb),
+      reset: (s, status) => this.#sendReset(s, status),
+      read: (s) => this.#onStreamRead(s),
+      destroyed: (s) => this.#onStreamDestroyed(s),
     }
 
-    transport.on('data', this.onTransportData)
-    transport.on('end', this.onTransportEnd)
-    transport.on('error', this.onTransportError)
-    transport.on('close', this.onTransportClose)
-    transport.on('drain', this.onTransportDrain)
+    transport.on('data', this.#onTransportData)
+    transport.on('end', this.#onTransportEnd)
+    transport.on('error', this.#onTransportError)
+    transport.on('close', this.#onTransportClose)
+    transport.on('drain', this.#onTransportDrain)
     const head = options.head
     if (transport.destroyed) {
-      process.nextTick(this.onTransportClose)
+      process.nextTick(this.#onTransportClose)
     } else {
       if (head !== undefined && head.length > 0) {
-        process.nextTick(() => this.onTransportData(head))
+        process.nextTick(() => this.#onTransportData(head))
       }
       transport.resume()
     }
@@ -390,32 +390,32 @@ export class SpdySession extends EventEmitter<SpdySessionEvents> {
 
   /** Highest client stream id accepted so far (what a GOAWAY from us names). */
   get lastGoodStreamId(): number {
-    return this.lastGoodStreamIdValue
+    return this.#lastGoodStreamIdValue
   }
 
   /** Number of open (not yet finished both ways) streams. */
   get streamCount(): number {
-    return this.streams.size
+    return this.#streams.size
   }
 
   /** True once the session ended (after `'close'`). */
   get closed(): boolean {
-    return this.state === 'closed'
+    return this.#state === 'closed'
   }
 
   /** True while the session accepts new streams. */
   get accepting(): boolean {
-    return this.state === 'open' && !this.goawayReceived
+    return this.#state === 'open' && !this.#goawayReceived
   }
 
   /** SPDY bytes read from the transport. */
   get bytesRead(): number {
-    return this.bytesReadValue
+    return this.#bytesReadValue
   }
 
   /** SPDY bytes written to the transport (including queued ones). */
   get bytesWritten(): number {
-    return this.bytesWrittenValue
+    return this.#bytesWrittenValue
   }
 
   /**
@@ -423,14 +423,14 @@ export class SpdySession extends EventEmitter<SpdySessionEvents> {
    * error if the session closes first. The caller owns any timeout.
    */
   ping(cb: (err: Error | null, rttMs?: number) => void): void {
-    if (this.state !== 'open' && this.state !== 'draining') {
+    if (this.#state !== 'open' && this.#state !== 'draining') {
       process.nextTick(cb, new Error('SPDY session is closed'))
       return
     }
-    const id = this.nextPingId
-    this.nextPingId = id >= 0xfffffffe ? 2 : id + 2
-    this.pings.set(id, { start: performance.now(), cb })
-    this.writeRaw(encodePing(id))
+    const id = this.#nextPingId
+    this.#nextPingId = id >= 0xfffffffe ? 2 : id + 2
+    this.#pings.set(id, { start: performance.now(), cb })
+    this.#writeRaw(encodePing(id))
   }
 
   /**
@@ -442,61 +442,61 @@ export class SpdySession extends EventEmitter<SpdySessionEvents> {
   close(options: SpdyCloseOptions = {}): void {
     const status = options.status ?? GoawayStatus.OK
     if (options.graceful === true) {
-      if (this.state === 'open') {
-        this.state = 'draining'
-        this.drainStatus = status
-        this.maybeFinishDrain()
+      if (this.#state === 'open') {
+        this.#state = 'draining'
+        this.#drainStatus = status
+        this.#maybeFinishDrain()
       }
       return
     }
-    if (this.state !== 'open' && this.state !== 'draining') return
-    this.shutdown(status, undefined)
+    if (this.#state !== 'open' && this.#state !== 'draining') return
+    this.#shutdown(status, undefined)
   }
 
   /** Destroys the transport and every stream at once. `'close'` follows with `error`. */
   destroy(error?: Error): void {
-    if (this.state === 'closed') return
-    this.closeError ??= error
-    this.state = 'closing'
-    this.abortStreams()
-    this.transport.destroy()
+    if (this.#state === 'closed') return
+    this.#closeError ??= error
+    this.#state = 'closing'
+    this.#abortStreams()
+    this.#transport.destroy()
   }
 
   // -------------------------------------------------------------------------
   // Reading
 
-  private readonly onTransportData = (chunk: Buffer): void => {
-    if (this.state === 'closed') return
+  readonly #onTransportData = (chunk: Buffer): void => {
+    if (this.#state === 'closed') return
     if (!Buffer.isBuffer(chunk)) {
-      this.protocolError(new SpdyProtocolError('transport delivered text, not bytes'))
+      this.#protocolError(new SpdyProtocolError('transport delivered text, not bytes'))
       return
     }
     if (chunk.length === 0) return
-    this.bytesReadValue += chunk.length
-    if (!this.clientSpoke) {
-      this.clientSpoke = true
-      const prelude = this.prelude
-      this.prelude = []
-      for (const buf of prelude) this.transportWrite(buf)
+    this.#bytesReadValue += chunk.length
+    if (!this.#clientSpoke) {
+      this.#clientSpoke = true
+      const prelude = this.#prelude
+      this.#prelude = []
+      for (const buf of prelude) this.#transportWrite(buf)
     }
-    this.parser.push(chunk)
-    this.pump()
+    this.#parser.push(chunk)
+    this.#pump()
   }
 
   /** Parses and handles frames until blocked or out of bytes. */
-  private pump(): void {
-    if (this.pumping) return
-    this.pumping = true
+  #pump(): void {
+    if (this.#pumping) return
+    this.#pumping = true
     try {
-      while (this.state !== 'closed' && !this.decoding && this.congested.size === 0) {
-        const frame = this.parser.next()
+      while (this.#state !== 'closed' && !this.#decoding && this.#congested.size === 0) {
+        const frame = this.#parser.next()
         if (frame === null) break
-        this.handleFrame(frame)
+        this.#handleFrame(frame)
       }
     } catch (err) {
       // A parser fault is a protocol error; anything else thrown below us (a stream
       // consumer's 'data' listener) is contained to this session.
-      this.protocolError(
+      this.#protocolError(
         err instanceof SpdyProtocolError
           ? err
           : new SpdyProtocolError(
@@ -505,96 +505,98 @@ export class SpdySession extends EventEmitter<SpdySessionEvents> {
             ),
       )
     } finally {
-      this.pumping = false
+      this.#pumping = false
     }
-    this.updateFlow()
+    this.#updateFlow()
   }
 
-  private updateFlow(): void {
-    if (this.state === 'closed') return
-    const wantBytes = !this.decoding && this.congested.size === 0
-    if (wantBytes && this.transportPaused) {
-      this.transportPaused = false
-      this.transport.resume()
-    } else if (!wantBytes && !this.transportPaused) {
-      this.transportPaused = true
-      this.transport.pause()
+  #updateFlow(): void {
+    if (this.#state === 'closed') return
+    const wantBytes = !this.#decoding && this.#congested.size === 0
+    if (wantBytes && this.#transportPaused) {
+      this.#transportPaused = false
+      this.#transport.resume()
+    } else if (!wantBytes && !this.#transportPaused) {
+      this.#transportPaused = true
+      this.#transport.pause()
     }
   }
 
-  private handleFrame(frame: SpdyFrame): void {
+  #handleFrame(frame: SpdyFrame): void {
     if (frame.kind === 'data') {
-      this.handleData(frame)
+      this.#handleData(frame)
       return
     }
-    this.handleControl(frame)
+    this.#handleControl(frame)
   }
 
-  private handleData(piece: DataPiece): void {
-    const stream = this.streams.get(piece.streamId)
+  #handleData(piece: DataPiece): void {
+    const stream = this.#streams.get(piece.streamId)
     // DATA for a stream we no longer have (reset, finished, refused) is dropped, as
     // spdystream does; frames may still be in flight when we reset.
     if (stream === undefined) return
     const st = stream[kState]
     if (st.remoteFin) {
       if (piece.data.length > 0 || piece.fin) {
-        this.resetStream(stream, RstStatus.STREAM_ALREADY_CLOSED)
+        this.#resetStream(stream, RstStatus.STREAM_ALREADY_CLOSED)
       }
       return
     }
     if (piece.data.length > 0 && !stream.push(piece.data)) {
       // (A 'data' listener may have destroyed the stream or the session meanwhile.)
-      if (this.streams.get(stream.id) === stream && this.state !== 'closing') {
-        this.congested.add(stream)
+      if (this.#streams.get(stream.id) === stream && this.#state !== 'closing') {
+        this.#congested.add(stream)
       }
     }
     if (piece.fin) {
       st.remoteFin = true
       stream.push(null)
-      this.maybeRetire(stream)
+      this.#maybeRetire(stream)
     }
   }
 
-  private handleControl(frame: ControlFrame): void {
+  #handleControl(frame: ControlFrame): void {
     switch (frame.kind) {
       case 'syn_stream':
-        this.decodeThen(frame.headerBlock, (err, headers) => this.onSynStream(frame, err, headers))
+        this.#decodeThen(frame.headerBlock, (err, headers) =>
+          this.#onSynStream(frame, err, headers),
+        )
         return
       case 'syn_reply':
       case 'headers':
         // We never open streams and never act on HEADERS, but the block must still go
         // through the inflate to keep it in step with the client's deflate.
-        this.decodeThen(frame.headerBlock, () => {})
+        this.#decodeThen(frame.headerBlock, () => {})
         return
       case 'rst_stream': {
-        const stream = this.streams.get(frame.streamId)
+        const stream = this.#streams.get(frame.streamId)
         if (stream === undefined) return
         const st = stream[kState]
         st.rstReceived = frame.status
-        this.streams.delete(stream.id)
-        this.congested.delete(stream)
+        this.#streams.delete(stream.id)
+        this.#congested.delete(stream)
         stream.emit('reset', { status: frame.status } satisfies SpdyStreamResetInfo)
         stream.destroy()
-        this.maybeFinishDrain()
+        this.#maybeFinishDrain()
         return
       }
       case 'ping':
         if (frame.id % 2 === 1) {
           // The client's ping: echo it (kubectl pings every 5 s, or 10 s in the tunnel).
-          this.writeRaw(encodePing(frame.id))
+          this.#writeRaw(encodePing(frame.id))
         } else {
-          const pending = this.pings.get(frame.id)
+          const pending = this.#pings.get(frame.id)
           if (pending !== undefined) {
-            this.pings.delete(frame.id)
+            this.#pings.delete(frame.id)
             pending.cb(null, performance.now() - pending.start)
           }
         }
         return
       case 'goaway':
-        if (!this.goawayReceived) {
-          this.goawayReceived = true
+        if (!this.#goawayReceived) {
+          this.#goawayReceived = true
           this.emit('goaway', { lastGoodStreamId: frame.lastGoodStreamId, status: frame.status })
-          this.maybeFinishDrain()
+          this.#maybeFinishDrain()
         }
         return
       case 'settings':
@@ -607,23 +609,23 @@ export class SpdySession extends EventEmitter<SpdySessionEvents> {
   }
 
   /** Stops parsing until `block` is inflated (header blocks are strictly ordered). */
-  private decodeThen(
+  #decodeThen(
     block: Buffer,
     then: (err: Error | null, headers: SpdyHeaders | undefined) => void,
   ): void {
-    this.decoding = true
-    this.codec.decode(block, (err, headers) => {
-      this.decoding = false
-      if (this.state === 'closed') return
-      if (err !== null && this.codec.error !== undefined) {
+    this.#decoding = true
+    this.#codec.decode(block, (err, headers) => {
+      this.#decoding = false
+      if (this.#state === 'closed') return
+      if (err !== null && this.#codec.error !== undefined) {
         // The zlib stream itself is broken (or a block was too large): fatal.
-        this.protocolError(err)
+        this.#protocolError(err)
         return
       }
       try {
         then(err, headers)
       } catch (e) {
-        this.protocolError(
+        this.#protocolError(
           new SpdyProtocolError(
             `internal error: ${e instanceof Error ? e.message : String(e)}`,
             GoawayStatus.INTERNAL_ERROR,
@@ -631,43 +633,39 @@ export class SpdySession extends EventEmitter<SpdySessionEvents> {
         )
         return
       }
-      this.pump()
+      this.#pump()
     })
   }
 
-  private onSynStream(
-    frame: SynStreamFrame,
-    err: Error | null,
-    headers: SpdyHeaders | undefined,
-  ): void {
-    if (this.state === 'closing' || this.state === 'closed') return
+  #onSynStream(frame: SynStreamFrame, err: Error | null, headers: SpdyHeaders | undefined): void {
+    if (this.#state === 'closing' || this.#state === 'closed') return
     const id = frame.streamId
-    if (id % 2 === 0 || id <= this.lastClientStreamId) {
+    if (id % 2 === 0 || id <= this.#lastClientStreamId) {
       // spdystream answers a decreasing (or server-parity) id with PROTOCOL_ERROR; a
       // reused id also invalidates the stream that holds it.
-      const existing = this.streams.get(id)
-      if (existing !== undefined) this.resetStream(existing, RstStatus.PROTOCOL_ERROR)
-      else this.writeRaw(encodeRstStream(id, RstStatus.PROTOCOL_ERROR))
+      const existing = this.#streams.get(id)
+      if (existing !== undefined) this.#resetStream(existing, RstStatus.PROTOCOL_ERROR)
+      else this.#writeRaw(encodeRstStream(id, RstStatus.PROTOCOL_ERROR))
       return
     }
-    this.lastClientStreamId = id
+    this.#lastClientStreamId = id
     if (err !== null || headers === undefined) {
-      this.writeRaw(encodeRstStream(id, RstStatus.PROTOCOL_ERROR))
+      this.#writeRaw(encodeRstStream(id, RstStatus.PROTOCOL_ERROR))
       return
     }
     if (
-      this.state !== 'open' ||
-      this.goawayReceived ||
+      this.#state !== 'open' ||
+      this.#goawayReceived ||
       (frame.flags & FLAG_UNIDIRECTIONAL) !== 0 ||
-      this.streams.size >= this.maxStreams ||
+      this.#streams.size >= this.#maxStreams ||
       this.listenerCount('stream') === 0
     ) {
-      this.writeRaw(encodeRstStream(id, RstStatus.REFUSED_STREAM))
+      this.#writeRaw(encodeRstStream(id, RstStatus.REFUSED_STREAM))
       return
     }
-    const stream = new SpdyStream(this.host, id, headers, frame.priority, this.hwm)
-    this.streams.set(id, stream)
-    this.lastGoodStreamIdValue = id
+    const stream = new SpdyStream(this.#host, id, headers, frame.priority, this.#hwm)
+    this.#streams.set(id, stream)
+    this.#lastGoodStreamIdValue = id
     if ((frame.flags & FLAG_FIN) !== 0) {
       stream[kState].remoteFin = true
       stream.push(null)
@@ -675,38 +673,38 @@ export class SpdySession extends EventEmitter<SpdySessionEvents> {
     this.emit('stream', stream)
   }
 
-  private onStreamRead(stream: SpdyStream): void {
-    if (this.congested.delete(stream) && this.congested.size === 0) this.pump()
+  #onStreamRead(stream: SpdyStream): void {
+    if (this.#congested.delete(stream) && this.#congested.size === 0) this.#pump()
   }
 
   // -------------------------------------------------------------------------
   // Writing
 
   /** Writes one whole frame, or holds it until the client has spoken. */
-  private writeRaw(frame: Buffer): void {
-    if (!this.canWrite()) return
-    this.bytesWrittenValue += frame.length
-    if (!this.clientSpoke) {
-      this.prelude.push(frame)
+  #writeRaw(frame: Buffer): void {
+    if (!this.#canWrite()) return
+    this.#bytesWrittenValue += frame.length
+    if (!this.#clientSpoke) {
+      this.#prelude.push(frame)
       return
     }
-    this.transportWrite(frame)
+    this.#transportWrite(frame)
   }
 
-  private transportWrite(buf: Buffer): void {
-    this.transport.write(buf)
+  #transportWrite(buf: Buffer): void {
+    this.#transport.write(buf)
   }
 
-  private canWrite(): boolean {
-    return (this.state === 'open' || this.state === 'draining') && this.transport.writable
+  #canWrite(): boolean {
+    return (this.#state === 'open' || this.#state === 'draining') && this.#transport.writable
   }
 
-  private sendReply(stream: SpdyStream, headers: HeaderInput): void {
+  #sendReply(stream: SpdyStream, headers: HeaderInput): void {
     // Compressed in call order, written in completion order = call order.
-    this.codec.encode(headers, (err, block) => {
-      if (this.state === 'closed' || this.state === 'closing') return
+    this.#codec.encode(headers, (err, block) => {
+      if (this.#state === 'closed' || this.#state === 'closing') return
       if (err !== null || block === undefined) {
-        this.protocolError(
+        this.#protocolError(
           new SpdyProtocolError(
             `header compression failed: ${err?.message ?? 'no output'}`,
             GoawayStatus.INTERNAL_ERROR,
@@ -717,35 +715,35 @@ export class SpdySession extends EventEmitter<SpdySessionEvents> {
       const st = stream[kState]
       // Written even when the stream is gone by now: the client's inflate expects
       // this block next (spdystream drops replies for streams it no longer has).
-      this.writeRaw(encodeSynReply(stream.id, block))
+      this.#writeRaw(encodeSynReply(stream.id, block))
       st.reply = 'sent'
       const pending = st.pending
       st.pending = []
       if (!stream.destroyed) {
-        for (const p of pending) this.writeData(stream, p.chunk, false, p.cb)
+        for (const p of pending) this.#writeData(stream, p.chunk, false, p.cb)
         const fin = st.pendingFin
         st.pendingFin = undefined
-        if (fin !== undefined) this.writeData(stream, EMPTY, true, fin)
+        if (fin !== undefined) this.#writeData(stream, EMPTY, true, fin)
       }
       if (st.pendingRst !== undefined) {
-        this.writeRaw(encodeRstStream(stream.id, st.pendingRst))
+        this.#writeRaw(encodeRstStream(stream.id, st.pendingRst))
         st.pendingRst = undefined
       }
     })
   }
 
-  private writeData(stream: SpdyStream, chunk: Buffer, fin: boolean, cb: WriteCallback): void {
+  #writeData(stream: SpdyStream, chunk: Buffer, fin: boolean, cb: WriteCallback): void {
     const st = stream[kState]
-    if (!this.canWrite() || st.rstSent || st.rstReceived !== undefined) {
+    if (!this.#canWrite() || st.rstSent || st.rstReceived !== undefined) {
       // The stream is being torn down; its 'close' follows. Erroring the write would
       // only turn that into an 'error' event someone may not listen to.
       cb()
       return
     }
-    const t = this.transport
-    const max = this.maxDataFrame
+    const t = this.#transport
+    const max = this.#maxDataFrame
     const total = chunk.length
-    this.bytesWrittenValue += total + FRAME_HEADER_SIZE * Math.max(1, Math.ceil(total / max))
+    this.#bytesWrittenValue += total + FRAME_HEADER_SIZE * Math.max(1, Math.ceil(total / max))
     if (total <= SMALL_PAYLOAD) {
       t.write(encodeDataFrame(stream.id, chunk, fin))
     } else {
@@ -761,167 +759,167 @@ export class SpdySession extends EventEmitter<SpdySessionEvents> {
     }
     if (fin) {
       st.localFin = true
-      this.maybeRetire(stream)
+      this.#maybeRetire(stream)
     }
-    if (t.writableNeedDrain) this.drainWaiters.push(cb)
+    if (t.writableNeedDrain) this.#drainWaiters.push(cb)
     else cb()
   }
 
-  private readonly onTransportDrain = (): void => {
-    const waiters = this.drainWaiters
-    this.drainWaiters = []
+  readonly #onTransportDrain = (): void => {
+    const waiters = this.#drainWaiters
+    this.#drainWaiters = []
     for (const cb of waiters) cb()
   }
 
-  private sendReset(stream: SpdyStream, status: number): void {
+  #sendReset(stream: SpdyStream, status: number): void {
     const st = stream[kState]
-    if (this.streams.get(stream.id) === stream) this.streams.delete(stream.id)
-    const wasCongested = this.congested.delete(stream)
+    if (this.#streams.get(stream.id) === stream) this.#streams.delete(stream.id)
+    const wasCongested = this.#congested.delete(stream)
     if (st.reply === 'pending') st.pendingRst = status
-    else this.writeRaw(encodeRstStream(stream.id, status))
-    this.maybeFinishDrain()
-    if (wasCongested && this.congested.size === 0) this.schedulePump()
+    else this.#writeRaw(encodeRstStream(stream.id, status))
+    this.#maybeFinishDrain()
+    if (wasCongested && this.#congested.size === 0) this.#schedulePump()
   }
 
   /** Resets a stream from the session side (protocol faults on one stream). */
-  private resetStream(stream: SpdyStream, status: number): void {
+  #resetStream(stream: SpdyStream, status: number): void {
     stream.reset(status)
   }
 
-  private onStreamDestroyed(stream: SpdyStream): void {
+  #onStreamDestroyed(stream: SpdyStream): void {
     const st = stream[kState]
     st.pending = []
     st.pendingFin = undefined
-    const wasCongested = this.congested.delete(stream)
-    if (this.streams.get(stream.id) === stream) {
-      this.streams.delete(stream.id)
+    const wasCongested = this.#congested.delete(stream)
+    if (this.#streams.get(stream.id) === stream) {
+      this.#streams.delete(stream.id)
       // Destroyed by its user before finishing both ways: tell the client.
       if (
         !st.rstSent &&
         st.rstReceived === undefined &&
         !(st.localFin && st.remoteFin) &&
-        this.canWrite()
+        this.#canWrite()
       ) {
         st.rstSent = true
         if (st.reply === 'pending') st.pendingRst = RstStatus.CANCEL
-        else this.writeRaw(encodeRstStream(stream.id, RstStatus.CANCEL))
+        else this.#writeRaw(encodeRstStream(stream.id, RstStatus.CANCEL))
       }
-      this.maybeFinishDrain()
+      this.#maybeFinishDrain()
     }
-    if (wasCongested && this.congested.size === 0) this.schedulePump()
+    if (wasCongested && this.#congested.size === 0) this.#schedulePump()
   }
 
-  private schedulePump(): void {
-    process.nextTick(() => this.pump())
+  #schedulePump(): void {
+    process.nextTick(() => this.#pump())
   }
 
-  private maybeRetire(stream: SpdyStream): void {
+  #maybeRetire(stream: SpdyStream): void {
     const st = stream[kState]
-    if (st.localFin && st.remoteFin && this.streams.get(stream.id) === stream) {
-      this.streams.delete(stream.id)
-      this.maybeFinishDrain()
+    if (st.localFin && st.remoteFin && this.#streams.get(stream.id) === stream) {
+      this.#streams.delete(stream.id)
+      this.#maybeFinishDrain()
     }
   }
 
-  private maybeFinishDrain(): void {
-    if (this.streams.size > 0) return
-    if (this.state === 'draining') {
-      this.shutdown(this.drainStatus, undefined)
-    } else if (this.state === 'open' && this.goawayReceived) {
+  #maybeFinishDrain(): void {
+    if (this.#streams.size > 0) return
+    if (this.#state === 'draining') {
+      this.#shutdown(this.#drainStatus, undefined)
+    } else if (this.#state === 'open' && this.#goawayReceived) {
       // The client said goodbye and nothing is left: end our side too.
-      this.state = 'closing'
-      this.endTransport()
+      this.#state = 'closing'
+      this.#endTransport()
     }
   }
 
   // -------------------------------------------------------------------------
   // Ending
 
-  private protocolError(err: Error): void {
-    if (this.state === 'closed') return
-    this.closeError ??= err
-    if (this.state === 'closing') return
+  #protocolError(err: Error): void {
+    if (this.#state === 'closed') return
+    this.#closeError ??= err
+    if (this.#state === 'closing') return
     const status = err instanceof SpdyProtocolError ? err.goawayStatus : GoawayStatus.INTERNAL_ERROR
-    this.shutdown(status, err)
+    this.#shutdown(status, err)
   }
 
   /** GOAWAY (if the client can read it), abort streams, end the transport. */
-  private shutdown(status: number, err: Error | undefined): void {
-    this.closeError ??= err
-    if (this.clientSpoke) this.writeRaw(encodeGoaway(this.lastGoodStreamIdValue, status))
-    this.prelude = []
-    this.state = 'closing'
-    this.abortStreams()
-    this.endTransport()
+  #shutdown(status: number, err: Error | undefined): void {
+    this.#closeError ??= err
+    if (this.#clientSpoke) this.#writeRaw(encodeGoaway(this.#lastGoodStreamIdValue, status))
+    this.#prelude = []
+    this.#state = 'closing'
+    this.#abortStreams()
+    this.#endTransport()
   }
 
-  private endTransport(): void {
-    if (!this.transport.writableEnded) this.transport.end()
-    if (this.closeTimer === undefined && this.state !== 'closed') {
-      this.closeTimer = setTimeout(() => {
-        this.closeTimer = undefined
-        this.transport.destroy()
-      }, this.closeTimeoutMs)
+  #endTransport(): void {
+    if (!this.#transport.writableEnded) this.#transport.end()
+    if (this.#closeTimer === undefined && this.#state !== 'closed') {
+      this.#closeTimer = setTimeout(() => {
+        this.#closeTimer = undefined
+        this.#transport.destroy()
+      }, this.#closeTimeoutMs)
     }
     // Keep reading (and discarding) so the peer's close reaches us.
-    this.congested.clear()
-    this.decoding = false
-    if (this.transportPaused) {
-      this.transportPaused = false
-      this.transport.resume()
+    this.#congested.clear()
+    this.#decoding = false
+    if (this.#transportPaused) {
+      this.#transportPaused = false
+      this.#transport.resume()
     }
   }
 
-  private abortStreams(): void {
-    const streams = [...this.streams.values()]
-    this.streams.clear()
-    this.congested.clear()
+  #abortStreams(): void {
+    const streams = [...this.#streams.values()]
+    this.#streams.clear()
+    this.#congested.clear()
     for (const s of streams) s.destroy()
   }
 
-  private readonly onTransportEnd = (): void => {
-    if (this.state === 'closed') return
-    if (!this.parser.atFrameBoundary && !this.parser.failed) {
-      this.closeError ??= new SpdyProtocolError('connection ended inside a frame')
+  readonly #onTransportEnd = (): void => {
+    if (this.#state === 'closed') return
+    if (!this.#parser.atFrameBoundary && !this.#parser.failed) {
+      this.#closeError ??= new SpdyProtocolError('connection ended inside a frame')
     }
-    if (this.state !== 'closing') {
-      this.state = 'closing'
-      this.abortStreams()
-      this.endTransport()
+    if (this.#state !== 'closing') {
+      this.#state = 'closing'
+      this.#abortStreams()
+      this.#endTransport()
     }
   }
 
-  private readonly onTransportError = (err: Error): void => {
-    if (this.state === 'closed') return
-    this.closeError ??= err
-    this.state = 'closing'
-    this.abortStreams()
-    this.transport.destroy()
+  readonly #onTransportError = (err: Error): void => {
+    if (this.#state === 'closed') return
+    this.#closeError ??= err
+    this.#state = 'closing'
+    this.#abortStreams()
+    this.#transport.destroy()
   }
 
-  private readonly onTransportClose = (): void => {
-    if (this.state === 'closed') return
-    this.state = 'closed'
-    if (this.closeTimer !== undefined) {
-      clearTimeout(this.closeTimer)
-      this.closeTimer = undefined
+  readonly #onTransportClose = (): void => {
+    if (this.#state === 'closed') return
+    this.#state = 'closed'
+    if (this.#closeTimer !== undefined) {
+      clearTimeout(this.#closeTimer)
+      this.#closeTimer = undefined
     }
-    const t = this.transport
-    t.off('data', this.onTransportData)
-    t.off('end', this.onTransportEnd)
-    t.off('close', this.onTransportClose)
-    t.off('drain', this.onTransportDrain)
+    const t = this.#transport
+    t.off('data', this.#onTransportData)
+    t.off('end', this.#onTransportEnd)
+    t.off('close', this.#onTransportClose)
+    t.off('drain', this.#onTransportDrain)
     // 'error' stays: a transport may still report one after 'close' in odd cases,
     // and an unhandled one would crash the process.
-    this.abortStreams()
-    this.codec.close()
-    this.drainWaiters = []
-    this.prelude = []
-    this.parser = new FrameParser()
-    const pings = [...this.pings.values()]
-    this.pings.clear()
+    this.#abortStreams()
+    this.#codec.close()
+    this.#drainWaiters = []
+    this.#prelude = []
+    this.#parser = new FrameParser()
+    const pings = [...this.#pings.values()]
+    this.#pings.clear()
     const closedErr = new Error('SPDY session closed')
     for (const p of pings) process.nextTick(p.cb, closedErr)
-    this.emit('close', this.closeError)
+    this.emit('close', this.#closeError)
   }
 }

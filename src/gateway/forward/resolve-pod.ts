@@ -1,0 +1,84 @@
+/**
+ * "Resolve this pod for this identity": names → authorize → registry ready → look up. One
+ * function for everything that names a pod: a forwarded stream or upgrade (admission.ts)
+ * and the Kubernetes API facade's `GET` of one pod. Default deny: a pod the identity may not
+ * reach is forbidden before the registry is asked, so nobody learns whether it exists.
+ *
+ * @module
+ */
+import { assertNamespace, assertObjectName } from '../../protocol/names.js'
+import { appError } from '../../shared/errors.js'
+import type { Identity } from '../auth/authenticator.js'
+import type { Authorizer } from '../authz/authorizer.js'
+import type { PodInfo, PodRegistry } from '../registry/types.js'
+
+/** A pod as a request names it. */
+export interface PodQuery {
+  namespace: string
+  pod: string
+  /** The node the request named, if any (its name is checked here, its value later). */
+  node?: string | undefined
+  /**
+   * The ports the identity must be allowed to forward to, every one; undefined: the pod
+   * itself (any port of it will do, or a read of the pod object).
+   */
+  ports?: readonly number[] | undefined
+}
+
+/**
+ * Whose words the refusals use: `forward` (port-forward: the gateway's own), `get` (the API
+ * facade's `GET` of a pod: kube-apiserver's).
+ */
+export type ResolveWording = 'forward' | 'get'
+
+/** What resolving needs. */
+export interface ResolveDeps {
+  registry: Pick<PodRegistry, 'isReady' | 'getPod'>
+  authorizer: Pick<Authorizer, 'mayForward'>
+}
+
+/**
+ * The pod `q` names, for `identity`. Throws `PFG_ERR_ROUTE_BAD_NAME` (400),
+ * `PFG_ERR_AUTH_FORBIDDEN` (403), `PFG_ERR_AUTH_UNAVAILABLE` (503), `PFG_ERR_ROUTE_NOT_READY` (503) or
+ * `PFG_ERR_ROUTE_POD_NOT_FOUND` (404), in that order.
+ */
+export async function resolvePod(
+  deps: ResolveDeps,
+  identity: Identity,
+  q: PodQuery,
+  wording: ResolveWording = 'forward',
+): Promise<PodInfo> {
+  const { namespace, pod } = q
+  assertNamespace(namespace)
+  assertObjectName('pod', pod)
+  if (q.node !== undefined) assertObjectName('node', q.node)
+  // RBAC mode asks the API server (PFG_ERR_AUTH_UNAVAILABLE, 503, when it cannot answer).
+  const refused = await deps.authorizer.mayForward(identity, namespace, pod, q.ports ?? [])
+  if (refused === true) {
+    throw appError(
+      'PFG_ERR_AUTH_FORBIDDEN',
+      wording === 'get'
+        ? `pods "${pod}" is forbidden: user "${identity.user}" cannot get resource "pods" in namespace "${namespace}"`
+        : `user "${identity.user}" cannot forward to pod ${namespace}/${pod}`,
+    )
+  }
+  if (refused !== undefined) {
+    throw appError(
+      'PFG_ERR_AUTH_FORBIDDEN',
+      `user "${identity.user}" cannot forward to port ${refused} of pod ${namespace}/${pod}`,
+    )
+  }
+  if (!deps.registry.isReady()) {
+    throw appError('PFG_ERR_ROUTE_NOT_READY', 'the pod registry has not synced yet; retry shortly')
+  }
+  const info = deps.registry.getPod(namespace, pod)
+  if (info === undefined) {
+    throw appError(
+      'PFG_ERR_ROUTE_POD_NOT_FOUND',
+      wording === 'get'
+        ? `pods "${pod}" not found`
+        : `pods "${pod}" not found in namespace "${namespace}"`,
+    )
+  }
+  return info
+}
