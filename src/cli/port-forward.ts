@@ -19,6 +19,7 @@ import { describeError, isAppError } from '../shared/errors.js'
 import { GatewayClient } from './gateway-client.js'
 import type { ClientConfig } from './kubeconfig.js'
 import { loadClientConfig } from './kubeconfig.js'
+import { credentialProvider } from './credentials/index.js'
 import { parsePortForwardArgs, PORT_FORWARD_USAGE } from './port-forward/args.js'
 import { GatewayDialer } from './port-forward/gateway-dialer.js'
 import { formatHostPort, listenAll } from './port-forward/listen.js'
@@ -61,7 +62,15 @@ export async function runPortForward(argv: string[], io: CliIo): Promise<number>
   const namespace = config.namespace
 
   setDefaultHighWaterMark(false, STREAM_HIGH_WATER_MARK)
-  const client = new GatewayClient({ config })
+  const client = new GatewayClient({
+    config,
+    credentials: credentialProvider(config, {
+      env: io.env,
+      terminal: process.stdin.isTTY,
+      stderr: io.stderr,
+      warn: err,
+    }),
+  })
 
   // The target: a pod's node (for the stream path) and its named ports; a service's or
   // workload's object (the gateway picks a pod for every connection).

@@ -14,6 +14,7 @@
  */
 import type { Server as HttpServer } from 'node:http'
 import type { Http2Session, ServerHttp2Stream } from 'node:http2'
+import { authInput } from './auth/authenticator.js'
 import type { Authenticator } from './auth/authenticator.js'
 import type { Authorizer } from './authz/authorizer.js'
 import { ConnectionGuard, relayed } from './connections.js'
@@ -45,7 +46,7 @@ import type { Logger } from '../shared/log.js'
 
 /** Everything the gateway is made of. */
 export interface GatewayDeps {
-  tls: { cert: string | Buffer; key: string | Buffer }
+  tls: { cert: string | Buffer; key: string | Buffer; clientCa?: Buffer }
   logger: Logger
   registry: PodRegistry
   authenticator: Authenticator
@@ -129,7 +130,8 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
   // Fastify: these two apply to every route registered after them.
   await app.register(errorHandling, { forwarder })
   await app.register(authentication, {
-    authenticate: (request) => deps.authenticator.authenticate(request.headers.authorization),
+    authenticate: (request) =>
+      deps.authenticator.authenticate(authInput(request.headers.authorization, request.socket)),
     authorizer: deps.authorizer,
     onAuthenticated: (socket) => connections.authenticated(socket),
   })

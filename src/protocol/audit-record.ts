@@ -65,6 +65,12 @@ export interface AuditRecord {
   user?: string
   groups?: string[]
   /**
+   * Which identity source authenticated `user`: `jwt` (the configured JWKS), `oidc` (an
+   * issuer found by discovery), `x509` (a client certificate) or `tokenreview` (the
+   * cluster's API server). Present wherever `user` is.
+   */
+  authSource?: 'jwt' | 'oidc' | 'x509' | 'tokenreview'
+  /**
    * `session.closed`: every user that authenticated on the connection, in order of first
    * authentication (at most {@link MAX_SESSION_USERS}). `denials.suppressed`: the users
    * of the counted refusals that had authenticated (at most 8).

@@ -63,6 +63,7 @@ export function pickIdentity(r: AuditRecord): Partial<AuditRecord> {
     'gateway',
     'user',
     'groups',
+    'authSource',
     'sourceAddress',
     'protocol',
     'userAgent',

@@ -24,7 +24,7 @@ import type { Logger } from '../../shared/log.js'
 import { respondStatus } from '../../shared/h2-util.js'
 import { h2Endpoint } from '../../shared/relay-endpoints.js'
 import { relayed } from '../connections.js'
-import { forwardStream } from './contract.js'
+import { certificateOf, forwardStream } from './contract.js'
 import type { ConnectionGuard } from '../connections.js'
 import { formatAddress } from '../forward/forwarder.js'
 import { impersonationOf } from '../impersonation.js'
@@ -78,6 +78,7 @@ export class NativeH2Adapter {
         protocol: 'native-h2',
         sourceAddress: formatAddress(socket.remoteAddress, socket.remotePort),
         ...(ua !== undefined ? { userAgent: ua } : {}),
+        ...certificateOf(socket),
         terminate: () => {
           if (!h2.destroyed) h2.destroy(undefined, h2c.NGHTTP2_CANCEL)
         },

@@ -58,6 +58,7 @@ import type { Logger } from '../../shared/log.js'
 import { formatAddress } from '../forward/forwarder.js'
 import { impersonationOf } from '../impersonation.js'
 import type { ForwardService } from '../forward/service.js'
+import { certificateOf } from './contract.js'
 import type { EdgeConnection } from './contract.js'
 import { serveSpdyPortForward } from './spdy-adapter.js'
 import type { UpgradeTarget } from './spdy-adapter.js'
@@ -336,6 +337,7 @@ export class UpgradeHandler implements EdgeConnection {
       protocol: choice.protocol satisfies ClientProtocol,
       sourceAddress: formatAddress(tcp.remoteAddress, tcp.remotePort),
       ...(userAgent !== undefined ? { userAgent } : {}),
+      ...certificateOf(tcp),
       terminate: () => (served !== undefined ? served.destroy() : socket.destroy()),
     })
 

@@ -2,7 +2,7 @@
  * Admission: the ordered checks a forwarded stream and an upgrade share (docs/protocol.md):
  * header size (431) → draining (503) → authenticate (401) → impersonation (403) →
  * port/names (400; the adapter's parse errors are raised only after authentication, so
- * an anonymous client learns nothing) → authorize (403) → registry ready (503) → pod (404)
+ * an anonymous client learns nothing) → authorize (403; 503 when RBAC's API server cannot answer) → registry ready (503) → pod (404)
  * → node named (404) → phase (400) → node's agent known (503). The limits, the agent dial
  * and the open record follow in the forwarder. A stream naming a service or workload has
  * the name authorized and a ready pod picked for it (resolve-pod.ts, `resolveTargetPod`)
@@ -13,6 +13,7 @@
  *
  * @module
  */
+import type { PeerCertificate } from 'node:tls'
 import { AppError, appError, internalError } from '../../shared/errors.js'
 import type { Authenticator, Identity } from '../auth/authenticator.js'
 import { impersonationRefused } from '../impersonation.js'
@@ -27,7 +28,7 @@ import type { ForwardTarget } from './service.js'
 /** What admission needs. */
 export interface AdmissionDeps extends ResolveDeps, TargetDeps {
   registry: Pick<PodRegistry, 'isReady' | 'getPod' | 'getNode'> & TargetRegistry
-  authorizer: Pick<Authorizer, 'canAccessPod' | 'canPortForward' | 'canUseTarget'>
+  authorizer: Pick<Authorizer, 'mayForward' | 'mayUseTarget' | 'mayBeCandidate'>
   authenticator: Pick<Authenticator, 'authenticate'>
   /** `limits.maxHeaderBytes`. */
   maxHeaderBytes: number
@@ -41,6 +42,8 @@ export interface AdmissionDeps extends ResolveDeps, TargetDeps {
 export interface AdmissionRequest {
   /** The Authorization header value as received. */
   authorization: string | string[] | undefined
+  /** The connection's client certificate, when TLS verified one (x509 identity source). */
+  clientCertificate?: PeerCertificate | undefined
   namespace: string
   /** The pod; empty when `target` names a service or workload instead. */
   pod: string
@@ -103,16 +106,19 @@ export async function admission(
     if (deps.draining()) {
       throw appError('PFG_ERR_RELAY_DRAINING', 'the gateway is shutting down; retry shortly')
     }
-    identity = await deps.authenticator.authenticate(req.authorization)
+    identity = await deps.authenticator.authenticate({
+      authorization: req.authorization,
+      ...(req.clientCertificate !== undefined ? { clientCertificate: req.clientCertificate } : {}),
+    })
     authenticated(identity)
     if (req.impersonation !== undefined) throw impersonationRefused(identity, req.impersonation)
     if (req.target !== undefined) {
-      const picked = resolveTargetPod(deps, identity, req.namespace, req.target)
+      const picked = await resolveTargetPod(deps, identity, req.namespace, req.target)
       pod = picked.pod
       port = picked.port
     } else {
       if (req.ports instanceof AppError) throw req.ports
-      pod = resolvePod(deps, identity, { ...req, ports: req.ports })
+      pod = await resolvePod(deps, identity, { ...req, ports: req.ports })
     }
     if (req.node !== undefined && req.node !== pod.nodeName) {
       throw appError(

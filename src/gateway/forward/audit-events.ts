@@ -25,6 +25,7 @@ export type RefusalReason =
   | 'unauthenticated'
   | 'forbidden'
   | 'impersonation'
+  | 'auth-unavailable'
   | 'bad-request'
   | 'draining'
   | 'limit:streams-per-connection'
@@ -53,6 +54,7 @@ const REASONS: Partial<Record<AppErrorCode, RefusalReason>> = {
   PFG_ERR_AUTH_INVALID: 'unauthenticated',
   PFG_ERR_AUTH_FORBIDDEN: 'forbidden',
   PFG_ERR_AUTH_IMPERSONATION: 'impersonation',
+  PFG_ERR_AUTH_UNAVAILABLE: 'auth-unavailable',
   PFG_ERR_ROUTE_METHOD_NOT_ALLOWED: 'bad-request',
   PFG_ERR_ROUTE_BAD_NAME: 'bad-request',
   PFG_ERR_ROUTE_BAD_PORT: 'bad-request',
@@ -163,6 +165,7 @@ export class AuditEvents {
     if (identity !== undefined) {
       rec.user = identity.user
       rec.groups = identity.groups
+      if (identity.source !== undefined) rec.authSource = identity.source
     }
     if (session.userAgent !== undefined) rec.userAgent = session.userAgent
     return rec
@@ -179,6 +182,8 @@ export class AuditEvents {
     rec.users = session.users
     const only = session.identities.size === 1 ? [...session.identities][0] : undefined
     if (only !== undefined) {
+      const source = session.authSources.get(only[0])
+      if (source !== undefined) rec.authSource = source
       rec.user = only[0]
       rec.groups = only[1]
     }
@@ -266,6 +271,7 @@ export class AuditEvents {
     if (info.identity !== undefined) {
       rec.user = info.identity.user
       rec.groups = info.identity.groups
+      if (info.identity.source !== undefined) rec.authSource = info.identity.source
     }
     if (info.userAgent !== undefined) rec.userAgent = info.userAgent
     const redacted: string[] = []

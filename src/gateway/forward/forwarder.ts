@@ -285,7 +285,11 @@ export class Forwarder implements ForwardService {
     const port = typeof req.port === 'number' ? req.port : 0
     const checked = await admission(
       this.#admission,
-      { ...req, ports: typeof req.port === 'number' ? [req.port] : req.port },
+      {
+        ...req,
+        clientCertificate: session.clientCertificate,
+        ports: typeof req.port === 'number' ? [req.port] : req.port,
+      },
       (identity) => this.#authenticated(req, identity),
     )
     if (!checked.ok) throw this.#refused(req, checked, port)
@@ -327,8 +331,10 @@ export class Forwarder implements ForwardService {
    * stream is checked again by {@link open} (a token that expires mid-session opens no new stream).
    */
   async admit(req: AdmitRequest): Promise<Identity> {
-    const checked = await admission(this.#admission, { ...req, ports: req.ports }, (identity) =>
-      this.#authenticated(req, identity),
+    const checked = await admission(
+      this.#admission,
+      { ...req, clientCertificate: req.session.clientCertificate, ports: req.ports },
+      (identity) => this.#authenticated(req, identity),
     )
     if (checked.ok) return checked.identity
     const first = req.ports instanceof AppError ? undefined : req.ports?.[0]

@@ -41,42 +41,39 @@ export type ResolveWording = 'forward' | 'get'
 /** What resolving needs. */
 export interface ResolveDeps {
   registry: Pick<PodRegistry, 'isReady' | 'getPod'>
-  authorizer: Pick<Authorizer, 'canAccessPod' | 'canPortForward'>
+  authorizer: Pick<Authorizer, 'mayForward'>
 }
 
 /**
  * The pod `q` names, for `identity`. Throws `PFG_ERR_ROUTE_BAD_NAME` (400),
- * `PFG_ERR_AUTH_FORBIDDEN` (403), `PFG_ERR_ROUTE_NOT_READY` (503) or
+ * `PFG_ERR_AUTH_FORBIDDEN` (403), `PFG_ERR_AUTH_UNAVAILABLE` (503), `PFG_ERR_ROUTE_NOT_READY` (503) or
  * `PFG_ERR_ROUTE_POD_NOT_FOUND` (404), in that order.
  */
-export function resolvePod(
+export async function resolvePod(
   deps: ResolveDeps,
   identity: Identity,
   q: PodQuery,
   wording: ResolveWording = 'forward',
-): PodInfo {
+): Promise<PodInfo> {
   const { namespace, pod } = q
   assertNamespace(namespace)
   assertObjectName('pod', pod)
   if (q.node !== undefined) assertObjectName('node', q.node)
-  if (q.ports === undefined) {
-    if (!deps.authorizer.canAccessPod(identity, namespace, pod)) {
-      throw appError(
-        'PFG_ERR_AUTH_FORBIDDEN',
-        wording === 'get'
-          ? `pods "${pod}" is forbidden: user "${identity.user}" cannot get resource "pods" in namespace "${namespace}"`
-          : `user "${identity.user}" cannot forward to pod ${namespace}/${pod}`,
-      )
-    }
-  } else {
-    for (const port of q.ports) {
-      if (!deps.authorizer.canPortForward(identity, namespace, pod, port)) {
-        throw appError(
-          'PFG_ERR_AUTH_FORBIDDEN',
-          `user "${identity.user}" cannot forward to port ${port} of pod ${namespace}/${pod}`,
-        )
-      }
-    }
+  // RBAC mode asks the API server (PFG_ERR_AUTH_UNAVAILABLE, 503, when it cannot answer).
+  const refused = await deps.authorizer.mayForward(identity, namespace, pod, q.ports ?? [])
+  if (refused === true) {
+    throw appError(
+      'PFG_ERR_AUTH_FORBIDDEN',
+      wording === 'get'
+        ? `pods "${pod}" is forbidden: user "${identity.user}" cannot get resource "pods" in namespace "${namespace}"`
+        : `user "${identity.user}" cannot forward to pod ${namespace}/${pod}`,
+    )
+  }
+  if (refused !== undefined) {
+    throw appError(
+      'PFG_ERR_AUTH_FORBIDDEN',
+      `user "${identity.user}" cannot forward to port ${refused} of pod ${namespace}/${pod}`,
+    )
   }
   if (!deps.registry.isReady()) {
     throw appError('PFG_ERR_ROUTE_NOT_READY', 'the pod registry has not synced yet; retry shortly')
@@ -96,26 +93,28 @@ export function resolvePod(
 /** What resolving a service or workload needs. */
 export interface TargetDeps {
   registry: Pick<PodRegistry, 'isReady'> & TargetRegistry
-  authorizer: Pick<Authorizer, 'canUseTarget' | 'canPortForward'>
+  authorizer: Pick<Authorizer, 'mayUseTarget' | 'mayBeCandidate' | 'mayForward'>
 }
 
 /**
  * A ready pod of the service or workload `t` in `namespace` for one stream of `identity`,
  * and the pod's port to dial. Throws, in order: the port's parse error (400),
- * `PFG_ERR_ROUTE_BAD_NAME` (400), `PFG_ERR_AUTH_FORBIDDEN` (403: the name is not granted),
+ * `PFG_ERR_ROUTE_BAD_NAME` (400), `PFG_ERR_AUTH_FORBIDDEN` (403: the name is not granted;
+ * 503 `PFG_ERR_AUTH_UNAVAILABLE` when RBAC's API server cannot answer),
  * `PFG_ERR_ROUTE_NOT_READY` (503), then resolve-target.ts's refusals (404, 400, 503, and
- * 403 when no ready pod may be forwarded to on that port).
+ * 403 when no ready pod may be forwarded to on that port); with RBAC on, the picked pod is
+ * asked of the API server like a pod named directly (403).
  */
-export function resolveTargetPod(
+export async function resolveTargetPod(
   deps: TargetDeps,
   identity: Identity,
   namespace: string,
   t: ForwardTarget,
-): ResolvedTarget {
+): Promise<ResolvedTarget> {
   if (t.port instanceof AppError) throw t.port
   assertNamespace(namespace)
   assertObjectName(t.kind, t.name)
-  if (!deps.authorizer.canUseTarget(identity, namespace, t.kind, t.name)) {
+  if (!(await deps.authorizer.mayUseTarget(identity, namespace, t.kind, t.name))) {
     throw appError(
       'PFG_ERR_AUTH_FORBIDDEN',
       `user "${identity.user}" cannot forward to ${t.kind} ${namespace}/${t.name}`,
@@ -124,9 +123,22 @@ export function resolveTargetPod(
   if (!deps.registry.isReady()) {
     throw appError('PFG_ERR_ROUTE_NOT_READY', 'the pod registry has not synced yet; retry shortly')
   }
-  return resolveTarget(
+  const picked = resolveTarget(
     deps.registry,
     { namespace, kind: t.kind, name: t.name, port: t.port },
-    (pod, port) => deps.authorizer.canPortForward(identity, pod.namespace, pod.name, port),
+    (pod, port) => deps.authorizer.mayBeCandidate(identity, pod.namespace, pod.name, port),
   )
+  const refused = await deps.authorizer.mayForward(
+    identity,
+    picked.pod.namespace,
+    picked.pod.name,
+    [picked.port],
+  )
+  if (refused !== undefined) {
+    throw appError(
+      'PFG_ERR_AUTH_FORBIDDEN',
+      `user "${identity.user}" cannot forward to pod ${namespace}/${picked.pod.name} of ${t.kind} ${namespace}/${t.name}`,
+    )
+  }
+  return picked
 }

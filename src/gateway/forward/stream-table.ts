@@ -6,12 +6,13 @@
  * @module
  */
 import type { ClientHttp2Stream } from 'node:http2'
+import type { PeerCertificate } from 'node:tls'
 import { MAX_SESSION_USERS } from '../../protocol/audit-record.js'
 import type { ClientProtocol } from '../../protocol/audit-record.js'
 import { abortReasonOf } from '../../protocol/stream-end.js'
 import type { EndReason, Stop } from '../../protocol/stream-end.js'
 import type { DuplexRelay } from '../../shared/duplex-relay.js'
-import type { Identity } from '../auth/authenticator.js'
+import type { Identity, IdentitySourceName } from '../auth/authenticator.js'
 import type { NodeInfo, PodInfo } from '../registry/types.js'
 
 /** Facts about a client connection that an adapter supplies. */
@@ -20,6 +21,8 @@ export interface ClientSessionInfo {
   /** `ip:port`, IPv6 in brackets. */
   sourceAddress: string
   userAgent?: string
+  /** The client certificate TLS verified against the client CA, if any (x509 identity source). */
+  clientCertificate?: PeerCertificate
   /** Ends the client connection (admin kill of a session); the adapter resets its streams. */
   terminate: () => void
 }
@@ -30,12 +33,15 @@ export class ClientSession {
   readonly protocol: ClientProtocol
   readonly sourceAddress: string
   readonly userAgent: string | undefined
+  readonly clientCertificate: PeerCertificate | undefined
   readonly openedAt: number
   /**
    * Every user that authenticated a request on this connection, with the groups of their
    * first authentication, in order (at most MAX_SESSION_USERS).
    */
   readonly identities = new Map<string, string[]>()
+  /** Which source authenticated each of {@link identities}. */
+  readonly authSources = new Map<string, IdentitySourceName>()
   readonly streams = new Set<LiveStream>()
   /** Streams being opened (count toward the per-connection limit). */
   pending = 0
@@ -55,6 +61,7 @@ export class ClientSession {
     this.protocol = info.protocol
     this.sourceAddress = info.sourceAddress
     this.userAgent = info.userAgent
+    this.clientCertificate = info.clientCertificate
     this.openedAt = now
     this.#terminate = info.terminate
   }
@@ -66,8 +73,10 @@ export class ClientSession {
 
   /** Notes that `identity` authenticated a request here. */
   addIdentity(identity: Identity): void {
-    if (this.identities.size < MAX_SESSION_USERS && !this.identities.has(identity.user))
+    if (this.identities.size < MAX_SESSION_USERS && !this.identities.has(identity.user)) {
       this.identities.set(identity.user, identity.groups)
+      if (identity.source !== undefined) this.authSources.set(identity.user, identity.source)
+    }
   }
 
   /** Ends the connection (admin). */

@@ -23,7 +23,8 @@ import type { GatewayApp } from './types.js'
 
 /** What the server is made with. */
 export interface ServerOptions {
-  tls: { cert: string | Buffer; key: string | Buffer }
+  /** `clientCa`: client certificates are asked for and verified against it (x509 identities). */
+  tls: { cert: string | Buffer; key: string | Buffer; clientCa?: Buffer }
   logger: Logger
   metrics: GatewayMetrics
   maxHeaderBytes: number
@@ -39,6 +40,11 @@ export function createGatewayApp(options: ServerOptions): GatewayApp {
       allowHTTP1: true,
       cert: options.tls.cert,
       key: options.tls.key,
+      // Ask for a certificate, accept connections without one (token clients); only one
+      // the handshake verified against the client CA counts (socket.authorized).
+      ...(options.tls.clientCa !== undefined
+        ? { ca: options.tls.clientCa, requestCert: true, rejectUnauthorized: false }
+        : {}),
       minVersion: 'TLSv1.2',
       handshakeTimeout: limits.handshakeTimeoutMs,
       ...h2SessionOptions(),

@@ -152,7 +152,7 @@ export function workloadObject(w: WorkloadInfo): Record<string, unknown> {
 /** What the routes need. */
 export interface TargetRoutesDeps {
   registry: Pick<PodRegistry, 'isReady' | 'targetsReady' | 'getService' | 'getWorkload'>
-  authorizer: Pick<Authorizer, 'canUseTarget'>
+  authorizer: Pick<Authorizer, 'mayUseTarget'>
 }
 
 /**
@@ -161,17 +161,17 @@ export interface TargetRoutesDeps {
  * A name the user is not granted is 403 whether it exists or not (no existence leak).
  */
 export const kubeTargetRoutes: GatewayPlugin<TargetRoutesDeps> = async (app, deps) => {
-  const get = (
+  const get = async (
     kind: Exclude<TargetKind, 'pod'>,
     ns: string,
     name: string,
     identity: Identity,
-  ): Record<string, unknown> => {
+  ): Promise<Record<string, unknown>> => {
     assertNamespace(ns)
     assertObjectName(kind, name)
     const resource = TARGET_RESOURCES[kind]
     const group = kind === 'service' ? '' : '.apps'
-    if (!deps.authorizer.canUseTarget(identity, ns, kind, name)) {
+    if (!(await deps.authorizer.mayUseTarget(identity, ns, kind, name))) {
       throw appError(
         'PFG_ERR_AUTH_FORBIDDEN',
         `${resource}${group} "${name}" is forbidden: user "${identity.user}" cannot get resource "${resource}" in API group "${group.slice(1)}" in the namespace "${ns}"`,
@@ -197,7 +197,7 @@ export const kubeTargetRoutes: GatewayPlugin<TargetRoutesDeps> = async (app, dep
     async (request, reply) =>
       reply
         .type('application/json')
-        .send(get('service', request.params.ns, request.params.name, identityOf(request))),
+        .send(await get('service', request.params.ns, request.params.name, identityOf(request))),
   )
   app.get<{ Params: { ns: string; resource: string; name: string } }>(
     '/apis/apps/v1/namespaces/:ns/:resource/:name',
@@ -211,7 +211,7 @@ export const kubeTargetRoutes: GatewayPlugin<TargetRoutesDeps> = async (app, dep
       }
       return reply
         .type('application/json')
-        .send(get(kind, request.params.ns, request.params.name, identityOf(request)))
+        .send(await get(kind, request.params.ns, request.params.name, identityOf(request)))
     },
   )
   app.get('/apis/apps/v1', async (_request, reply) =>
