@@ -14,6 +14,7 @@ import type { AddressInfo } from 'node:net'
 import { CLIENT_LEFT, forwardStream } from '../../../src/gateway/edge/contract.js'
 import type { EdgeStream } from '../../../src/gateway/edge/contract.js'
 import { NATIVE_PATH, NativeH2Adapter } from '../../../src/gateway/edge/native-h2.js'
+import { ClientSessions } from '../../../src/gateway/http/client-sessions.js'
 import { serveSpdyPortForward } from '../../../src/gateway/edge/spdy-adapter.js'
 import { appError } from '../../../src/shared/errors.js'
 import { silentLogger } from '../../../src/shared/log.js'
@@ -223,6 +224,42 @@ test('native HTTP/2: a client that resets during the open aborts it; the late 20
   await tick(10)
   assert.equal(open.outcome.cancelled, CLIENT_LEFT)
   assert.equal(open.outcome.started, undefined)
+})
+
+test('native HTTP/2: as an EdgeConnection, drain is GOAWAY to its client sessions (open streams go on), destroy ends them', async (t) => {
+  const svc = new FakeForwardService()
+  const server = http2.createServer()
+  const sessions = new ClientSessions(server as unknown as http2.Http2SecureServer, {
+    keepaliveMs: 0,
+    logger: silentLogger(),
+    onUnresponsive: () => {},
+  })
+  const adapter = new NativeH2Adapter(svc, silentLogger(), undefined, sessions)
+  server.on('stream', (stream, headers) => {
+    adapter.handle(stream, headers, NATIVE_PATH.exec(headers[':path'] ?? '') as RegExpExecArray)
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const client = http2.connect(`http://127.0.0.1:${(server.address() as AddressInfo).port}`)
+  client.on('error', () => {})
+  t.after(async () => {
+    client.destroy()
+    await new Promise((r) => server.close(r))
+  })
+  const req = nativeRequest(client)
+  req.on('error', () => {})
+  ;(await svc.nextOpen()).accept()
+  await once(req, 'response')
+  let goaway = false
+  client.once('goaway', () => (goaway = true))
+  adapter.drain()
+  await until(() => goaway, 'GOAWAY')
+  let echoed = ''
+  req.on('data', (c: Buffer) => (echoed += c.toString()))
+  req.write('still open')
+  await until(() => echoed === 'STILL OPEN', 'the echo after GOAWAY')
+  adapter.destroy()
+  await until(() => client.destroyed, 'the session ended')
 })
 
 /** The SPDY adapter on a real TCP connection, a SPDY test client on the other end. */
