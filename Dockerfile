@@ -9,6 +9,8 @@ WORKDIR /opt/pfgate
 COPY package.json package-lock.json tsconfig.json ./
 COPY bin ./bin
 COPY src ./src
+# The admin console's page is bundled at build time (npm ci runs `npm run build`).
+COPY scripts/build-console.mjs ./scripts/
 RUN npm ci --no-audit --no-fund && npm prune --omit=dev
 
 FROM node:20-bookworm-slim

@@ -20,6 +20,10 @@
  * 7. `abuse`: hostile and broken clients against the default limits (bench/abuse.ts; its
  *    own dev clusters): unauthenticated streams, stalled readers against the buffer
  *    budget, SIGTERM with clients that never read, a denial flood against the audit trail.
+ * 8. `replicas`: reverse-connected agents behind HAProxy with 2 replicas against the direct
+ *    topology, same run (bench/replicas.ts; its own replica sets; root, nft, haproxy):
+ *    stream-open latency, echo throughput, and a replica's memory per agent session and
+ *    per stream (docs/scaling.md).
  *
  * `--quick` (under a minute) uses shorter runs, one repetition and fewer baselines.
  *
@@ -45,6 +49,8 @@ import { interleavedOpens, parallelOpens } from './opens.js'
 import type { OpenLatency, ParallelOpens } from './opens.js'
 import { benchNetnsDialer } from './netns-dialer.js'
 import { benchAbuse } from './abuse.js'
+import { benchReplicas } from './replicas.js'
+import type { ReplicasBenchResult } from './replicas.js'
 import type { AbuseResult } from './abuse.js'
 import type { NetnsBenchResult } from './netns-dialer.js'
 import { startSocatChain } from './socat.js'
@@ -80,13 +86,24 @@ export interface BenchReport {
   netns?: NetnsBenchResult
   /** Hostile clients against the default limits (bench/abuse.ts). */
   abuse?: AbuseResult
+  /** Reverse agents + HAProxy + replicas against the direct topology (bench/replicas.ts). */
+  replicas?: ReplicasBenchResult
   /** Sections that failed, with the error. */
   errors?: Partial<Record<string, string>>
   rows: Row[]
   seconds: number
 }
 
-const SECTIONS = ['streams', 'latency', 'audit', 'throughput', 'kubectl', 'netns', 'abuse'] as const
+const SECTIONS = [
+  'streams',
+  'latency',
+  'audit',
+  'throughput',
+  'kubectl',
+  'netns',
+  'abuse',
+  'replicas',
+] as const
 /** The sections that measure the shared system under test (the others start their own). */
 const SYSTEM_SECTIONS: readonly Section[] = ['streams', 'latency', 'audit', 'throughput', 'kubectl']
 type Section = (typeof SECTIONS)[number]
@@ -381,6 +398,50 @@ export function buildRows(r: BenchReport): Row[] {
     })
   }
   if (r.abuse !== undefined) abuseRows(r.abuse, row)
+  // Reverse agents behind HAProxy with replicas, against the direct topology.
+  const rp = r.replicas
+  if (rp !== undefined) {
+    const q50 = rp.opens.reverse.p50 / rp.opens.direct.p50
+    row({
+      figure: 'replicas: stream open p50 via HAProxy + reverse agent (ms)',
+      value: f2(rp.opens.reverse.p50),
+      baseline: 'one gateway, dialed agent',
+      baseValue: f2(rp.opens.direct.p50),
+      ratio: `${f2(q50)}×`,
+      target: '≤ 2×',
+      result: verdict(q50 <= 2),
+    })
+    row({
+      figure: 'replicas: stream open p99 (ms)',
+      value: f2(rp.opens.reverse.p99),
+      baseline: 'one gateway, dialed agent',
+      baseValue: f2(rp.opens.direct.p99),
+      ratio: `${f2(rp.opens.reverse.p99 / rp.opens.direct.p99)}×`,
+    })
+    for (const [label, t] of [
+      ['1 stream', rp.throughput1],
+      ['8 streams', rp.throughput8],
+    ] as const) {
+      const q = t.reverse / t.direct
+      row({
+        figure: `replicas: echo throughput, ${label} (MB/s)`,
+        value: f2(t.reverse),
+        baseline: 'one gateway, dialed agent',
+        baseValue: f2(t.direct),
+        ratio: `${f2(q)}×`,
+        target: '≥ 0.5×',
+        result: verdict(q >= 0.5),
+      })
+    }
+    row({
+      figure: `replicas: replica RSS per idle reverse agent session (KiB, ${rp.agentSessionKiB.n})`,
+      value: f2(rp.agentSessionKiB.perSession),
+    })
+    row({
+      figure: `replicas: replica RSS per open idle stream (KiB, ${rp.streamKiB.n})`,
+      value: f2(rp.streamKiB.perStream),
+    })
+  }
   return rows
 }
 
@@ -629,6 +690,10 @@ export async function runBench(options: {
     })
     await section('abuse', async () => {
       report.abuse = await benchAbuse({ quick, log })
+    })
+    await section('replicas', async () => {
+      log('replicas: reverse agents behind HAProxy (2 replicas) vs direct')
+      report.replicas = await benchReplicas({ quick, log })
     })
     await section('netns', async () => {
       // Its own namespaces and echo servers, not the system under test (needs root, ip, socat).

@@ -34,6 +34,9 @@ export const DEBIAN_PACKAGES = [
   { pkg: 'runc', why: 'the OCI runtime containerd runs the harness pods with' },
   { pkg: 'containernetworking-plugins', why: 'CNI bridge network of the harness pods' },
   { pkg: 'busybox-static', why: 'the image of the harness pods (sandbox and servers)' },
+  { pkg: 'haproxy', why: 'the load balancer (TCP mode) in front of gateway replicas' },
+  { pkg: 'nftables', why: 'agents in namespaces that the gateways cannot dial (reverse mode)' },
+  { pkg: 'chromium', why: 'the admin console tests in a real browser (driven by playwright-core)' },
 ]
 
 /** Where Debian's kubectl 1.20 (kubernetes-client) is unpacked: beside, not over, the PATH kubectl. */

@@ -8,8 +8,9 @@
  *
  * @module
  */
-import { createSecureServer, constants as h2c } from 'node:http2'
+import { createSecureServer, createServer, constants as h2c } from 'node:http2'
 import type {
+  Http2Server,
   Http2SecureServer,
   IncomingHttpHeaders,
   ServerHttp2Session,
@@ -25,7 +26,15 @@ import { DuplexRelay } from '../shared/duplex-relay.js'
 import { h2Endpoint, socketEndpoint } from '../shared/relay-endpoints.js'
 import { peerIdentities, respondStatus } from '../shared/h2-util.js'
 import { h2SessionOptions, widenConnectionWindow } from '../protocol/h2-settings.js'
-import { GATEWAY_STREAM_ID_HEADER, POD_UID_HEADER, PORT_HEADER } from '../protocol/constants.js'
+import {
+  GATEWAY_STREAM_ID_HEADER,
+  NODE_NAME_HEADER,
+  POD_UID_HEADER,
+  PORT_HEADER,
+  REPLICA_COUNT_HEADER,
+  REPLICA_ID_HEADER,
+  REVERSE_HELLO_PATH,
+} from '../protocol/constants.js'
 import { assertNamespace, assertObjectName, parsePortHeader } from '../protocol/names.js'
 import { RST } from '../protocol/reset-codes.js'
 import type { PodDialer, PodTarget } from './pod-dialer.js'
@@ -41,12 +50,25 @@ export interface AgentServerOptions {
   logger: Logger
 }
 
+/**
+ * The gateway's first request on a reverse connection (`POST /v1/reverse/hello`): the
+ * replica's id and how many replicas there are. The answer: accept (200, with the node's
+ * name) or decline (409, a replica this agent already holds a connection to).
+ */
+export type ReverseHello = (hello: { replicaId: string; replicas: number }) => boolean
+
 /** A running agent. */
 export interface AgentServer {
   readonly server: Http2SecureServer
   readonly metrics: Registry
   /** Live forwarded streams. */
   activeStreams(): number
+  /**
+   * Serves HTTP/2 on a TLS connection this agent dialed (reverse mode: the agent is the
+   * TLS client and the HTTP/2 server). Returns the session; `hello` decides on the
+   * gateway's hello request.
+   */
+  acceptReverse(socket: TLSSocket, hello: ReverseHello): ServerHttp2Session
   listen(port: number, host: string): Promise<{ port: number; host: string }>
   /** GOAWAY every session, wait up to `graceMs` for streams, then reset the rest. */
   close(graceMs: number): Promise<void>
@@ -61,7 +83,15 @@ const kAuthorized = Symbol('pfgate.agent.authorized')
 /** An 'error' listener that only keeps an error from being unhandled. */
 function ignoreError(): void {}
 
-type AgentSession = ServerHttp2Session & { [kAuthorized]?: boolean; peer?: string }
+const kHello = Symbol('pfgate.agent.reverseHello')
+
+type AgentSession = ServerHttp2Session & {
+  [kAuthorized]?: boolean
+  [kHello]?: ReverseHello
+  peer?: string
+}
+
+const REPLICA_ID_RE = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/
 
 /** Builds the agent's HTTP/2 server (not listening yet). */
 export function createAgentServer(options: AgentServerOptions): AgentServer {
@@ -131,7 +161,11 @@ export function createAgentServer(options: AgentServerOptions): AgentServer {
     allowHTTP1: false,
   })
 
-  server.on('session', (session: AgentSession) => {
+  // Reverse connections: the same handlers on a plain HTTP/2 server fed with TLS sockets
+  // this agent dialed (the TLS layer is ours; the gateway's identity is checked the same way).
+  const reverseServer: Http2Server = createServer({ ...h2SessionOptions() })
+
+  const onSession = (session: AgentSession): void => {
     widenConnectionWindow(session)
     const socket = session.socket as TLSSocket
     const ids = peerIdentities(socket)
@@ -150,9 +184,11 @@ export function createAgentServer(options: AgentServerOptions): AgentServer {
     session.on('error', (err) => logger.debug({ err: describeError(err) }, 'session error'))
     // Keep idle gateway sessions alive; the gateway pings too.
     session.setTimeout(0)
-  })
+  }
+  server.on('session', onSession)
+  reverseServer.on('session', onSession)
 
-  server.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => {
+  const onStream = (stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void => {
     // Reported through the relay or the response path; never crash on a stream error.
     // Module-level, so the listener does not keep this call's scope alive with the stream.
     stream.on('error', ignoreError)
@@ -167,6 +203,10 @@ export function createAgentServer(options: AgentServerOptions): AgentServer {
     }
     const method = headers[':method']
     const path = headers[':path'] ?? ''
+    if (path === REVERSE_HELLO_PATH && session[kHello] !== undefined) {
+      if (method !== 'POST') return methodNotAllowed(stream)
+      return answerHello(stream, headers, session[kHello])
+    }
     if (path === '/healthz') {
       if (method !== 'GET' && method !== 'HEAD') return methodNotAllowed(stream)
       stream.respond({ ':status': 200, 'content-type': 'text/plain' })
@@ -205,7 +245,31 @@ export function createAgentServer(options: AgentServerOptions): AgentServer {
     }
     if (method !== 'POST') return methodNotAllowed(stream)
     void handlePortForward(stream, headers, m)
-  })
+  }
+  server.on('stream', onStream)
+  reverseServer.on('stream', onStream)
+
+  function answerHello(
+    stream: ServerHttp2Stream,
+    headers: IncomingHttpHeaders,
+    hello: ReverseHello,
+  ): void {
+    const replicaId = headers[REPLICA_ID_HEADER]
+    const replicas = Number(headers[REPLICA_COUNT_HEADER])
+    if (
+      typeof replicaId !== 'string' ||
+      !REPLICA_ID_RE.test(replicaId) ||
+      !Number.isInteger(replicas) ||
+      replicas < 1 ||
+      replicas > 1024
+    ) {
+      respondStatus(stream, appError('PFG_ERR_PROTO_BAD_HEADER', 'invalid reverse hello'))
+      return
+    }
+    const accepted = hello({ replicaId, replicas })
+    stream.respond({ ':status': accepted ? 200 : 409, [NODE_NAME_HEADER]: options.nodeName })
+    stream.end()
+  }
 
   /** The dialer's readiness (the container runtime answers), never rejecting. */
   function readiness(): Promise<{ ready: boolean; detail: string }> {
@@ -311,6 +375,19 @@ export function createAgentServer(options: AgentServerOptions): AgentServer {
     server,
     metrics,
     activeStreams: () => relays.size,
+    acceptReverse(socket, hello) {
+      let created: AgentSession | undefined
+      const capture = (s: AgentSession): void => {
+        created = s
+      }
+      // The server creates the session synchronously while it handles 'connection'.
+      reverseServer.once('session', capture)
+      reverseServer.emit('connection', socket)
+      reverseServer.off('session', capture)
+      if (created === undefined) throw new Error('no HTTP/2 session on the reverse connection')
+      created[kHello] = hello
+      return created
+    },
     listen(port, host) {
       return new Promise((resolve, reject) => {
         server.once('error', reject)

@@ -14,7 +14,10 @@ import type { StaticPodEntry } from './static-dialer.js'
 export interface AgentConfig {
   /** This node's name (as the gateway's registry knows it). */
   nodeName: string
-  listen: { host: string; port: number }
+  /** The dial-in listener; null in reverse-only mode (nothing listens on the node). */
+  listen: { host: string; port: number } | null
+  /** Reverse mode: the agent dials the gateway's agent endpoint (docs/scaling.md). */
+  reverse: ReverseConfig | null
   tls: {
     /** The agent's serving certificate and key (PEM files). */
     cert: string
@@ -47,6 +50,22 @@ export interface AgentConfig {
   /** How long in-flight streams may drain on shutdown. */
   shutdownGraceMs: number
   logLevel: string
+}
+
+/** Reverse mode: where the gateway's agent endpoint is and how to keep connections to it. */
+export interface ReverseConfig {
+  /** `host:port` of the agent endpoint (a load balancer in front of every replica). */
+  host: string
+  port: number
+  /** TLS server name sent (SNI); the gateway is verified by its identity (allowedClients). */
+  serverName: string | undefined
+  /** PING interval on each connection; unanswered for this long, the connection is dropped. */
+  keepaliveMs: number
+  /** Backoff between dials that failed or landed on a replica already connected. */
+  backoffInitialMs: number
+  backoffMaxMs: number
+  /** A full set of connections is checked again this often (the replica count may grow). */
+  resyncMs: number
 }
 
 /** One pod on this node. */
@@ -83,12 +102,25 @@ const schema = {
   properties: {
     nodeName: { type: 'string', minLength: 1 },
     listen: {
-      type: 'object',
+      type: ['object', 'null'],
       additionalProperties: false,
       default: {},
       properties: {
         host: { type: 'string', default: '0.0.0.0' },
         port: { type: 'integer', minimum: 0, maximum: 65535, default: 10250 },
+      },
+    },
+    reverse: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['gateway'],
+      properties: {
+        gateway: { type: 'string', pattern: '^(\\[[0-9A-Fa-f:.]+\\]|[^:\\s/\\[\\]]+):[0-9]{1,5}$' },
+        serverName: { type: 'string', minLength: 1 },
+        keepalive: { type: ['string', 'number'], default: '15s' },
+        backoffInitial: { type: ['string', 'number'], default: '200ms' },
+        backoffMax: { type: ['string', 'number'], default: '15s' },
+        resync: { type: ['string', 'number'], default: '30s' },
       },
     },
     tls: {
@@ -160,13 +192,46 @@ function checkNetnsEntries(raw: RawAgentConfig, source: string): void {
   }
 }
 
+function parseReverse(r: NonNullable<RawAgentConfig['reverse']>, source: string): ReverseConfig {
+  const cut = r.gateway.lastIndexOf(':')
+  const host = r.gateway.slice(0, cut).replace(/^\[(.*)\]$/, '$1')
+  const port = Number(r.gateway.slice(cut + 1))
+  if (!(port >= 1 && port <= 65535)) {
+    throw appError('PFG_ERR_CONFIG_INVALID', `${source}: reverse.gateway: invalid port`)
+  }
+  const initial = parseDuration(r.backoffInitial, 'reverse.backoffInitial')
+  const max = parseDuration(r.backoffMax, 'reverse.backoffMax')
+  if (initial <= 0 || max < initial) {
+    throw appError(
+      'PFG_ERR_CONFIG_INVALID',
+      `${source}: reverse.backoffInitial must be more than 0 and at most reverse.backoffMax`,
+    )
+  }
+  return {
+    host,
+    port,
+    serverName: r.serverName,
+    keepaliveMs: parseDuration(r.keepalive, 'reverse.keepalive'),
+    backoffInitialMs: initial,
+    backoffMaxMs: max,
+    resyncMs: parseDuration(r.resync, 'reverse.resync'),
+  }
+}
+
 /** Validates a parsed config object; relative file paths resolve against `baseDir`. */
 export function parseAgentConfig(value: unknown, source: string, baseDir: string): AgentConfig {
   const raw = validateConfig<RawAgentConfig>(schema, value, source)
   checkNetnsEntries(raw, source)
+  if (raw.listen === null && raw.reverse === undefined) {
+    throw appError(
+      'PFG_ERR_CONFIG_INVALID',
+      `${source}: listen: null needs a reverse section (the agent would be unreachable)`,
+    )
+  }
   return Object.freeze({
     nodeName: raw.nodeName,
-    listen: { ...raw.listen },
+    listen: raw.listen === null ? null : { ...raw.listen },
+    reverse: raw.reverse === undefined ? null : parseReverse(raw.reverse, source),
     tls: {
       cert: resolve(baseDir, raw.tls.cert),
       key: resolve(baseDir, raw.tls.key),

@@ -14,6 +14,7 @@ import { STREAM_HIGH_WATER_MARK } from '../protocol/h2-settings.js'
 import { loadAgentConfig } from './config.js'
 import { createAgentServer } from './app.js'
 import { StaticDialer } from './static-dialer.js'
+import { ReverseConnector } from './reverse-connector.js'
 import type { PodDialer } from './pod-dialer.js'
 import type { AgentConfig } from './config.js'
 
@@ -48,26 +49,49 @@ export async function main(argv: string[]): Promise<number> {
   setDefaultHighWaterMark(false, STREAM_HIGH_WATER_MARK)
   const logger = createLogger({ level: config.logLevel, name: `agent:${config.nodeName}` })
   const dialer = await createDialer(config, logger)
+  const tls = {
+    cert: readFileSync(config.tls.cert),
+    key: readFileSync(config.tls.key),
+    clientCa: readFileSync(config.tls.clientCa),
+  }
   const agent = createAgentServer({
     nodeName: config.nodeName,
-    tls: {
-      cert: readFileSync(config.tls.cert),
-      key: readFileSync(config.tls.key),
-      clientCa: readFileSync(config.tls.clientCa),
-    },
+    tls,
     allowedClients: config.allowedClients,
     dialer,
     connectTimeoutMs: config.dialer.connectTimeoutMs,
     logger,
   })
-  const port = values.port !== undefined ? Number(values.port) : config.listen.port
-  const addr = await agent.listen(port, config.listen.host)
-  logger.info({ node: config.nodeName, ...addr, dialer: config.dialer.type }, 'agent listening')
-  // A parent that supervises us (pfgate dev) reads this line to learn the port.
-  if (process.send !== undefined) process.send({ type: 'listening', port: addr.port })
+  let port = 0
+  if (config.listen !== null) {
+    const want = values.port !== undefined ? Number(values.port) : config.listen.port
+    const addr = await agent.listen(want, config.listen.host)
+    port = addr.port
+    logger.info({ node: config.nodeName, ...addr, dialer: config.dialer.type }, 'agent listening')
+  }
+  let reverse: ReverseConnector | undefined
+  if (config.reverse !== null) {
+    reverse = new ReverseConnector({
+      agent,
+      config: config.reverse,
+      tls: { cert: tls.cert, key: tls.key, ca: tls.clientCa },
+      allowedServers: config.allowedClients,
+      logger,
+    })
+    reverse.start()
+    logger.info(
+      { node: config.nodeName, gateway: `${config.reverse.host}:${config.reverse.port}` },
+      'agent dialing the gateway (reverse mode)',
+    )
+  }
+  // A parent that supervises us (pfgate dev) reads this line to learn the port (0: none).
+  if (process.send !== undefined) process.send({ type: 'listening', port })
   // The supervisor's IPC channel must not keep this process alive after a shutdown.
   process.channel?.unref()
-  await drainOnSignals('agent', logger, () => agent.close(config.shutdownGraceMs))
+  await drainOnSignals('agent', logger, async () => {
+    await reverse?.close()
+    await agent.close(config.shutdownGraceMs)
+  })
   logger.info('agent stopped')
   logger.flush()
   return 0

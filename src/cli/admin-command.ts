@@ -1,5 +1,7 @@
 /**
- * `pfgate admin streams|sessions|kill`: the admin API from the command line.
+ * `pfgate admin streams|sessions|agents|kill`: the admin API from the command line. The
+ * replica it reaches gathers every replica's answer (docs/scaling.md); the GATEWAY column
+ * says which replica holds each stream, session or agent connection.
  *
  * @module
  */
@@ -13,6 +15,7 @@ import { CONNECTION_FLAGS, loadClientConfig, overridesFromFlags } from './kubeco
 const USAGE = `usage:
   pfgate admin streams  [-o table|json]     live streams with their byte counts
   pfgate admin sessions [-o table|json]     live client sessions
+  pfgate admin agents   [-o table|json]     agents connected to each replica (reverse mode)
   pfgate admin kill stream ID               end one stream (the client sees a reset)
   pfgate admin kill session ID              end a whole client session
 Connection flags as for port-forward: --kubeconfig, --context, -s/--server, --token,
@@ -69,7 +72,7 @@ export async function runAdminCommand(
     return 0
   }
   const valid =
-    ((what === 'streams' || what === 'sessions') && kind === undefined) ||
+    ((what === 'streams' || what === 'sessions' || what === 'agents') && kind === undefined) ||
     (what === 'kill' && (kind === 'stream' || kind === 'session') && id !== undefined)
   if (!valid || (values.output !== 'table' && values.output !== 'json')) {
     io.stderr.write(USAGE)
@@ -85,9 +88,44 @@ export async function runAdminCommand(
       io.stdout.write(`${kind} ${id} ended\n`)
       return 0
     }
-    const doc = await client.getJson<{ items: Record<string, unknown>[] }>(`/admin/v1/${what}`)
+    const doc = await client.getJson<{
+      items: Record<string, unknown>[]
+      replicas?: { gateway: string; peer?: string; error?: string }[]
+    }>(`/admin/v1/${what}`)
+    // A replica that did not answer is said, never silently missing from the list.
+    for (const r of doc.replicas ?? []) {
+      if (r.error !== undefined)
+        io.stderr.write(
+          `warning: replica ${plainText(r.peer ?? r.gateway, MAX_CELL)} did not answer: ${plainText(r.error, MAX_CELL)}\n`,
+        )
+    }
     if (values.output === 'json') {
       io.stdout.write(JSON.stringify(doc.items, null, 2) + '\n')
+      return 0
+    }
+    const gw = (x: Record<string, unknown>): string =>
+      typeof x.gateway === 'string' && x.gateway !== '' ? x.gateway.slice(0, 8) : '-'
+    if (what === 'agents') {
+      // One row per node: the replicas its agent is connected to.
+      const byNode = new Map<string, Record<string, unknown>[]>()
+      for (const a of doc.items) {
+        const node = String(a.node)
+        byNode.set(node, [...(byNode.get(node) ?? []), a])
+      }
+      const answered = (doc.replicas ?? []).filter((r) => r.error === undefined).length
+      io.stdout.write(
+        table([
+          ['NODE', 'REPLICAS', 'GATEWAYS', 'SINCE'],
+          ...[...byNode.entries()]
+            .sort(([a], [b]) => a.localeCompare(b))
+            .map(([node, links]) => [
+              node,
+              `${links.length}/${answered}`,
+              links.map(gw).join(','),
+              links.map((l) => String(l.connectedAt)).sort()[0] ?? '-',
+            ]),
+        ]),
+      )
       return 0
     }
     const rows =
@@ -103,6 +141,7 @@ export async function runAdminCommand(
               'SINCE',
               'BYTES-UP',
               'BYTES-DOWN',
+              'GATEWAY',
             ],
             ...doc.items.map((s) => [
               String(s.id),
@@ -114,10 +153,21 @@ export async function runAdminCommand(
               String(s.openedAt),
               String(s.bytesClientToPod),
               String(s.bytesPodToClient),
+              gw(s),
             ]),
           ]
         : [
-            ['ID', 'USERS', 'SOURCE', 'PROTOCOL', 'SINCE', 'STREAMS', 'BYTES-UP', 'BYTES-DOWN'],
+            [
+              'ID',
+              'USERS',
+              'SOURCE',
+              'PROTOCOL',
+              'SINCE',
+              'STREAMS',
+              'BYTES-UP',
+              'BYTES-DOWN',
+              'GATEWAY',
+            ],
             ...doc.items.map((s) => [
               String(s.id),
               Array.isArray(s.users) && s.users.length > 0
@@ -131,6 +181,7 @@ export async function runAdminCommand(
               String(s.streams),
               String(s.bytesClientToPod),
               String(s.bytesPodToClient),
+              gw(s),
             ]),
           ]
     io.stdout.write(table(rows))

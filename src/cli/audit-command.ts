@@ -28,6 +28,8 @@ import {
   mergeByTime,
   orderTrailFiles,
 } from '../protocol/audit-record.js'
+import { AUDIT_FILTERS, AuditQueryError, parseAuditQuery } from '../protocol/audit-query.js'
+import type { AuditQuery, AuditQueryInput } from '../protocol/audit-query.js'
 import { errorCode } from '../shared/errors.js'
 import { plainText } from '../shared/text.js'
 
@@ -71,12 +73,14 @@ Filters (all given must match; a comma-separated list matches any of its values)
   --outcome O           ok, denied, failed, error, limit, admin, restart
   --session ID          the client session id
   --stream ID           the stream id
+  --gateway ID          the gateway instance that wrote the record
   --since TIME|DUR      at or after TIME (RFC 3339) or DUR ago (30s, 15m, 2h, 7d)
   --until TIME|DUR      before TIME or DUR ago
 
 Options:
   -f, --file PATH       the trail (default $PFGATE_AUDIT_FILE, else ${DEV_AUDIT_FILE} when
-                        present, else ${DEFAULT_AUDIT_FILE}); PATH.N rotated files too
+                        present, else ${DEFAULT_AUDIT_FILE}); PATH.N rotated files too;
+                        query: repeat it to merge several replicas' trails by time
   -o, --output FORMAT   table (default) or json (one record per line, as stored)
   -h, --help            this help
 
@@ -85,7 +89,8 @@ written (with --since, the matching history first) until interrupted.
 `
 
 const OPTIONS = {
-  file: { type: 'string', short: 'f' },
+  file: { type: 'string', short: 'f', multiple: true },
+  gateway: { type: 'string' },
   user: { type: 'string' },
   namespace: { type: 'string', short: 'n' },
   pod: { type: 'string' },
@@ -100,28 +105,6 @@ const OPTIONS = {
   help: { type: 'boolean', short: 'h' },
 } as const
 
-/** Outcomes `--outcome` accepts. */
-export const OUTCOMES = ['ok', 'denied', 'failed', 'error', 'limit', 'admin', 'restart'] as const
-
-/** The outcome of a record, as `--outcome` matches it (see docs/audit.md). */
-export function recordOutcome(r: AuditRecord): (typeof OUTCOMES)[number] {
-  if (r.type === 'stream.denied' || r.type === 'request.denied') return 'denied'
-  if (r.type === 'denials.suppressed') return 'denied'
-  if (r.type === 'stream.failed') return 'failed'
-  switch (r.endedBy) {
-    case 'error':
-      return 'error'
-    case 'limit':
-      return 'limit'
-    case 'admin':
-      return 'admin'
-    case 'gateway-restart':
-      return 'restart'
-    default:
-      return r.error !== undefined ? 'error' : 'ok'
-  }
-}
-
 /** A bad value in an option (exit 1, not a usage error). */
 class InputError extends Error {}
 
@@ -129,7 +112,10 @@ type Filter = (r: AuditRecord) => boolean
 
 interface Parsed {
   command: 'query' | 'follow'
+  /** The first trail (follow reads only this one). */
   file: string
+  /** Every trail given (`--file` repeated: several replicas' trails, merged by time). */
+  files: string[]
   output: 'table' | 'json'
   filter: Filter
   since: number | undefined
@@ -185,85 +171,29 @@ function parse(argv: string[], io: AuditCommandIO): Parsed | 'help' {
   if (output !== 'table' && output !== 'json')
     throw new InputError(`--output must be table or json, not ${JSON.stringify(output)}`)
   const now = (io.now ?? (() => new Date()))().getTime()
-  const filters: Filter[] = []
-  const list = (v: string): string[] =>
-    v
-      .split(',')
-      .map((s) => s.trim())
-      .filter((s) => s !== '')
-  const eq = (name: string, get: (r: AuditRecord) => string | undefined, v?: string): void => {
-    if (v === undefined) return
-    const wanted = new Set(list(v))
-    if (wanted.size === 0) throw new InputError(`--${name} needs a value`)
-    filters.push((r) => {
-      const got = get(r)
-      return got !== undefined && wanted.has(got)
-    })
+  const input: AuditQueryInput = {}
+  for (const name of AUDIT_FILTERS) {
+    const v = values[name]
+    if (v !== undefined) input[name] = v
   }
-  if (values.user !== undefined) {
-    // A session's users, or a summary's, count too.
-    const wanted = new Set(list(values.user))
-    if (wanted.size === 0) throw new InputError('--user needs a value')
-    filters.push(
-      (r) =>
-        (r.user !== undefined && wanted.has(r.user)) ||
-        (Array.isArray(r.users) && r.users.some((u) => wanted.has(u))),
-    )
+  let q: AuditQuery
+  try {
+    q = parseAuditQuery(input, now, (n) => `--${n}`)
+  } catch (err) {
+    if (err instanceof AuditQueryError) throw new InputError(err.message)
+    throw err
   }
-  eq('namespace', (r) => r.namespace, values.namespace)
-  eq('pod', (r) => r.pod, values.pod)
-  eq('session', (r) => r.sessionId, values.session)
-  eq('stream', (r) => r.streamId, values.stream)
-  if (values.port !== undefined) {
-    const ports = list(values.port).map((p) => {
-      const n = Number(p)
-      if (!/^\d+$/.test(p) || n < 1 || n > 65535)
-        throw new InputError(`--port must be 1..65535, not ${JSON.stringify(p)}`)
-      return n
-    })
-    filters.push((r) => r.port !== undefined && ports.includes(r.port))
-  }
-  if (values.type !== undefined) {
-    const types = list(values.type)
-    for (const t of types)
-      if (!/^[a-z]+(\.[a-z]+)?$/.test(t)) throw new InputError(`bad --type ${JSON.stringify(t)}`)
-    filters.push((r) => types.some((t) => r.type === t || r.type.startsWith(`${t}.`)))
-  }
-  if (values.outcome !== undefined) {
-    const outcomes = list(values.outcome)
-    for (const o of outcomes)
-      if (!(OUTCOMES as readonly string[]).includes(o))
-        throw new InputError(
-          `--outcome must be one of ${OUTCOMES.join(', ')}, not ${JSON.stringify(o)}`,
-        )
-    filters.push((r) => outcomes.includes(recordOutcome(r)))
-  }
-  const since = values.since !== undefined ? parseTime('since', values.since, now) : undefined
-  const until = values.until !== undefined ? parseTime('until', values.until, now) : undefined
-  if (since !== undefined) filters.push((r) => Date.parse(r.time) >= since)
-  if (until !== undefined) filters.push((r) => Date.parse(r.time) < until)
+  const files = values.file ?? [defaultAuditFile()]
+  if (command === 'follow' && files.length > 1)
+    throw new InputError('follow reads one trail: give --file once')
   return {
     command,
-    file: values.file ?? defaultAuditFile(),
+    file: files[0] as string,
+    files,
     output,
-    filter: (r) => filters.every((f) => f(r)),
-    since,
+    filter: q.matches,
+    since: q.since,
   }
-}
-
-/** RFC 3339 (or any Date.parse-able date), or a duration ago: `90s`, `15m`, `2h`, `7d`. */
-export function parseTime(name: string, value: string, now: number): number {
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(value.trim())
-  if (m !== null) {
-    const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as 'ms']
-    return now - Number(m[1]) * unit
-  }
-  const t = /^\d{4}-\d{2}-\d{2}/.test(value) ? Date.parse(value) : NaN
-  if (Number.isNaN(t))
-    throw new InputError(
-      `--${name} must be a time (2024-05-01T10:00:00Z) or a duration ago (30s, 15m, 2h, 7d), not ${JSON.stringify(value)}`,
-    )
-  return t
 }
 
 // --- query -------------------------------------------------------------------------
@@ -297,15 +227,26 @@ async function* trailRecords(path: string, skipped: Skipped): AsyncGenerator<Aud
 }
 
 async function query(p: Parsed, io: AuditCommandIO, out: Output): Promise<number> {
-  const denied = deniedTrailPath(p.file)
-  if ((await trailFiles(p.file)).length === 0 && (await trailFiles(denied)).length === 0) {
-    io.stderr.write(`pfgate audit: no such file: ${p.file}\n`)
-    return 1
+  for (const file of p.files) {
+    const denied = deniedTrailPath(file)
+    if ((await trailFiles(file)).length === 0 && (await trailFiles(denied)).length === 0) {
+      io.stderr.write(`pfgate audit: no such file: ${file}\n`)
+      return 1
+    }
   }
   const skipped: Skipped = { malformed: 0, partial: [] }
   let matched = 0
-  // The main trail and the denials trail beside it, merged in time order.
-  for await (const r of mergeByTime(trailRecords(p.file, skipped), trailRecords(denied, skipped))) {
+  // Each trail and the denials trail beside it, all merged in time order (several
+  // replicas' trails: each record names its gateway).
+  let merged: AsyncIterable<AuditRecord> | undefined
+  for (const file of p.files) {
+    const one = mergeByTime(
+      trailRecords(file, skipped),
+      trailRecords(deniedTrailPath(file), skipped),
+    )
+    merged = merged === undefined ? one : mergeByTime(merged, one)
+  }
+  for await (const r of merged as AsyncIterable<AuditRecord>) {
     if (!p.filter(r)) continue
     matched++
     await out.record(r)

@@ -179,11 +179,20 @@ export async function ensureMaterial(dir: string): Promise<void> {
     serverAuth: false,
     clientAuth: true,
   })
+  // The agent endpoint's certificate (reverse mode): the gateway's identity, as a server.
+  await leaf('gateway-agents', {
+    commonName: GATEWAY_IDENTITY_CN,
+    uris: [GATEWAY_IDENTITY_URI],
+    dnsNames: ['localhost', 'gateway', 'pfgate-gateway'],
+    ipAddresses: ['127.0.0.1', '::1'],
+  })
   for (const node of DEV_NODES) {
+    // clientAuth too: in reverse mode the agent presents it when it dials the gateway.
     await leaf(`agent-${node}`, {
       commonName: `pfgate-agent-${node}`,
       dnsNames: [node, `agent-${node}`, 'localhost'],
       ipAddresses: ['127.0.0.1', '::1'],
+      clientAuth: true,
     })
   }
   if (!existsSync(join(dir, 'signing-key.jwk')) || !existsSync(join(dir, 'jwks.json'))) {
@@ -247,7 +256,7 @@ export function devGatewayConfig(
   }
 }
 
-function deepMerge(
+export function deepMerge(
   a: Record<string, unknown>,
   b: Record<string, unknown>,
 ): Record<string, unknown> {

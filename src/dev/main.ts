@@ -82,6 +82,7 @@ export async function main(argv: string[]): Promise<number> {
             : '\n              on host ports (static dialer)'),
       `  kubeconfig  ${kc}  (user "dev", namespace "default"; a development token)`,
       `  audit       ${relative(process.cwd(), cluster.dir) || cluster.dir}/audit/audit.log`,
+      `  console     ${cluster.gatewayUrl}/console/  (admins; log in with the token of the kubeconfig's user "dev")`,
       '',
       'Try, in another terminal:',
       `  KUBECONFIG=${kc} npx pfgate port-forward echo 5000 6000`,

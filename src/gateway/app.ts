@@ -5,7 +5,7 @@
  * handler (edge/upgrade.ts), and everything else is a Fastify route, registered here as
  * plugins: the error handling and the authentication hook first (they apply to every
  * route), then the routes (health, the Kubernetes API facade, port-forward paths without
- * their protocol, the node proxy, the admin API). A new set of routes is one more plugin
+ * their protocol, the node proxy, the admin API, the admin console). A new set of routes is one more plugin
  * in the list below (docs/architecture.md, "Where things go").
  *
  * `buildGateway` does not listen; main.ts does (fastify's app/listen split).
@@ -13,10 +13,13 @@
  * @module
  */
 import type { Server as HttpServer } from 'node:http'
-import type { Http2Session } from 'node:http2'
+import type { Http2Session, ServerHttp2Stream } from 'node:http2'
 import type { Authenticator } from './auth/authenticator.js'
 import type { Authorizer } from './authz/authorizer.js'
-import { ConnectionGuard } from './connections.js'
+import { ConnectionGuard, relayed } from './connections.js'
+import { adminAuditRoutes } from './console/admin-audit.js'
+import { gatewayConsoleBackend } from './console/gateway-backend.js'
+import { CONSOLE_PREFIX, consolePlugin } from './console/plugin.js'
 import type { ConnectionLimits } from './connections.js'
 import { NativeH2Adapter } from './edge/native-h2.js'
 import { UpgradeHandler } from './edge/upgrade.js'
@@ -35,6 +38,8 @@ import { kubeApiRoutes } from './kube/routes.js'
 import type { GatewayMetrics } from './metrics.js'
 import type { AgentPool } from './relay/agent-pool.js'
 import type { PodRegistry } from './registry/types.js'
+import { agentReadinessProblem } from './cluster-view.js'
+import type { ClusterView } from './cluster-view.js'
 import type { Logger } from '../shared/log.js'
 
 /** Everything the gateway is made of. */
@@ -60,6 +65,10 @@ export interface GatewayDeps {
   }
   /** The Kubernetes-compatible surface (default: the WebSocket tunnel is on). */
   kubernetes?: { websocketTunnel: boolean }
+  /** Replicas and reverse agents: one admin view, agents in readiness (cluster-view.ts). */
+  cluster?: ClusterView
+  /** The admin console under /console/ (none: its paths are 404s); the trail it searches. */
+  console?: { auditFile: string | undefined }
 }
 
 /** A built gateway. */
@@ -124,13 +133,35 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     onAuthenticated: (socket) => connections.authenticated(socket),
   })
   // Routes.
-  await app.register(healthRoutes, { registry: deps.registry, audit: deps.audit, forwarder })
+  await app.register(healthRoutes, {
+    registry: deps.registry,
+    audit: deps.audit,
+    forwarder,
+    agentsProblem: () => agentReadinessProblem(deps.cluster, deps.registry),
+  })
   await app.register(kubeApiRoutes, { registry: deps.registry, authorizer: deps.authorizer })
   await app.register(forwardPathRoutes)
   if (deps.nodeProxy !== undefined) {
     await app.register(nodeProxyRoutes, { registry: deps.registry, ...deps.nodeProxy, logger })
   }
-  await app.register(adminRoutes, { forwarder })
+  await app.register(adminRoutes, { forwarder, cluster: deps.cluster })
+  if (deps.console !== undefined) {
+    // The admin console (console/: its own login, CSRF and headers) and its audit search
+    // for API clients; both on one backend over the gateway's parts.
+    const backend = gatewayConsoleBackend({ ...deps, auditFile: deps.console.auditFile })
+    await app.register(adminAuditRoutes, { backend })
+    await app.register(consolePlugin, {
+      prefix: CONSOLE_PREFIX,
+      backend,
+      connection: {
+        authenticated: (request) => connections.authenticated(request.raw.socket),
+        longLived: (request) => {
+          const stream = (request.raw as { stream?: ServerHttp2Stream }).stream
+          if (stream !== undefined) relayed(stream)
+        },
+      },
+    })
+  }
   await app.ready()
 
   let metricsServer: HttpServer | undefined

@@ -86,7 +86,38 @@ export interface GatewayConfig {
     key: string
     connectTimeoutMs: number
     keepaliveMs: number
+    /**
+     * How streams reach agents: the gateway dials them (`dial`), they dial the gateway's
+     * agent endpoint (`reverse`), or a connected agent first and a dial otherwise (`both`).
+     */
+    mode: 'dial' | 'reverse' | 'both'
+    /** The agent endpoint reverse agents dial (docs/scaling.md); null unless a mode uses it. */
+    reverse: {
+      host: string
+      port: number
+      /** The endpoint's certificate (default: the agent-hop certificate `cert`/`key`). */
+      cert: string
+      key: string
+      /** Replicas an agent should hold a connection to (the Deployment's replicas). */
+      replicas: number
+      handshakeTimeoutMs: number
+      /**
+       * /readyz is false while fewer agents than this are connected (capped at the number
+       * of nodes the registry knows): a replica that holds no agent would only fail streams.
+       */
+      readyMinAgents: number
+    } | null
   }
+  /** The other replicas, for one admin view (docs/scaling.md); null: this replica alone. */
+  peers: {
+    urls: string[]
+    /** A headless Service's DNS name and port: each address is a peer. */
+    dns: { name: string; port: number } | undefined
+    /** CA of the peers' serving certificates (default: none, the system's). */
+    ca: string | undefined
+    serverName: string | undefined
+    timeoutMs: number
+  } | null
   registry: { source: 'static'; file: string } | KubeRegistrySettings
   auth: {
     issuer: string
@@ -201,6 +232,41 @@ const schema = {
         key: { type: 'string' },
         connectTimeout: { ...duration, default: '5s' },
         keepalive: { ...duration, default: '30s' },
+        mode: { enum: ['dial', 'reverse', 'both'], default: 'dial' },
+        reverse: {
+          type: 'object',
+          additionalProperties: false,
+          default: {},
+          properties: {
+            host: { type: 'string', default: '0.0.0.0' },
+            port: { type: 'integer', minimum: 0, maximum: 65535, default: 8132 },
+            cert: { type: 'string' },
+            key: { type: 'string' },
+            replicas: { type: 'integer', minimum: 1, maximum: 1024, default: 1 },
+            handshakeTimeout: { ...duration, default: '10s' },
+            readyMinAgents: { type: 'integer', minimum: 0, default: 1 },
+          },
+        },
+      },
+    },
+    peers: {
+      type: ['object', 'null'],
+      additionalProperties: false,
+      default: null,
+      properties: {
+        urls: { type: 'array', items: { type: 'string', pattern: '^https://' }, default: [] },
+        dns: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['name', 'port'],
+          properties: {
+            name: { type: 'string', minLength: 1 },
+            port: { type: 'integer', minimum: 1, maximum: 65535 },
+          },
+        },
+        caFile: { type: 'string' },
+        serverName: { type: 'string', minLength: 1 },
+        timeout: { ...duration, default: '3s' },
       },
     },
     registry: {
@@ -483,7 +549,33 @@ export function parseGatewayConfig(value: unknown, source: string, baseDir: stri
       key: p(raw.agents.key),
       connectTimeoutMs: parseDuration(raw.agents.connectTimeout, 'agents.connectTimeout'),
       keepaliveMs: parseDuration(raw.agents.keepalive, 'agents.keepalive'),
+      mode: raw.agents.mode,
+      reverse:
+        raw.agents.mode === 'dial'
+          ? null
+          : {
+              host: raw.agents.reverse.host,
+              port: raw.agents.reverse.port,
+              cert: p(raw.agents.reverse.cert ?? raw.agents.cert),
+              key: p(raw.agents.reverse.key ?? raw.agents.key),
+              replicas: raw.agents.reverse.replicas,
+              handshakeTimeoutMs: parseDuration(
+                raw.agents.reverse.handshakeTimeout,
+                'agents.reverse.handshakeTimeout',
+              ),
+              readyMinAgents: raw.agents.reverse.readyMinAgents,
+            },
     },
+    peers:
+      raw.peers === null
+        ? null
+        : {
+            urls: [...raw.peers.urls],
+            dns: raw.peers.dns === undefined ? undefined : { ...raw.peers.dns },
+            ca: raw.peers.caFile === undefined ? undefined : p(raw.peers.caFile),
+            serverName: raw.peers.serverName,
+            timeoutMs: parseDuration(raw.peers.timeout, 'peers.timeout'),
+          },
     registry,
     auth: {
       issuer: raw.auth.issuer,

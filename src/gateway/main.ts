@@ -22,6 +22,8 @@ import { createAuditLog } from './audit-factory.js'
 import { GatewayMetrics } from './metrics.js'
 import { BufferBudget } from './buffer-budget.js'
 import { AgentPool } from './relay/agent-pool.js'
+import { ReverseAgents } from './relay/reverse-agents.js'
+import { Peers } from './peers.js'
 import { createKubeRegistry } from './registry/kube/registry.js'
 import { StaticRegistry } from './registry/static-registry.js'
 import type { PodRegistry } from './registry/types.js'
@@ -37,6 +39,8 @@ function createRegistry(config: GatewayConfig, logger: Logger): PodRegistry {
 export interface RunningGateway {
   port: number
   metricsPort?: number
+  /** The agent endpoint's port (reverse mode). */
+  agentPort?: number
   gatewayId: string
   stop(): Promise<void>
 }
@@ -58,12 +62,26 @@ export async function startGateway(
     key: readFileSync(config.agents.key),
   }
   const budget = new BufferBudget({ budgetBytes: config.limits.bufferBudgetBytes, metrics, logger })
+  const rc = config.agents.reverse
+  const reverse =
+    rc === null
+      ? undefined
+      : new ReverseAgents({
+          replicaId: gatewayId,
+          replicas: rc.replicas,
+          tls: { ca: agentTls.ca, cert: readFileSync(rc.cert), key: readFileSync(rc.key) },
+          keepaliveMs: config.agents.keepaliveMs,
+          handshakeTimeoutMs: rc.handshakeTimeoutMs,
+          logger,
+          onSession: (s) => budget.register(s),
+        })
   const agents = new AgentPool({
     ...agentTls,
     connectTimeoutMs: config.agents.connectTimeoutMs,
     keepaliveMs: config.agents.keepaliveMs,
     logger,
     onSession: (s) => budget.register(s),
+    ...(reverse !== undefined ? { reverse, reverseOnly: config.agents.mode === 'reverse' } : {}),
   })
   const audit = await createAuditLog(config, { logger, gatewayId, metrics })
   const forwarder = new Forwarder({
@@ -90,7 +108,26 @@ export async function startGateway(
       logger.error({ err: describeError(err) }, 'kubernetes registry stopped before syncing'),
     )
   }
+  const pc = config.peers
+  const peers =
+    pc === null
+      ? undefined
+      : new Peers({
+          urls: pc.urls,
+          ...(pc.dns !== undefined ? { dns: pc.dns } : {}),
+          ca: pc.ca !== undefined ? readFileSync(pc.ca) : undefined,
+          ...(pc.serverName !== undefined ? { serverName: pc.serverName } : {}),
+          timeoutMs: pc.timeoutMs,
+          logger,
+        })
   const gateway = await buildGateway({
+    cluster: {
+      gatewayId,
+      mode: config.agents.mode,
+      peers,
+      reverse,
+      readyMinAgents: rc?.readyMinAgents ?? 0,
+    },
     tls: { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) },
     logger,
     registry,
@@ -105,18 +142,24 @@ export async function startGateway(
     budget,
     nodeProxy: { tls: agentTls, connectTimeoutMs: config.agents.connectTimeoutMs },
     kubernetes: config.kubernetes,
+    console: { auditFile: config.audit.sinks.find((x) => x.type === 'file')?.path },
   })
   const addr = await gateway.listen(
     overrides.port ?? config.listen.port,
     config.listen.host,
     config.metrics,
   )
-  logger.info({ gatewayId, host: config.listen.host, ...addr }, 'gateway listening')
+  const agentPort =
+    reverse !== undefined && rc !== null ? (await reverse.listen(rc.port, rc.host)).port : undefined
+  logger.info({ gatewayId, host: config.listen.host, ...addr, agentPort }, 'gateway listening')
   return {
     ...addr,
+    ...(agentPort !== undefined ? { agentPort } : {}),
     gatewayId,
     async stop() {
       await gateway.close(config.shutdownGraceMs)
+      await reverse?.close(true)
+      await peers?.close()
       budget.close()
       await audit.close()
       await registry.close()
@@ -148,7 +191,13 @@ export async function main(argv: string[]): Promise<number> {
     values.port !== undefined ? { port: Number(values.port) } : {},
   )
   if (process.send !== undefined) {
-    process.send({ type: 'listening', port: gw.port, metricsPort: gw.metricsPort })
+    process.send({
+      type: 'listening',
+      port: gw.port,
+      metricsPort: gw.metricsPort,
+      agentPort: gw.agentPort,
+      gatewayId: gw.gatewayId,
+    })
   }
   // The supervisor's IPC channel must not keep this process alive after a shutdown.
   process.channel?.unref()

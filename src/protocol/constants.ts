@@ -41,3 +41,13 @@ export function podPath(namespace: string, pod: string): string {
 export const GATEWAY_IDENTITY_CN = 'pfgate-gateway'
 /** URI SAN of the gateway's client certificate. */
 export const GATEWAY_IDENTITY_URI = 'spiffe://pfgate.local/gateway'
+
+/**
+ * Reverse connections (docs/scaling.md): the gateway's first request on a connection an
+ * agent dialed, with the replica's id and the number of replicas; the agent answers 200
+ * with its node's name, or 409 when it already holds a connection to that replica.
+ */
+export const REVERSE_HELLO_PATH = '/v1/reverse/hello'
+export const REPLICA_ID_HEADER = 'pfgate-replica-id'
+export const REPLICA_COUNT_HEADER = 'pfgate-replica-count'
+export const NODE_NAME_HEADER = 'pfgate-node'

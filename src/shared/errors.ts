@@ -25,6 +25,10 @@ export const ERROR_CODES = {
   PFG_ERR_AUTH_MISSING: { status: 401, summary: 'no bearer token was presented' },
   PFG_ERR_AUTH_INVALID: { status: 401, summary: 'the bearer token was rejected' },
   PFG_ERR_AUTH_FORBIDDEN: { status: 403, summary: 'the identity may not do this' },
+  PFG_ERR_AUTH_CSRF: {
+    status: 403,
+    summary: 'a console call that changes state came from another site or without its CSRF token',
+  },
   PFG_ERR_AUTH_IMPERSONATION: {
     status: 403,
     summary: 'the request asked to impersonate someone (not supported)',
@@ -75,6 +79,10 @@ export const ERROR_CODES = {
   PFG_ERR_LIMIT_IDLE: { status: 0, summary: 'the stream was idle for too long' },
   PFG_ERR_LIMIT_LIFETIME: { status: 0, summary: 'the stream reached its maximum lifetime' },
   PFG_ERR_LIMIT_HEADER_TOO_LARGE: { status: 431, summary: 'request headers are too large' },
+  PFG_ERR_LIMIT_CONSOLE_BUSY: {
+    status: 503,
+    summary: 'too many admin console live views or audit searches at once',
+  },
   PFG_ERR_LIMIT_BUFFER_BUDGET: {
     status: 0,
     summary: "a stalled stream was reset: the gateway's relay buffers were over budget",

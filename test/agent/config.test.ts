@@ -75,3 +75,37 @@ test('pfgate dev --runtime takes only containerd', async () => {
   }
   assert.match(writes.join(''), /--runtime "docker": only containerd/)
 })
+
+test('reverse mode: the gateway address (host:port, IPv6 in brackets), defaults, listen: null only with it', () => {
+  const c = parseAgentConfig(
+    { ...base, listen: null, reverse: { gateway: 'pfgate-agents.pfgate.svc:8132' } },
+    'agent.yaml',
+    '/etc/pfgate',
+  )
+  assert.equal(c.listen, null)
+  assert.deepEqual(
+    [c.reverse?.host, c.reverse?.port, c.reverse?.keepaliveMs, c.reverse?.backoffInitialMs],
+    ['pfgate-agents.pfgate.svc', 8132, 15_000, 200],
+  )
+  assert.equal(c.reverse?.backoffMaxMs, 15_000)
+  const v6 = parseAgentConfig({ ...base, reverse: { gateway: '[fd00::1]:8132' } }, 'a.yaml', '/')
+  assert.equal(v6.reverse?.host, 'fd00::1')
+  assert.equal(parseAgentConfig(base, 'a.yaml', '/').reverse, null, 'dial-in by default')
+  for (const gateway of ['no-port', 'host:', 'a b:1', 'host:99999', 'https://x:1']) {
+    assert.throws(
+      () => parseAgentConfig({ ...base, reverse: { gateway } }, 'a.yaml', '/'),
+      /reverse/,
+      gateway,
+    )
+  }
+  assert.throws(() => parseAgentConfig({ ...base, listen: null }, 'a.yaml', '/'), /reverse/)
+  assert.throws(
+    () =>
+      parseAgentConfig(
+        { ...base, reverse: { gateway: 'x:1', backoffInitial: '2s', backoffMax: '1s' } },
+        'a.yaml',
+        '/',
+      ),
+    /backoff/,
+  )
+})

@@ -496,3 +496,47 @@ test('query and follow read the denials trail beside the trail, merged by time',
   assert.equal(await done, 0)
   assert.deepEqual(ids(stdout.text).sort(), [a.id, b.id].sort())
 })
+
+test('query merges several replicas’ trails (--file repeated) by time; --gateway picks one', async (t) => {
+  const dir = await tempDir(t)
+  const text = (rs: AuditRecord[]): string => rs.map((x) => `${JSON.stringify(x)}\n`).join('')
+  const a = [
+    r(T(1), 'stream.opened', { gateway: 'gw-a', streamId: 's-a-1' }),
+    r(T(4), 'stream.closed', { gateway: 'gw-a', streamId: 's-a-1' }),
+  ]
+  const b = [
+    r(T(2), 'stream.opened', { gateway: 'gw-b', streamId: 's-b-1' }),
+    r(T(3), 'stream.closed', { gateway: 'gw-b', streamId: 's-b-1' }),
+  ]
+  const c = [r(T(0), 'gateway.started', { gateway: 'gw-c' })]
+  const paths = ['a', 'b', 'c'].map((x) => join(dir, x, 'audit.log'))
+  for (const [i, recs] of [a, b, c].entries()) {
+    await mkdir(join(dir, ['a', 'b', 'c'][i] as string))
+    await writeFile(paths[i] as string, text(recs))
+  }
+  const q = await run(['query', ...paths.flatMap((p) => ['--file', p]), '-o', 'json'])
+  assert.equal(q.code, 0, q.err)
+  assert.deepEqual(ids(q.out), [c[0]!.id, a[0]!.id, b[0]!.id, b[1]!.id, a[1]!.id])
+  const onlyB = await run([
+    'query',
+    '-f',
+    paths[0]!,
+    '-f',
+    paths[1]!,
+    '--gateway',
+    'gw-b',
+    '-o',
+    'json',
+  ])
+  assert.deepEqual(
+    ids(onlyB.out),
+    b.map((x) => x.id),
+  )
+  // One missing trail is an error, not a silently partial answer.
+  const missing = await run(['query', '-f', paths[0]!, '-f', join(dir, 'nope', 'audit.log')])
+  assert.equal(missing.code, 1)
+  assert.match(missing.err, /no such file/)
+  const follow = await run(['follow', '-f', paths[0]!, '-f', paths[1]!])
+  assert.equal(follow.code, 1)
+  assert.match(follow.err, /follow reads one trail/)
+})

@@ -38,6 +38,9 @@ const compose = parseYaml(readFileSync(join(root, 'docker-compose.yml'), 'utf8')
   volumes: Record<string, unknown>
 }
 const services = compose.services
+/** The load balancer in front of the gateway replicas. */
+const LB = 'lb'
+const GATEWAYS = ['gateway', 'gateway-2'] as const
 
 /** Maps a container path to a repository path through the service's bind mounts (undefined for named volumes). */
 function hostPath(svc: Service, containerPath: string): string | undefined {
@@ -69,6 +72,7 @@ test('every service runs the image built from this repository with a real subcom
   ])
   assert.ok(existsSync(join(root, 'bin', 'pfgate.js')))
   for (const [name, svc] of Object.entries(services)) {
+    if (name === LB) continue // HAProxy's image (checked below)
     assert.equal(svc.build, '.', `${name} builds the repository`)
     assert.ok(Array.isArray(svc.command) && svc.command.length > 0, `${name} has a command`)
     const sub = svc.command[0] as string
@@ -81,13 +85,40 @@ test('every service runs the image built from this repository with a real subcom
   }
 })
 
+test('the load balancer passes the TLS port through to every gateway replica, which are peers', () => {
+  const lb = services[LB] as Service
+  assert.match(lb.image ?? '', /^haproxy:/)
+  const cfgFile = hostPath(lb, '/usr/local/etc/haproxy/haproxy.cfg') as string
+  const text = readFileSync(cfgFile, 'utf8')
+  assert.match(text, /^\s*mode tcp$/m, 'TCP mode: TLS passes through')
+  const gw = loadGatewayConfig(
+    hostPath(
+      services.gateway as Service,
+      flag(services.gateway?.command as string[], '--config') as string,
+    ) as string,
+  )
+  assert.ok(lb.ports?.includes(`${gw.listen.port}:${gw.listen.port}`), 'the LB publishes 8443')
+  assert.match(text, new RegExp(`^\\s*bind :${gw.listen.port}$`, 'm'))
+  for (const name of GATEWAYS) {
+    const svc = services[name] as Service
+    assert.match(text, new RegExp(`server ${name} ${name}:${gw.listen.port} check`))
+    assert.ok(svc.expose?.includes(String(gw.listen.port)), `${name} exposes its TLS port`)
+    assert.equal(lb.depends_on?.[name]?.condition, 'service_healthy')
+    assert.ok(gw.peers?.urls.includes(`https://${name}:${gw.listen.port}`), `${name} is a peer`)
+  }
+  // Each replica keeps its own trail.
+  const trails = GATEWAYS.map((n) =>
+    services[n]?.volumes?.find((v) => v.endsWith(':/var/log/pfgate')),
+  )
+  assert.equal(new Set(trails).size, GATEWAYS.length)
+})
+
 test('the gateway config validates and agrees with compose and the registry', () => {
   const gw = services.gateway as Service
   const file = hostPath(gw, flag(gw.command as string[], '--config') as string) as string
   assert.ok(existsSync(file), relative(root, file))
   const cfg = loadGatewayConfig(file)
   // Published ports are the configured ones.
-  assert.ok(gw.ports?.includes(`${cfg.listen.port}:${cfg.listen.port}`), 'TLS port published')
   assert.ok(
     cfg.metrics !== null && gw.ports?.includes(`127.0.0.1:${cfg.metrics.port}:${cfg.metrics.port}`),
     'metrics port published, on the loopback interface only (plain HTTP, no authentication)',
@@ -112,7 +143,7 @@ test('the gateway config validates and agrees with compose and the registry', ()
     ) as string
     const ac = loadAgentConfig(agentFile)
     assert.equal(ac.nodeName, node.name)
-    assert.equal(ac.listen.port, node.port, `${node.name}: agent port`)
+    assert.equal(ac.listen?.port, node.port, `${node.name}: agent port`)
     assert.ok(agent.expose?.includes(String(node.port)))
     assert.ok(gw.depends_on?.[node.address] !== undefined, `gateway waits for ${node.address}`)
     // The agent's certificate is issued for the name the gateway verifies.
@@ -170,7 +201,7 @@ function servedPorts(svc: Service): number[] {
     return cmd.filter((_, i) => cmd[i - 1] === '--listen').map((a) => Number(a.split(':').pop()))
   }
   const file = hostPath(svc, flag(cmd, '--config') as string) as string
-  if (cmd[0] === 'agent') return [loadAgentConfig(file).listen.port]
+  if (cmd[0] === 'agent') return [loadAgentConfig(file).listen?.port ?? 0]
   if (cmd[0] === 'gateway') return [loadGatewayConfig(file).listen.port]
   return []
 }
@@ -181,6 +212,16 @@ test('every long-running service has a health check on what it serves; dependant
   for (const [name, svc] of Object.entries(services)) {
     if (name === 'certs') {
       assert.equal(svc.healthcheck, undefined, 'the one-shot certs service needs none')
+      continue
+    }
+    if (name === LB) {
+      // HAProxy's image has no node: a TCP connect to the port it serves, from bash.
+      assert.deepEqual(svc.healthcheck?.test, [
+        'CMD',
+        'bash',
+        '-c',
+        `exec 3<>/dev/tcp/127.0.0.1/${svc.ports?.[0]?.split(':')[0]}`,
+      ])
       continue
     }
     const t = svc.healthcheck?.test
@@ -196,7 +237,7 @@ test('every long-running service has a health check on what it serves; dependant
     } else {
       assert.equal(t[3], 'https', name)
       const url = new URL(t[4] as string)
-      assert.equal(name, 'gateway')
+      assert.ok((GATEWAYS as readonly string[]).includes(name), name)
       assert.equal(url.pathname, '/readyz')
       assert.ok(served.includes(Number(url.port)), `${name} probes port ${url.port}`)
       // Verified with the development CA, on the certs volume the certs service fills, for a
@@ -217,10 +258,10 @@ test('every long-running service has a health check on what it serves; dependant
   }
 })
 
-test("only the gateway's TLS port is published on every interface", () => {
+test("only the load balancer's TLS port is published on every interface", () => {
   for (const [name, svc] of Object.entries(services)) {
     for (const p of svc.ports ?? []) {
-      if (name === 'gateway' && p === '8443:8443') continue
+      if (name === LB && p === '8443:8443') continue
       assert.match(p, /^127\.0\.0\.1:/, `${name} publishes ${p} on all interfaces`)
     }
   }

@@ -13,6 +13,7 @@ import { readFileSync, readdirSync } from 'node:fs'
 import { parseAllDocuments, parse as parseYaml } from 'yaml'
 import { parseKubeRegistryConfig } from '../../src/gateway/registry/kube/config.js'
 import { parseAgentConfig } from '../../src/agent/config.js'
+import { parseGatewayConfig } from '../../src/gateway/config.js'
 
 // Compiled to dist/test/deploy/: the repository root is three levels up.
 const dir = new URL('../../../deploy/kubernetes/', import.meta.url)
@@ -141,6 +142,49 @@ test('the gateway config uses the kubernetes registry, and it validates', () => 
       `${path} is mounted`,
     )
   }
+})
+
+test('replicas and reverse agents: the count agents look for, their Service, the peers, the disruption budget', () => {
+  const config = parseGatewayConfig(
+    parseYaml(one('ConfigMap', 'pfgate-gateway-config').data['gateway.yaml'] as string),
+    'gateway.yaml',
+    '/etc/pfgate/config',
+  )
+  const deploy = one('Deployment', 'pfgate-gateway')
+  assert.ok(deploy.spec.replicas >= 2)
+  assert.equal(
+    config.agents.reverse?.replicas,
+    deploy.spec.replicas,
+    'agents look for every replica',
+  )
+  assert.ok((config.agents.reverse?.readyMinAgents ?? 0) >= 1, 'readiness reflects agents')
+  // The agents' Service reaches replicas before they are ready (readiness waits for agents).
+  const agentsSvc = one('Service', 'pfgate-gateway-agents')
+  assert.equal(agentsSvc.spec.publishNotReadyAddresses, true)
+  const container = deploy.spec.template.spec.containers[0]
+  const agentPort = (container.ports as K8sObject[]).find(
+    (p) => p.name === agentsSvc.spec.ports[0].targetPort,
+  )
+  assert.equal(agentPort?.containerPort, config.agents.reverse?.port)
+  // The agents dial that Service on that port.
+  const agentConfig = parseAgentConfig(
+    {
+      ...parseYaml(one('ConfigMap', 'pfgate-agent-config').data['agent.yaml'] as string),
+      nodeName: 'n',
+    },
+    'agent.yaml',
+    '/etc/pfgate/config',
+  )
+  assert.equal(agentConfig.reverse?.host, 'pfgate-gateway-agents.pfgate.svc.cluster.local')
+  assert.equal(agentConfig.reverse?.port, agentsSvc.spec.ports[0].port)
+  // Peers: the headless Service's name, on the replicas' client port.
+  const peersSvc = one('Service', 'pfgate-gateway-peers')
+  assert.equal(peersSvc.spec.clusterIP, 'None')
+  assert.equal(config.peers?.dns?.name, 'pfgate-gateway-peers.pfgate.svc.cluster.local')
+  assert.equal(config.peers?.dns?.port, config.listen.port)
+  // One replica at a time may be evicted.
+  const pdb = one('PodDisruptionBudget', 'pfgate-gateway')
+  assert.equal(pdb.spec.maxUnavailable, 1)
 })
 
 test('the agent DaemonSet: host network and PID, setns privileges only, /run/netns, the CRI socket, the registry port', () => {

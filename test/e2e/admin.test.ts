@@ -122,11 +122,14 @@ describe('pfgate admin', () => {
     assert.equal(table.code, 0)
     assert.match(
       table.stdout,
-      /^ID +SESSION +USER +TARGET +NODE +PROTOCOL +SINCE +BYTES-UP +BYTES-DOWN$/m,
+      /^ID +SESSION +USER +TARGET +NODE +PROTOCOL +SINCE +BYTES-UP +BYTES-DOWN +GATEWAY$/m,
     )
     assert.match(
       table.stdout,
-      new RegExp(`^${mine?.id} .* default/echo:5000 +node-a +native-h2 .* 123456 +123456$`, 'm'),
+      new RegExp(
+        `^${mine?.id} .* default/echo:5000 +node-a +native-h2 .* 123456 +123456 +[0-9a-f]{8}$`,
+        'm',
+      ),
     )
     const sessions = await admin('sessions', '-o', 'json')
     const items = JSON.parse(sessions.stdout) as {

@@ -232,3 +232,38 @@ test('a request deadline shorter than the stream-open timeout is refused, with t
     },
   )
 })
+
+test('agents.mode and the agent endpoint; peers', () => {
+  const g = loadGatewayConfig(`${root}config/gateway.yaml`)
+  assert.equal(g.agents.mode, 'dial')
+  assert.equal(g.agents.reverse, null, 'no agent endpoint in dial mode')
+  assert.deepEqual(g.peers?.urls, ['https://gateway:8443', 'https://gateway-2:8443'])
+  assert.equal(g.peers?.timeoutMs, 3000)
+  const raw = readYamlFile(`${root}config/gateway.yaml`) as Record<string, unknown>
+  const agents = raw.agents as Record<string, unknown>
+  const r = parseGatewayConfig(
+    { ...raw, agents: { ...agents, mode: 'reverse', reverse: { replicas: 3 } }, peers: null },
+    'gateway.yaml',
+    '/etc/pfgate',
+  )
+  assert.equal(r.peers, null)
+  assert.deepEqual(
+    [r.agents.reverse?.port, r.agents.reverse?.replicas, r.agents.reverse?.readyMinAgents],
+    [8132, 3, 1],
+  )
+  // The endpoint's certificate defaults to the agent-hop one.
+  assert.equal(r.agents.reverse?.cert, r.agents.cert)
+  assert.throws(
+    () =>
+      parseGatewayConfig(
+        { ...raw, agents: { ...agents, mode: 'sideways' } },
+        'gateway.yaml',
+        '/etc/pfgate',
+      ),
+    /agents\/mode|agents\.mode/,
+  )
+  assert.throws(
+    () => parseGatewayConfig({ ...raw, peers: { urls: ['http://x:1'] } }, 'gateway.yaml', '/etc'),
+    /peers/,
+  )
+})

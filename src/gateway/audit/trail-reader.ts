@@ -57,16 +57,26 @@ export async function readTrail(
   options: ReadTrailOptions = {},
 ): Promise<TrailReadSummary> {
   const summary: TrailReadSummary = { files: [], records: 0, malformed: 0, partialTails: 0 }
-  const main = trailItems(path, summary)
-  const all =
-    options.denials === false
-      ? main
-      : mergeByTime(main, trailItems(deniedTrailPath(path), summary), (x) => x.record.time)
-  for await (const { record, file } of all) {
+  for await (const { record, file } of trailRecords(path, summary, options)) {
     summary.records++
     onRecord(record, file)
   }
   return summary
+}
+
+/**
+ * The trail's records, oldest first, as an async generator (a reader that writes them
+ * somewhere slower pulls them at its own pace); `summary` learns the files read.
+ */
+export function trailRecords(
+  path: string,
+  summary: TrailReadSummary = { files: [], records: 0, malformed: 0, partialTails: 0 },
+  options: ReadTrailOptions = {},
+): AsyncGenerator<{ record: AuditRecord; file: string }> {
+  const main = trailItems(path, summary)
+  return options.denials === false
+    ? main
+    : mergeByTime(main, trailItems(deniedTrailPath(path), summary), (x) => x.record.time)
 }
 
 /** The records of one trail's files in the order written (the summary learns the rest). */

@@ -1,10 +1,13 @@
 /**
  * The admin API (admins only, `config.auth: 'admin'`): live client sessions and
- * streams, and ending either (`pfgate admin`; docs/audit.md has what the kill records).
+ * streams, and ending either (`pfgate admin`; docs/audit.md has what the kill records),
+ * across every replica when peers are configured (cluster-view.ts, docs/scaling.md);
+ * the reverse-connected agents of each replica.
  *
  * @module
  */
-import { appError } from '../../shared/errors.js'
+import { gatherListing, killAnywhere } from '../cluster-view.js'
+import type { ClusterView } from '../cluster-view.js'
 import { shownUserAgent } from '../forward/audit-events.js'
 import type { Forwarder } from '../forward/forwarder.js'
 import { identityOf } from './auth.js'
@@ -13,17 +16,33 @@ import type { GatewayPlugin } from './types.js'
 /** What the admin API reads and acts on. */
 export interface AdminOptions {
   forwarder: Pick<Forwarder, 'sessions' | 'streams' | 'killStream' | 'killSession'>
+  /** The other replicas and the reverse agents (none: this replica alone, dial mode). */
+  cluster?: ClusterView | undefined
 }
 
-/** The Status body of an admin action that worked. */
-function successStatus(message: string): Record<string, unknown> {
-  return { kind: 'Status', apiVersion: 'v1', status: 'Success', code: 200, message }
+/** The Status body of an admin action that worked (`details.gateway`: which replica). */
+function successStatus(message: string, gateway: string | undefined): Record<string, unknown> {
+  return {
+    kind: 'Status',
+    apiVersion: 'v1',
+    status: 'Success',
+    code: 200,
+    message,
+    ...(gateway !== undefined ? { details: { gateway } } : {}),
+  }
 }
 
 /** `/admin/v1/sessions`, `/admin/v1/streams` and their DELETEs. */
-export const adminRoutes: GatewayPlugin<AdminOptions> = async (app, { forwarder }) => {
-  app.get('/admin/v1/sessions', { config: { auth: 'admin' } }, async () => ({
-    items: forwarder.sessions().map((s) => ({
+export const adminRoutes: GatewayPlugin<AdminOptions> = async (app, { forwarder, cluster }) => {
+  const gateway = cluster?.gatewayId ?? ''
+  // `gateway`: which replica answered (only with a cluster view).
+  const self = cluster !== undefined ? { gateway } : {}
+  app.get('/admin/v1/sessions', { config: { auth: 'admin' } }, async (request) => ({
+    ...self,
+    ...(await gatherListing(cluster, '/admin/v1/sessions', sessionItems(), request)),
+  }))
+  const sessionItems = (): Record<string, unknown>[] =>
+    forwarder.sessions().map((s) => ({
       id: s.id,
       // Every user that authenticated on the connection; `user`/`groups` when only one did.
       users: s.users,
@@ -39,10 +58,26 @@ export const adminRoutes: GatewayPlugin<AdminOptions> = async (app, { forwarder 
         s.bytesClientToPod + [...s.streams].reduce((n, x) => n + (x.relay?.bytesAtoB ?? 0), 0),
       bytesPodToClient:
         s.bytesPodToClient + [...s.streams].reduce((n, x) => n + (x.relay?.bytesBtoA ?? 0), 0),
-    })),
+    }))
+  app.get('/admin/v1/streams', { config: { auth: 'admin' } }, async (request) => ({
+    ...self,
+    ...(await gatherListing(
+      cluster,
+      '/admin/v1/streams',
+      forwarder.streams().map((s) => s.view() as unknown as Record<string, unknown>),
+      request,
+    )),
   }))
-  app.get('/admin/v1/streams', { config: { auth: 'admin' } }, async () => ({
-    items: forwarder.streams().map((s) => s.view()),
+  // Reverse-connected agents on each replica (`pfgate admin agents`).
+  app.get('/admin/v1/agents', { config: { auth: 'admin' } }, async (request) => ({
+    ...self,
+    mode: cluster?.mode ?? 'dial',
+    ...(await gatherListing(
+      cluster,
+      '/admin/v1/agents',
+      (cluster?.reverse?.list() ?? []) as unknown as Record<string, unknown>[],
+      request,
+    )),
   }))
   for (const [kind, kill] of [
     ['stream', (id: string, admin: string) => forwarder.killStream(id, admin)],
@@ -53,11 +88,16 @@ export const adminRoutes: GatewayPlugin<AdminOptions> = async (app, { forwarder 
       { config: { auth: 'admin' } },
       async (request) => {
         const admin = identityOf(request).user
-        if (!kill(request.params.id, admin)) {
-          throw appError('PFG_ERR_ROUTE_NOT_FOUND', `no live ${kind} "${request.params.id}"`)
-        }
-        request.log.info({ [kind]: request.params.id, admin }, `admin ended a ${kind}`)
-        return successStatus(`${kind} ended`)
+        const id = request.params.id
+        const where = await killAnywhere(
+          cluster,
+          `/admin/v1/${kind}s/${encodeURIComponent(id)}`,
+          `${kind} "${id}"`,
+          () => kill(id, admin),
+          request,
+        )
+        request.log.info({ [kind]: id, admin, gateway: where.gateway }, `admin ended a ${kind}`)
+        return successStatus(`${kind} ended`, cluster !== undefined ? where.gateway : undefined)
       },
     )
   }

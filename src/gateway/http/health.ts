@@ -1,7 +1,8 @@
 /**
  * Health routes, public: `/healthz` and `/livez` (the process answers) and `/readyz`
- * (ready once the registry has synced, while the audit trail is writable and until
- * shutdown begins; otherwise 503 naming what is missing).
+ * (ready once the registry has synced, while the audit trail is writable, in reverse mode
+ * while enough agents are connected, and until shutdown begins; otherwise 503 naming
+ * what is missing).
  *
  * @module
  */
@@ -13,6 +14,8 @@ export interface HealthOptions {
   registry: { isReady(): boolean }
   audit: { healthy(): boolean }
   forwarder: { readonly draining: boolean }
+  /** Why the agents make this replica not ready (reverse mode), or undefined. */
+  agentsProblem?: () => string | undefined
 }
 
 /** `/healthz`, `/livez`, `/readyz`. */
@@ -24,6 +27,8 @@ export const healthRoutes: GatewayPlugin<HealthOptions> = async (app, deps) => {
     if (!deps.registry.isReady()) problems.push('registry not synced')
     if (!deps.audit.healthy()) problems.push('audit sink unavailable')
     if (deps.forwarder.draining) problems.push('shutting down')
+    const agents = deps.agentsProblem?.()
+    if (agents !== undefined) problems.push(agents)
     if (problems.length === 0) return 'ok'
     return reply
       .code(503)

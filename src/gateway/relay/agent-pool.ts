@@ -34,6 +34,13 @@ export interface AgentPoolOptions {
   backoff?: { initialMs: number; maxMs: number }
   /** Called with each new agent session (the buffer budget sets its windows). */
   onSession?: (session: ClientHttp2Session) => void
+  /**
+   * Reverse-connected agents (src/gateway/relay/reverse-agents.ts): a node whose agent
+   * is connected to this replica is reached over that session; with `reverseOnly`, a
+   * node whose agent is not connected is never dialed.
+   */
+  reverse?: { session(node: string): ClientHttp2Session | undefined; readonly size: number }
+  reverseOnly?: boolean
 }
 
 /** Options for one stream. */
@@ -70,6 +77,8 @@ export class AgentConnection {
   readonly key: string
   readonly node: NodeInfo
   readonly #h2: H2ClientSession
+  readonly #reverse: AgentPoolOptions['reverse']
+  readonly #reverseOnly: boolean
   #retryAt = 0
   #lastError: AppError | undefined
   #closed = false
@@ -77,6 +86,8 @@ export class AgentConnection {
   constructor(node: NodeInfo, options: AgentPoolOptions) {
     this.node = node
     this.key = connectionKey(node)
+    this.#reverse = options.reverse
+    this.#reverseOnly = options.reverseOnly === true
     const host = isIPv6(node.address) ? `[${node.address}]` : node.address
     const log = options.logger
     this.#h2 = new H2ClientSession({
@@ -183,6 +194,14 @@ export class AgentConnection {
 
   async #ready(): Promise<ClientHttp2Session> {
     if (this.#closed) throw appError('PFG_ERR_RELAY_DRAINING', 'the gateway is shutting down')
+    const reverse = this.#reverse?.session(this.node.name)
+    if (reverse !== undefined) return reverse
+    if (this.#reverseOnly) {
+      throw appError(
+        'PFG_ERR_RELAY_AGENT_UNAVAILABLE',
+        `node agent ${this.node.name} is not connected to this gateway replica`,
+      )
+    }
     const now = Date.now()
     if (
       !this.#h2.connected &&
@@ -255,9 +274,9 @@ export class AgentPool {
     return conn
   }
 
-  /** Number of live agent sessions (metrics). */
+  /** Number of live agent sessions, reverse-connected ones included (metrics). */
   sessionCount(): number {
-    let n = 0
+    let n = this.#opts.reverse?.size ?? 0
     for (const c of this.#conns.values()) n += c.sessionCount()
     return n
   }
