@@ -49,8 +49,6 @@ export const MAX_CLAIM_LENGTH = 1024
 /** The most groups a token may carry. */
 export const MAX_GROUPS = 1024
 
-export { newRef }
-
 /** The `Bearer` token of an Authorization header value, or undefined. */
 export function bearerToken(header: string | string[] | undefined): string | undefined {
   if (typeof header !== 'string') return undefined
@@ -189,8 +187,8 @@ export class Authenticator {
 
   #reject(reason: string): AppError {
     const ref = newRef()
-    const err = appError('PFG_ERR_AUTH_INVALID', `Unauthorized (ref ${ref})`)
-    ;(err as AppError & { ref?: string; reason?: string }).ref = ref
+    const err = appError('PFG_ERR_AUTH_INVALID', `Unauthorized (ref ${ref})`, { ref })
+    // The details for the record (forward/audit-events.ts reads them), never for the client.
     ;(err as AppError & { reason?: string }).reason = reason
     return err
   }
