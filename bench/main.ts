@@ -45,7 +45,10 @@ import { manyStreams } from './h2-streams.js'
 import type { ManyStreamsResult } from './h2-streams.js'
 import { runIperf } from './iperf.js'
 import type { BenchKubectl, KubectlBenchResult } from './kubectl-contract.js'
-import { interleavedOpens, parallelOpens } from './opens.js'
+import { coldOpens, interleavedOpens, parallelOpens } from './opens.js'
+import { measureDuplex } from './duplex.js'
+import type { DuplexCell } from './duplex.js'
+import { startNodeChain } from './node-chain.js'
 import type { OpenLatency, ParallelOpens } from './opens.js'
 import { benchNetnsDialer } from './netns-dialer.js'
 import { benchAbuse } from './abuse.js'
@@ -78,6 +81,10 @@ export interface BenchReport {
   environment: Record<string, string | number>
   streams?: ManyStreamsResult
   latency?: { pfgate: OpenLatency; direct: OpenLatency; socat3: OpenLatency }
+  /** The first 100 opens of the freshly started forward, before the warm ones. */
+  coldLatency?: { pfgate: OpenLatency; direct: OpenLatency }
+  /** Full-duplex echo through pfgate and the baselines (bench/duplex.ts). */
+  duplex?: { bytes: number; cells: DuplexCell[] }
   parallel?: { pfgate: ParallelOpens; direct: ParallelOpens }
   audit?: AuditCost[]
   throughput?: Cell[]
@@ -99,13 +106,21 @@ const SECTIONS = [
   'latency',
   'audit',
   'throughput',
+  'duplex',
   'kubectl',
   'netns',
   'abuse',
   'replicas',
 ] as const
 /** The sections that measure the shared system under test (the others start their own). */
-const SYSTEM_SECTIONS: readonly Section[] = ['streams', 'latency', 'audit', 'throughput', 'kubectl']
+const SYSTEM_SECTIONS: readonly Section[] = [
+  'streams',
+  'latency',
+  'audit',
+  'throughput',
+  'duplex',
+  'kubectl',
+]
 type Section = (typeof SECTIONS)[number]
 
 const UP1: Mode = { parallel: 1, direction: 'up' }
@@ -262,6 +277,52 @@ export function buildRows(r: BenchReport): Row[] {
         baseValue: f3(socat3[k]),
         ratio: `${added >= socat3[k] - direct[k] ? '+' : '−'}${f3(Math.abs(pfgate[k] - socat3[k]))} ms`,
       })
+    }
+  }
+  if (r.latency !== undefined) {
+    const { pfgate, direct } = r.latency
+    row({
+      figure: `stream open p99.9, ${pfgate.n} sequential (ms)`,
+      value: f3(pfgate.p999Ms),
+      baseline: 'direct TCP',
+      baseValue: f3(direct.p999Ms),
+      ratio: `+${f3(pfgate.p999Ms - direct.p999Ms)} ms`,
+    })
+  }
+  if (r.coldLatency !== undefined) {
+    const { pfgate, direct } = r.coldLatency
+    for (const k of ['p50Ms', 'p99Ms'] as const) {
+      row({
+        figure: `stream open ${k.slice(0, 3)}, first ${pfgate.n} (cold) (ms)`,
+        value: f3(pfgate[k]),
+        baseline: 'direct TCP, first opens',
+        baseValue: f3(direct[k]),
+        ratio: `+${f3(pfgate[k] - direct[k])} ms`,
+      })
+    }
+  }
+  if (r.duplex !== undefined) {
+    const cells = r.duplex.cells
+    const p = cells.find((c) => c.path === 'pfgate')
+    const targets: Record<string, number> = { 'node TLS chain': 1.0, 'socat 3-hop TLS': 0.9 }
+    let first = true
+    for (const b of cells) {
+      if (p === undefined || b === p) continue
+      const n = Math.min(p.samples.length, b.samples.length)
+      const q = median(
+        Array.from({ length: n }, (_, i) => (p.samples[i] as number) / (b.samples[i] as number)),
+      )
+      const t = targets[b.path]
+      row({
+        figure: first ? `full-duplex echo, ${r.duplex.bytes / 1048576} MiB (MB/s)` : '',
+        value: first ? f2(p.mbps) : '',
+        baseline: b.path,
+        baseValue: f2(b.mbps),
+        ratio: `${f2(q)}×`,
+        target: t !== undefined ? `≥ ${t}×` : '',
+        result: t !== undefined ? verdict(q >= t) : '',
+      })
+      first = false
     }
   }
   if (r.parallel !== undefined) {
@@ -611,6 +672,12 @@ export async function runBench(options: {
       log(`latency: ${n} sequential opens through pfgate, direct, socat 3-hop`)
       const socat3 = await startSocatChain('plain3', sys.pod.echoPort, sys.dir)
       try {
+        // The forward has carried nothing yet: its first opens are the cold ones.
+        const [coldPfgate, coldDirect] = await coldOpens([sys.cli.echoPort, sys.pod.echoPort], 100)
+        report.coldLatency = {
+          pfgate: coldPfgate as OpenLatency,
+          direct: coldDirect as OpenLatency,
+        }
         const [direct, pfgate, socat] = await interleavedOpens(
           [sys.pod.echoPort, sys.cli.echoPort, socat3.port],
           [n, n, quick ? 100 : 300],
@@ -662,6 +729,36 @@ export async function runBench(options: {
         plan,
         log,
       })
+    })
+    await section('duplex', async (sys) => {
+      const bytes = (quick ? 16 : 64) * 1048576
+      log(`duplex: ${bytes / 1048576} MiB full-duplex echo through pfgate and the baselines`)
+      const chains = [
+        {
+          path: 'socat 3-hop TCP',
+          chain: await startSocatChain('plain3', sys.pod.echoPort, sys.dir),
+        },
+        {
+          path: 'socat 3-hop TLS',
+          chain: await startSocatChain('tls3', sys.pod.echoPort, sys.dir),
+        },
+        { path: 'node TLS chain', chain: await startNodeChain(sys.pod.echoPort, sys.dir) },
+      ]
+      try {
+        const cells = await measureDuplex(
+          [
+            { path: 'pfgate', port: sys.cli.echoPort },
+            ...chains.map((c) => ({ path: c.path, port: c.chain.port })),
+            { path: 'direct', port: sys.pod.echoPort },
+          ],
+          bytes,
+          quick ? 2 : 6,
+          log,
+        )
+        report.duplex = { bytes, cells }
+      } finally {
+        await Promise.all(chains.map((c) => c.chain.stop()))
+      }
     })
     await section('kubectl', async (sys) => {
       const fn = await loadKubectlSection().catch((err: unknown) => {

@@ -18,6 +18,7 @@ export interface OpenLatency {
   n: number
   p50Ms: number
   p99Ms: number
+  p999Ms: number
   maxMs: number
   /** Opens per second achieved by the sequential loop. */
   perSec: number
@@ -81,6 +82,7 @@ export function summarizeOpens(samples: readonly number[], wallMs: number): Open
     n: samples.length,
     p50Ms: round(quantile(samples, 0.5), 3),
     p99Ms: round(quantile(samples, 0.99), 3),
+    p999Ms: round(quantile(samples, 0.999), 3),
     maxMs: round(Math.max(...samples), 3),
     perSec: Math.round((samples.length / wallMs) * 1000),
   }
@@ -109,6 +111,19 @@ export async function interleavedOpens(
     }
   }
   return samples.map((s, i) => summarizeOpens(s, wall[i] as number))
+}
+
+/**
+ * The first `n` opens on each path, one path after the other, with nothing before them:
+ * what a freshly started forward costs (connection set-up, code not yet optimized).
+ */
+export async function coldOpens(ports: readonly number[], n = 100): Promise<OpenLatency[]> {
+  const out: OpenLatency[] = []
+  for (const port of ports) {
+    const t0 = performance.now()
+    out.push(summarizeOpens(await timeOpens(port, n), performance.now() - t0))
+  }
+  return out
 }
 
 /** `n` opens started at once; each must echo. */

@@ -1,5 +1,5 @@
 /**
- * `pfgate port-forward [-n NS] POD [LOCAL:]REMOTE [...]`: `oc port-forward` /
+ * `pfgate port-forward [-n NS] TYPE/NAME [LOCAL:]REMOTE [...]`: `oc port-forward` /
  * `kubectl port-forward` through the gateway. Listens on 127.0.0.1 and [::1]
  * (or `--address`), prints one `Forwarding from` line per listener on stdout,
  * carries every local connection as a stream of one HTTP/2 connection, and on
@@ -15,7 +15,7 @@ import { setDefaultHighWaterMark } from 'node:stream'
 import type { Writable } from 'node:stream'
 import { STREAM_HIGH_WATER_MARK } from '../protocol/h2-settings.js'
 import { assertNamespace } from '../protocol/names.js'
-import { describeError } from '../shared/errors.js'
+import { describeError, isAppError } from '../shared/errors.js'
 import { GatewayClient } from './gateway-client.js'
 import type { ClientConfig } from './kubeconfig.js'
 import { loadClientConfig } from './kubeconfig.js'
@@ -23,7 +23,7 @@ import { parsePortForwardArgs, PORT_FORWARD_USAGE } from './port-forward/args.js
 import { GatewayDialer } from './port-forward/gateway-dialer.js'
 import { formatHostPort, listenAll } from './port-forward/listen.js'
 import { serve } from './port-forward/serve.js'
-import { resolvePodTarget, TargetError } from './port-forward/target.js'
+import { resolveNamedTarget, resolvePodTarget, TargetError } from './port-forward/target.js'
 
 /** Standard streams and signals, injectable for tests. */
 export interface CliIo {
@@ -48,24 +48,33 @@ export async function runPortForward(argv: string[], io: CliIo): Promise<number>
     for (const line of parsed.lines) err(line)
     return parsed.exitCode
   }
-  const { target, specs, addresses, overrides, quiet } = parsed.request
+  const { target, specs, addresses, overrides, quiet, podRunningTimeoutMs } = parsed.request
   let config: ClientConfig
   try {
     config = loadClientConfig(overrides, io.env)
     assertNamespace(config.namespace)
   } catch (e) {
     err(`error: ${(e as Error).message}`)
-    return 1
+    // An invalid namespace is an invalid argument wherever it came from (kubectl: 2).
+    return isAppError(e) && e.code === 'PFG_ERR_ROUTE_BAD_NAME' ? 2 : 1
   }
   const namespace = config.namespace
 
   setDefaultHighWaterMark(false, STREAM_HIGH_WATER_MARK)
   const client = new GatewayClient({ config })
 
-  // The target: the pod's node (for the stream path) and its named ports.
-  let pod: Awaited<ReturnType<typeof resolvePodTarget>>
+  // The target: a pod's node (for the stream path) and its named ports; a service's or
+  // workload's object (the gateway picks a pod for every connection).
+  let nodeName = ''
+  let remotePorts: (number | string)[]
   try {
-    pod = await resolvePodTarget(client, namespace, target.name, specs)
+    if (target.kind === 'pod') {
+      const pod = await resolvePodTarget(client, namespace, target.name, specs, podRunningTimeoutMs)
+      nodeName = pod.nodeName
+      remotePorts = pod.remotePorts
+    } else {
+      remotePorts = (await resolveNamedTarget(client, namespace, target, specs)).remotePorts
+    }
   } catch (e) {
     client.close()
     err(e instanceof TargetError ? e.message : `error: ${describeError(e)}`)
@@ -74,15 +83,19 @@ export async function runPortForward(argv: string[], io: CliIo): Promise<number>
 
   let listeners
   try {
-    const pairs = specs.map((s, i) => ({ local: s.local, remote: pod.remotePorts[i] as number }))
+    // A bare port name (`http`) listens on the number it resolved to, as kubectl.
+    const pairs = specs.map((s, i) => {
+      const remote = remotePorts[i] as number | string
+      return { local: s.localFromRemote === true ? (remote as number) : s.local, remote }
+    })
     listeners = await listenAll(pairs, addresses, err)
   } catch (e) {
     client.close()
-    err(`error: ${describeError(e)}`)
+    err(`error: ${isAppError(e) ? e.message : describeError(e)}`)
     return 1
   }
 
-  const dialer = new GatewayDialer(client, namespace, target.name, pod.nodeName)
+  const dialer = new GatewayDialer(client, namespace, target, nodeName)
   const serving = serve(listeners, dialer, { quiet, log: err })
   for (const l of listeners) {
     io.stdout.write(

@@ -35,6 +35,7 @@ import { createGatewayApp, listenMetrics, shutdown } from './http/server.js'
 import { takeOverStreams } from './http/stream-takeover.js'
 import type { GatewayApp } from './http/types.js'
 import { kubeApiRoutes } from './kube/routes.js'
+import { kubeTargetRoutes } from './kube/targets.js'
 import type { GatewayMetrics } from './metrics.js'
 import type { AgentPool } from './relay/agent-pool.js'
 import type { PodRegistry } from './registry/types.js'
@@ -140,6 +141,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     agentsProblem: () => agentReadinessProblem(deps.cluster, deps.registry),
   })
   await app.register(kubeApiRoutes, { registry: deps.registry, authorizer: deps.authorizer })
+  await app.register(kubeTargetRoutes, { registry: deps.registry, authorizer: deps.authorizer })
   await app.register(forwardPathRoutes)
   if (deps.nodeProxy !== undefined) {
     await app.register(nodeProxyRoutes, { registry: deps.registry, ...deps.nodeProxy, logger })

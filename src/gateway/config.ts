@@ -43,6 +43,10 @@ export interface AuthzRule {
   namespaces: string[]
   /** Pod name glob patterns (`*` and `?`). */
   pods: string[]
+  /** Service name globs a forward may name (`svc/NAME`); none by default. */
+  services: string[]
+  /** Workloads a forward may name, `KIND/NAME-GLOB` (`deployment/web-*`; KIND may be `*`); none by default. */
+  workloads: string[]
   /** Port ranges, inclusive. */
   ports: { from: number; to: number }[]
 }
@@ -337,6 +341,15 @@ const schema = {
               groups: { ...stringList, default: [] },
               namespaces: { ...stringList, minItems: 1 },
               pods: { ...stringList, default: ['*'] },
+              services: { ...stringList, default: [] },
+              workloads: {
+                type: 'array',
+                default: [],
+                items: {
+                  type: 'string',
+                  pattern: '^(\\*|deployment|replicaset|statefulset)/[^/]+$',
+                },
+              },
               ports: {
                 type: 'array',
                 default: ['1-65535'],
@@ -606,6 +619,8 @@ export function parseGatewayConfig(value: unknown, source: string, baseDir: stri
         groups: [...r.groups],
         namespaces: [...r.namespaces],
         pods: [...r.pods],
+        services: [...r.services],
+        workloads: [...r.workloads],
         ports: r.ports.map((v) => parsePortRange(v, `authorization.rules.${i}.ports`)),
       })),
       admins: {

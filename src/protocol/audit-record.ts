@@ -83,6 +83,11 @@ export interface AuditRecord {
   pod?: string
   podUid?: string
   port?: number
+  /**
+   * What the stream asked for when it named a service or workload (`svc/echo:5000`);
+   * `pod`, `node` and `port` are then what the gateway picked for this stream.
+   */
+  target?: string
   /** Bytes the gateway relayed client→pod (stream.closed, session.closed). */
   bytesClientToPod?: number
   /** Bytes the gateway relayed pod→client. */

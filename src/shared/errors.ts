@@ -45,6 +45,11 @@ export const ERROR_CODES = {
   PFG_ERR_ROUTE_POD_NOT_RUNNING: { status: 400, summary: 'the pod is not running' },
   PFG_ERR_ROUTE_NODE_UNKNOWN: { status: 503, summary: 'the pod’s node has no known agent' },
   PFG_ERR_ROUTE_NOT_READY: { status: 503, summary: 'the pod registry has not synced yet' },
+  PFG_ERR_ROUTE_TARGET_NOT_FOUND: { status: 404, summary: 'no such service or workload' },
+  PFG_ERR_ROUTE_NO_READY_POD: {
+    status: 503,
+    summary: 'the service or workload has no ready pod right now',
+  },
 
   // PROTO: wire protocol faults
   PFG_ERR_PROTO_HTTP2_REQUIRED: {

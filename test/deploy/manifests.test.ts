@@ -91,16 +91,22 @@ test('RBAC: the gateway service account may list and watch pods and nodes, and n
   assert.equal(binding.roleRef.kind, 'ClusterRole')
   assert.equal(binding.roleRef.apiGroup, 'rbac.authorization.k8s.io')
   const role = one('ClusterRole', binding.roleRef.name as string)
-  const allowed = (resource: string, verb: string): boolean =>
+  const allowed = (resource: string, verb: string, group = ''): boolean =>
     (role.rules as K8sObject[]).some(
       (r) =>
-        (r.apiGroups as string[]).includes('') &&
+        (r.apiGroups as string[]).includes(group) &&
         (r.resources as string[]).includes(resource) &&
         (r.verbs as string[]).includes(verb),
     )
-  for (const resource of ['pods', 'nodes']) {
+  for (const resource of ['pods', 'nodes', 'services']) {
     for (const verb of ['list', 'watch']) {
       assert.ok(allowed(resource, verb), `${verb} ${resource}`)
+    }
+  }
+  // Forward targets by workload (svc/, deploy/, rs/, sts/): their selectors.
+  for (const resource of ['deployments', 'replicasets', 'statefulsets']) {
+    for (const verb of ['list', 'watch']) {
+      assert.ok(allowed(resource, verb, 'apps'), `${verb} apps/${resource}`)
     }
   }
   for (const r of role.rules as K8sObject[]) {

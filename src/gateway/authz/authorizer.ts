@@ -15,6 +15,9 @@ interface CompiledRule {
   anyNamespace: boolean
   namespaces: Set<string>
   pods: RegExp[]
+  services: RegExp[]
+  /** `kind/name` patterns, matched against `deployment/web` etc. */
+  workloads: RegExp[]
   ports: { from: number; to: number }[]
 }
 
@@ -34,6 +37,8 @@ function compile(rule: AuthzRule): CompiledRule {
     anyNamespace: rule.namespaces.includes('*'),
     namespaces: new Set(rule.namespaces),
     pods: rule.pods.map(globToRegExp),
+    services: rule.services.map(globToRegExp),
+    workloads: rule.workloads.map(globToRegExp),
     ports: rule.ports,
   }
 }
@@ -69,6 +74,22 @@ export class Authorizer {
   /** May `identity` see the pod at all (read it; forward to some port of it)? */
   canAccessPod(identity: Identity, namespace: string, pod: string): boolean {
     return this.#matching(identity, namespace, pod).length > 0
+  }
+
+  /**
+   * May `identity` name this service (`kind` service) or workload (deployment, replicaset,
+   * statefulset) in a forward? The pod it resolves to is authorized separately, down to
+   * the port (canPortForward).
+   */
+  canUseTarget(identity: Identity, namespace: string, kind: string, name: string): boolean {
+    return this.#rules.some(
+      (r) =>
+        (r.users.has(identity.user) || identity.groups.some((g) => r.groups.has(g))) &&
+        (r.anyNamespace || r.namespaces.has(namespace)) &&
+        (kind === 'service'
+          ? r.services.some((re) => re.test(name))
+          : r.workloads.some((re) => re.test(`${kind}/${name}`))),
+    )
   }
 
   /** May `identity` use the admin API? */

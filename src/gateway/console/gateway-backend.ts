@@ -70,6 +70,7 @@ export function gatewayConsoleBackend(parts: GatewayBackendParts): ConsoleBacken
           pod: v.pod,
           node: v.node,
           port: v.port,
+          ...(v.target !== undefined ? { service: v.target } : {}),
           openedAt: v.openedAt,
           bytesClientToPod: v.bytesClientToPod,
           bytesPodToClient: v.bytesPodToClient,

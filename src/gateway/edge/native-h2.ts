@@ -16,6 +16,7 @@ import type {
 import { constants as h2c } from 'node:http2'
 import { PORT_HEADER, STREAM_ID_HEADER } from '../../protocol/constants.js'
 import { parsePortHeader } from '../../protocol/names.js'
+import { isPortName, kindOfResource } from '../../protocol/targets.js'
 import { RST } from '../../protocol/reset-codes.js'
 import { appError, describeError, isAppError } from '../../shared/errors.js'
 import type { AppError } from '../../shared/errors.js'
@@ -31,8 +32,13 @@ import { impersonationOf } from '../impersonation.js'
 import type { ForwardService } from '../forward/service.js'
 import type { ClientSession } from '../forward/stream-table.js'
 
-/** `/proxy/nodes/{node}/portForward/{ns}/{pod}` (no query, no trailing parts). */
-export const NATIVE_PATH = /^\/proxy\/nodes\/([^/?#]+)\/portForward\/([^/?#]+)\/([^/?#]+)$/
+/**
+ * `/proxy/nodes/{node}/portForward/{ns}/{pod}` (groups 1-3), or
+ * `/proxy/namespaces/{ns}/{resource}/{name}/portForward` (groups 4-6: a pod, service or
+ * workload the gateway resolves per stream; docs/protocol.md). No query, no trailing parts.
+ */
+export const NATIVE_PATH =
+  /^\/proxy\/(?:nodes\/([^/?#]+)\/portForward\/([^/?#]+)\/([^/?#]+)|namespaces\/([^/?#]+)\/(pods|services|deployments|replicasets|statefulsets)\/([^/?#]+)\/portForward)$/
 
 const kSession = Symbol('pfgate.gateway.clientSession')
 type TaggedSession = ServerHttp2Session & { [kSession]?: ClientSession }
@@ -127,18 +133,25 @@ export class NativeH2Adapter implements EdgeConnection {
     // Reported through the relay or the forwarder; a stream error never crashes the gateway.
     // Module-level, so the listener does not keep this call's scope (headers...) alive.
     stream.on('error', ignoreError)
-    const node = decode(m[1] as string)
-    const namespace = decode(m[2] as string)
-    const pod = decode(m[3] as string)
+    const byName = m[4] !== undefined
+    const node = byName ? undefined : decode(m[1] as string)
+    const namespace = decode((byName ? m[4] : m[2]) as string)
+    const kind = byName ? kindOfResource(m[5] as string) : 'pod'
+    const name = decode((byName ? m[6] : m[3]) as string)
     let port: number | AppError
+    let portName: string | undefined
     try {
       port = parsePortHeader(headers[PORT_HEADER])
     } catch (err) {
       port = err as AppError
+      // A service or workload (and a pod by name) may name its port (`http`).
+      const h = headers[PORT_HEADER]
+      if (byName && kind !== 'pod' && typeof h === 'string' && isPortName(h)) portName = h
     }
-    if (typeof node !== 'string' || typeof namespace !== 'string' || typeof pod !== 'string') {
+    if (typeof namespace !== 'string' || typeof name !== 'string' || isAppError(node)) {
       // Malformed escapes: reject as a bad name, still only after authentication.
-      port = [node, namespace, pod].find((x): x is AppError => typeof x !== 'string') as AppError
+      port = [node, namespace, name].find((x): x is AppError => isAppError(x)) as AppError
+      portName = undefined
     }
     if (headers[':method'] !== 'POST') {
       // 405 too only after authentication: an anonymous client learns nothing (401 first).
@@ -154,9 +167,12 @@ export class NativeH2Adapter implements EdgeConnection {
         session,
         authorization: headers.authorization,
         namespace: typeof namespace === 'string' ? namespace : '',
-        pod: typeof pod === 'string' ? pod : '',
-        node: typeof node === 'string' ? node : '',
-        port,
+        pod: typeof name === 'string' && kind === 'pod' ? name : '',
+        ...(typeof node === 'string' ? { node } : {}),
+        port: portName !== undefined ? 0 : port,
+        ...(kind !== undefined && kind !== 'pod' && typeof name === 'string'
+          ? { target: { kind, name, port: portName ?? port } }
+          : {}),
         ...(ua !== undefined ? { userAgent: ua } : {}),
         ...(headerBytes !== undefined ? { headerBytes } : {}),
         ...(impersonation !== undefined ? { impersonation } : {}),

@@ -218,6 +218,7 @@ export class AuditEvents {
 
   #stream(type: AuditType, s: StreamFacts): AuditRecord {
     const rec = this.#session(type, s.session, s.identity)
+    if (s.target !== undefined) rec.target = s.target
     rec.node = s.node.name
     rec.namespace = s.pod.namespace
     rec.pod = s.pod.name
@@ -240,7 +241,13 @@ export class AuditEvents {
     )
     const redacted: string[] = []
     rec.namespace = shown(redacted, 'namespace', shownName('namespace', r.namespace))
-    rec.pod = shown(redacted, 'pod', shownName('name', r.pod))
+    if (r.target !== undefined) {
+      // A service or workload: what was asked, and the pod only once one was picked.
+      rec.target = shown(redacted, 'target', shownName('name', r.target))
+      if (r.found !== undefined) rec.pod = r.found.name
+    } else {
+      rec.pod = shown(redacted, 'pod', shownName('name', r.pod))
+    }
     if (r.port > 0) rec.port = r.port
     if (r.found !== undefined) {
       rec.podUid = r.found.uid
@@ -279,6 +286,8 @@ export interface StreamFacts {
   pod: PodInfo
   node: NodeInfo
   port: number
+  /** What the stream asked for when it named a service or workload (`svc/echo:5000`). */
+  target?: string | undefined
   /** The user agent its close records (the request's, else the session's). */
   userAgent?: string | undefined
   /** The request's own user agent, when it sent one (its open record has it). */
@@ -297,8 +306,10 @@ export interface RefusedStream {
   identity: Identity | undefined
   namespace: string
   pod: string
+  /** `svc/echo:5000`, when the stream named a service or workload (`pod` is then empty). */
+  target?: string | undefined
   node: string | undefined
-  /** 0 when unknown (a bad port, an upgrade naming none). */
+  /** 0 when unknown (a bad port, an upgrade naming none); with a target, the picked pod's once known. */
   port: number
   /** The pod, when it was found before the refusal. */
   found: PodInfo | undefined

@@ -37,6 +37,7 @@ import {
 } from '../../protocol/constants.js'
 import { RST } from '../../protocol/reset-codes.js'
 import type { StreamEnd } from '../../protocol/stream-end.js'
+import { describeTarget } from '../../protocol/targets.js'
 import { DuplexRelay } from '../../shared/duplex-relay.js'
 import type { RelayEndpoint, RelayOutcome } from '../../shared/duplex-relay.js'
 import {
@@ -60,7 +61,13 @@ import { admission } from './admission.js'
 import type { AdmissionDeps } from './admission.js'
 import { AuditEvents, reasonFor } from './audit-events.js'
 import type { DeniedRequest, Refusal, StreamFacts } from './audit-events.js'
-import type { AdmitRequest, ForwardRequest, ForwardService, OpenedForward } from './service.js'
+import type {
+  AdmitRequest,
+  ForwardRequest,
+  ForwardService,
+  ForwardTarget,
+  OpenedForward,
+} from './service.js'
 import { StreamTable } from './stream-table.js'
 import type { ClientSession, ClientSessionInfo, StreamSide, Ticker } from './stream-table.js'
 import { LiveStream } from './stream-table.js'
@@ -134,6 +141,12 @@ function endOf(live: LiveStream, outcome: RelayOutcome<StreamSide>): StreamEnd {
           : `agent stream ${f.reason} (RST ${live.upstream?.rstCode ?? 'none'})`,
     },
   }
+}
+
+/** `svc/echo:5000` for a target as asked (a port that did not parse shows as `?`). */
+function askedOf(t: ForwardTarget | undefined): string | undefined {
+  if (t === undefined) return undefined
+  return describeTarget(t.kind, t.name, t.port instanceof AppError ? '?' : t.port)
 }
 
 /** The forwarder. One per gateway. */
@@ -277,6 +290,8 @@ export class Forwarder implements ForwardService {
     )
     if (!checked.ok) throw this.#refused(req, checked, port)
     const { identity, pod, node } = checked
+    // A service or workload: the port picked on the pod (a named port was sent as 0).
+    const podPort = checked.port ?? port
     let reserved = false
     let opened: OpenedForward | AppError
     try {
@@ -286,10 +301,10 @@ export class Forwarder implements ForwardService {
       if (this.#d.audit.mode === 'blocking-strict' && !this.#d.audit.healthy()) {
         throw appError('PFG_ERR_AUDIT_UNAVAILABLE', 'audit trail unavailable; refusing new streams')
       }
-      opened = await this.#openToAgent(req, port, identity, pod, node, started)
+      opened = await this.#openToAgent(req, podPort, identity, pod, node, started)
     } catch (err) {
       if (reserved) this.#table.release(session, identity.user)
-      throw this.#refused(req, { error: internalError(err), identity, pod }, port)
+      throw this.#refused(req, { error: internalError(err), identity, pod }, podPort)
     }
     if (opened instanceof AppError) {
       // Refused because its open record could not be written: the audit log records it.
@@ -384,6 +399,7 @@ export class Forwarder implements ForwardService {
       pod,
       node,
       port,
+      ...(req.target !== undefined ? { target: askedOf(req.target) } : {}),
       userAgent: req.userAgent ?? session.userAgent,
       requestUserAgent: req.userAgent,
     }
@@ -492,6 +508,7 @@ export class Forwarder implements ForwardService {
       this.#now(),
       facts.userAgent,
     )
+    live.asked = facts.target
     live.upstream = upstream
     this.#table.add(live)
     this.#d.metrics.streamsOpened.inc({ protocol: session.protocol })
@@ -548,16 +565,25 @@ export class Forwarder implements ForwardService {
    */
   #refused(
     req: AdmitRequest,
-    checked: { error: AppError; identity: Identity | undefined; pod: PodInfo | undefined },
-    port: number,
+    checked: {
+      error: AppError
+      identity: Identity | undefined
+      pod: PodInfo | undefined
+      port?: number
+    },
+    askedPort: number,
   ): AppError {
     const { error: err, identity } = checked
+    // With a target, the pod's port once one was picked; else the port as asked.
+    const port = checked.port ?? askedPort
+    const target = askedOf(req.target)
     const r = this.#events.refusedStream(
       {
         session: req.session,
         identity,
         namespace: req.namespace,
         pod: req.pod,
+        ...(target !== undefined ? { target } : {}),
         node: req.node,
         port,
         found: checked.pod,
@@ -570,7 +596,11 @@ export class Forwarder implements ForwardService {
       session: req.session.id,
       source: req.session.sourceAddress,
       user: identity?.user,
-      target: `${r.record.namespace}/${r.record.pod}:${port}`,
+      target:
+        r.record.pod !== undefined
+          ? `${r.record.namespace}/${r.record.pod}:${port}`
+          : `${r.record.namespace}/${r.record.target ?? ''}`,
+      ...(r.record.pod !== undefined && target !== undefined ? { asked: target } : {}),
       code: err.code,
       status: err.statusCode,
       ...(r.ref !== undefined ? { ref: r.ref } : {}),

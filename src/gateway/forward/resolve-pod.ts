@@ -4,13 +4,20 @@
  * and the Kubernetes API facade's `GET` of one pod. Default deny: a pod the identity may not
  * reach is forbidden before the registry is asked, so nobody learns whether it exists.
  *
+ * A stream naming a service or workload instead ({@link resolveTargetPod}) has the name
+ * authorized the same way first, then a ready pod it may forward to is picked for it
+ * (src/gateway/registry/resolve-target.ts).
+ *
  * @module
  */
 import { assertNamespace, assertObjectName } from '../../protocol/names.js'
-import { appError } from '../../shared/errors.js'
+import { AppError, appError } from '../../shared/errors.js'
 import type { Identity } from '../auth/authenticator.js'
 import type { Authorizer } from '../authz/authorizer.js'
+import { resolveTarget } from '../registry/resolve-target.js'
+import type { ResolvedTarget, TargetRegistry } from '../registry/resolve-target.js'
 import type { PodInfo, PodRegistry } from '../registry/types.js'
+import type { ForwardTarget } from './service.js'
 
 /** A pod as a request names it. */
 export interface PodQuery {
@@ -84,4 +91,42 @@ export function resolvePod(
     )
   }
   return info
+}
+
+/** What resolving a service or workload needs. */
+export interface TargetDeps {
+  registry: Pick<PodRegistry, 'isReady'> & TargetRegistry
+  authorizer: Pick<Authorizer, 'canUseTarget' | 'canPortForward'>
+}
+
+/**
+ * A ready pod of the service or workload `t` in `namespace` for one stream of `identity`,
+ * and the pod's port to dial. Throws, in order: the port's parse error (400),
+ * `PFG_ERR_ROUTE_BAD_NAME` (400), `PFG_ERR_AUTH_FORBIDDEN` (403: the name is not granted),
+ * `PFG_ERR_ROUTE_NOT_READY` (503), then resolve-target.ts's refusals (404, 400, 503, and
+ * 403 when no ready pod may be forwarded to on that port).
+ */
+export function resolveTargetPod(
+  deps: TargetDeps,
+  identity: Identity,
+  namespace: string,
+  t: ForwardTarget,
+): ResolvedTarget {
+  if (t.port instanceof AppError) throw t.port
+  assertNamespace(namespace)
+  assertObjectName(t.kind, t.name)
+  if (!deps.authorizer.canUseTarget(identity, namespace, t.kind, t.name)) {
+    throw appError(
+      'PFG_ERR_AUTH_FORBIDDEN',
+      `user "${identity.user}" cannot forward to ${t.kind} ${namespace}/${t.name}`,
+    )
+  }
+  if (!deps.registry.isReady()) {
+    throw appError('PFG_ERR_ROUTE_NOT_READY', 'the pod registry has not synced yet; retry shortly')
+  }
+  return resolveTarget(
+    deps.registry,
+    { namespace, kind: t.kind, name: t.name, port: t.port },
+    (pod, port) => deps.authorizer.canPortForward(identity, pod.namespace, pod.name, port),
+  )
 }

@@ -89,6 +89,8 @@ export interface LiveStreamView {
   podUid: string
   node: string
   port: number
+  /** What the stream asked for when it named a service or workload (`svc/echo:5000`). */
+  target?: string
   openedAt: string
   bytesClientToPod: number
   bytesPodToClient: number
@@ -99,6 +101,8 @@ export type StreamSide = 'client' | 'pod'
 
 /** A stream between 200 and its end. */
 export class LiveStream {
+  /** What the stream asked for when it named a service or workload (`svc/echo:5000`). */
+  asked: string | undefined
   readonly id: string
   readonly session: ClientSession
   readonly identity: Identity
@@ -153,6 +157,7 @@ export class LiveStream {
       podUid: this.pod.uid,
       node: this.node.name,
       port: this.port,
+      ...(this.asked !== undefined ? { target: this.asked } : {}),
       openedAt: new Date(this.openedAt).toISOString(),
       bytesClientToPod: this.relay?.bytesAtoB ?? 0,
       bytesPodToClient: this.relay?.bytesBtoA ?? 0,
