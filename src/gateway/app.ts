@@ -98,7 +98,6 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     logger,
     ...(budget !== undefined ? { onAuthenticated: (s: Http2Session) => budget.register(s) } : {}),
   })
-  const native = new NativeH2Adapter(forwarder, logger, connections)
   const clients = new ClientSessions(server, {
     keepaliveMs: deps.limits.clientKeepaliveMs,
     logger,
@@ -110,6 +109,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
       connections.destroy(socket)
     },
   })
+  const native = new NativeH2Adapter(forwarder, logger, connections, clients)
   takeOverStreams(server, {
     native,
     connections,
@@ -186,7 +186,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     },
     async close(graceMs) {
       await shutdown(
-        { app, clients, upgrades, forwarder, agents: deps.agents, connections },
+        { app, edges: [native, upgrades], forwarder, agents: deps.agents, connections },
         graceMs,
       )
       const m = metricsServer

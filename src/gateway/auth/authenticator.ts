@@ -140,8 +140,6 @@ export const MAX_CLAIM_LENGTH = 1024
 /** The most groups a token may carry. */
 export const MAX_GROUPS = 1024
 
-export { newRef }
-
 /** The `Bearer` token of an Authorization header value, or undefined. */
 export function bearerToken(header: string | string[] | undefined): string | undefined {
   if (typeof header !== 'string') return undefined
@@ -179,8 +177,7 @@ export interface JwtChecks {
 /** A refusal: `Unauthorized (ref …)` for the client, the reason for the log and the audit. */
 export function rejectAuth(reason: string): AppError {
   const ref = newRef()
-  const err = appError('PFG_ERR_AUTH_INVALID', `Unauthorized (ref ${ref})`)
-  ;(err as AppError & { ref?: string; reason?: string }).ref = ref
+  const err = appError('PFG_ERR_AUTH_INVALID', `Unauthorized (ref ${ref})`, { ref })
   ;(err as AppError & { reason?: string }).reason = reason
   return err
 }
@@ -191,9 +188,8 @@ export function unavailable(reason: string, cause?: unknown): AppError {
   const err = appError(
     'PFG_ERR_AUTH_UNAVAILABLE',
     `authentication is unavailable (ref ${ref})`,
-    cause !== undefined ? { cause } : {},
+    cause !== undefined ? { cause, ref } : { ref },
   )
-  ;(err as AppError & { ref?: string; reason?: string }).ref = ref
   ;(err as AppError & { reason?: string }).reason = reason
   return err
 }

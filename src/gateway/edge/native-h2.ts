@@ -25,6 +25,7 @@ import { respondStatus } from '../../shared/h2-util.js'
 import { h2Endpoint } from '../../shared/relay-endpoints.js'
 import { relayed } from '../connections.js'
 import { certificateOf, forwardStream } from './contract.js'
+import type { EdgeConnection } from './contract.js'
 import type { ConnectionGuard } from '../connections.js'
 import { formatAddress } from '../forward/forwarder.js'
 import { impersonationOf } from '../impersonation.js'
@@ -56,16 +57,37 @@ function ignoreError(): void {}
 /** The agent stream's RST codes a native client gets as they are. */
 const PASS_TO_CLIENT = [RST.CONNECT_ERROR]
 
-/** Handles native streams for one gateway. */
-export class NativeH2Adapter {
+/**
+ * Handles native streams for one gateway. As an {@link EdgeConnection} it is the HTTP/2
+ * sessions its streams arrive on (`sessions`: the server's client sessions,
+ * http/client-sessions.ts): drain sends them GOAWAY, destroy ends them.
+ */
+export class NativeH2Adapter implements EdgeConnection {
   readonly #forwarder: ForwardService
   readonly #logger: Logger
   readonly #connections: ConnectionGuard | undefined
+  readonly #sessions: EdgeConnection | undefined
 
-  constructor(forwarder: ForwardService, logger: Logger, connections?: ConnectionGuard) {
+  constructor(
+    forwarder: ForwardService,
+    logger: Logger,
+    connections?: ConnectionGuard,
+    sessions?: EdgeConnection,
+  ) {
     this.#forwarder = forwarder
     this.#logger = logger
     this.#connections = connections
+    this.#sessions = sessions
+  }
+
+  /** Shutdown, step 1: GOAWAY to every client session; open streams go on. */
+  drain(): void {
+    this.#sessions?.drain()
+  }
+
+  /** Shutdown, step 2 (the drain deadline): ends every client session. */
+  destroy(): void {
+    this.#sessions?.destroy()
   }
 
   /** The ClientSession of an HTTP/2 session, created on its first native stream. */
