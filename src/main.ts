@@ -14,6 +14,7 @@ Client commands:
   port-forward   forward local ports to a pod through the gateway (like kubectl/oc port-forward)
   audit          query or follow the audit trail (audit query | audit follow)
   admin          list live streams and end them (admin streams | admin sessions | admin kill)
+  login          log in through an OpenID provider; the exec credential plugin for kubeconfigs
 
 Operator commands:
   gateway        run the gateway (--config FILE)
@@ -43,6 +44,7 @@ export const COMMANDS = [
   'port-forward',
   'audit',
   'admin',
+  'login',
   'gateway',
   'agent',
   'dev',
@@ -82,6 +84,8 @@ export async function run(argv: string[]): Promise<number> {
     }
     case 'admin':
       return (await import('./cli/admin-command.js')).runAdminCommand(rest, io)
+    case 'login':
+      return (await import('./cli/login/command.js')).runLogin(rest, io)
     case 'version':
     case '--version':
       process.stdout.write('pfgate 0.1.0\n')

@@ -11,6 +11,7 @@ import { describeError } from '../shared/errors.js'
 import { plainText } from '../shared/text.js'
 import { GatewayClient, GatewayHttpError } from './gateway-client.js'
 import { CONNECTION_FLAGS, loadClientConfig, overridesFromFlags } from './kubeconfig.js'
+import { credentialProvider } from './credentials/index.js'
 
 const USAGE = `usage:
   pfgate admin streams  [-o table|json]     live streams with their byte counts
@@ -81,7 +82,16 @@ export async function runAdminCommand(
   const overrides = overridesFromFlags(values)
   let client: GatewayClient | undefined
   try {
-    client = new GatewayClient({ config: loadClientConfig(overrides, io.env) })
+    const config = loadClientConfig(overrides, io.env)
+    client = new GatewayClient({
+      config,
+      credentials: credentialProvider(config, {
+        env: io.env,
+        terminal: process.stdin.isTTY,
+        stderr: io.stderr,
+        warn: (m) => io.stderr.write(`${m}\n`),
+      }),
+    })
     if (what === 'kill') {
       const path = `/admin/v1/${kind === 'stream' ? 'streams' : 'sessions'}/${encodeURIComponent(id as string)}`
       await client.request('DELETE', path)

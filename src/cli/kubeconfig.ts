@@ -3,7 +3,9 @@
  * `KUBECONFIG` list (merged: the first file to define a name wins, the first
  * `current-context` wins), else `~/.kube/config`; then the context (`--context`
  * or current), its cluster (server, CA, TLS options) and user (bearer token,
- * token file, client certificate), with flags overriding each field.
+ * token file, client certificate, exec credential plugin), with flags overriding
+ * each field. What the user entry yields is turned into a credential provider by
+ * `src/cli/credentials/`.
  *
  * @module
  */
@@ -12,6 +14,8 @@ import { homedir } from 'node:os'
 import { dirname, isAbsolute, resolve } from 'node:path'
 import { parse as parseYaml } from 'yaml'
 import { appError } from '../shared/errors.js'
+import { parseExecConfig } from './credentials/exec-plugin.js'
+import type { ExecClusterInfo, ExecConfig } from './credentials/exec-plugin.js'
 
 /** What a client needs to reach the gateway. */
 export interface ClientConfig {
@@ -23,8 +27,14 @@ export interface ClientConfig {
   insecureSkipTlsVerify: boolean
   tlsServerName?: string
   token?: string
+  /** A file holding the token, re-read when it changes (kubeconfig `tokenFile`). */
+  tokenFile?: string
   cert?: Buffer
   key?: Buffer
+  /** An exec credential plugin (kubeconfig `user.exec`), used when there is no token. */
+  exec?: ExecConfig
+  /** What the plugin is told about the cluster when `provideClusterInfo` is set. */
+  execCluster?: ExecClusterInfo
   /** Where each part came from (for error messages). */
   source: string
 }
@@ -84,6 +94,7 @@ interface RawCluster {
   'certificate-authority-data'?: string
   'insecure-skip-tls-verify'?: boolean
   'tls-server-name'?: string
+  extensions?: { name?: string; extension?: unknown }[]
 }
 interface RawUser {
   token?: string
@@ -239,7 +250,9 @@ export function loadClientConfig(
     const u = user.value
     if (u.token !== undefined) cfg.token = u.token
     else if (u.tokenFile !== undefined) {
-      cfg.token = readFile(rel(u.tokenFile, user.file), 'token file').toString('utf8').trim()
+      cfg.tokenFile = rel(u.tokenFile, user.file)
+      // Read once now so a missing file fails at start-up; the provider re-reads it.
+      cfg.token = readFile(cfg.tokenFile, 'token file').toString('utf8').trim()
     }
     if (u['client-certificate-data'] !== undefined)
       cfg.cert = Buffer.from(u['client-certificate-data'], 'base64')
@@ -248,15 +261,35 @@ export function loadClientConfig(
     if (u['client-key-data'] !== undefined) cfg.key = Buffer.from(u['client-key-data'], 'base64')
     else if (u['client-key'] !== undefined)
       cfg.key = readFile(rel(u['client-key'], user.file), 'client key')
-    if (
+    if (u['auth-provider'] !== undefined && u.exec !== undefined) {
+      fail(`user "${userName ?? ''}" sets both exec and auth-provider`)
+    }
+    if (u.exec !== undefined && u.exec !== null) {
+      cfg.exec = parseExecConfig(u.exec, `user "${userName ?? ''}" in ${user.file}`, (p) =>
+        rel(p, user.file),
+      )
+      cfg.execCluster = {
+        server: cfg.server,
+        ...(cfg.ca !== undefined ? { certificateAuthorityData: cfg.ca.toString('base64') } : {}),
+        ...(cfg.insecureSkipTlsVerify ? { insecureSkipTLSVerify: true } : {}),
+        ...(cfg.tlsServerName !== undefined ? { tlsServerName: cfg.tlsServerName } : {}),
+        ...execExtension(cluster?.value),
+      }
+    } else if (
       cfg.token === undefined &&
       cfg.cert === undefined &&
-      (u.exec !== undefined || u['auth-provider'] !== undefined)
+      u['auth-provider'] !== undefined
     ) {
       fail(
-        `user "${userName ?? ''}" uses an exec or auth-provider plugin, which pfgate does not run; use a token`,
+        `user "${userName ?? ''}" uses an auth-provider plugin, which pfgate does not run (kubectl removed them too); use an exec plugin or a token`,
       )
     }
   }
   return cfg
+}
+
+/** The cluster's `client.authentication.k8s.io/exec` extension, passed to the plugin as `config`. */
+function execExtension(cluster: RawCluster | undefined): { config?: unknown } {
+  const ext = cluster?.extensions?.find((e) => e.name === 'client.authentication.k8s.io/exec')
+  return ext?.extension !== undefined ? { config: ext.extension } : {}
 }

@@ -1,5 +1,5 @@
 /**
- * `pfgate port-forward [-n NS] POD [LOCAL:]REMOTE [...]`: `oc port-forward` /
+ * `pfgate port-forward [-n NS] TYPE/NAME [LOCAL:]REMOTE [...]`: `oc port-forward` /
  * `kubectl port-forward` through the gateway. Listens on 127.0.0.1 and [::1]
  * (or `--address`), prints one `Forwarding from` line per listener on stdout,
  * carries every local connection as a stream of one HTTP/2 connection, and on
@@ -16,15 +16,16 @@ import { setDefaultHighWaterMark } from 'node:stream'
 import type { Writable } from 'node:stream'
 import { STREAM_HIGH_WATER_MARK } from '../protocol/h2-settings.js'
 import { assertNamespace } from '../protocol/names.js'
-import { describeError } from '../shared/errors.js'
+import { describeError, isAppError } from '../shared/errors.js'
 import { GatewayClient } from './gateway-client.js'
 import type { ClientConfig } from './kubeconfig.js'
 import { loadClientConfig } from './kubeconfig.js'
+import { credentialProvider } from './credentials/index.js'
 import { parsePortForwardArgs, PORT_FORWARD_USAGE } from './port-forward/args.js'
 import { GatewayDialer } from './port-forward/gateway-dialer.js'
 import { formatHostPort, listenAll } from './port-forward/listen.js'
 import { serve } from './port-forward/serve.js'
-import { resolvePodTarget, TargetError } from './port-forward/target.js'
+import { resolveNamedTarget, resolvePodTarget, TargetError } from './port-forward/target.js'
 import { defaultUdpIdleMs, listenUdp } from './udp-forward.js'
 import type { UdpLocalListener } from './udp-forward.js'
 
@@ -51,24 +52,42 @@ export async function runPortForward(argv: string[], io: CliIo): Promise<number>
     for (const line of parsed.lines) err(line)
     return parsed.exitCode
   }
-  const { target, specs, addresses, overrides, quiet, udpIdleMs } = parsed.request
+  const { target, specs, addresses, overrides, quiet, podRunningTimeoutMs, udpIdleMs } =
+    parsed.request
   let config: ClientConfig
   try {
     config = loadClientConfig(overrides, io.env)
     assertNamespace(config.namespace)
   } catch (e) {
     err(`error: ${(e as Error).message}`)
-    return 1
+    // An invalid namespace is an invalid argument wherever it came from (kubectl: 2).
+    return isAppError(e) && e.code === 'PFG_ERR_ROUTE_BAD_NAME' ? 2 : 1
   }
   const namespace = config.namespace
 
   setDefaultHighWaterMark(false, STREAM_HIGH_WATER_MARK)
-  const client = new GatewayClient({ config })
+  const client = new GatewayClient({
+    config,
+    credentials: credentialProvider(config, {
+      env: io.env,
+      terminal: process.stdin.isTTY,
+      stderr: io.stderr,
+      warn: err,
+    }),
+  })
 
-  // The target: the pod's node (for the stream path) and its named ports.
-  let pod: Awaited<ReturnType<typeof resolvePodTarget>>
+  // The target: a pod's node (for the stream path) and its named ports; a service's or
+  // workload's object (the gateway picks a pod for every connection).
+  let nodeName = ''
+  let remotePorts: (number | string)[]
   try {
-    pod = await resolvePodTarget(client, namespace, target.name, specs)
+    if (target.kind === 'pod') {
+      const pod = await resolvePodTarget(client, namespace, target.name, specs, podRunningTimeoutMs)
+      nodeName = pod.nodeName
+      remotePorts = pod.remotePorts
+    } else {
+      remotePorts = (await resolveNamedTarget(client, namespace, target, specs)).remotePorts
+    }
   } catch (e) {
     client.close()
     err(e instanceof TargetError ? e.message : `error: ${describeError(e)}`)
@@ -76,26 +95,32 @@ export async function runPortForward(argv: string[], io: CliIo): Promise<number>
   }
 
   let listeners
-  const udpListeners: { l: UdpLocalListener; remotePort: number }[] = []
+  const udpListeners: { l: UdpLocalListener; remotePort: number | string }[] = []
   try {
-    const pairs = specs.flatMap((s, i) =>
-      s.protocol === 'tcp' ? [{ local: s.local, remote: pod.remotePorts[i] as number }] : [],
-    )
-    listeners = await listenAll(pairs, addresses, err)
+    // A bare port name (`http`) listens on the number it resolved to, as kubectl.
+    const localOf = (s: (typeof specs)[number], remote: number | string): number =>
+      s.localFromRemote === true ? (remote as number) : s.local
+    const pairs = specs.flatMap((s, i) => {
+      const remote = remotePorts[i] as number | string
+      return s.protocol === 'tcp' ? [{ local: localOf(s, remote), remote }] : []
+    })
+    listeners = pairs.length > 0 ? await listenAll(pairs, addresses, err) : []
     for (const [i, s] of specs.entries()) {
       if (s.protocol !== 'udp') continue
-      for (const l of await listenUdp(s.local, addresses, err)) {
-        udpListeners.push({ l, remotePort: pod.remotePorts[i] as number })
+      const remote = remotePorts[i] as number | string
+      const hosts = addresses.map((a) => a.address)
+      for (const l of await listenUdp(localOf(s, remote), hosts, err)) {
+        udpListeners.push({ l, remotePort: remote })
       }
     }
   } catch (e) {
     for (const u of udpListeners) u.l.close()
     client.close()
-    err(`error: ${describeError(e)}`)
+    err(`error: ${isAppError(e) ? e.message : describeError(e)}`)
     return 1
   }
 
-  const dialer = new GatewayDialer(client, namespace, target.name, pod.nodeName)
+  const dialer = new GatewayDialer(client, namespace, target, nodeName)
   const serving = serve(listeners, dialer, { quiet, log: err })
   for (const l of listeners) {
     io.stdout.write(

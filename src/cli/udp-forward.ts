@@ -29,13 +29,13 @@ export const MAX_PENDING_DATAGRAMS = 64
 export const MAX_LOCAL_FLOWS = 4096
 
 /** The CLI's idle timeout for a flow: short for DNS (port 53), longer for others (ms). */
-export function defaultUdpIdleMs(remotePort: number): number {
+export function defaultUdpIdleMs(remotePort: number | string): number {
   return remotePort === 53 ? 10_000 : 60_000
 }
 
 /** What a listener needs. */
 export interface UdpForwardOptions {
-  remotePort: number
+  remotePort: number | string
   /** Opens one flow's stream (resolves once the gateway answered 200). */
   openFlow(): Promise<ClientHttp2Stream>
   idleTimeoutMs: number

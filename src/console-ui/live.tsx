@@ -269,7 +269,7 @@ export function LiveView({
                 <td>
                   {s.namespace}/{s.pod}:{s.port}
                   {s.transport !== undefined && s.transport !== 'tcp' ? `/${s.transport}` : ''}
-                  {s.service !== undefined ? ` (service ${s.service})` : ''}
+                  {s.service !== undefined ? ` (via ${s.service})` : ''}
                 </td>
                 <td>{s.node}</td>
                 <td>{formatAge(s.openedAt, now)}</td>

@@ -24,13 +24,14 @@ import type { HarnessPod } from './containerd-harness.js'
 /** The bin script that runs every component. */
 export const PFGATE_BIN = fileURLToPath(new URL('../../../bin/pfgate.js', import.meta.url))
 
-/** The dev cluster's demo pods: where they run and what they serve. */
+/** The dev cluster's demo pods: where they run, their labels and what they serve. */
 export const DEMO_PODS = [
   {
     namespace: 'default',
     name: 'echo',
     node: 'node-a',
     kind: 'echo',
+    labels: { app: 'echo' },
     ports: [
       { name: 'echo', containerPort: 5000 },
       { name: 'echo-alt', containerPort: 6000 },
@@ -41,7 +42,62 @@ export const DEMO_PODS = [
     name: 'web',
     node: 'node-b',
     kind: 'http',
+    labels: { app: 'web' },
     ports: [{ name: 'http', containerPort: 8080 }],
+  },
+  // The two replicas of the `hello` deployment, one per node (its page names the pod).
+  {
+    namespace: 'default',
+    name: 'hello-6c7d9-q8x2m',
+    node: 'node-a',
+    kind: 'http',
+    labels: { app: 'hello', 'pod-template-hash': '6c7d9' },
+    ports: [{ name: 'http', containerPort: 8080 }],
+  },
+  {
+    namespace: 'default',
+    name: 'hello-6c7d9-z4k7p',
+    node: 'node-b',
+    kind: 'http',
+    labels: { app: 'hello', 'pod-template-hash': '6c7d9' },
+    ports: [{ name: 'http', containerPort: 8080 }],
+  },
+] as const
+
+/** The dev cluster's services: `echo` (the echo pod) and `hello` (both replicas, port 80 → `http`). */
+export const DEMO_SERVICES = [
+  {
+    namespace: 'default',
+    name: 'echo',
+    selector: { app: 'echo' },
+    ports: [
+      { name: 'echo', port: 5000, targetPort: 'echo', protocol: 'TCP' },
+      { name: 'echo-alt', port: 6000, targetPort: 6000, protocol: 'TCP' },
+    ],
+  },
+  {
+    namespace: 'default',
+    name: 'hello',
+    selector: { app: 'hello' },
+    ports: [{ name: 'http', port: 80, targetPort: 'http', protocol: 'TCP' }],
+  },
+] as const
+
+/** The dev cluster's workloads: the `hello` deployment and its replica set. */
+export const DEMO_WORKLOADS = [
+  {
+    kind: 'Deployment',
+    namespace: 'default',
+    name: 'hello',
+    selector: { app: 'hello' },
+    replicas: 2,
+  },
+  {
+    kind: 'ReplicaSet',
+    namespace: 'default',
+    name: 'hello-6c7d9',
+    selector: { app: 'hello', 'pod-template-hash': '6c7d9' },
+    replicas: 2,
   },
 ] as const
 
@@ -56,6 +112,7 @@ export const DEMO_UDP_PODS = [
     name: 'dns',
     node: 'node-b',
     kind: 'udp',
+    labels: { app: 'dns' },
     ports: [
       { name: 'dns', containerPort: 53, protocol: 'UDP' },
       { name: 'echo-udp', containerPort: 7007, protocol: 'UDP' },
@@ -269,6 +326,8 @@ export function devGatewayConfig(
           groups: ['pfgate:developers'],
           namespaces: ['default'],
           pods: ['*'],
+          services: ['*'],
+          workloads: ['*/*'],
           ports: ['1-65535'],
           udpPorts: ['1-65535'],
         },
@@ -476,7 +535,7 @@ export async function startDevCluster(options: DevClusterOptions): Promise<DevCl
           namespace: pod.namespace,
           name: pod.name,
           uid: podUids[pod.name],
-          labels: { app: pod.name },
+          labels: { ...pod.labels },
           containers: [{ name: pod.kind, command: demoPodCommand(pod) }],
         })
         runtimePods[pod.name] = run
@@ -570,13 +629,15 @@ export async function startDevCluster(options: DevClusterOptions): Promise<DevCl
           uid: podUids[p.name],
           node: p.node,
           phase: 'Running',
-          labels: { app: p.name },
+          labels: { ...p.labels },
           ports: p.ports.map((x) => ({
             name: x.name,
             containerPort: x.containerPort,
             protocol: portProtocol(x),
           })),
         })),
+        services: DEMO_SERVICES,
+        workloads: DEMO_WORKLOADS,
       }),
     )
     // 4. The gateway.

@@ -14,6 +14,7 @@
  */
 import type { Server as HttpServer } from 'node:http'
 import type { Http2Session, ServerHttp2Stream } from 'node:http2'
+import { authInput } from './auth/authenticator.js'
 import type { Authenticator } from './auth/authenticator.js'
 import type { Authorizer } from './authz/authorizer.js'
 import { ConnectionGuard, relayed } from './connections.js'
@@ -35,6 +36,7 @@ import { createGatewayApp, listenMetrics, shutdown } from './http/server.js'
 import { takeOverStreams } from './http/stream-takeover.js'
 import type { GatewayApp } from './http/types.js'
 import { kubeApiRoutes } from './kube/routes.js'
+import { kubeTargetRoutes } from './kube/targets.js'
 import type { GatewayMetrics } from './metrics.js'
 import type { AgentPool } from './relay/agent-pool.js'
 import type { PodRegistry } from './registry/types.js'
@@ -44,7 +46,7 @@ import type { Logger } from '../shared/log.js'
 
 /** Everything the gateway is made of. */
 export interface GatewayDeps {
-  tls: { cert: string | Buffer; key: string | Buffer }
+  tls: { cert: string | Buffer; key: string | Buffer; clientCa?: Buffer }
   logger: Logger
   registry: PodRegistry
   authenticator: Authenticator
@@ -96,7 +98,6 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     logger,
     ...(budget !== undefined ? { onAuthenticated: (s: Http2Session) => budget.register(s) } : {}),
   })
-  const native = new NativeH2Adapter(forwarder, logger, connections)
   const clients = new ClientSessions(server, {
     keepaliveMs: deps.limits.clientKeepaliveMs,
     logger,
@@ -108,6 +109,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
       connections.destroy(socket)
     },
   })
+  const native = new NativeH2Adapter(forwarder, logger, connections, clients)
   takeOverStreams(server, {
     native,
     connections,
@@ -128,7 +130,8 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
   // Fastify: these two apply to every route registered after them.
   await app.register(errorHandling, { forwarder })
   await app.register(authentication, {
-    authenticate: (request) => deps.authenticator.authenticate(request.headers.authorization),
+    authenticate: (request) =>
+      deps.authenticator.authenticate(authInput(request.headers.authorization, request.socket)),
     authorizer: deps.authorizer,
     onAuthenticated: (socket) => connections.authenticated(socket),
   })
@@ -140,6 +143,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     agentsProblem: () => agentReadinessProblem(deps.cluster, deps.registry),
   })
   await app.register(kubeApiRoutes, { registry: deps.registry, authorizer: deps.authorizer })
+  await app.register(kubeTargetRoutes, { registry: deps.registry, authorizer: deps.authorizer })
   await app.register(forwardPathRoutes)
   if (deps.nodeProxy !== undefined) {
     await app.register(nodeProxyRoutes, { registry: deps.registry, ...deps.nodeProxy, logger })
@@ -182,7 +186,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     },
     async close(graceMs) {
       await shutdown(
-        { app, clients, upgrades, forwarder, agents: deps.agents, connections },
+        { app, edges: [native, upgrades], forwarder, agents: deps.agents, connections },
         graceMs,
       )
       const m = metricsServer

@@ -17,6 +17,13 @@ import { KUBE_REGISTRY_CONFIG_SCHEMA, parseKubeRegistryConfig } from './registry
 import type { KubeRegistrySettings } from './registry/kube/config.js'
 import { DEFAULT_DENIAL_LIMITS } from './audit/denial-limiter.js'
 import type { DenialLimits } from './audit/denial-limiter.js'
+import {
+  AUTHZ_SCHEMA_PROPERTIES,
+  IDENTITY_SCHEMA_PROPERTIES,
+  parseAuthzMode,
+  parseIdentitySettings,
+} from './auth/identity-config.js'
+import type { AuthzModeSettings, IdentitySettings } from './auth/identity-config.js'
 
 /**
  * Asymmetric JWS algorithms we accept (never `none`, never HMAC:
@@ -43,6 +50,10 @@ export interface AuthzRule {
   namespaces: string[]
   /** Pod name glob patterns (`*` and `?`). */
   pods: string[]
+  /** Service name globs a forward may name (`svc/NAME`); none by default. */
+  services: string[]
+  /** Workloads a forward may name, `KIND/NAME-GLOB` (`deployment/web-*`; KIND may be `*`); none by default. */
+  workloads: string[]
   /** TCP port ranges, inclusive. */
   ports: { from: number; to: number }[]
   /** UDP port ranges, inclusive (docs/udp.md): none unless listed, whatever `ports` says. */
@@ -122,9 +133,10 @@ export interface GatewayConfig {
   } | null
   registry: { source: 'static'; file: string } | KubeRegistrySettings
   auth: {
+    /** The static JWKS source's issuer (with `audience` and `jwks`; all three or none). */
     issuer: string
     audience: string[]
-    jwks:
+    jwks?:
       | { file: string }
       | {
           url: string
@@ -140,11 +152,13 @@ export interface GatewayConfig {
     usernamePrefix: string
     groupsClaim: string
     groupsPrefix: string
+    /** OIDC discovery issuers, client certificates, TokenReview (src/gateway/auth/identity-config.ts). */
+    sources?: IdentitySettings
   }
   authorization: {
     rules: AuthzRule[]
     admins: { users: string[]; groups: string[] }
-  }
+  } & AuthzModeSettings
   limits: {
     streamsPerConnection: number
     streamsPerUser: number
@@ -297,8 +311,14 @@ const schema = {
     auth: {
       type: 'object',
       additionalProperties: false,
-      required: ['issuer', 'audience', 'jwks'],
+      // The static JWKS source is optional, but whole: issuer, audience and jwks together.
+      dependencies: {
+        issuer: ['audience', 'jwks'],
+        audience: ['issuer', 'jwks'],
+        jwks: ['issuer', 'audience'],
+      },
       properties: {
+        ...IDENTITY_SCHEMA_PROPERTIES,
         issuer: { type: 'string', minLength: 1 },
         audience: {
           anyOf: [
@@ -337,6 +357,7 @@ const schema = {
       additionalProperties: false,
       default: {},
       properties: {
+        ...AUTHZ_SCHEMA_PROPERTIES,
         rules: {
           type: 'array',
           default: [],
@@ -348,6 +369,15 @@ const schema = {
               groups: { ...stringList, default: [] },
               namespaces: { ...stringList, minItems: 1 },
               pods: { ...stringList, default: ['*'] },
+              services: { ...stringList, default: [] },
+              workloads: {
+                type: 'array',
+                default: [],
+                items: {
+                  type: 'string',
+                  pattern: '^(\\*|deployment|replicaset|statefulset)/[^/]+$',
+                },
+              },
               ports: {
                 type: 'array',
                 default: ['1-65535'],
@@ -609,27 +639,37 @@ export function parseGatewayConfig(value: unknown, source: string, baseDir: stri
           },
     registry,
     auth: {
-      issuer: raw.auth.issuer,
-      audience: Array.isArray(raw.auth.audience) ? [...raw.auth.audience] : [raw.auth.audience],
-      jwks:
-        jwks.file !== undefined
-          ? { file: p(jwks.file) }
-          : {
-              url: jwks.url as string,
-              timeoutMs: parseDuration(jwks.timeout, 'auth.jwks.timeout'),
-              cacheMaxAgeMs: parseDuration(jwks.cacheMaxAge, 'auth.jwks.cacheMaxAge'),
-              minRefreshIntervalMs: parseDuration(
-                jwks.minRefreshInterval,
-                'auth.jwks.minRefreshInterval',
-              ),
-              ...(jwks.caFile !== undefined ? { caFile: p(jwks.caFile) } : {}),
-            },
+      issuer: raw.auth.issuer ?? '',
+      audience:
+        raw.auth.audience === undefined
+          ? []
+          : Array.isArray(raw.auth.audience)
+            ? [...raw.auth.audience]
+            : [raw.auth.audience],
+      ...(jwks === undefined
+        ? {}
+        : {
+            jwks:
+              jwks.file !== undefined
+                ? { file: p(jwks.file) }
+                : {
+                    url: jwks.url as string,
+                    timeoutMs: parseDuration(jwks.timeout, 'auth.jwks.timeout'),
+                    cacheMaxAgeMs: parseDuration(jwks.cacheMaxAge, 'auth.jwks.cacheMaxAge'),
+                    minRefreshIntervalMs: parseDuration(
+                      jwks.minRefreshInterval,
+                      'auth.jwks.minRefreshInterval',
+                    ),
+                    ...(jwks.caFile !== undefined ? { caFile: p(jwks.caFile) } : {}),
+                  },
+          }),
       algorithms: [...raw.auth.algorithms],
       clockToleranceS: parseDuration(raw.auth.clockTolerance, 'auth.clockTolerance') / 1000,
       usernameClaim: raw.auth.usernameClaim,
       usernamePrefix: raw.auth.usernamePrefix,
       groupsClaim: raw.auth.groupsClaim,
       groupsPrefix: raw.auth.groupsPrefix,
+      sources: parseIdentitySettings(raw.auth, raw.auth, p),
     },
     authorization: {
       rules: raw.authorization.rules.map((r, i) => ({
@@ -637,6 +677,8 @@ export function parseGatewayConfig(value: unknown, source: string, baseDir: stri
         groups: [...r.groups],
         namespaces: [...r.namespaces],
         pods: [...r.pods],
+        services: [...r.services],
+        workloads: [...r.workloads],
         ports: r.ports.map((v) => parsePortRange(v, `authorization.rules.${i}.ports`)),
         udpPorts: r.udpPorts.map((v) => parsePortRange(v, `authorization.rules.${i}.udpPorts`)),
       })),
@@ -644,6 +686,7 @@ export function parseGatewayConfig(value: unknown, source: string, baseDir: stri
         users: [...raw.authorization.admins.users],
         groups: [...raw.authorization.admins.groups],
       },
+      ...parseAuthzMode(raw.authorization, p),
     },
     limits: {
       streamsPerConnection: raw.limits.streamsPerConnection,
@@ -684,6 +727,7 @@ export function parseGatewayConfig(value: unknown, source: string, baseDir: stri
     logLevel: raw.logLevel,
   }
   checkLimits(config.limits, source)
+  checkAuth(config.auth, source)
   return Object.freeze(config)
 }
 
@@ -704,6 +748,33 @@ function checkLimits(l: GatewayConfig['limits'], source: string): void {
   }
   if (l.bufferBudgetBytes < 16 * 1024 * 1024)
     problems.push('limits.bufferBudget must be at least 16MiB')
+  if (problems.length > 0) {
+    throw appError(
+      'PFG_ERR_CONFIG_INVALID',
+      `${source}: invalid configuration:\n  - ${problems.join('\n  - ')}`,
+    )
+  }
+}
+
+/** At least one identity source, and each issuer once. */
+function checkAuth(a: GatewayConfig['auth'], source: string): void {
+  const problems: string[] = []
+  if (
+    a.jwks === undefined &&
+    (a.sources?.oidc.length ?? 0) === 0 &&
+    a.sources?.clientCertificates === undefined &&
+    a.sources?.tokenReview === undefined
+  ) {
+    problems.push(
+      'auth: no identity source (configure issuer/audience/jwks, oidc, clientCertificates or tokenReview)',
+    )
+  }
+  const issuers = [
+    ...(a.jwks !== undefined ? [a.issuer] : []),
+    ...(a.sources?.oidc ?? []).map((o) => o.issuer),
+  ]
+  for (const dup of issuers.filter((x, i) => issuers.indexOf(x) !== i))
+    problems.push(`auth: issuer ${dup} is configured twice`)
   if (problems.length > 0) {
     throw appError(
       'PFG_ERR_CONFIG_INVALID',

@@ -15,6 +15,7 @@ import type { Logger } from '../shared/log.js'
 import { buildGateway } from './app.js'
 import { Authenticator } from './auth/authenticator.js'
 import { Authorizer } from './authz/authorizer.js'
+import { clientCaOf, createIdentitySources, createRbac } from './auth/identity-config.js'
 import { loadGatewayConfig } from './config.js'
 import type { GatewayConfig } from './config.js'
 import { Forwarder, newGatewayId } from './forward/forwarder.js'
@@ -54,8 +55,20 @@ export async function startGateway(
   const gatewayId = newGatewayId()
   const metrics = new GatewayMetrics()
   const registry = createRegistry(config, logger)
-  const authenticator = new Authenticator(config.auth, logger)
-  const authorizer = new Authorizer(config.authorization)
+  const sources = config.auth.sources ?? { oidc: [] }
+  const authenticator = new Authenticator(
+    config.auth,
+    logger,
+    Date.now,
+    createIdentitySources(sources, config.auth, logger, process.env),
+  )
+  const rbac = createRbac(config.authorization, process.env)
+  const authorizer = new Authorizer(config.authorization, rbac)
+  const clientCa = clientCaOf(sources)
+  logger.info(
+    { sources: authenticator.sources, authorization: rbac !== undefined ? 'rbac' : 'rules' },
+    'identity sources',
+  )
   const agentTls = {
     ca: readFileSync(config.agents.ca),
     cert: readFileSync(config.agents.cert),
@@ -128,7 +141,11 @@ export async function startGateway(
       reverse,
       readyMinAgents: rc?.readyMinAgents ?? 0,
     },
-    tls: { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) },
+    tls: {
+      cert: readFileSync(config.tls.cert),
+      key: readFileSync(config.tls.key),
+      ...(clientCa !== undefined ? { clientCa } : {}),
+    },
     logger,
     registry,
     authenticator,

@@ -65,6 +65,12 @@ export interface AuditRecord {
   user?: string
   groups?: string[]
   /**
+   * Which identity source authenticated `user`: `jwt` (the configured JWKS), `oidc` (an
+   * issuer found by discovery), `x509` (a client certificate) or `tokenreview` (the
+   * cluster's API server). Present wherever `user` is.
+   */
+  authSource?: 'jwt' | 'oidc' | 'x509' | 'tokenreview'
+  /**
    * `session.closed`: every user that authenticated on the connection, in order of first
    * authentication (at most {@link MAX_SESSION_USERS}). `denials.suppressed`: the users
    * of the counted refusals that had authenticated (at most 8).
@@ -96,6 +102,11 @@ export interface AuditRecord {
   datagramsDropped?: { gateway: number; agent?: number }
   /** UDP flows: datagrams from another source than the pod port, not delivered (agent). */
   datagramsWrongSource?: number
+  /**
+   * What the stream asked for when it named a service or workload (`svc/echo:5000`);
+   * `pod`, `node` and `port` are then what the gateway picked for this stream.
+   */
+  target?: string
   /** Bytes the gateway relayed client→pod (stream.closed, session.closed). */
   bytesClientToPod?: number
   /** Bytes the gateway relayed pod→client. */

@@ -31,7 +31,7 @@ export function assertNamespace(ns: string): void {
 }
 
 /** Throws `PFG_ERR_ROUTE_BAD_NAME` unless `name` is a valid pod or node name. */
-export function assertObjectName(kind: 'pod' | 'node', name: string): void {
+export function assertObjectName(kind: string, name: string): void {
   if (!isDns1123Subdomain(name)) {
     throw appError(
       'PFG_ERR_ROUTE_BAD_NAME',

@@ -20,6 +20,11 @@ export interface PortSpec {
   raw: string
   /** `udp` when the argument ends in `/udp`; else `tcp`. */
   protocol: 'tcp' | 'udp'
+  /**
+   * A bare port name (`http`): the local port is the number the name resolves to, as
+   * kubectl does (`local` is 0 until then).
+   */
+  localFromRemote?: true
 }
 
 const PORT_NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/
@@ -48,18 +53,20 @@ export function parsePortSpec(raw: string): PortSpec {
       'PFG_ERR_CLI_USAGE',
       `invalid port ${JSON.stringify(raw)}: remote port must be 1..65535`,
     )
-  } else if (PORT_NAME.test(remoteText) && remoteText.length <= 15 && parts.length === 2) {
+  } else if (PORT_NAME.test(remoteText) && remoteText.length <= 15) {
     remote = remoteText
   } else {
     throw appError(
       'PFG_ERR_CLI_USAGE',
-      `invalid port ${JSON.stringify(raw)}: remote port must be 1..65535${parts.length === 2 ? ' or a port name' : ''}`,
+      `invalid port ${JSON.stringify(raw)}: remote port must be 1..65535 or a port name`,
     )
   }
 
   let local: number
   if (parts.length === 2 && (localText === '' || localText === '0')) {
     local = 0
+  } else if (parts.length === 1 && typeof remote === 'string') {
+    return { local: 0, remote, raw, protocol, localFromRemote: true }
   } else {
     const n =
       typeof remote === 'string' && parts.length === 1 ? undefined : parsePortNumber(localText)

@@ -105,6 +105,12 @@ export class DuplexRelay<S extends string = 'a' | 'b'> {
     this.lastActivity = this.#now()
     DuplexRelay.#wire(this as unknown as DuplexRelay<string>, a.stream)
     DuplexRelay.#wire(this as unknown as DuplexRelay<string>, b.stream)
+    // A side may have been destroyed before it was handed to us (a pod's reset reaching
+    // a hop while the stream was still being opened): its 'close' is gone, so end the
+    // relay as that close would have (propagating its reset) instead of waiting for ever.
+    for (const s of [a.stream, b.stream]) {
+      if (s.destroyed) process.nextTick(DuplexRelay.#onClose.bind(s as RelayStream))
+    }
   }
 
   /** True once onDone has been called. */

@@ -25,6 +25,10 @@ export const ERROR_CODES = {
   PFG_ERR_AUTH_MISSING: { status: 401, summary: 'no bearer token was presented' },
   PFG_ERR_AUTH_INVALID: { status: 401, summary: 'the bearer token was rejected' },
   PFG_ERR_AUTH_FORBIDDEN: { status: 403, summary: 'the identity may not do this' },
+  PFG_ERR_AUTH_UNAVAILABLE: {
+    status: 503,
+    summary: 'the API server that reviews tokens or access cannot answer (fail closed)',
+  },
   PFG_ERR_AUTH_CSRF: {
     status: 403,
     summary: 'a console call that changes state came from another site or without its CSRF token',
@@ -45,6 +49,11 @@ export const ERROR_CODES = {
   PFG_ERR_ROUTE_POD_NOT_RUNNING: { status: 400, summary: 'the pod is not running' },
   PFG_ERR_ROUTE_NODE_UNKNOWN: { status: 503, summary: 'the pod’s node has no known agent' },
   PFG_ERR_ROUTE_NOT_READY: { status: 503, summary: 'the pod registry has not synced yet' },
+  PFG_ERR_ROUTE_TARGET_NOT_FOUND: { status: 404, summary: 'no such service or workload' },
+  PFG_ERR_ROUTE_NO_READY_POD: {
+    status: 503,
+    summary: 'the service or workload has no ready pod right now',
+  },
 
   // PROTO: wire protocol faults
   PFG_ERR_PROTO_HTTP2_REQUIRED: {
@@ -108,6 +117,10 @@ export const ERROR_CODES = {
   PFG_ERR_CLI_KUBECONFIG: { status: 0, summary: 'the kubeconfig is missing or invalid' },
   PFG_ERR_CLI_CONNECT: { status: 0, summary: 'the gateway cannot be reached' },
   PFG_ERR_CLI_LISTEN: { status: 0, summary: 'a local port cannot be listened on' },
+  PFG_ERR_CLI_CREDENTIALS: {
+    status: 0,
+    summary: 'a credential (exec plugin, token file, login) cannot be had',
+  },
 } as const satisfies Record<string, { status: number; summary: string }>
 
 /** A literal union of every code, so `switch (err.code)` narrows. */

@@ -115,6 +115,11 @@ test('clear errors: no kubeconfig, unknown context, plain http, exec plugins', (
   e.users = [{ name: 'u', user: { exec: { command: 'x' } } }]
   assert.throws(
     () => loadClientConfig({ kubeconfig: kc(dir, 'exec', e) }, {}),
-    /exec or auth-provider/,
+    /exec plugin apiVersion undefined is not supported/,
+  )
+  e.users = [{ name: 'u', user: { 'auth-provider': { name: 'oidc' } } }]
+  assert.throws(
+    () => loadClientConfig({ kubeconfig: kc(dir, 'auth-provider', e) }, {}),
+    /uses an auth-provider plugin, which pfgate does not run/,
   )
 })

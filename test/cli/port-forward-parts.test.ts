@@ -8,6 +8,7 @@ import assert from 'node:assert/strict'
 import { connect, createServer } from 'node:net'
 import type { AddressInfo, Server, Socket } from 'node:net'
 import { expandAddresses, parsePortForwardArgs } from '../../src/cli/port-forward/args.js'
+import type { ListenAddress } from '../../src/cli/port-forward/args.js'
 import { listenAll } from '../../src/cli/port-forward/listen.js'
 import type { Listener } from '../../src/cli/port-forward/listen.js'
 import { serve } from '../../src/cli/port-forward/serve.js'
@@ -31,7 +32,7 @@ describe('parse', () => {
     ])
     assert.equal(r.kind, 'run')
     if (r.kind !== 'run') return
-    assert.deepEqual(r.request.target, { resource: 'pods', name: 'web' })
+    assert.deepEqual(r.request.target, { kind: 'pod', name: 'web' })
     assert.deepEqual(
       r.request.specs.map((s) => [s.local, s.remote]),
       [
@@ -39,7 +40,16 @@ describe('parse', () => {
         [0, 5000],
       ],
     )
-    assert.deepEqual(r.request.addresses, ['127.0.0.1', '::1', '10.0.0.1'])
+    assert.deepEqual(r.request.addresses, [
+      { address: '127.0.0.1', failureMode: 'all' },
+      { address: '::1', failureMode: 'all' },
+      { address: '10.0.0.1', failureMode: 'any' },
+    ])
+    assert.deepEqual(expandAddresses('127.0.0.1,localhost'), [
+      { address: '127.0.0.1', failureMode: 'any' },
+      { address: '::1', failureMode: 'all' },
+    ])
+    assert.equal(r.request.podRunningTimeoutMs, 60_000)
     assert.deepEqual(r.request.overrides, { namespace: 'team', token: 'x' })
     assert.equal(r.request.quiet, true)
   })
@@ -52,18 +62,33 @@ describe('parse', () => {
         "See 'pfgate port-forward --help' for usage.",
       ],
     })
-    assert.deepEqual(parsePortForwardArgs(['deploy/web', '80']), {
+    const deploy = parsePortForwardArgs(['deploy/web', '80'])
+    assert.equal(deploy.kind, 'run')
+    if (deploy.kind === 'run')
+      assert.deepEqual(deploy.request.target, { kind: 'deployment', name: 'web' })
+    assert.deepEqual(parsePortForwardArgs(['cronjob/web', '80']), {
       kind: 'usage-error',
       exitCode: 2,
-      lines: ['error: only pods can be forwarded by pfgate; got "deploy/web"'],
+      lines: ['error: the server doesn\'t have a resource type "cronjob"'],
     })
+    // Repeated --address flags all apply.
+    const two = parsePortForwardArgs(['--address', '127.0.0.1', '--address', '::1', 'web', '80'])
+    assert.equal(two.kind, 'run')
+    if (two.kind === 'run')
+      assert.deepEqual(
+        two.request.addresses.map((a) => a.address),
+        ['127.0.0.1', '::1'],
+      )
     const bad = parsePortForwardArgs(['web', 'x:y:z'])
     assert.equal(bad.kind, 'usage-error')
     assert.deepEqual(parsePortForwardArgs(['-h']), { kind: 'help' })
   })
   test('--address accepts IPs and localhost only', () => {
-    assert.deepEqual(expandAddresses(undefined), ['127.0.0.1', '::1'])
-    assert.deepEqual(expandAddresses(' ::1 , ::1'), ['::1'])
+    assert.deepEqual(
+      expandAddresses(undefined).map((a) => a.address),
+      ['127.0.0.1', '::1'],
+    )
+    assert.deepEqual(expandAddresses(' ::1 , ::1'), [{ address: '::1', failureMode: 'any' }])
     assert.throws(() => expandAddresses('localhost.example'), /invalid --address/)
   })
 })
@@ -78,9 +103,14 @@ async function listenTracked(
   addresses: string[],
   warnings: string[] = [],
 ): Promise<Listener[]> {
-  const ls = await listenAll(pairs, addresses, (l) => warnings.push(l))
+  const ls = await listenAll(pairs, localhostLike(addresses), (l) => warnings.push(l))
   opened.push(ls)
   return ls
+}
+
+/** Addresses as `localhost` yields them (a failure of one is tolerated). */
+function localhostLike(addresses: string[]): ListenAddress[] {
+  return addresses.map((address) => ({ address, failureMode: 'all' }))
 }
 
 describe('listen', () => {
@@ -110,30 +140,58 @@ describe('listen', () => {
     assert.equal(warnings.length, 1)
     assert.match(
       warnings[0] as string,
-      new RegExp(`^Unable to listen on \\[::1\\]:${port}: .*EADDRINUSE`),
+      new RegExp(
+        `^Unable to listen on unable to create listener: Error listen \\[::1\\]:${port}: .*EADDRINUSE`,
+      ),
     )
   })
-  test('a pair bound nowhere fails and closes what the earlier pairs bound', async () => {
+  test('a pair bound nowhere is reported and skipped; none bound at all fails', async () => {
     const busy = await listenTracked([{ local: 0, remote: 1 }], ['127.0.0.1'])
     const port = busy[0]?.localPort as number
     const free = createServer()
     await new Promise<void>((r) => free.listen(0, '127.0.0.1', r))
     const freePort = (free.address() as AddressInfo).port
     await new Promise((r) => free.close(r))
+    const warnings: string[] = []
+    const ls = await listenTracked(
+      [
+        { local: freePort, remote: 1 },
+        { local: port, remote: 2 },
+      ],
+      ['127.0.0.1'],
+      warnings,
+    )
+    assert.deepEqual(
+      ls.map((l) => l.localPort),
+      [freePort],
+    )
+    assert.match(
+      warnings.join('\n'),
+      new RegExp(`^Unable to listen on port ${port}: Listeners failed to create`, 'm'),
+    )
+    await assert.rejects(
+      listenAll([{ local: port, remote: 2 }], localhostLike(['127.0.0.1']), () => undefined),
+      { code: 'PFG_ERR_CLI_LISTEN' },
+    )
+  })
+  test('an explicit address list: one address failing fails the port', async () => {
+    const busy = await listenTracked([{ local: 0, remote: 1 }], ['::1'])
+    const port = busy[0]?.localPort as number
+    const warnings: string[] = []
     await assert.rejects(
       listenAll(
+        [{ local: port, remote: 2 }],
         [
-          { local: freePort, remote: 1 },
-          { local: port, remote: 2 },
+          { address: '127.0.0.1', failureMode: 'any' },
+          { address: '::1', failureMode: 'any' },
         ],
-        ['127.0.0.1'],
-        () => undefined,
+        (l) => warnings.push(l),
       ),
       { code: 'PFG_ERR_CLI_LISTEN' },
     )
-    // The first pair's port was released again.
-    const again = await listenTracked([{ local: freePort, remote: 1 }], ['127.0.0.1'])
-    assert.equal(again[0]?.localPort, freePort)
+    // What 127.0.0.1 bound was released again.
+    const again = await listenTracked([{ local: port, remote: 1 }], ['127.0.0.1'])
+    assert.equal(again[0]?.localPort, port)
   })
 })
 

@@ -166,11 +166,11 @@ describe('arguments (checked before any I/O)', () => {
   const cases: [string[], number, string][] = [
     [['--bogus'], 2, "error: Unknown option '--bogus'"],
     [['echo'], 2, 'error: TYPE/NAME and list of ports are required for port-forward\n'],
-    [['svc/echo', '80'], 2, 'error: only pods can be forwarded by pfgate; got "svc/echo"\n'],
+    [['cronjob/echo', '80'], 2, 'error: the server doesn\'t have a resource type "cronjob"\n'],
     [['Echo_', '80'], 2, 'error: '],
     [['echo', '70000'], 2, 'error: '],
     [['echo', '80', '--address', 'example.com'], 2, 'error: invalid --address "example.com"'],
-    [['echo', '80', '-n', 'Bad_NS'], 1, 'error: '],
+    [['echo', '80', '-n', 'Bad_NS'], 2, 'error: '],
   ]
   for (const [args, code, message] of cases) {
     test(`${args.join(' ')} → exit ${code}`, async () => {
@@ -270,10 +270,11 @@ describe('listen and serve', () => {
     try {
       const r = start(['echo', `${port}:5000`, '--address', '127.0.0.1'])
       assert.equal(await r.code, 1)
+      // kubectl's words: the port's listeners, then that no port at all could be bound.
       assert.match(
         r.stderr(),
         new RegExp(
-          `^error: PFG_ERR_CLI_LISTEN: unable to listen on any of the requested ports: 127\\.0\\.0\\.1:${port}: .*EADDRINUSE`,
+          `^Unable to listen on port ${port}: Listeners failed to create with the following errors: \\[unable to create listener: Error listen 127\\.0\\.0\\.1:${port}: .*EADDRINUSE.*\\]\nerror: unable to listen on any of the requested ports: ${port}:5000\n$`,
         ),
       )
     } finally {

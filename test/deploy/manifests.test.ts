@@ -77,7 +77,7 @@ test('every object has apiVersion, kind, a name, and the pfgate namespace when n
   }
 })
 
-test('RBAC: the gateway service account may list and watch pods and nodes, and nothing more', () => {
+test('RBAC: the gateway service account may list and watch pods and nodes, create token and access reviews, and nothing more', () => {
   const deploy = one('Deployment', 'pfgate-gateway')
   const sa = deploy.spec.template.spec.serviceAccountName as string
   one('ServiceAccount', sa)
@@ -91,21 +91,49 @@ test('RBAC: the gateway service account may list and watch pods and nodes, and n
   assert.equal(binding.roleRef.kind, 'ClusterRole')
   assert.equal(binding.roleRef.apiGroup, 'rbac.authorization.k8s.io')
   const role = one('ClusterRole', binding.roleRef.name as string)
-  const allowed = (resource: string, verb: string): boolean =>
+  const allowed = (resource: string, verb: string, group = ''): boolean =>
     (role.rules as K8sObject[]).some(
       (r) =>
-        (r.apiGroups as string[]).includes('') &&
+        (r.apiGroups as string[]).includes(group) &&
         (r.resources as string[]).includes(resource) &&
         (r.verbs as string[]).includes(verb),
     )
-  for (const resource of ['pods', 'nodes']) {
+  for (const resource of ['pods', 'nodes', 'services']) {
     for (const verb of ['list', 'watch']) {
       assert.ok(allowed(resource, verb), `${verb} ${resource}`)
     }
   }
+  // Forward targets by workload (svc/, deploy/, rs/, sts/): their selectors.
+  for (const resource of ['deployments', 'replicasets', 'statefulsets']) {
+    for (const verb of ['list', 'watch']) {
+      assert.ok(allowed(resource, verb, 'apps'), `${verb} apps/${resource}`)
+    }
+  }
+  const reviews = [
+    ['authentication.k8s.io', 'tokenreviews'],
+    ['authorization.k8s.io', 'subjectaccessreviews'],
+  ]
+  for (const [group, resource] of reviews) {
+    assert.ok(
+      (role.rules as K8sObject[]).some(
+        (r) =>
+          (r.apiGroups as string[]).includes(group!) &&
+          (r.resources as string[]).includes(resource!) &&
+          (r.verbs as string[]).includes('create'),
+      ),
+      `create ${resource}`,
+    )
+  }
   for (const r of role.rules as K8sObject[]) {
+    const isReview = reviews.some(
+      ([g, res]) =>
+        (r.apiGroups as string[]).every((x) => x === g) &&
+        (r.resources as string[]).every((x) => x === res),
+    )
     for (const v of r.verbs as string[]) {
-      assert.ok(['list', 'watch', 'get'].includes(v), `read-only verbs only, found ${v}`)
+      // Reviews are create-only and store nothing; everything else is read-only.
+      const ok = isReview ? v === 'create' : ['list', 'watch', 'get'].includes(v)
+      assert.ok(ok, `unexpected verb ${v} on ${(r.resources as string[]).join(',')}`)
     }
     assert.ok(!(r.resources as string[]).includes('*'), 'no wildcard resources')
     assert.ok(!(r.resources as string[]).includes('secrets'), 'no secrets')

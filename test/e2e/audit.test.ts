@@ -448,7 +448,10 @@ describe('metrics', () => {
     assert.ok(v('pfgate_bytes_total', { direction: 'client_to_pod' }) >= 3 * 1024 * 1024)
     assert.ok(v('pfgate_bytes_total', { direction: 'pod_to_client' }) >= 3 * 1024 * 1024)
     const opened = v('pfgate_streams_opened_total', { protocol: 'native-h2' })
-    assert.ok(opened >= 10)
+    // At least: the CLI's echo, the raw HTTP stream, six while the collector was down and
+    // one after the disk had room again; the disk-full test opens a few more, as many as
+    // the trail's last page holds records (longer records, fewer streams).
+    assert.ok(opened >= 9)
     assert.equal(v('pfgate_stream_open_seconds_count', { protocol: 'native-h2' }), opened)
     assert.ok(v('pfgate_streams_rejected_total', { reason: 'unauthenticated', status: '401' }) >= 2)
     assert.ok(v('pfgate_streams_rejected_total', { reason: 'forbidden', status: '403' }) >= 1)

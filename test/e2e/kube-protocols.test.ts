@@ -111,14 +111,19 @@ describe('discovery and the pod object', () => {
       Accept: 'application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList',
     })
     assert.match(beta.headers['content-type'] ?? '', /v=v2beta1/)
-    assert.deepEqual((JSON.parse(beta.body) as { items: unknown[] }).items, [])
+    assert.deepEqual(
+      (JSON.parse(beta.body) as { items: { metadata: { name: string } }[] }).items.map(
+        (g) => g.metadata.name,
+      ),
+      ['apps'],
+    )
     const legacy = await req('GET', '/api', { ...auth, Accept: 'application/json, */*' })
     assert.equal((JSON.parse(legacy.body) as { kind: string }).kind, 'APIVersions')
     const v1 = await req('GET', '/api/v1', auth)
     const res = JSON.parse(v1.body) as { resources: { name: string; verbs: string[] }[] }
     assert.deepEqual(
       res.resources.map((r) => r.name),
-      ['pods', 'pods/portforward'],
+      ['pods', 'pods/portforward', 'services'],
     )
   })
 
@@ -147,7 +152,8 @@ describe('discovery and the pod object', () => {
     const auth = { Authorization: `Bearer ${cluster.token}` }
     const cases: [string, string, number, string][] = [
       ['GET', '/api/v1/namespaces/default/services/x', 404, 'NotFound'],
-      ['GET', '/apis/apps/v1', 404, 'NotFound'],
+      ['GET', '/apis/batch/v1', 404, 'NotFound'],
+      ['GET', '/apis/apps/v1/namespaces/default/daemonsets/x', 404, 'NotFound'],
       ['DELETE', '/api/v1/namespaces/default/pods/echo', 405, 'MethodNotAllowed'],
       ['POST', PF, 400, 'BadRequest'],
       ['GET', '/api/v1/nodes/node-a/proxy/portForward/default/echo', 400, 'BadRequest'],

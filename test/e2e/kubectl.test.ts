@@ -303,6 +303,8 @@ describe('kubectl get pods: the pods the user may forward to', () => {
         [
           'default/dns 1/1 Running',
           'default/echo 1/1 Running',
+          'default/hello-6c7d9-q8x2m 1/1 Running',
+          'default/hello-6c7d9-z4k7p 1/1 Running',
           'default/pending 0/1 Pending',
           'default/web 1/1 Running',
           'limited/echo 1/1 Running',
@@ -321,7 +323,7 @@ describe('kubectl get pods: the pods the user may forward to', () => {
       const list = JSON.parse(json.stdout) as { items: { metadata: { name: string } }[] }
       assert.deepEqual(
         list.items.map((i) => i.metadata.name),
-        ['dns', 'echo', 'pending', 'web'],
+        ['dns', 'echo', 'hello-6c7d9-q8x2m', 'hello-6c7d9-z4k7p', 'pending', 'web'],
       )
       const hidden = await get('pods', '-n', 'restricted')
       assert.equal(hidden.code, 0, hidden.stderr)

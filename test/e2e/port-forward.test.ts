@@ -183,7 +183,7 @@ describe('errors', () => {
     for (const args of [
       ['echo', '0'],
       ['echo', '65536'],
-      ['echo', 'abc'],
+      ['echo', 'ABC'],
       ['echo', '1:2:3'],
       ['echo', '-1'],
       ['echo'],

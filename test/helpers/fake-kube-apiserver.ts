@@ -9,6 +9,12 @@
  * after compaction (as an HTTP status or as an ERROR event), server-side watch
  * timeouts and abrupt connection drops.
  *
+ * It also answers `TokenReview` (`authentication.k8s.io/v1`) and `SubjectAccessReview`
+ * (`authorization.k8s.io/v1`) creations as kube-apiserver does: `POST` of the object, `201
+ * Created` with the object echoed back plus its `status` (`metadata.creationTimestamp:
+ * null`), 400 for a body that is not one, 403 when the caller may not create them; and it
+ * can fail them (500 `InternalError`) or never answer them (a hung API server).
+ *
  * Watch bytes are cut at arbitrary offsets and written with event-loop turns in
  * between, so events (and multi-byte UTF-8 characters) span chunks and several
  * events share one, as on a real connection.
@@ -163,6 +169,32 @@ export interface FakeNode {
 }
 
 type Kind = 'pods' | 'nodes'
+
+/** A user as TokenReview reports it. */
+export interface FakeReviewedUser {
+  username: string
+  uid?: string
+  groups?: string[]
+  extra?: Record<string, string[]>
+  /** The audiences the token is for (default: the API server's, `https://kubernetes.default.svc`). */
+  audiences?: string[]
+}
+
+/** One RBAC grant the fake's SubjectAccessReview honours. */
+export interface FakeAccessRule {
+  users?: string[]
+  groups?: string[]
+  verb: string
+  resource: string
+  subresource?: string
+  /** Any namespace when absent. */
+  namespace?: string
+  /** Any name when absent. */
+  names?: string[]
+}
+
+/** How reviews currently fail: not at all, with a 500, or by never answering. */
+export type FakeReviewFailure = 'none' | 'error' | 'hang'
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- API JSON the fake builds and reads back
 type Obj = Record<string, any>
 
@@ -260,7 +292,15 @@ export class FakeKubeApiServer {
   /** Server-side cap on a watch's duration, ms (as kube-apiserver's --min-request-timeout). */
   maxWatchMs = 60_000
   /** Resources answered 403. */
-  readonly forbidden = new Set<Kind>()
+  readonly forbidden = new Set<Kind | 'tokenreviews' | 'subjectaccessreviews'>()
+  /** Tokens TokenReview accepts, and whom they name. */
+  readonly reviewedTokens = new Map<string, FakeReviewedUser>()
+  /** The grants SubjectAccessReview evaluates (default deny). */
+  accessRules: FakeAccessRule[] = []
+  /** Every TokenReview and SubjectAccessReview body received. */
+  readonly reviews: { kind: string; spec: Obj }[] = []
+  /** Make reviews fail. */
+  reviewFailure: FakeReviewFailure = 'none'
 
   #tokens: Set<string>
   readonly #certUsers: Set<string>
@@ -604,6 +644,13 @@ export class FakeKubeApiServer {
       reply(401, status(401, 'Unauthorized', 'Unauthorized'))
       return
     }
+    if (
+      url.pathname === '/apis/authentication.k8s.io/v1/tokenreviews' ||
+      url.pathname === '/apis/authorization.k8s.io/v1/subjectaccessreviews'
+    ) {
+      this.#review(req, url.pathname, record, reply)
+      return
+    }
     if (req.method !== 'GET') {
       reply(405, status(405, 'MethodNotAllowed', 'the server does not allow this method'))
       return
@@ -637,6 +684,121 @@ export class FakeKubeApiServer {
       return
     }
     void this.#list(url, kind, namespace, selector, reply)
+  }
+
+  #review(
+    req: IncomingMessage,
+    path: string,
+    record: FakeRequestRecord,
+    reply: (code: number, body: Obj) => void,
+  ): void {
+    const token = path.includes('tokenreviews')
+    const resource = token ? 'tokenreviews' : 'subjectaccessreviews'
+    const group = token ? 'authentication.k8s.io' : 'authorization.k8s.io'
+    const kind = token ? 'TokenReview' : 'SubjectAccessReview'
+    if (req.method !== 'POST') {
+      reply(405, status(405, 'MethodNotAllowed', 'the server does not allow this method'))
+      return
+    }
+    const chunks: Buffer[] = []
+    let size = 0
+    req.on('data', (c: Buffer) => {
+      size += c.length
+      if (size <= 3 * 1024 * 1024) chunks.push(c)
+    })
+    req.on('end', () => {
+      if (this.forbidden.has(resource)) {
+        reply(
+          403,
+          status(
+            403,
+            'Forbidden',
+            `${resource}.${group} is forbidden: User "system:serviceaccount:pfgate:pfgate-gateway" cannot create resource "${resource}" in API group "${group}" at the cluster scope`,
+          ),
+        )
+        return
+      }
+      let body: Obj
+      try {
+        body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as Obj
+      } catch {
+        reply(400, status(400, 'BadRequest', 'the body is not JSON'))
+        return
+      }
+      if (
+        body.kind !== kind ||
+        body.apiVersion !== `${group}/v1` ||
+        typeof body.spec !== 'object'
+      ) {
+        reply(400, status(400, 'BadRequest', `the body is not a ${group}/v1 ${kind}`))
+        return
+      }
+      this.reviews.push({ kind, spec: body.spec as Obj })
+      if (this.reviewFailure === 'hang') {
+        record.status = -1 // never answered
+        return
+      }
+      if (this.reviewFailure === 'error') {
+        reply(
+          500,
+          status(500, 'InternalError', 'Internal error occurred: etcdserver: request timed out'),
+        )
+        return
+      }
+      const spec = body.spec as Obj
+      const answer: Obj = {
+        kind,
+        apiVersion: `${group}/v1`,
+        metadata: { creationTimestamp: null },
+        spec,
+        status: token ? this.#tokenStatus(spec) : this.#accessStatus(spec),
+      }
+      reply(201, answer)
+    })
+  }
+
+  #tokenStatus(spec: Obj): Obj {
+    const user = typeof spec.token === 'string' ? this.reviewedTokens.get(spec.token) : undefined
+    const tokenAudiences = user?.audiences ?? ['https://kubernetes.default.svc']
+    const asked = Array.isArray(spec.audiences) ? (spec.audiences as string[]) : undefined
+    const audiences =
+      asked !== undefined ? asked.filter((a) => tokenAudiences.includes(a)) : tokenAudiences
+    if (user === undefined) return { user: {}, error: 'invalid bearer token' }
+    if (asked !== undefined && audiences.length === 0) {
+      return { user: {}, error: 'token audiences are invalid for the target audiences' }
+    }
+    return {
+      authenticated: true,
+      user: {
+        username: user.username,
+        ...(user.uid !== undefined ? { uid: user.uid } : {}),
+        groups: [...(user.groups ?? []), 'system:authenticated'],
+        ...(user.extra !== undefined ? { extra: user.extra } : {}),
+      },
+      audiences,
+    }
+  }
+
+  #accessStatus(spec: Obj): Obj {
+    const ra = (spec.resourceAttributes ?? {}) as Obj
+    const groups = Array.isArray(spec.groups) ? (spec.groups as string[]) : []
+    const rule = this.accessRules.find(
+      (r) =>
+        ((r.users ?? []).includes(spec.user as string) ||
+          (r.groups ?? []).some((g) => groups.includes(g))) &&
+        r.verb === ra.verb &&
+        r.resource === ra.resource &&
+        (r.subresource ?? '') === (ra.subresource ?? '') &&
+        (r.namespace === undefined || r.namespace === ra.namespace) &&
+        (r.names === undefined || r.names.includes(ra.name as string)),
+    )
+    if (rule !== undefined) {
+      return {
+        allowed: true,
+        reason: `RBAC: allowed by RoleBinding "fake" of Role "fake" to User "${String(spec.user)}"`,
+      }
+    }
+    return { allowed: false }
   }
 
   async #list(

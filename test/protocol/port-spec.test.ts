@@ -34,7 +34,6 @@ const bad = [
   '53:/udp',
   '0',
   '65536',
-  'abc',
   '1:2:3',
   '-1',
   '',
@@ -46,11 +45,11 @@ const bad = [
   '-1:80',
   '05000',
   '8080:HTTP',
-  'http',
+  'HTTP',
   ' 80',
   '80 ',
-  '1e3',
-  '0x50',
+  '1e3:',
+  '0x50:',
 ]
 for (const raw of bad) {
   test(`port spec ${JSON.stringify(raw)} is rejected with PFG_ERR_CLI_USAGE`, () => {
@@ -63,6 +62,19 @@ for (const raw of bad) {
     )
   })
 }
+
+test('a bare port name takes its local port from what the name resolves to', () => {
+  // As kubectl: `abc`, `1e3`, `0x50` are port names (a letter, IANA syntax), not numbers.
+  for (const raw of ['abc', '1e3', '0x50'])
+    assert.equal(parsePortSpec(raw).localFromRemote, true, raw)
+  assert.deepEqual(parsePortSpec('http'), {
+    local: 0,
+    remote: 'http',
+    raw: 'http',
+    protocol: 'tcp',
+    localFromRemote: true,
+  })
+})
 
 test('at least one port is required', () => {
   assert.throws(() => parsePortSpecs([]), { code: 'PFG_ERR_CLI_USAGE' })

@@ -163,3 +163,27 @@ test('abort() ends both sides and reports the local reason', async () => {
     assert.ok(relay.done)
   })
 })
+
+test('a side that was already destroyed before the relay started still ends the relay', async () => {
+  // The pod's reset can reach a hop before its relay is wired (the gateway writes its
+  // open record in between): the relay must still end, and reset the other side.
+  await withServer(async (server) => {
+    const [client, a] = await pair(server)
+    const [b, pod] = await pair(server)
+    pod.resume()
+    b.destroy()
+    await new Promise((r) => setImmediate(r))
+    assert.ok(b.destroyed)
+    const ended = new Promise<void>((resolve) => {
+      client.once('close', () => resolve())
+      client.once('error', () => undefined)
+    })
+    client.resume()
+    const outcome = await new Promise<RelayOutcome>((resolve) => {
+      new DuplexRelay(socketEndpoint(a), socketEndpoint(b), { onDone: resolve })
+    })
+    assert.equal(outcome.failure?.side, 'b')
+    await ended
+    pod.destroy()
+  })
+})

@@ -15,6 +15,8 @@ import { GatewayHttpError } from '../gateway-client.js'
 import type { GatewayClient } from '../gateway-client.js'
 import type { PodStream, StreamDialer } from './serve.js'
 import { fetchPod } from './target.js'
+import { nativeTargetPath } from '../../protocol/targets.js'
+import type { TargetRef } from '../../protocol/targets.js'
 
 class GatewayPodStream implements PodStream {
   readonly endpoint: RelayEndpoint
@@ -39,55 +41,51 @@ class GatewayPodStream implements PodStream {
 export class GatewayDialer implements StreamDialer {
   readonly #client: GatewayClient
   readonly #namespace: string
-  readonly #pod: string
+  readonly #target: TargetRef
   #nodeName: string
 
-  constructor(client: GatewayClient, namespace: string, pod: string, nodeName: string) {
+  /** `nodeName`: a pod's node (the seed path); unused for a service or workload. */
+  constructor(client: GatewayClient, namespace: string, target: TargetRef, nodeName: string) {
     this.#client = client
     this.#namespace = namespace
-    this.#pod = pod
+    this.#target = target
     this.#nodeName = nodeName
   }
 
-  dial(remotePort: number): Promise<PodStream> {
-    return this.#open(remotePort, true)
+  async dial(remotePort: number | string): Promise<PodStream> {
+    return new GatewayPodStream(await this.#open(remotePort, {}, true))
   }
 
   /** Opens one UDP flow's stream (docs/protocol.md, "UDP flows"); retried once when the pod moved. */
-  async openUdpFlow(remotePort: number, retry = true): Promise<ClientHttp2Stream> {
-    try {
-      return await this.#client.openStream(
-        nativePortForwardPath(this.#nodeName, this.#namespace, this.#pod),
-        { [PORT_HEADER]: String(remotePort), [PROTOCOL_HEADER]: UDP_PROTOCOL },
-      )
-    } catch (e) {
-      if (e instanceof GatewayHttpError && e.errorCode === 'PFG_ERR_ROUTE_WRONG_NODE' && retry) {
-        const fresh = await fetchPod(this.#client, this.#namespace, this.#pod).catch(
-          () => undefined,
-        )
-        if (fresh !== undefined) {
-          this.#nodeName = fresh.spec?.nodeName ?? this.#nodeName
-          return this.openUdpFlow(remotePort, false)
-        }
-      }
-      throw e
-    }
+  openUdpFlow(remotePort: number | string): Promise<ClientHttp2Stream> {
+    return this.#open(remotePort, { [PROTOCOL_HEADER]: UDP_PROTOCOL }, true)
   }
 
-  async #open(remotePort: number, retry: boolean): Promise<PodStream> {
+  async #open(
+    remotePort: number | string,
+    extra: Record<string, string>,
+    retry: boolean,
+  ): Promise<ClientHttp2Stream> {
+    const t = this.#target
     try {
-      const stream = await this.#client.openStream(
-        nativePortForwardPath(this.#nodeName, this.#namespace, this.#pod),
-        { [PORT_HEADER]: String(remotePort) },
+      return await this.#client.openStream(
+        t.kind === 'pod'
+          ? nativePortForwardPath(this.#nodeName, this.#namespace, t.name)
+          : nativeTargetPath(this.#namespace, t.kind, t.name),
+        { [PORT_HEADER]: String(remotePort), ...extra },
       )
-      return new GatewayPodStream(stream)
     } catch (e) {
-      if (e instanceof GatewayHttpError && e.errorCode === 'PFG_ERR_ROUTE_WRONG_NODE' && retry) {
+      if (
+        e instanceof GatewayHttpError &&
+        e.errorCode === 'PFG_ERR_ROUTE_WRONG_NODE' &&
+        retry &&
+        t.kind === 'pod'
+      ) {
         // The pod moved: learn its new node and try once more.
         try {
-          const fresh = await fetchPod(this.#client, this.#namespace, this.#pod)
+          const fresh = await fetchPod(this.#client, this.#namespace, t.name)
           this.#nodeName = fresh.spec?.nodeName ?? this.#nodeName
-          return await this.#open(remotePort, false)
+          return await this.#open(remotePort, extra, false)
         } catch {
           // fall through to the first error
         }

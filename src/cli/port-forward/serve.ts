@@ -26,7 +26,7 @@ export interface PodStream {
 /** Opens streams to the pod. */
 export interface StreamDialer {
   /** Opens a stream to the pod's `remotePort`; rejects with an error whose message is for the user. */
-  dial(remotePort: number): Promise<PodStream>
+  dial(remotePort: number | string): Promise<PodStream>
 }
 
 /** Options for {@link serve}. */

@@ -9,6 +9,8 @@ import type { PortSpec } from '../../protocol/port-spec.js'
 import { appError, describeError } from '../../shared/errors.js'
 import type { GatewayClient } from '../gateway-client.js'
 import { GatewayHttpError } from '../gateway-client.js'
+import { TARGET_RESOURCES } from '../../protocol/targets.js'
+import type { TargetRef } from '../../protocol/targets.js'
 
 /** The parts of a Pod the CLI reads. */
 export interface PodDoc {
@@ -77,17 +79,23 @@ export async function resolvePodTarget(
   namespace: string,
   name: string,
   specs: PortSpec[],
+  podRunningTimeoutMs = 60_000,
 ): Promise<{ nodeName: string; remotePorts: number[] }> {
   let pod: PodDoc
   try {
     pod = await fetchPod(client, namespace, name)
   } catch (e) {
-    if (e instanceof GatewayHttpError) {
-      if (e.status === 401)
-        throw new TargetError('error: You must be logged in to the server (Unauthorized)')
-      throw new TargetError(`Error from server (${e.kubeStatus?.reason ?? e.status}): ${e.message}`)
+    throw fromServer(e)
+  }
+  // --pod-running-timeout: a Pending pod is waited for (kubectl's default: 1 minute).
+  const waitUntil = Date.now() + podRunningTimeoutMs
+  while (pod.status?.phase === 'Pending' && Date.now() < waitUntil) {
+    await new Promise((r) => setTimeout(r, Math.min(500, Math.max(0, waitUntil - Date.now()))))
+    try {
+      pod = await fetchPod(client, namespace, name)
+    } catch (e) {
+      throw fromServer(e)
     }
-    throw new TargetError(`error: ${describeError(e)}`)
   }
   if (pod.status?.phase !== undefined && pod.status.phase !== 'Running') {
     throw new TargetError(
@@ -99,6 +107,74 @@ export async function resolvePodTarget(
       nodeName: pod.spec?.nodeName ?? '',
       remotePorts: specs.map((s) => resolveRemotePort(s, pod, name)),
     }
+  } catch (e) {
+    throw new TargetError(`error: ${(e as Error).message}`)
+  }
+}
+
+/** A refusal from the gateway, as kubectl words it (the gateway's `(ref …)` included). */
+function fromServer(e: unknown): TargetError {
+  if (e instanceof GatewayHttpError) {
+    // The message carries the gateway's ref (`Unauthorized (ref …)`), as kubectl shows it.
+    if (e.status === 401)
+      return new TargetError(`error: You must be logged in to the server (${e.message})`)
+    return new TargetError(`Error from server (${e.kubeStatus?.reason ?? e.status}): ${e.message}`)
+  }
+  return new TargetError(`error: ${describeError(e)}`)
+}
+
+/** A Service or apps/v1 workload as the gateway serves it (what the CLI reads of it). */
+interface TargetDoc {
+  spec?: { ports?: { name?: string; port: number }[] }
+}
+
+/** The API path of a service or workload object. */
+function targetObjectPath(namespace: string, ref: TargetRef): string {
+  const ns = encodeURIComponent(namespace)
+  const name = encodeURIComponent(ref.name)
+  return ref.kind === 'service'
+    ? `/api/v1/namespaces/${ns}/services/${name}`
+    : `/apis/apps/v1/namespaces/${ns}/${TARGET_RESOURCES[ref.kind]}/${name}`
+}
+
+/**
+ * The remote port to ask the gateway for: for a service, one of its ports (by number or
+ * name, kubectl's error otherwise; the gateway maps it to each picked pod's target port);
+ * for a workload, the container port as given (a name is resolved on each picked pod).
+ */
+export function targetRemotePort(spec: PortSpec, doc: TargetDoc, ref: TargetRef): number | string {
+  if (ref.kind !== 'service') return spec.remote
+  const ports = doc.spec?.ports ?? []
+  const sp = ports.find((p) => (typeof spec.remote === 'number' ? p.port : p.name) === spec.remote)
+  if (sp === undefined) {
+    throw appError(
+      'PFG_ERR_CLI_USAGE',
+      typeof spec.remote === 'number'
+        ? `Service ${ref.name} does not have a service port ${spec.remote}`
+        : `Service ${ref.name} does not have a named port '${spec.remote}'`,
+    )
+  }
+  return sp.port
+}
+
+/**
+ * A service or workload: its object is read (it exists, the user may use it, a service's
+ * ports); the pod is picked by the gateway for every connection.
+ */
+export async function resolveNamedTarget(
+  client: GatewayClient,
+  namespace: string,
+  ref: TargetRef,
+  specs: PortSpec[],
+): Promise<{ remotePorts: (number | string)[] }> {
+  let doc: TargetDoc
+  try {
+    doc = await client.getJson<TargetDoc>(targetObjectPath(namespace, ref))
+  } catch (e) {
+    throw fromServer(e)
+  }
+  try {
+    return { remotePorts: specs.map((s) => targetRemotePort(s, doc, ref)) }
   } catch (e) {
     throw new TargetError(`error: ${(e as Error).message}`)
   }

@@ -7,7 +7,7 @@
 import { randomUUID } from 'node:crypto'
 import { AUDIT_SCHEMA } from '../../protocol/audit-record.js'
 import type { AuditRecord, AuditType } from '../../protocol/audit-record.js'
-import { sanitizeRecord } from './sanitize.js'
+import { STREAM_IDENTITY_KEYS, sanitizeRecord } from './sanitize.js'
 
 /** The fields a caller provides; `schema`, `id`, `time` and `type` are filled in. */
 export type AuditFields = Omit<AuditRecord, 'schema' | 'id' | 'time' | 'type'>
@@ -59,21 +59,7 @@ export function encodeRecordLines(records: readonly AuditRecord[]): Buffer {
 /** The fields of an open record that identify the stream (copied into its close). */
 export function pickIdentity(r: AuditRecord): Partial<AuditRecord> {
   const out: Partial<AuditRecord> = {}
-  const keys = [
-    'gateway',
-    'user',
-    'groups',
-    'sourceAddress',
-    'protocol',
-    'userAgent',
-    'sessionId',
-    'streamId',
-    'node',
-    'namespace',
-    'pod',
-    'podUid',
-    'port',
-  ] as const
-  for (const k of keys) if (r[k] !== undefined) (out as Record<string, unknown>)[k] = r[k]
+  for (const k of STREAM_IDENTITY_KEYS)
+    if (r[k] !== undefined) (out as Record<string, unknown>)[k] = r[k]
   return out
 }

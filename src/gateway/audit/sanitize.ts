@@ -118,15 +118,12 @@ function toCaseless(source: string): string {
   return `(?:${out})`
 }
 
-/** The record's own field names (never secret names: the key test is skipped for them). */
-const KNOWN_KEYS: ReadonlySet<string> = new Set([
-  'schema',
-  'id',
-  'time',
-  'type',
+/** The fields of a record that identify its stream (record.ts copies them from open to close). */
+export const STREAM_IDENTITY_KEYS = [
   'gateway',
   'user',
   'groups',
+  'authSource',
   'sourceAddress',
   'protocol',
   'userAgent',
@@ -137,6 +134,15 @@ const KNOWN_KEYS: ReadonlySet<string> = new Set([
   'pod',
   'podUid',
   'port',
+] as const satisfies readonly (keyof AuditRecord)[]
+
+/** The record's own field names (never secret names: the key test is skipped for them). */
+const KNOWN_KEYS: ReadonlySet<string> = new Set([
+  'schema',
+  'id',
+  'time',
+  'type',
+  ...STREAM_IDENTITY_KEYS,
   'transport',
   'datagramsClientToPod',
   'datagramsPodToClient',

@@ -34,7 +34,7 @@ export interface ConsoleStreamView {
   pod: string
   node: string
   port: number
-  /** The Service the client named, when it forwarded to one. */
+  /** The service or workload the client named, when it forwarded to one (`svc/echo:80`, `deploy/web:http`). */
   service?: string
   /** `udp` for a UDP flow (TCP when absent). */
   transport?: string

@@ -71,6 +71,7 @@ export function gatewayConsoleBackend(parts: GatewayBackendParts): ConsoleBacken
           node: v.node,
           port: v.port,
           ...(s.transport !== undefined ? { transport: s.transport } : {}),
+          ...(v.target !== undefined ? { service: v.target } : {}),
           openedAt: v.openedAt,
           bytesClientToPod: v.bytesClientToPod,
           bytesPodToClient: v.bytesPodToClient,

@@ -11,8 +11,10 @@
  * @module
  */
 import type { ServerHttp2Stream } from 'node:http2'
+import type { PeerCertificate } from 'node:tls'
 import type { RelayEndpoint } from '../../shared/duplex-relay.js'
 import type { AppError } from '../../shared/errors.js'
+import { verifiedClientCertificate } from '../auth/authenticator.js'
 import type { ForwardRequest, ForwardService, OpenedForward } from '../forward/service.js'
 import type { ClientSession } from '../forward/stream-table.js'
 
@@ -22,6 +24,15 @@ export interface EdgeConnection {
   drain(): void
   /** Ends everything now. */
   destroy(): void
+}
+
+/**
+ * The connection's verified client certificate (x509 identity source), as a spread for
+ * the session's info.
+ */
+export function certificateOf(socket: unknown): { clientCertificate?: PeerCertificate } {
+  const clientCertificate = verifiedClientCertificate(socket)
+  return clientCertificate !== undefined ? { clientCertificate } : {}
 }
 
 /** What the client is told when it left between asking and the stream's 200. */

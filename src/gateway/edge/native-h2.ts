@@ -17,6 +17,7 @@ import { constants as h2c } from 'node:http2'
 import { PORT_HEADER, STREAM_ID_HEADER } from '../../protocol/constants.js'
 import { PROTOCOL_HEADER, UDP_PROTOCOL } from '../../protocol/udp-frames.js'
 import { parsePortHeader } from '../../protocol/names.js'
+import { isPortName, kindOfResource } from '../../protocol/targets.js'
 import { RST } from '../../protocol/reset-codes.js'
 import { appError, describeError, isAppError } from '../../shared/errors.js'
 import type { AppError } from '../../shared/errors.js'
@@ -24,15 +25,21 @@ import type { Logger } from '../../shared/log.js'
 import { respondStatus } from '../../shared/h2-util.js'
 import { h2Endpoint } from '../../shared/relay-endpoints.js'
 import { relayed } from '../connections.js'
-import { forwardStream } from './contract.js'
+import { certificateOf, forwardStream } from './contract.js'
+import type { EdgeConnection } from './contract.js'
 import type { ConnectionGuard } from '../connections.js'
 import { formatAddress } from '../forward/forwarder.js'
 import { impersonationOf } from '../impersonation.js'
 import type { ForwardService } from '../forward/service.js'
 import type { ClientSession } from '../forward/stream-table.js'
 
-/** `/proxy/nodes/{node}/portForward/{ns}/{pod}` (no query, no trailing parts). */
-export const NATIVE_PATH = /^\/proxy\/nodes\/([^/?#]+)\/portForward\/([^/?#]+)\/([^/?#]+)$/
+/**
+ * `/proxy/nodes/{node}/portForward/{ns}/{pod}` (groups 1-3), or
+ * `/proxy/namespaces/{ns}/{resource}/{name}/portForward` (groups 4-6: a pod, service or
+ * workload the gateway resolves per stream; docs/protocol.md). No query, no trailing parts.
+ */
+export const NATIVE_PATH =
+  /^\/proxy\/(?:nodes\/([^/?#]+)\/portForward\/([^/?#]+)\/([^/?#]+)|namespaces\/([^/?#]+)\/(pods|services|deployments|replicasets|statefulsets)\/([^/?#]+)\/portForward)$/
 
 const kSession = Symbol('pfgate.gateway.clientSession')
 type TaggedSession = ServerHttp2Session & { [kSession]?: ClientSession }
@@ -51,16 +58,37 @@ function ignoreError(): void {}
 /** The agent stream's RST codes a native client gets as they are. */
 const PASS_TO_CLIENT = [RST.CONNECT_ERROR]
 
-/** Handles native streams for one gateway. */
-export class NativeH2Adapter {
+/**
+ * Handles native streams for one gateway. As an {@link EdgeConnection} it is the HTTP/2
+ * sessions its streams arrive on (`sessions`: the server's client sessions,
+ * http/client-sessions.ts): drain sends them GOAWAY, destroy ends them.
+ */
+export class NativeH2Adapter implements EdgeConnection {
   readonly #forwarder: ForwardService
   readonly #logger: Logger
   readonly #connections: ConnectionGuard | undefined
+  readonly #sessions: EdgeConnection | undefined
 
-  constructor(forwarder: ForwardService, logger: Logger, connections?: ConnectionGuard) {
+  constructor(
+    forwarder: ForwardService,
+    logger: Logger,
+    connections?: ConnectionGuard,
+    sessions?: EdgeConnection,
+  ) {
     this.#forwarder = forwarder
     this.#logger = logger
     this.#connections = connections
+    this.#sessions = sessions
+  }
+
+  /** Shutdown, step 1: GOAWAY to every client session; open streams go on. */
+  drain(): void {
+    this.#sessions?.drain()
+  }
+
+  /** Shutdown, step 2 (the drain deadline): ends every client session. */
+  destroy(): void {
+    this.#sessions?.destroy()
   }
 
   /** The ClientSession of an HTTP/2 session, created on its first native stream. */
@@ -73,6 +101,7 @@ export class NativeH2Adapter {
         protocol: 'native-h2',
         sourceAddress: formatAddress(socket.remoteAddress, socket.remotePort),
         ...(ua !== undefined ? { userAgent: ua } : {}),
+        ...certificateOf(socket),
         terminate: () => {
           if (!h2.destroyed) h2.destroy(undefined, h2c.NGHTTP2_CANCEL)
         },
@@ -106,18 +135,25 @@ export class NativeH2Adapter {
     // Reported through the relay or the forwarder; a stream error never crashes the gateway.
     // Module-level, so the listener does not keep this call's scope (headers...) alive.
     stream.on('error', ignoreError)
-    const node = decode(m[1] as string)
-    const namespace = decode(m[2] as string)
-    const pod = decode(m[3] as string)
+    const byName = m[4] !== undefined
+    const node = byName ? undefined : decode(m[1] as string)
+    const namespace = decode((byName ? m[4] : m[2]) as string)
+    const kind = byName ? kindOfResource(m[5] as string) : 'pod'
+    const name = decode((byName ? m[6] : m[3]) as string)
     let port: number | AppError
+    let portName: string | undefined
     try {
       port = parsePortHeader(headers[PORT_HEADER])
     } catch (err) {
       port = err as AppError
+      // A service or workload (and a pod by name) may name its port (`http`).
+      const h = headers[PORT_HEADER]
+      if (byName && kind !== 'pod' && typeof h === 'string' && isPortName(h)) portName = h
     }
-    if (typeof node !== 'string' || typeof namespace !== 'string' || typeof pod !== 'string') {
+    if (typeof namespace !== 'string' || typeof name !== 'string' || isAppError(node)) {
       // Malformed escapes: reject as a bad name, still only after authentication.
-      port = [node, namespace, pod].find((x): x is AppError => typeof x !== 'string') as AppError
+      port = [node, namespace, name].find((x): x is AppError => isAppError(x)) as AppError
+      portName = undefined
     }
     const marker = headers[PROTOCOL_HEADER]
     const udp = marker === UDP_PROTOCOL
@@ -138,9 +174,12 @@ export class NativeH2Adapter {
         session,
         authorization: headers.authorization,
         namespace: typeof namespace === 'string' ? namespace : '',
-        pod: typeof pod === 'string' ? pod : '',
-        node: typeof node === 'string' ? node : '',
-        port,
+        pod: typeof name === 'string' && kind === 'pod' ? name : '',
+        ...(typeof node === 'string' ? { node } : {}),
+        port: portName !== undefined ? 0 : port,
+        ...(kind !== undefined && kind !== 'pod' && typeof name === 'string'
+          ? { target: { kind, name, port: portName ?? port } }
+          : {}),
         ...(udp ? { transport: 'udp' as const } : {}),
         ...(ua !== undefined ? { userAgent: ua } : {}),
         ...(headerBytes !== undefined ? { headerBytes } : {}),

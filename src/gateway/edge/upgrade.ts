@@ -58,6 +58,7 @@ import type { Logger } from '../../shared/log.js'
 import { formatAddress } from '../forward/forwarder.js'
 import { impersonationOf } from '../impersonation.js'
 import type { ForwardService } from '../forward/service.js'
+import { certificateOf } from './contract.js'
 import type { EdgeConnection } from './contract.js'
 import { serveSpdyPortForward } from './spdy-adapter.js'
 import type { UpgradeTarget } from './spdy-adapter.js'
@@ -77,8 +78,15 @@ const NATIVE_UPGRADE_PATH = /^\/proxy\/nodes\/([^/]+)\/portForward\/([^/]+)\/([^
  */
 export const BEARER_SUBPROTOCOL_PREFIX = 'base64url.bearer.authorization.k8s.io.'
 
-/** Largest WebSocket message accepted (kubectl sends ≤ 32 KiB, client-node ≤ 64 KiB). */
-export const MAX_WS_MESSAGE = 4 * 1024 * 1024
+/**
+ * Largest WebSocket message accepted: the kubelet's limit (32 MiB), so that a client
+ * library writing a large buffer in one call is served as the kubelet would serve it
+ * (kubectl sends ≤ 32 KiB, client-node ≤ 64 KiB per write, but its users' writes may be
+ * larger). Only authenticated upgrades get here. Memory: while a message is pushed into a
+ * port's stream the WebSocket is paused, so a connection holds at most the message being
+ * relayed and the one being received (docs/security.md, Limits).
+ */
+export const MAX_WS_MESSAGE = 32 * 1024 * 1024
 
 /** How long a refused upgrade's connection may linger after the answer. */
 const REJECT_LINGER_MS = 5000
@@ -329,6 +337,7 @@ export class UpgradeHandler implements EdgeConnection {
       protocol: choice.protocol satisfies ClientProtocol,
       sourceAddress: formatAddress(tcp.remoteAddress, tcp.remotePort),
       ...(userAgent !== undefined ? { userAgent } : {}),
+      ...certificateOf(tcp),
       terminate: () => (served !== undefined ? served.destroy() : socket.destroy()),
     })
 

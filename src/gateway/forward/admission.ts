@@ -2,26 +2,33 @@
  * Admission: the ordered checks a forwarded stream and an upgrade share (docs/protocol.md):
  * header size (431) → draining (503) → authenticate (401) → impersonation (403) →
  * port/names (400; the adapter's parse errors are raised only after authentication, so
- * an anonymous client learns nothing) → authorize (403) → registry ready (503) → pod (404)
+ * an anonymous client learns nothing) → authorize (403; 503 when RBAC's API server cannot answer) → registry ready (503) → pod (404)
  * → node named (404) → phase (400) → node's agent known (503). The limits, the agent dial
- * and the open record follow in the forwarder.
+ * and the open record follow in the forwarder. A stream naming a service or workload has
+ * the name authorized and a ready pod picked for it (resolve-pod.ts, `resolveTargetPod`)
+ * where a pod is looked up; the pod's checks follow as for a pod named directly.
  *
  * The result is either the identity, pod and node, or the refusal with what the checks had
  * learnt before it (for its audit record).
  *
  * @module
  */
+import type { PeerCertificate } from 'node:tls'
 import { AppError, appError, internalError } from '../../shared/errors.js'
 import type { Authenticator, Identity } from '../auth/authenticator.js'
 import { impersonationRefused } from '../impersonation.js'
 import type { Impersonation } from '../impersonation.js'
 import type { NodeInfo, PodInfo, PodRegistry } from '../registry/types.js'
-import { resolvePod } from './resolve-pod.js'
-import type { ResolveDeps } from './resolve-pod.js'
+import type { TargetRegistry } from '../registry/resolve-target.js'
+import type { Authorizer } from '../authz/authorizer.js'
+import { resolvePod, resolveTargetPod } from './resolve-pod.js'
+import type { ResolveDeps, TargetDeps } from './resolve-pod.js'
+import type { ForwardTarget } from './service.js'
 
 /** What admission needs. */
-export interface AdmissionDeps extends ResolveDeps {
-  registry: Pick<PodRegistry, 'isReady' | 'getPod' | 'getNode'>
+export interface AdmissionDeps extends ResolveDeps, TargetDeps {
+  registry: Pick<PodRegistry, 'isReady' | 'getPod' | 'getNode'> & TargetRegistry
+  authorizer: Pick<Authorizer, 'mayForward' | 'mayUseTarget' | 'mayBeCandidate'>
   authenticator: Pick<Authenticator, 'authenticate'>
   /** `limits.maxHeaderBytes`. */
   maxHeaderBytes: number
@@ -35,8 +42,13 @@ export interface AdmissionDeps extends ResolveDeps {
 export interface AdmissionRequest {
   /** The Authorization header value as received. */
   authorization: string | string[] | undefined
+  /** The connection's client certificate, when TLS verified one (x509 identity source). */
+  clientCertificate?: PeerCertificate | undefined
   namespace: string
+  /** The pod; empty when `target` names a service or workload instead. */
   pod: string
+  /** A service or workload to resolve to a ready pod instead (its port is in it; `ports` unused). */
+  target?: ForwardTarget | undefined
   /** The node the client named, if any (checked, never trusted). */
   node?: string | undefined
   /**
@@ -59,6 +71,8 @@ export interface Admitted {
   identity: Identity
   pod: PodInfo
   node: NodeInfo
+  /** With a target: the pod's port picked for this stream. */
+  port?: number
 }
 
 /** A refused request, and what the checks had learnt before refusing. */
@@ -67,6 +81,8 @@ export interface NotAdmitted {
   error: AppError
   identity: Identity | undefined
   pod: PodInfo | undefined
+  /** With a target, once a pod was picked: its port. */
+  port?: number
 }
 
 /**
@@ -80,6 +96,7 @@ export async function admission(
 ): Promise<Admitted | NotAdmitted> {
   let identity: Identity | undefined
   let pod: PodInfo | undefined
+  let port: number | undefined
   try {
     if (req.headerBytes !== undefined && req.headerBytes > deps.maxHeaderBytes) {
       deps.onHeaderLimit()
@@ -91,15 +108,30 @@ export async function admission(
     if (deps.draining()) {
       throw appError('PFG_ERR_RELAY_DRAINING', 'the gateway is shutting down; retry shortly')
     }
-    identity = await deps.authenticator.authenticate(req.authorization)
+    identity = await deps.authenticator.authenticate({
+      authorization: req.authorization,
+      ...(req.clientCertificate !== undefined ? { clientCertificate: req.clientCertificate } : {}),
+    })
     authenticated(identity)
     if (req.impersonation !== undefined) throw impersonationRefused(identity, req.impersonation)
-    if (req.ports instanceof AppError) throw req.ports
-    pod = resolvePod(deps, identity, { ...req, ports: req.ports })
+    if (req.target !== undefined) {
+      const picked = await resolveTargetPod(
+        deps,
+        identity,
+        req.namespace,
+        req.target,
+        req.transport,
+      )
+      pod = picked.pod
+      port = picked.port
+    } else {
+      if (req.ports instanceof AppError) throw req.ports
+      pod = await resolvePod(deps, identity, { ...req, ports: req.ports })
+    }
     if (req.node !== undefined && req.node !== pod.nodeName) {
       throw appError(
         'PFG_ERR_ROUTE_WRONG_NODE',
-        `pod ${req.namespace}/${req.pod} is not on node "${req.node}"`,
+        `pod ${pod.namespace}/${pod.name} is not on node "${req.node}"`,
       )
     }
     if (pod.phase !== 'Running') {
@@ -112,11 +144,17 @@ export async function admission(
     if (node === undefined) {
       throw appError(
         'PFG_ERR_ROUTE_NODE_UNKNOWN',
-        `no agent address is known for node "${pod.nodeName}" of pod ${req.namespace}/${req.pod}`,
+        `no agent address is known for node "${pod.nodeName}" of pod ${pod.namespace}/${pod.name}`,
       )
     }
-    return { ok: true, identity, pod, node }
+    return { ok: true, identity, pod, node, ...(port !== undefined ? { port } : {}) }
   } catch (err) {
-    return { ok: false, error: internalError(err), identity, pod }
+    return {
+      ok: false,
+      error: internalError(err),
+      identity,
+      pod,
+      ...(port !== undefined ? { port } : {}),
+    }
   }
 }

@@ -25,6 +25,7 @@ export type RefusalReason =
   | 'unauthenticated'
   | 'forbidden'
   | 'impersonation'
+  | 'auth-unavailable'
   | 'bad-request'
   | 'draining'
   | 'limit:streams-per-connection'
@@ -53,6 +54,7 @@ const REASONS: Partial<Record<AppErrorCode, RefusalReason>> = {
   PFG_ERR_AUTH_INVALID: 'unauthenticated',
   PFG_ERR_AUTH_FORBIDDEN: 'forbidden',
   PFG_ERR_AUTH_IMPERSONATION: 'impersonation',
+  PFG_ERR_AUTH_UNAVAILABLE: 'auth-unavailable',
   PFG_ERR_ROUTE_METHOD_NOT_ALLOWED: 'bad-request',
   PFG_ERR_ROUTE_BAD_NAME: 'bad-request',
   PFG_ERR_ROUTE_BAD_PORT: 'bad-request',
@@ -163,6 +165,7 @@ export class AuditEvents {
     if (identity !== undefined) {
       rec.user = identity.user
       rec.groups = identity.groups
+      if (identity.source !== undefined) rec.authSource = identity.source
     }
     if (session.userAgent !== undefined) rec.userAgent = session.userAgent
     return rec
@@ -179,6 +182,8 @@ export class AuditEvents {
     rec.users = session.users
     const only = session.identities.size === 1 ? [...session.identities][0] : undefined
     if (only !== undefined) {
+      const source = session.authSources.get(only[0])
+      if (source !== undefined) rec.authSource = source
       rec.user = only[0]
       rec.groups = only[1]
     }
@@ -234,6 +239,7 @@ export class AuditEvents {
 
   #stream(type: AuditType, s: StreamFacts): AuditRecord {
     const rec = this.#session(type, s.session, s.identity)
+    if (s.target !== undefined) rec.target = s.target
     rec.node = s.node.name
     rec.namespace = s.pod.namespace
     rec.pod = s.pod.name
@@ -257,7 +263,13 @@ export class AuditEvents {
     )
     const redacted: string[] = []
     rec.namespace = shown(redacted, 'namespace', shownName('namespace', r.namespace))
-    rec.pod = shown(redacted, 'pod', shownName('name', r.pod))
+    if (r.target !== undefined) {
+      // A service or workload: what was asked, and the pod only once one was picked.
+      rec.target = shown(redacted, 'target', shownName('name', r.target))
+      if (r.found !== undefined) rec.pod = r.found.name
+    } else {
+      rec.pod = shown(redacted, 'pod', shownName('name', r.pod))
+    }
     if (r.port > 0) rec.port = r.port
     if (r.transport === 'udp') rec.transport = 'udp'
     if (r.found !== undefined) {
@@ -277,6 +289,7 @@ export class AuditEvents {
     if (info.identity !== undefined) {
       rec.user = info.identity.user
       rec.groups = info.identity.groups
+      if (info.identity.source !== undefined) rec.authSource = info.identity.source
     }
     if (info.userAgent !== undefined) rec.userAgent = info.userAgent
     const redacted: string[] = []
@@ -299,6 +312,8 @@ export interface StreamFacts {
   port: number
   /** `udp` for a UDP flow. */
   transport?: 'udp' | undefined
+  /** What the stream asked for when it named a service or workload (`svc/echo:5000`). */
+  target?: string | undefined
   /** The user agent its close records (the request's, else the session's). */
   userAgent?: string | undefined
   /** The request's own user agent, when it sent one (its open record has it). */
@@ -328,8 +343,10 @@ export interface RefusedStream {
   identity: Identity | undefined
   namespace: string
   pod: string
+  /** `svc/echo:5000`, when the stream named a service or workload (`pod` is then empty). */
+  target?: string | undefined
   node: string | undefined
-  /** 0 when unknown (a bad port, an upgrade naming none). */
+  /** 0 when unknown (a bad port, an upgrade naming none); with a target, the picked pod's once known. */
   port: number
   /** The pod, when it was found before the refusal. */
   found: PodInfo | undefined

@@ -39,6 +39,7 @@ import {
 import { RST } from '../../protocol/reset-codes.js'
 import { PROTOCOL_HEADER, UDP_PROTOCOL } from '../../protocol/udp-frames.js'
 import type { StreamEnd } from '../../protocol/stream-end.js'
+import { describeTarget } from '../../protocol/targets.js'
 import { DuplexRelay } from '../../shared/duplex-relay.js'
 import type { RelayEndpoint, RelayOutcome } from '../../shared/duplex-relay.js'
 import {
@@ -64,7 +65,13 @@ import { admission } from './admission.js'
 import type { AdmissionDeps } from './admission.js'
 import { AuditEvents, reasonFor } from './audit-events.js'
 import type { DeniedRequest, Refusal, StreamFacts } from './audit-events.js'
-import type { AdmitRequest, ForwardRequest, ForwardService, OpenedForward } from './service.js'
+import type {
+  AdmitRequest,
+  ForwardRequest,
+  ForwardService,
+  ForwardTarget,
+  OpenedForward,
+} from './service.js'
 import { StreamTable } from './stream-table.js'
 import type { ClientSession, ClientSessionInfo, StreamSide, Ticker } from './stream-table.js'
 import { LiveStream } from './stream-table.js'
@@ -159,6 +166,12 @@ function flowEndOf(live: LiveStream, o: UdpRelayOutcome): StreamEnd {
       message: `agent stream ended abnormally (RST ${o.upstreamRstCode ?? 'none'})`,
     },
   }
+}
+
+/** `svc/echo:5000` for a target as asked (a port that did not parse shows as `?`). */
+function askedOf(t: ForwardTarget | undefined): string | undefined {
+  if (t === undefined) return undefined
+  return describeTarget(t.kind, t.name, t.port instanceof AppError ? '?' : t.port)
 }
 
 /** The forwarder. One per gateway. */
@@ -299,11 +312,17 @@ export class Forwarder implements ForwardService {
     const port = typeof req.port === 'number' ? req.port : 0
     const checked = await admission(
       this.#admission,
-      { ...req, ports: typeof req.port === 'number' ? [req.port] : req.port },
+      {
+        ...req,
+        clientCertificate: session.clientCertificate,
+        ports: typeof req.port === 'number' ? [req.port] : req.port,
+      },
       (identity) => this.#authenticated(req, identity),
     )
     if (!checked.ok) throw this.#refused(req, checked, port)
     const { identity, pod, node } = checked
+    // A service or workload: the port picked on the pod (a named port was sent as 0).
+    const podPort = checked.port ?? port
     let reserved = false
     let opened: OpenedForward | AppError
     try {
@@ -313,10 +332,10 @@ export class Forwarder implements ForwardService {
       if (this.#d.audit.mode === 'blocking-strict' && !this.#d.audit.healthy()) {
         throw appError('PFG_ERR_AUDIT_UNAVAILABLE', 'audit trail unavailable; refusing new streams')
       }
-      opened = await this.#openToAgent(req, port, identity, pod, node, started)
+      opened = await this.#openToAgent(req, podPort, identity, pod, node, started)
     } catch (err) {
       if (reserved) this.#table.release(session, identity.user, req.transport)
-      throw this.#refused(req, { error: internalError(err), identity, pod }, port)
+      throw this.#refused(req, { error: internalError(err), identity, pod }, podPort)
     }
     if (opened instanceof AppError) {
       // Refused because its open record could not be written: the audit log records it.
@@ -339,8 +358,10 @@ export class Forwarder implements ForwardService {
    * stream is checked again by {@link open} (a token that expires mid-session opens no new stream).
    */
   async admit(req: AdmitRequest): Promise<Identity> {
-    const checked = await admission(this.#admission, { ...req, ports: req.ports }, (identity) =>
-      this.#authenticated(req, identity),
+    const checked = await admission(
+      this.#admission,
+      { ...req, clientCertificate: req.session.clientCertificate, ports: req.ports },
+      (identity) => this.#authenticated(req, identity),
     )
     if (checked.ok) return checked.identity
     const first = req.ports instanceof AppError ? undefined : req.ports?.[0]
@@ -419,6 +440,7 @@ export class Forwarder implements ForwardService {
       node,
       port,
       transport: req.transport,
+      ...(req.target !== undefined ? { target: askedOf(req.target) } : {}),
       userAgent: req.userAgent ?? session.userAgent,
       requestUserAgent: req.userAgent,
     }
@@ -533,6 +555,7 @@ export class Forwarder implements ForwardService {
       this.#now(),
       facts.userAgent,
     )
+    live.asked = facts.target
     live.upstream = upstream
     this.#table.add(live)
     this.#d.metrics.streamsOpened.inc({ protocol: session.protocol })
@@ -630,16 +653,25 @@ export class Forwarder implements ForwardService {
    */
   #refused(
     req: AdmitRequest,
-    checked: { error: AppError; identity: Identity | undefined; pod: PodInfo | undefined },
-    port: number,
+    checked: {
+      error: AppError
+      identity: Identity | undefined
+      pod: PodInfo | undefined
+      port?: number
+    },
+    askedPort: number,
   ): AppError {
     const { error: err, identity } = checked
+    // With a target, the pod's port once one was picked; else the port as asked.
+    const port = checked.port ?? askedPort
+    const target = askedOf(req.target)
     const r = this.#events.refusedStream(
       {
         session: req.session,
         identity,
         namespace: req.namespace,
         pod: req.pod,
+        ...(target !== undefined ? { target } : {}),
         node: req.node,
         port,
         found: checked.pod,
@@ -653,7 +685,11 @@ export class Forwarder implements ForwardService {
       session: req.session.id,
       source: req.session.sourceAddress,
       user: identity?.user,
-      target: `${r.record.namespace}/${r.record.pod}:${port}`,
+      target:
+        r.record.pod !== undefined
+          ? `${r.record.namespace}/${r.record.pod}:${port}`
+          : `${r.record.namespace}/${r.record.target ?? ''}`,
+      ...(r.record.pod !== undefined && target !== undefined ? { asked: target } : {}),
       code: err.code,
       status: err.statusCode,
       ...(r.ref !== undefined ? { ref: r.ref } : {}),

@@ -6,6 +6,7 @@
  * @module
  */
 import type { ClientHttp2Stream, ServerHttp2Stream } from 'node:http2'
+import type { TargetKind } from '../../protocol/targets.js'
 import type { RelayEndpoint } from '../../shared/duplex-relay.js'
 import type { AppError } from '../../shared/errors.js'
 import type { Identity } from '../auth/authenticator.js'
@@ -13,13 +14,27 @@ import type { Impersonation } from '../impersonation.js'
 import type { NodeInfo, PodInfo } from '../registry/types.js'
 import type { ClientSession, ClientSessionInfo, LiveStream } from './stream-table.js'
 
+/**
+ * A service or workload to resolve to a ready pod for one stream (docs/protocol.md,
+ * "Services and workloads"); its port is a service port (services) or a container port
+ * (workloads), by number or name, or the adapter's parse error for it.
+ */
+export interface ForwardTarget {
+  kind: Exclude<TargetKind, 'pod'>
+  name: string
+  port: number | string | AppError
+}
+
 /** An upgrade to check before it is accepted ({@link ForwardService.admit}). */
 export interface AdmitRequest {
   session: ClientSession
   /** The Authorization header value as received. */
   authorization: string | string[] | undefined
   namespace: string
+  /** The pod; empty when `target` names a service or workload instead. */
   pod: string
+  /** A service or workload instead of a pod (native streams only). */
+  target?: ForwardTarget
   /** The node the client named, if any (checked, never trusted). */
   node?: string
   /**

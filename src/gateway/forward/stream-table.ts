@@ -6,12 +6,13 @@
  * @module
  */
 import type { ClientHttp2Stream } from 'node:http2'
+import type { PeerCertificate } from 'node:tls'
 import { MAX_SESSION_USERS } from '../../protocol/audit-record.js'
 import type { ClientProtocol } from '../../protocol/audit-record.js'
 import { abortReasonOf } from '../../protocol/stream-end.js'
 import type { EndReason, Stop } from '../../protocol/stream-end.js'
 import type { DuplexRelay } from '../../shared/duplex-relay.js'
-import type { Identity } from '../auth/authenticator.js'
+import type { Identity, IdentitySourceName } from '../auth/authenticator.js'
 import type { NodeInfo, PodInfo } from '../registry/types.js'
 import { UdpFlowRelay } from '../udp-relay.js'
 
@@ -21,6 +22,8 @@ export interface ClientSessionInfo {
   /** `ip:port`, IPv6 in brackets. */
   sourceAddress: string
   userAgent?: string
+  /** The client certificate TLS verified against the client CA, if any (x509 identity source). */
+  clientCertificate?: PeerCertificate
   /** Ends the client connection (admin kill of a session); the adapter resets its streams. */
   terminate: () => void
 }
@@ -31,12 +34,15 @@ export class ClientSession {
   readonly protocol: ClientProtocol
   readonly sourceAddress: string
   readonly userAgent: string | undefined
+  readonly clientCertificate: PeerCertificate | undefined
   readonly openedAt: number
   /**
    * Every user that authenticated a request on this connection, with the groups of their
    * first authentication, in order (at most MAX_SESSION_USERS).
    */
   readonly identities = new Map<string, string[]>()
+  /** Which source authenticated each of {@link identities}. */
+  readonly authSources = new Map<string, IdentitySourceName>()
   readonly streams = new Set<LiveStream>()
   /** Streams being opened (count toward the per-connection limit). */
   pending = 0
@@ -56,6 +62,7 @@ export class ClientSession {
     this.protocol = info.protocol
     this.sourceAddress = info.sourceAddress
     this.userAgent = info.userAgent
+    this.clientCertificate = info.clientCertificate
     this.openedAt = now
     this.#terminate = info.terminate
   }
@@ -67,8 +74,10 @@ export class ClientSession {
 
   /** Notes that `identity` authenticated a request here. */
   addIdentity(identity: Identity): void {
-    if (this.identities.size < MAX_SESSION_USERS && !this.identities.has(identity.user))
+    if (this.identities.size < MAX_SESSION_USERS && !this.identities.has(identity.user)) {
       this.identities.set(identity.user, identity.groups)
+      if (identity.source !== undefined) this.authSources.set(identity.user, identity.source)
+    }
   }
 
   /** Ends the connection (admin). */
@@ -92,6 +101,8 @@ export interface LiveStreamView {
   port: number
   /** `udp` for a UDP flow. */
   transport?: 'udp'
+  /** What the stream asked for when it named a service or workload (`svc/echo:5000`). */
+  target?: string
   openedAt: string
   bytesClientToPod: number
   bytesPodToClient: number
@@ -105,6 +116,8 @@ export type StreamSide = 'client' | 'pod'
 
 /** A stream between 200 and its end. */
 export class LiveStream {
+  /** What the stream asked for when it named a service or workload (`svc/echo:5000`). */
+  asked: string | undefined
   readonly id: string
   readonly session: ClientSession
   readonly identity: Identity
@@ -162,6 +175,7 @@ export class LiveStream {
       podUid: this.pod.uid,
       node: this.node.name,
       port: this.port,
+      ...(this.asked !== undefined ? { target: this.asked } : {}),
       openedAt: new Date(this.openedAt).toISOString(),
       bytesClientToPod: this.relay?.bytesAtoB ?? 0,
       bytesPodToClient: this.relay?.bytesBtoA ?? 0,

@@ -1,7 +1,8 @@
 /**
  * The gateway's client HTTP/2 sessions: each gets the wide connection window, a PING
  * watchdog (`limits.clientKeepalive`: a client whose link went down says nothing, so
- * PINGs find it and its streams end) and a place in the set shutdown sends GOAWAY to.
+ * PINGs find it and its streams end) and a place in the set shutdown sends GOAWAY to. The
+ * set is the native HTTP/2 adapter's {@link EdgeConnection} (edge/native-h2.ts).
  *
  * @module
  */
@@ -10,6 +11,7 @@ import { widenConnectionWindow } from '../../protocol/h2-settings.js'
 import { describeError } from '../../shared/errors.js'
 import { keepAlive } from '../../shared/keepalive.js'
 import type { Logger } from '../../shared/log.js'
+import type { EdgeConnection } from '../edge/contract.js'
 
 /** What to do with a client that stopped answering PINGs. */
 export interface ClientSessionOptions {
@@ -20,7 +22,7 @@ export interface ClientSessionOptions {
 }
 
 /** The live client sessions of a server. */
-export class ClientSessions {
+export class ClientSessions implements EdgeConnection {
   readonly #sessions = new Set<Http2Session>()
 
   constructor(server: Http2SecureServer, options: ClientSessionOptions) {
@@ -43,12 +45,12 @@ export class ClientSessions {
   }
 
   /** GOAWAY to every client: no new streams; in-flight ones continue. */
-  goAway(): void {
+  drain(): void {
     for (const s of this.#sessions) if (!s.closed && !s.destroyed) s.close()
   }
 
   /** Destroys every session. */
-  destroyAll(): void {
+  destroy(): void {
     for (const s of this.#sessions) s.destroy()
   }
 }

@@ -82,6 +82,8 @@ const plugin: GatewayPlugin<ErrorOptions> = async (app, { forwarder }) => {
         })
       }
       if (err.statusCode === 403) return sendStatus(reply, refused(request, err))
+      // An identity source or RBAC could not ask its server: refused, recorded with its ref.
+      if (err.code === 'PFG_ERR_AUTH_UNAVAILABLE') return sendStatus(reply, refused(request, err))
       if (hidesDetail(err)) {
         // The client gets a generic message and a ref; the log line has the details.
         const ref = newRef()

@@ -13,17 +13,17 @@ import { h2SessionOptions } from '../../protocol/h2-settings.js'
 import type { Logger } from '../../shared/log.js'
 import { clientSessionMemoryMb, preauthSettings } from '../connections.js'
 import type { ConnectionGuard, ConnectionLimits } from '../connections.js'
-import type { UpgradeHandler } from '../edge/upgrade.js'
+import type { EdgeConnection } from '../edge/contract.js'
 import type { Forwarder } from '../forward/forwarder.js'
 import type { GatewayMetrics } from '../metrics.js'
 import type { AgentPool } from '../relay/agent-pool.js'
-import type { ClientSessions } from './client-sessions.js'
 import { advertisedHeaderListSize, createClientErrorHandler } from './header-limit.js'
 import type { GatewayApp } from './types.js'
 
 /** What the server is made with. */
 export interface ServerOptions {
-  tls: { cert: string | Buffer; key: string | Buffer }
+  /** `clientCa`: client certificates are asked for and verified against it (x509 identities). */
+  tls: { cert: string | Buffer; key: string | Buffer; clientCa?: Buffer }
   logger: Logger
   metrics: GatewayMetrics
   maxHeaderBytes: number
@@ -39,6 +39,11 @@ export function createGatewayApp(options: ServerOptions): GatewayApp {
       allowHTTP1: true,
       cert: options.tls.cert,
       key: options.tls.key,
+      // Ask for a certificate, accept connections without one (token clients); only one
+      // the handshake verified against the client CA counts (socket.authorized).
+      ...(options.tls.clientCa !== undefined
+        ? { ca: options.tls.clientCa, requestCert: true, rejectUnauthorized: false }
+        : {}),
       minVersion: 'TLSv1.2',
       handshakeTimeout: limits.handshakeTimeoutMs,
       ...h2SessionOptions(),
@@ -108,8 +113,11 @@ function sleep(ms: number): Promise<void> {
 /** What a shutdown ends, in order. */
 export interface ShutdownParts {
   app: GatewayApp
-  clients: ClientSessions
-  upgrades: Pick<UpgradeHandler, 'drain' | 'destroy'>
+  /**
+   * The edge adapters' connections (native HTTP/2 sessions, upgraded connections), drained
+   * first and destroyed at the deadline, in this order.
+   */
+  edges: readonly EdgeConnection[]
   forwarder: Pick<Forwarder, 'drain' | 'settle'>
   agents: Pick<AgentPool, 'close'>
   connections: Pick<ConnectionGuard, 'destroyAll'>
@@ -117,17 +125,15 @@ export interface ShutdownParts {
 
 /** Graceful shutdown: GOAWAY, drain up to `graceMs`, then end the rest. */
 export async function shutdown(parts: ShutdownParts, graceMs: number): Promise<void> {
-  const { app, clients, upgrades, forwarder, agents, connections } = parts
+  const { app, edges, forwarder, agents, connections } = parts
   const deadline = Date.now() + graceMs
-  // GOAWAY to every client: no new streams; in-flight ones continue until the deadline.
-  clients.goAway()
-  // Upgraded connections: no new upgrades or SPDY streams; open streams go on.
-  upgrades.drain()
+  // No new streams (GOAWAY to HTTP/2 clients; no new upgrades or SPDY streams); in-flight
+  // ones continue until the deadline.
+  for (const edge of edges) edge.drain()
   const closing = app.close()
   await forwarder.drain(graceMs)
-  upgrades.destroy()
+  for (const edge of edges) edge.destroy()
   agents.close(false)
-  clients.destroyAll()
   // Connections still open (a peer that never reads or never closes its side, an
   // unfinished HTTP/1.1 request) may close by themselves until the deadline; then
   // their sockets are destroyed.

@@ -8,6 +8,7 @@
  * @module
  */
 import type { PodInfo } from '../registry/types.js'
+import { SERVICE_RESOURCE, aggregatedAppsGroup, aggregatedResource, appsGroup } from './targets.js'
 
 /** A pod's `metadata`, as in the Pod object and in a Table row's partial object. */
 export function podMetadata(pod: PodInfo): Record<string, unknown> {
@@ -117,9 +118,9 @@ export function apiVersions(serverAddress: string): Record<string, unknown> {
   }
 }
 
-/** `GET /apis` (legacy): no named groups. */
+/** `GET /apis` (legacy): the apps group (its workloads are forward targets). */
 export function apiGroupList(): Record<string, unknown> {
-  return { kind: 'APIGroupList', apiVersion: 'v1', groups: [] }
+  return { kind: 'APIGroupList', apiVersion: 'v1', groups: [appsGroup()] }
 }
 
 /** `GET /api/v1`: the resources of the core group that pfgate serves. */
@@ -127,13 +128,14 @@ export function coreV1Resources(): Record<string, unknown> {
   return {
     kind: 'APIResourceList',
     groupVersion: 'v1',
-    resources: [POD_RESOURCE, PORTFORWARD_RESOURCE],
+    resources: [POD_RESOURCE, PORTFORWARD_RESOURCE, SERVICE_RESOURCE],
   }
 }
 
 /**
  * `GET /api` or `/apis` with aggregated discovery: an `APIGroupDiscoveryList` (the core
- * group with `pods` and its `portforward` subresource; no named groups under `/apis`).
+ * group with `pods` and its `portforward` subresource, and `services`; under `/apis` the
+ * apps group with the workloads a forward may name).
  */
 export function aggregatedDiscovery(
   version: 'v2' | 'v2beta1',
@@ -141,7 +143,7 @@ export function aggregatedDiscovery(
 ): Record<string, unknown> {
   const items =
     root === 'apis'
-      ? []
+      ? [aggregatedAppsGroup()]
       : [
           {
             metadata: { creationTimestamp: null },
@@ -165,6 +167,7 @@ export function aggregatedDiscovery(
                       },
                     ],
                   },
+                  aggregatedResource(SERVICE_RESOURCE, ''),
                 ],
               },
             ],

@@ -32,7 +32,7 @@ const KUBERNETES_VERSION = { major: '1', minor: '33', gitVersion: 'v1.33.0-pfgat
 /** What the facade reads. */
 export interface KubeApiOptions {
   registry: Pick<PodRegistry, 'isReady' | 'getPod' | 'listPods'>
-  authorizer: Pick<Authorizer, 'canAccessPod' | 'canPortForward'>
+  authorizer: Pick<Authorizer, 'mayForward' | 'mayAccessPod'>
 }
 
 function notReady(): Error {
@@ -57,7 +57,7 @@ export const kubeApiRoutes: GatewayPlugin<KubeApiOptions> = async (app, deps) =>
     async (request, reply) => {
       const { ns, pod } = request.params
       // Names → authorize (default deny: no existence leak) → ready → lookup, as a forward.
-      const info = resolvePod(deps, identityOf(request), { namespace: ns, pod }, 'get')
+      const info = await resolvePod(deps, identityOf(request), { namespace: ns, pod }, 'get')
       if (wantsTable(request.headers.accept)) {
         return reply.type('application/json').send(podTable([info], Date.now()))
       }
@@ -88,14 +88,17 @@ export const kubeApiRoutes: GatewayPlugin<KubeApiOptions> = async (app, deps) =>
         const selector = parseLabelSelector(q.labelSelector)
         if (!deps.registry.isReady()) throw notReady()
         const identity = identityOf(request)
-        const pods = deps.registry
+        const candidates = deps.registry
           .listPods()
           .filter(
-            (p) =>
-              (ns === undefined || p.namespace === ns) &&
-              matchesLabels(p.labels, selector) &&
-              deps.authorizer.canAccessPod(identity, p.namespace, p.name),
+            (p) => (ns === undefined || p.namespace === ns) && matchesLabels(p.labels, selector),
           )
+        // In RBAC mode each pod is one (cached) SubjectAccessReview.
+        const allowed = await Promise.all(
+          candidates.map((p) => deps.authorizer.mayAccessPod(identity, p.namespace, p.name)),
+        )
+        const pods = candidates
+          .filter((_, i) => allowed[i] === true)
           .sort((a, b) => a.namespace.localeCompare(b.namespace) || a.name.localeCompare(b.name))
         return reply
           .type('application/json')

@@ -11,7 +11,15 @@ import type { FromSchema } from 'json-schema-to-ts'
 import { readYamlFile, validateConfig } from '../../shared/config.js'
 import { describeError } from '../../shared/errors.js'
 import type { Logger } from '../../shared/log.js'
-import type { NodeInfo, PodInfo, PodRegistry, RegistryEvents } from './types.js'
+import type {
+  NodeInfo,
+  PodInfo,
+  PodRegistry,
+  RegistryEvents,
+  ServiceInfo,
+  WorkloadInfo,
+  WorkloadKind,
+} from './types.js'
 
 const schema = {
   type: 'object',
@@ -49,6 +57,7 @@ const schema = {
             default: 'Running',
           },
           labels: { type: 'object', additionalProperties: { type: 'string' } },
+          ready: { type: 'boolean' },
           ports: {
             type: 'array',
             default: [],
@@ -66,8 +75,65 @@ const schema = {
         },
       },
     },
+    services: {
+      type: 'array',
+      default: [],
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['namespace', 'name', 'ports'],
+        properties: {
+          namespace: { type: 'string', minLength: 1 },
+          name: { type: 'string', minLength: 1 },
+          selector: { type: 'object', additionalProperties: { type: 'string' } },
+          ports: {
+            type: 'array',
+            items: {
+              type: 'object',
+              additionalProperties: false,
+              required: ['port'],
+              properties: {
+                name: { type: 'string' },
+                port: { type: 'integer', minimum: 1, maximum: 65535 },
+                targetPort: {
+                  anyOf: [
+                    { type: 'integer', minimum: 1, maximum: 65535 },
+                    { type: 'string', minLength: 1, maxLength: 15 },
+                  ],
+                },
+                protocol: { enum: ['TCP', 'UDP', 'SCTP'], default: 'TCP' },
+              },
+            },
+          },
+        },
+      },
+    },
+    workloads: {
+      type: 'array',
+      default: [],
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['kind', 'namespace', 'name', 'selector'],
+        properties: {
+          kind: { enum: ['Deployment', 'ReplicaSet', 'StatefulSet'] },
+          namespace: { type: 'string', minLength: 1 },
+          name: { type: 'string', minLength: 1 },
+          selector: { type: 'object', additionalProperties: { type: 'string' } },
+          replicas: { type: 'integer', minimum: 0 },
+        },
+      },
+    },
   },
 } as const
+
+/** A registry's whole view. */
+export interface RegistryView {
+  pods: PodInfo[]
+  nodes: NodeInfo[]
+  services?: ServiceInfo[]
+  workloads?: WorkloadInfo[]
+}
 
 /** The registry file as ajv leaves it: validated, every default filled in. */
 type RawRegistry = FromSchema<typeof schema>
@@ -81,13 +147,16 @@ function syntheticUid(namespace: string, name: string): string {
 }
 
 /** Parses and validates registry YAML content (already parsed to a value). */
-export function parseRegistry(
-  value: unknown,
-  source: string,
-): { pods: PodInfo[]; nodes: NodeInfo[] } {
+export function parseRegistry(value: unknown, source: string): Required<RegistryView> {
   const raw = validateConfig<RawRegistry>(schema, value, source)
   return {
     nodes: raw.nodes.map((n) => ({ ...n })),
+    services: raw.services.map((svc) => ({
+      ...svc,
+      ...(svc.selector !== undefined ? { selector: { ...svc.selector } } : {}),
+      ports: svc.ports.map((x) => ({ ...x })),
+    })),
+    workloads: raw.workloads.map((w) => ({ ...w, selector: { ...w.selector } })),
     pods: raw.pods.map((p) => {
       const pod: PodInfo = {
         namespace: p.namespace,
@@ -98,6 +167,7 @@ export function parseRegistry(
         ports: p.ports.map((x) => ({ ...x })),
       }
       if (p.labels !== undefined) pod.labels = { ...p.labels }
+      if (p.ready !== undefined) pod.ready = p.ready
       return pod
     }),
   }
@@ -107,12 +177,14 @@ export function parseRegistry(
 export class StaticRegistry extends EventEmitter implements PodRegistry {
   #pods = new Map<string, PodInfo>()
   #nodes = new Map<string, NodeInfo>()
+  #services = new Map<string, ServiceInfo>()
+  #workloads = new Map<string, WorkloadInfo>()
   #ready = false
   readonly #file: string | undefined
   readonly #logger: Logger | undefined
   #watching = false
 
-  constructor(source: { file: string; logger?: Logger } | { pods: PodInfo[]; nodes: NodeInfo[] }) {
+  constructor(source: { file: string; logger?: Logger } | RegistryView) {
     super()
     if ('file' in source) {
       this.#file = source.file
@@ -133,6 +205,14 @@ export class StaticRegistry extends EventEmitter implements PodRegistry {
 
   listPods(): PodInfo[] {
     return [...this.#pods.values()]
+  }
+
+  getService(namespace: string, name: string): ServiceInfo | undefined {
+    return this.#services.get(`${namespace}/${name}`)
+  }
+
+  getWorkload(kind: WorkloadKind, namespace: string, name: string): WorkloadInfo | undefined {
+    return this.#workloads.get(`${kind}/${namespace}/${name}`)
   }
 
   isReady(): boolean {
@@ -175,7 +255,7 @@ export class StaticRegistry extends EventEmitter implements PodRegistry {
   }
 
   /** Replaces the whole view (embedded demo and tests). */
-  replace(view: { pods: PodInfo[]; nodes: NodeInfo[] }): void {
+  replace(view: RegistryView): void {
     this.#apply(view)
   }
 
@@ -191,8 +271,22 @@ export class StaticRegistry extends EventEmitter implements PodRegistry {
     this.emit('ready', ready)
   }
 
-  #apply(view: { pods: PodInfo[]; nodes: NodeInfo[] }): void {
+  #apply(view: RegistryView): void {
     const now = new Date().toISOString()
+    const services = new Map(
+      (view.services ?? []).map((svc) => {
+        const key = `${svc.namespace}/${svc.name}`
+        svc.creationTimestamp ??= this.#services.get(key)?.creationTimestamp ?? now
+        return [key, svc] as const
+      }),
+    )
+    const workloads = new Map(
+      (view.workloads ?? []).map((w) => {
+        const key = `${w.kind}/${w.namespace}/${w.name}`
+        w.creationTimestamp ??= this.#workloads.get(key)?.creationTimestamp ?? now
+        return [key, w] as const
+      }),
+    )
     const pods = new Map(
       view.pods.map((p) => {
         const key = `${p.namespace}/${p.name}`
@@ -216,6 +310,8 @@ export class StaticRegistry extends EventEmitter implements PodRegistry {
     }
     this.#pods = pods
     this.#nodes = nodes
+    this.#services = services
+    this.#workloads = workloads
   }
 
   override on<E extends keyof RegistryEvents>(event: E, listener: RegistryEvents[E]): this {

@@ -28,6 +28,46 @@ export interface PodInfo {
   labels?: Record<string, string>
   /** Creation time (RFC 3339), for the Pod object. */
   creationTimestamp?: string
+  /**
+   * The pod's `Ready` condition. Undefined means unknown and counts as ready when the pod
+   * is Running (the static registry's default); `false` keeps the pod out of service and
+   * workload resolution (a pod named directly is still forwarded to, as kubectl does).
+   */
+  ready?: boolean
+}
+
+/** One port of a service: the port clients name and the pods' port it maps to. */
+export interface ServicePort {
+  name?: string
+  port: number
+  /** A container port number or the name of a container port; absent: the same as `port`. */
+  targetPort?: number | string
+  protocol: 'TCP' | 'UDP' | 'SCTP'
+}
+
+/** What the gateway knows of a service: which pods it selects and its ports. */
+export interface ServiceInfo {
+  namespace: string
+  name: string
+  /** `spec.selector`; a service without one selects no pod here (its endpoints are manual). */
+  selector?: Record<string, string>
+  ports: ServicePort[]
+  creationTimestamp?: string
+}
+
+/** The workload kinds a forward may name (apps/v1). */
+export type WorkloadKind = 'Deployment' | 'ReplicaSet' | 'StatefulSet'
+
+/** What the gateway knows of a workload: its pod selector (`spec.selector.matchLabels`). */
+export interface WorkloadInfo {
+  kind: WorkloadKind
+  namespace: string
+  name: string
+  /** `spec.selector.matchLabels`; undefined when the selector uses anything else (selects nothing here). */
+  selector?: Record<string, string>
+  /** `spec.replicas`, for the object served to kubectl. */
+  replicas?: number
+  creationTimestamp?: string
 }
 
 /** How to reach a node's agent. */
@@ -59,8 +99,17 @@ export interface PodRegistry {
   getNode(name: string): NodeInfo | undefined
   /** Every pod (for listings and tests). */
   listPods(): PodInfo[]
+  /** The service, or undefined. */
+  getService(namespace: string, name: string): ServiceInfo | undefined
+  /** The workload of that kind, or undefined. */
+  getWorkload(kind: WorkloadKind, namespace: string, name: string): WorkloadInfo | undefined
   /** True once the first full view is loaded (the first list has synced). */
   isReady(): boolean
+  /**
+   * False while services and workloads are not listed yet (a source where they sync
+   * separately from pods); absent or true: they are known.
+   */
+  targetsReady?(): boolean
   /** Starts loading/watching. Resolves when the first view is in (or rejects with why not). */
   start(): Promise<void>
   /** Stops watching; idempotent. */

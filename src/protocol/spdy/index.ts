@@ -5,25 +5,8 @@
  * @module
  */
 export { SPDY3_DICTIONARY, SPDY3_DICTIONARY_ID } from './dictionary.js'
-export {
-  DEFAULT_MAX_CONTROL_FRAME_SIZE,
-  FLAG_FIN,
-  FLAG_UNIDIRECTIONAL,
-  FrameParser,
-  FrameType,
-  GoawayStatus,
-  MAX_FRAME_LENGTH,
-  RstStatus,
-  SpdyProtocolError,
-  encodeDataFrame,
-  encodeDataHeader,
-  encodeGoaway,
-  encodePing,
-  encodeRstStream,
-  encodeSynReply,
-  frameTypeName,
-} from './frames.js'
-export type { ControlFrame, DataPiece, FrameParserOptions, SpdyFrame } from './frames.js'
+// Frames: everything of frames.ts is public (its encoders, parser, constants and types).
+export * from './frames.js'
 export {
   DEFAULT_MAX_HEADER_BLOCK_SIZE,
   HeaderCodec,

@@ -1,7 +1,7 @@
 /**
  * The edge adapters against a fake forward service (fake-forward.ts), on real transports:
  * the native HTTP/2 adapter on a real HTTP/2 connection, the SPDY adapter on a real TCP
- * connection with a SPDY client. Each asks the service to open with the target the client
+ * connection with a SPDY client, the WebSocket channels adapter on a real WebSocket. Each asks the service to open with the target the client
  * named, answers the client and relays, refuses in its protocol's own way, and cancels an
  * open whose client left. The shared sequence (contract.ts) is tested on its own first.
  */
@@ -14,12 +14,16 @@ import type { AddressInfo } from 'node:net'
 import { CLIENT_LEFT, forwardStream } from '../../../src/gateway/edge/contract.js'
 import type { EdgeStream } from '../../../src/gateway/edge/contract.js'
 import { NATIVE_PATH, NativeH2Adapter } from '../../../src/gateway/edge/native-h2.js'
+import { ClientSessions } from '../../../src/gateway/http/client-sessions.js'
 import { serveSpdyPortForward } from '../../../src/gateway/edge/spdy-adapter.js'
+import { serveChannelPortForward } from '../../../src/gateway/edge/ws-channel-adapter.js'
+import { V4_CHANNEL_PROTOCOL } from '../../../src/protocol/ws-channel.js'
 import { appError } from '../../../src/shared/errors.js'
 import { silentLogger } from '../../../src/shared/log.js'
 import { SpdyTestClient } from '../../protocol/spdy/spdy-test-client.js'
 import { pfHeaders, until } from '../../protocol/spdy/loopback.js'
 import { FakeForwardService } from './fake-forward.js'
+import { WebSocket, WebSocketServer } from 'ws'
 
 const tick = (ms = 0): Promise<void> => new Promise((r) => setTimeout(r, ms))
 
@@ -225,6 +229,42 @@ test('native HTTP/2: a client that resets during the open aborts it; the late 20
   assert.equal(open.outcome.started, undefined)
 })
 
+test('native HTTP/2: as an EdgeConnection, drain is GOAWAY to its client sessions (open streams go on), destroy ends them', async (t) => {
+  const svc = new FakeForwardService()
+  const server = http2.createServer()
+  const sessions = new ClientSessions(server as unknown as http2.Http2SecureServer, {
+    keepaliveMs: 0,
+    logger: silentLogger(),
+    onUnresponsive: () => {},
+  })
+  const adapter = new NativeH2Adapter(svc, silentLogger(), undefined, sessions)
+  server.on('stream', (stream, headers) => {
+    adapter.handle(stream, headers, NATIVE_PATH.exec(headers[':path'] ?? '') as RegExpExecArray)
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const client = http2.connect(`http://127.0.0.1:${(server.address() as AddressInfo).port}`)
+  client.on('error', () => {})
+  t.after(async () => {
+    client.destroy()
+    await new Promise((r) => server.close(r))
+  })
+  const req = nativeRequest(client)
+  req.on('error', () => {})
+  ;(await svc.nextOpen()).accept()
+  await once(req, 'response')
+  let goaway = false
+  client.once('goaway', () => (goaway = true))
+  adapter.drain()
+  await until(() => goaway, 'GOAWAY')
+  let echoed = ''
+  req.on('data', (c: Buffer) => (echoed += c.toString()))
+  req.write('still open')
+  await until(() => echoed === 'STILL OPEN', 'the echo after GOAWAY')
+  adapter.destroy()
+  await until(() => client.destroyed, 'the session ended')
+})
+
 /** The SPDY adapter on a real TCP connection, a SPDY test client on the other end. */
 async function spdyGateway(t: { after: (f: () => unknown) => void }) {
   const svc = new FakeForwardService()
@@ -282,4 +322,85 @@ test('SPDY: a refusal is one line on the error stream (the kubelet way)', async 
   ;(await svc.nextOpen()).refuse(new TypeError('a bug'))
   await err2.ended
   assert.equal(err2.text(), 'internal error')
+})
+
+/** The WebSocket channels adapter behind a real WebSocket server, a `ws` client connected to it. */
+async function channelGateway(t: { after: (f: () => unknown) => void }, ports: number[]) {
+  const svc = new FakeForwardService()
+  const server = new WebSocketServer({ port: 0, host: '127.0.0.1' })
+  await once(server, 'listening')
+  const served = once(server, 'connection') as Promise<[WebSocket]>
+  const client = new WebSocket(
+    `ws://127.0.0.1:${(server.address() as AddressInfo).port}/`,
+    V4_CHANNEL_PROTOCOL,
+  )
+  client.on('error', () => {})
+  /** What the client got: `channel: text` (the port prefixes as numbers). */
+  const got: string[] = []
+  client.on('message', (data: Buffer) => {
+    const channel = data[0] as number
+    const payload = data.subarray(1)
+    got.push(
+      payload.length === 2
+        ? `${channel}: #${payload.readUInt16LE(0)}`
+        : `${channel}: ${payload.toString()}`,
+    )
+  })
+  const closed = once(client, 'close') as Promise<[number]>
+  const [ws] = await served
+  await once(client, 'open')
+  const session = svc.newSession({ protocol: 'ws-v4', sourceAddress: 'x', terminate: () => {} })
+  const conn = serveChannelPortForward(ws, {
+    forwarder: svc,
+    logger: silentLogger(),
+    session,
+    authorization: 'Bearer t',
+    target: { namespace: 'default', pod: 'echo' },
+    ports,
+    encoding: 'binary',
+  })
+  t.after(async () => {
+    client.terminate()
+    await new Promise((r) => server.close(r))
+  })
+  return { svc, client, conn, session, got, closed }
+}
+
+test('WebSocket channels: every port of the list is one open of the upgrade target; bytes both ways', async (t) => {
+  const { svc, client, session, got } = await channelGateway(t, [8080])
+  const open = await svc.nextOpen()
+  assert.deepEqual(
+    [open.req.session, open.req.namespace, open.req.pod, open.req.port, open.req.authorization],
+    [session, 'default', 'echo', 8080, 'Bearer t'],
+  )
+  open.accept()
+  client.send(Buffer.concat([Buffer.from([0]), Buffer.from('hi there')]))
+  await until(() => got.includes('0: HI THERE'), 'the echo')
+  // The port's number first, on its data and error channels (the kubelet's prefix).
+  assert.deepEqual(got.slice(0, 2), ['0: #8080', '1: #8080'])
+  client.close()
+  await until(() => svc.ended.length === 1, 'endSession')
+})
+
+test('WebSocket channels: a refusal is one line on the port error channel; the last port done closes with 1000', async (t) => {
+  const { svc, got, closed } = await channelGateway(t, [8080])
+  ;(await svc.nextOpen()).refuse(
+    appError('PFG_ERR_AUTH_FORBIDDEN', 'user "alice" cannot forward to port 8080'),
+  )
+  const [code] = await closed
+  assert.equal(code, 1000)
+  assert.deepEqual(got, ['0: #8080', '1: #8080', '1: user "alice" cannot forward to port 8080'])
+})
+
+test('WebSocket channels: a client that closes during the open is not relayed to; the late 200 is cancelled', async (t) => {
+  const { svc, client, closed } = await channelGateway(t, [8080])
+  const open = await svc.nextOpen()
+  client.close()
+  await closed
+  await tick(10)
+  open.accept()
+  await tick(10)
+  assert.equal(open.outcome.cancelled, CLIENT_LEFT)
+  assert.equal(open.outcome.started, undefined)
+  await until(() => svc.ended.length === 1, 'endSession')
 })

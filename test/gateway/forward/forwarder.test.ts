@@ -25,6 +25,7 @@ import { pinned } from './pin.js'
 
 /** The code each fault is refused with, when every later fault is present too. */
 const CODE: Record<Fault, string> = {
+  'authz-unavailable': 'PFG_ERR_AUTH_UNAVAILABLE',
   'header-size': 'PFG_ERR_LIMIT_HEADER_TOO_LARGE',
   draining: 'PFG_ERR_RELAY_DRAINING',
   token: 'PFG_ERR_AUTH_INVALID',
@@ -75,6 +76,14 @@ test('each check alone refuses with its own records', async () => {
     assert.equal(seen.code, CODE[fault], fault)
     pinned(`refused: ${fault} alone`, seen)
   }
+})
+
+test('an authorizer that cannot ask its server (RBAC): 503, recorded as auth-unavailable before the registry is asked', async () => {
+  const h = harness({ faults: ['authz-unavailable', 'no-pod'] })
+  const seen = (await refused(h)) as { code: string; status: number }
+  assert.equal(seen.code, 'PFG_ERR_AUTH_UNAVAILABLE')
+  assert.equal(seen.status, 503)
+  pinned('refused: authorizer unavailable', seen)
 })
 
 test('no token at all: 401 before anything else is looked at', async () => {

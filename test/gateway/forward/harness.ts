@@ -11,6 +11,7 @@ import { RST } from '../../../src/protocol/reset-codes.js'
 import type { RelayEndpoint } from '../../../src/shared/duplex-relay.js'
 import { AppError, appError } from '../../../src/shared/errors.js'
 import { silentLogger } from '../../../src/shared/log.js'
+import { unavailable } from '../../../src/gateway/auth/authenticator.js'
 import type { Identity } from '../../../src/gateway/auth/authenticator.js'
 import type { GatewayConfig } from '../../../src/gateway/config.js'
 import { GatewayMetrics } from '../../../src/gateway/metrics.js'
@@ -82,13 +83,15 @@ export const FAULTS = [
   'agent-refused',
   'audit-open-fails',
 ] as const
-export type Fault = (typeof FAULTS)[number]
+/** A fault outside the documented order's list: the authorizer's server cannot answer. */
+export type Fault = (typeof FAULTS)[number] | 'authz-unavailable'
 
 export const T0 = Date.parse('2026-01-01T00:00:00.000Z')
 export const ALICE: Identity = {
   user: 'alice',
   groups: ['dev', 'system:authenticated'],
   expiresAt: T0 + 3_600_000,
+  source: 'jwt',
 }
 export const POD: PodInfo = {
   namespace: 'default',
@@ -192,7 +195,8 @@ export function harness(options: HarnessOptions = {}): Harness {
     },
   }
   const authenticator = {
-    authenticate: (authorization: string | string[] | undefined): Promise<Identity> => {
+    authenticate: (input: { authorization: string | string[] | undefined }): Promise<Identity> => {
+      const { authorization } = input
       trace.push('authenticate')
       if (authorization === undefined)
         return Promise.reject(appError('PFG_ERR_AUTH_MISSING', 'Unauthorized'))
@@ -205,13 +209,26 @@ export function harness(options: HarnessOptions = {}): Harness {
     },
   }
   const authorizer = {
-    canAccessPod: (id: Identity, ns: string, pod: string) => {
-      trace.push(`authorize ${id.user} ${ns}/${pod}`)
-      return !faults.has('forbidden')
-    },
-    canPortForward: (id: Identity, ns: string, pod: string, port: number) => {
-      trace.push(`authorize ${id.user} ${ns}/${pod}:${port}`)
-      return !faults.has('forbidden')
+    // The rules' answers, port by port, as Authorizer.mayForward gives them.
+    mayForward: (
+      id: Identity,
+      ns: string,
+      pod: string,
+      ports: readonly number[],
+    ): Promise<number | true | undefined> => {
+      if (faults.has('authz-unavailable')) {
+        trace.push(`authorize ${id.user} ${ns}/${pod}`)
+        return Promise.reject(unavailable('SubjectAccessReview: connect ECONNREFUSED'))
+      }
+      if (ports.length === 0) {
+        trace.push(`authorize ${id.user} ${ns}/${pod}`)
+        return Promise.resolve(faults.has('forbidden') ? true : undefined)
+      }
+      for (const port of ports) {
+        trace.push(`authorize ${id.user} ${ns}/${pod}:${port}`)
+        if (faults.has('forbidden')) return Promise.resolve(port)
+      }
+      return Promise.resolve(undefined)
     },
   }
   const agents = {

@@ -173,6 +173,7 @@ describe('gateway routes (ready registry)', () => {
         ...DENIED,
         user: 'alice',
         groups: ['system:authenticated'],
+        authSource: 'jwt',
         method: 'GET',
         path: url,
         namespace: 'default',
@@ -229,6 +230,7 @@ describe('gateway routes (ready registry)', () => {
           ...DENIED,
           user,
           groups: ['system:authenticated'],
+          authSource: 'jwt',
           method: 'GET',
           path,
           namespace: 'default',
@@ -355,7 +357,12 @@ describe('gateway routes (ready registry)', () => {
     })
     const apis = await call(g, { url: '/apis', headers: bearer(alice) })
     assert.deepEqual([apis.status, apis.type, apis.headers.vary], [200, JSON_TYPE, 'Accept'])
-    assert.deepEqual(apis.body, { kind: 'APIGroupList', apiVersion: 'v1', groups: [] })
+    const apps = { groupVersion: 'apps/v1', version: 'v1' }
+    assert.deepEqual(apis.body, {
+      kind: 'APIGroupList',
+      apiVersion: 'v1',
+      groups: [{ name: 'apps', versions: [apps], preferredVersion: apps }],
+    })
     for (const [root, v] of [
       ['api', 'v2'],
       ['apis', 'v2beta1'],
@@ -371,7 +378,7 @@ describe('gateway routes (ready registry)', () => {
         [body.kind, body.apiVersion],
         ['APIGroupDiscoveryList', `apidiscovery.k8s.io/${v}`],
       )
-      assert.equal(body.items.length, root === 'api' ? 1 : 0)
+      assert.equal(body.items.length, 1, 'the core group under /api, apps under /apis')
     }
     const v1 = await call(g, { url: '/api/v1', headers: bearer(alice) })
     assert.deepEqual([v1.status, v1.type], [200, JSON_TYPE])
@@ -393,6 +400,14 @@ describe('gateway routes (ready registry)', () => {
           namespaced: true,
           kind: 'PodPortForwardOptions',
           verbs: ['create', 'get'],
+        },
+        {
+          name: 'services',
+          singularName: 'service',
+          namespaced: true,
+          kind: 'Service',
+          verbs: ['get'],
+          shortNames: ['svc'],
         },
       ],
     })
@@ -498,6 +513,7 @@ describe('gateway routes (ready registry)', () => {
           ...DENIED,
           user: 'alice',
           groups: ['system:authenticated'],
+          authSource: 'jwt',
           method,
           path: url,
           reason: 'forbidden',

@@ -110,6 +110,7 @@ describe('gateway server (real HTTP/2 and HTTP/1.1 clients)', () => {
       protocol: 'native-h2',
       user: 'alice',
       groups: ['system:authenticated'],
+      authSource: 'jwt',
     }
     assert.deepEqual(recs, [
       { ...session, type: 'session.opened' },

@@ -32,26 +32,35 @@ test('the aggregated discovery version a client asks for first, as kubectl sends
   )
 })
 
-test('discovery documents advertise pods and pods/portforward only', () => {
+test('discovery documents advertise pods, pods/portforward, services and the apps/v1 workloads only', () => {
   const api = aggregatedDiscovery('v2', 'api') as {
     apiVersion: string
     items: {
       versions: {
         version: string
-        resources: { resource: string; subresources: { subresource: string }[] }[]
+        resources: { resource: string; subresources?: { subresource: string }[] }[]
       }[]
     }[]
   }
   assert.equal(api.apiVersion, 'apidiscovery.k8s.io/v2')
   const r = api.items[0]!.versions[0]!.resources
   assert.deepEqual(
-    r.map((x) => [x.resource, x.subresources.map((s) => s.subresource)]),
-    [['pods', ['portforward']]],
+    r.map((x) => [x.resource, (x.subresources ?? []).map((s) => s.subresource)]),
+    [
+      ['pods', ['portforward']],
+      ['services', []],
+    ],
   )
-  assert.deepEqual((aggregatedDiscovery('v2beta1', 'apis') as { items: unknown[] }).items, [])
+  const apis = aggregatedDiscovery('v2beta1', 'apis') as {
+    items: { metadata: { name: string }; versions: { resources: { resource: string }[] }[] }[]
+  }
+  assert.deepEqual(
+    apis.items.map((g) => [g.metadata.name, g.versions[0]!.resources.map((x) => x.resource)]),
+    [['apps', ['deployments', 'replicasets', 'statefulsets']]],
+  )
   const v1 = coreV1Resources() as { resources: { name: string }[] }
   assert.deepEqual(
     v1.resources.map((x) => x.name),
-    ['pods', 'pods/portforward'],
+    ['pods', 'pods/portforward', 'services'],
   )
 })

@@ -91,6 +91,9 @@ export function podInfoFromObject(value: unknown): PodInfo | undefined {
   if (labels !== undefined) pod.labels = labels
   const created = str(meta.creationTimestamp)
   if (created !== undefined) pod.creationTimestamp = created
+  const conditions = Array.isArray(status?.conditions) ? (status.conditions as unknown[]) : []
+  const ready = conditions.map(rec).find((c) => str(c?.type) === 'Ready')
+  if (ready !== undefined) pod.ready = str(ready.status) === 'True'
   return pod
 }
 

@@ -30,7 +30,16 @@ import {
   loadKubeconfigCredentials,
 } from '../kube-credentials.js'
 import type { KubeCredentials } from '../kube-credentials.js'
-import type { NodeInfo, PodInfo, PodRegistry, RegistryEvents } from '../types.js'
+import type {
+  NodeInfo,
+  PodInfo,
+  PodRegistry,
+  RegistryEvents,
+  ServiceInfo,
+  WorkloadInfo,
+  WorkloadKind,
+} from '../types.js'
+import { sameObject, serviceInfoFromObject, workloadInfoFromObject } from './targets.js'
 import {
   DEFAULT_BACKOFF,
   DEFAULT_MAX_EVENT_SIZE,
@@ -53,7 +62,22 @@ export interface KubeRegistryStatus {
   /** The most recent failure, if any since start (cleared by nothing: it is history). */
   lastError?: { code: string; message: string; at: string }
   resources: { path: string; synced: boolean; resourceVersion: string; items: number }[]
+  /** Services and workloads (forward targets): they do not gate `ready`. */
+  targets?: {
+    synced: boolean
+    lastError?: { code: string; message: string; at: string }
+    resources: { path: string; synced: boolean; resourceVersion: string; items: number }[]
+  }
 }
+
+/** The collections of forward targets a Kubernetes registry lists and watches. */
+type TargetCollection = 'Service' | WorkloadKind
+const TARGET_COLLECTIONS: readonly TargetCollection[] = [
+  'Service',
+  'Deployment',
+  'ReplicaSet',
+  'StatefulSet',
+]
 
 /**
  * A {@link PodRegistry} fed by the Kubernetes API. Lookups read an in-memory view;
@@ -68,6 +92,17 @@ export class KubeRegistry implements PodRegistry {
   readonly #podReflectors = new Map<string, Reflector<PodInfo>>()
   readonly #allNamespaces: Reflector<PodInfo> | undefined
   readonly #nodes: Reflector<NodeInfo>
+  /**
+   * Services and apps/v1 workloads (forward targets), per namespace or cluster-wide. They do
+   * not gate readiness: pods forward while they sync, and a gateway whose RBAC predates
+   * them keeps working for pods (forwards to a service then get 503 until they sync).
+   */
+  readonly #targets: {
+    kind: TargetCollection
+    ns: string | undefined
+    r: Reflector<ServiceInfo | WorkloadInfo>
+  }[] = []
+  #targetsError: KubeRegistryStatus['lastError']
   readonly #basePath: string
   readonly #logger: Logger
   #pool: Pool | undefined
@@ -146,6 +181,68 @@ export class KubeRegistry implements PodRegistry {
       same: sameNode,
       emit: (type, node) => this.#emit('node', type, node),
     })
+    const targetHost: ReflectorHost = {
+      ...this.#host,
+      onSynced: () => undefined,
+      onError: (path, err, attempt) => {
+        this.#targetsError = {
+          code: errorCode(err) ?? 'ERROR',
+          message: describeError(err),
+          at: new Date().toISOString(),
+        }
+        this.#logger.warn(
+          { path, attempt, err: describeError(err) },
+          'kubernetes list/watch of services/workloads failed; retrying',
+        )
+      },
+    }
+    for (const ns of namespaces.length === 0 ? [undefined] : namespaces) {
+      for (const kind of TARGET_COLLECTIONS) {
+        const base = kind === 'Service' ? '/api/v1' : '/apis/apps/v1'
+        const plural = `${kind.toLowerCase()}s`
+        const path =
+          ns === undefined
+            ? `${base}/${plural}`
+            : `${base}/namespaces/${encodeURIComponent(ns)}/${plural}`
+        this.#targets.push({
+          kind,
+          ns,
+          r: new Reflector<ServiceInfo | WorkloadInfo>(targetHost, {
+            path,
+            map: (obj) =>
+              kind === 'Service' ? serviceInfoFromObject(obj) : workloadInfoFromObject(kind, obj),
+            key: (o) => `${o.namespace}/${o.name}`,
+            same: sameObject,
+            emit: () => undefined,
+          }),
+        })
+      }
+    }
+  }
+
+  #target(
+    kind: TargetCollection,
+    namespace: string,
+    name: string,
+  ): ServiceInfo | WorkloadInfo | undefined {
+    for (const t of this.#targets) {
+      if (t.kind === kind && (t.ns === undefined || t.ns === namespace))
+        return t.r.items.get(`${namespace}/${name}`)
+    }
+    return undefined
+  }
+
+  /** True once services and workloads have been listed (every collection). */
+  targetsReady(): boolean {
+    return this.#targets.every((t) => t.r.synced)
+  }
+
+  getService(namespace: string, name: string): ServiceInfo | undefined {
+    return this.#target('Service', namespace, name) as ServiceInfo | undefined
+  }
+
+  getWorkload(kind: WorkloadKind, namespace: string, name: string): WorkloadInfo | undefined {
+    return this.#target(kind, namespace, name) as WorkloadInfo | undefined
   }
 
   #reflectors(): Reflector<PodInfo | NodeInfo>[] {
@@ -191,6 +288,16 @@ export class KubeRegistry implements PodRegistry {
         resourceVersion: r.resourceVersion,
         items: r.items.size,
       })),
+      targets: {
+        synced: this.targetsReady(),
+        ...(this.#targetsError !== undefined ? { lastError: { ...this.#targetsError } } : {}),
+        resources: this.#targets.map(({ r }) => ({
+          path: r.resource.path,
+          synced: r.synced,
+          resourceVersion: r.resourceVersion,
+          items: r.items.size,
+        })),
+      },
     }
   }
 
@@ -209,7 +316,7 @@ export class KubeRegistry implements PodRegistry {
     const url = new URL(c.server)
     this.#pool = new Pool(url.origin, {
       // One connection per long-lived watch, plus room for a list beside it.
-      connections: this.#reflectors().length + 2,
+      connections: this.#reflectors().length + this.#targets.length + 2,
       connect: {
         ...(c.ca !== undefined ? { ca: c.ca } : {}),
         ...(c.cert !== undefined ? { cert: c.cert } : {}),
@@ -226,7 +333,10 @@ export class KubeRegistry implements PodRegistry {
       },
       'kubernetes registry starting',
     )
-    this.#loops = this.#reflectors().map((r) => r.run())
+    this.#loops = [
+      ...this.#reflectors().map((r) => r.run()),
+      ...this.#targets.map(({ r }) => r.run()),
+    ]
     return this.#started
   }
 
