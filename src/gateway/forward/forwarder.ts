@@ -543,11 +543,11 @@ export class Forwarder implements ForwardService {
     }
   }
 
-  #start(facts: StreamFacts, upstream: ClientHttp2Stream, client: RelayEndpoint): LiveStream {
-    const { session } = facts
+  /** The live stream of an opened forward (TCP or UDP), in the table. */
+  #live(facts: StreamFacts, upstream: ClientHttp2Stream, transport?: 'udp'): LiveStream {
     const live = new LiveStream(
       facts.streamId,
-      session,
+      facts.session,
       facts.identity,
       facts.pod,
       facts.node,
@@ -557,7 +557,14 @@ export class Forwarder implements ForwardService {
     )
     live.asked = facts.target
     live.upstream = upstream
+    live.transport = transport
     this.#table.add(live)
+    return live
+  }
+
+  #start(facts: StreamFacts, upstream: ClientHttp2Stream, client: RelayEndpoint): LiveStream {
+    const { session } = facts
+    const live = this.#live(facts, upstream)
     this.#d.metrics.streamsOpened.inc({ protocol: session.protocol })
     // Toward the agent: a failed client is a CANCEL.
     live.relay = new DuplexRelay(client, h2Endpoint(upstream, RST.CANCEL), {
@@ -575,19 +582,7 @@ export class Forwarder implements ForwardService {
     client: ServerHttp2Stream,
   ): LiveStream {
     const { session } = facts
-    const live = new LiveStream(
-      facts.streamId,
-      session,
-      facts.identity,
-      facts.pod,
-      facts.node,
-      facts.port,
-      this.#now(),
-      facts.userAgent,
-    )
-    live.upstream = upstream
-    live.transport = 'udp'
-    this.#table.add(live)
+    const live = this.#live(facts, upstream, 'udp')
     this.#d.metrics.streamsOpened.inc({ protocol: session.protocol })
     live.relay = new UdpFlowRelay(client, upstream, {
       onDone: (outcome) => this.#closedUdp(live, facts, outcome),
