@@ -89,14 +89,19 @@ export async function measureDuplex(
   reps: number,
   log: (line: string) => void,
 ): Promise<DuplexCell[]> {
+  /** The echo through one path; a failure names the path. */
+  const echo = (p: DuplexPath, n: number): Promise<number> =>
+    duplexEcho(p.port, n).catch((err: unknown) => {
+      throw new Error(`${p.path}: ${err instanceof Error ? err.message : String(err)}`)
+    })
   // One unmeasured round first: connection pools, JIT and TLS session set-up.
-  for (const p of paths) await duplexEcho(p.port, Math.min(bytes, 8 * 1024 * 1024))
+  for (const p of paths) await echo(p, Math.min(bytes, 8 * 1024 * 1024))
   const cells: DuplexCell[] = paths.map((p) => ({ path: p.path, mbps: NaN, samples: [] }))
   const cpu = paths.map(() => [] as number[][])
   for (let r = 0; r < reps; r++) {
     for (const [i, p] of paths.entries()) {
       const c0 = p.cpu?.()
-      const mbps = await duplexEcho(p.port, bytes)
+      const mbps = await echo(p, bytes)
       const c1 = p.cpu?.()
       cells[i]?.samples.push(mbps)
       if (c0 !== undefined && c1 !== undefined) {
