@@ -78,11 +78,19 @@ export async function startHops(
       hops.unshift(hop)
       await new Promise<void>((resolve, reject) => {
         let err = ''
+        // A prefilled pool listens only once full (bench/node-h2-chain-hop.ts): room for it.
+        const timer = setTimeout(() => {
+          reject(new Error(`chain hop ${spec.role} did not listen within 120 s: ${err}`))
+        }, 120_000)
         hop.stderr?.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-2000)))
-        hop.stdout?.once('data', () => resolve())
-        hop.once('exit', (code) =>
-          reject(new Error(`chain hop ${spec.role} exited (${code}): ${err}`)),
-        )
+        hop.stdout?.once('data', () => {
+          clearTimeout(timer)
+          resolve()
+        })
+        hop.once('exit', (code) => {
+          clearTimeout(timer)
+          reject(new Error(`chain hop ${spec.role} exited (${code}): ${err}`))
+        })
       })
     }
   } catch (err) {
