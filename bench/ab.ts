@@ -11,10 +11,12 @@
  *
  *   node dist/bench/ab.js --reps 7 --seconds 2 'base' 'stgc|--single-threaded-gc'
  *   node dist/bench/ab.js --opens 300 'base' 'hwm1m||/tmp/var-hwm1m/bin/pfgate.js'
+ *   node dist/bench/ab.js --modes '' --duplex 64 'base' 'new||/tmp/var-new/bin/pfgate.js'
  *
  * @module
  */
 import { parseArgs } from 'node:util'
+import { duplexEcho } from './duplex.js'
 import { manyStreams } from './h2-streams.js'
 import { runIperf } from './iperf.js'
 import { timeOpens } from './opens.js'
@@ -39,6 +41,9 @@ interface Acc {
   gbps: Map<string, number[]>
   cpu: Map<string, Record<string, number>[]>
   opens: number[]
+  /** Full-duplex echo MB/s and CPU ms per MB (cli/gateway/agent), per round. */
+  duplex: number[]
+  duplexCpu: Record<string, number>[]
   /** Gateway RSS KiB per idle stream, per round. */
   rss: number[]
 }
@@ -53,6 +58,7 @@ async function main(): Promise<void> {
       modes: { type: 'string', default: 'up1,down1' },
       opens: { type: 'string', default: '0' },
       streams: { type: 'string', default: '0' },
+      duplex: { type: 'string', default: '0' },
     },
   })
   const variants = positionals.map(parseVariant)
@@ -61,6 +67,7 @@ async function main(): Promise<void> {
   const seconds = Number(values.seconds)
   const opens = Number(values.opens)
   const streams = Number(values.streams)
+  const duplexBytes = Number(values.duplex) * 1048576
   const modes = values.modes
     .split(',')
     .filter((m) => m !== '')
@@ -84,6 +91,8 @@ async function main(): Promise<void> {
       gbps: new Map(),
       cpu: new Map(),
       opens: [],
+      duplex: [],
+      duplexCpu: [],
       rss: [],
     }))
     // Warm-up.
@@ -92,6 +101,7 @@ async function main(): Promise<void> {
         await runIperf({ port: s.cli.iperfPort, seconds: 1, parallel: 1, direction: 'up' })
       }
       if (opens > 0) await timeOpens(s.cli.echoPort, 100)
+      if (duplexBytes > 0) await duplexEcho(s.cli.echoPort, 8 * 1048576)
     }
     for (let rep = 0; rep < reps; rep++) {
       // Rotate the order each round.
@@ -109,6 +119,15 @@ async function main(): Promise<void> {
             Object.entries(d).map(([k, v]) => [k, v / (r.bytes / 1e9)]),
           )
           a.cpu.set(m.label, [...(a.cpu.get(m.label) ?? []), perGB])
+        }
+        if (duplexBytes > 0) {
+          const c0 = cpuSnapshot(s.pids())
+          a.duplex.push(await duplexEcho(s.cli.echoPort, duplexBytes))
+          const d = cpuDelta(c0, cpuSnapshot(s.pids()))
+          const mb = duplexBytes / 1e6
+          a.duplexCpu.push(
+            Object.fromEntries(Object.entries(d).map(([k, v]) => [k, (v * 1000) / mb])),
+          )
         }
         if (opens > 0) a.opens.push(...(await timeOpens(s.cli.echoPort, Math.ceil(opens / reps))))
         if (streams > 0) {
@@ -138,6 +157,18 @@ async function main(): Promise<void> {
         void g0
         parts.push(
           `${m.label} ${g.toFixed(2)} Gbit/s (paired ${((paired - 1) * 100).toFixed(0)}%) cpu ${c} [${rounds}]`,
+        )
+      }
+      if (duplexBytes > 0) {
+        const paired = median(a.duplex.map((x, r) => x / (base.duplex[r] as number)))
+        const c = ['cli', 'gateway', 'agent']
+          .map((k) => median(a.duplexCpu.map((x) => x[k] as number)).toFixed(2))
+          .join('/')
+        parts.push(
+          `duplex ${median(a.duplex).toFixed(1)} MB/s (paired ${((paired - 1) * 100).toFixed(0)}%, ` +
+            `range ${Math.min(...a.duplex.map((x, r) => x / (base.duplex[r] as number))).toFixed(2)}–` +
+            `${Math.max(...a.duplex.map((x, r) => x / (base.duplex[r] as number))).toFixed(2)}×) ` +
+            `cpu ms/MB ${c} [${a.duplex.map((x) => x.toFixed(0)).join(' ')}]`,
         )
       }
       if (opens > 0) {

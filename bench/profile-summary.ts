@@ -124,9 +124,12 @@ export function summarizeSection(dir: string): string {
   ]
   if (info.syscallsMissing !== undefined) out.push(`   system calls: ${info.syscallsMissing}`)
   for (const [role, p] of Object.entries(info.procs)) {
+    const c = p.cpu
+    const total = c.user + c.system
     out.push(
       '',
-      `-- ${role} (pid ${p.pid}): CPU ${p.cpuSeconds.toFixed(2)} s = ${((p.cpuSeconds * 1000) / info.amount).toFixed(3)} ms ${per}`,
+      `-- ${role} (pid ${p.pid}): CPU ${total.toFixed(2)} s = ${((total * 1000) / info.amount).toFixed(3)} ms ${per}` +
+        ` (kernel ${pct(c.system / total)}; main thread ${pct((c.mainUser + c.mainSystem) / total)}, of which kernel ${pct(c.mainSystem / (c.mainUser + c.mainSystem))})`,
     )
     const profFile = join(dir, `${role}.cpuprofile`)
     if (existsSync(profFile)) {
@@ -179,7 +182,12 @@ export function summarizeProfileDir(dir: string): string {
   const sections = readdirSync(dir, { withFileTypes: true })
     .filter((d) => d.isDirectory() && existsSync(join(dir, d.name, 'window.json')))
     .map((d) => summarizeSection(join(dir, d.name)))
-  const text = sections.join('\n\n') + '\n'
+  const note =
+    'Shares count main-thread samples taken while the thread was not idle: where more threads\n' +
+    'want to run than there are cores, they include time spent waiting for a core, charged to\n' +
+    'what the thread was doing (often a system call that woke another process). System calls\n' +
+    'and CPU seconds come from a separate run of the same work without the profiler.\n\n'
+  const text = note + sections.join('\n\n') + '\n'
   writeFileSync(join(dir, 'summary.txt'), text)
   return text
 }

@@ -1,8 +1,9 @@
 /**
  * `npm run bench -- --profile DIR`: where the time goes, reproducibly. The CLI, the
  * gateway and the agent are started with bench/profile-preload.ts (`--import`); for each
- * profiled section the bench opens one window around a pfgate-only workload (after the
- * section's own measurements, so those are not disturbed) and collects per process:
+ * profiled section the bench runs a pfgate-only workload twice (after the section's own
+ * measurements, so those are not disturbed): once counting system calls and CPU time,
+ * once under the profilers (so their own cost is not counted), and collects per process:
  *
  * - a V8 CPU profile (`DIR/SECTION/ROLE.cpuprofile`, open it in Chrome DevTools or
  *   speedscope) and `ROLE.stats.json`: GC pauses by kind and event-loop delay percentiles
@@ -28,7 +29,7 @@ import {
   writeFileSync,
 } from 'node:fs'
 import { join } from 'node:path'
-import { cpuSeconds, sleep } from './util.js'
+import { sleep } from './util.js'
 
 /** The system calls counted, as perf tracepoint names (`all`: every system call). */
 export const SYSCALLS = [
@@ -53,7 +54,13 @@ export interface WindowInfo {
   wallMs: number
   procs: Record<
     string,
-    { pid: number; cpuSeconds: number; syscalls?: Record<string, number>; threadsAdded?: number }
+    {
+      pid: number
+      /** CPU seconds in the window: user and kernel, all threads and the main thread. */
+      cpu: CpuTimes
+      syscalls?: Record<string, number>
+      threadsAdded?: number
+    }
   >
   /** Why system calls were not counted, if they were not. */
   syscallsMissing?: string
@@ -79,6 +86,30 @@ export function perfUsable(): string | undefined {
     return `perf cannot count syscall tracepoints here (root and tracefs needed): ${r.stderr.trim().slice(0, 200)}`
   }
   return undefined
+}
+
+/** CPU seconds, user and kernel, of a whole process and of its main thread. */
+export interface CpuTimes {
+  user: number
+  system: number
+  mainUser: number
+  mainSystem: number
+}
+
+function times(statFile: string): [number, number] {
+  try {
+    const stat = readFileSync(statFile, 'utf8')
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return [Number(f[11]) / 100, Number(f[12]) / 100] // utime, stime in USER_HZ ticks
+  } catch {
+    return [NaN, NaN]
+  }
+}
+
+function cpuTimes(pid: number): CpuTimes {
+  const [user, system] = times(`/proc/${pid}/stat`)
+  const [mainUser, mainSystem] = times(`/proc/${pid}/task/${pid}/stat`)
+  return { user, system, mainUser, mainSystem }
 }
 
 function threads(pid: number): number {
@@ -124,6 +155,8 @@ export async function profileWindow(
   mkdirSync(out, { recursive: true })
   writeFileSync(join(dir, 'window'), out)
   const procs = Object.entries(pids).filter((e): e is [string, number] => e[1] !== undefined)
+  // Pass 1: system calls and CPU times, with no profiler running in the processes (V8's
+  // sampler thread would add its own futex calls and CPU).
   const missing = perfUsable()
   const perf = new Map<string, ChildProcess>()
   if (missing === undefined) {
@@ -131,18 +164,11 @@ export async function profileWindow(
     await sleep(500) // perf attaching to every thread
   }
   const threads0 = procs.map(([, pid]) => threads(pid))
-  const cpu0 = procs.map(([, pid]) => cpuSeconds(pid))
-  for (const [, pid] of procs) process.kill(pid, 'SIGUSR2')
-  await sleep(300) // the profilers starting
+  const cpu0 = procs.map(([, pid]) => cpuTimes(pid))
   const t0 = performance.now()
   const amount = await work()
   const wallMs = performance.now() - t0
-  for (const [, pid] of procs) process.kill(pid, 'SIGUSR2')
-  const cpu1 = procs.map(([, pid]) => cpuSeconds(pid))
-  const stats = (pid: number): string => join(out, `${pid}.stats.json`)
-  for (let i = 0; i < 100 && !procs.every(([, pid]) => existsSync(stats(pid))); i++) {
-    await sleep(100)
-  }
+  const cpu1 = procs.map(([, pid]) => cpuTimes(pid))
   await Promise.all(
     [...perf.values()].map(
       (p) =>
@@ -152,6 +178,15 @@ export async function profileWindow(
         }),
     ),
   )
+  // Pass 2: the same work again under the CPU profiler, GC observer and loop-delay histogram.
+  for (const [, pid] of procs) process.kill(pid, 'SIGUSR2')
+  await sleep(300) // the profilers starting
+  await work()
+  for (const [, pid] of procs) process.kill(pid, 'SIGUSR2')
+  const stats = (pid: number): string => join(out, `${pid}.stats.json`)
+  for (let i = 0; i < 100 && !procs.every(([, pid]) => existsSync(stats(pid))); i++) {
+    await sleep(100)
+  }
   const info: WindowInfo = { section, amount, unit, wallMs: Math.round(wallMs), procs: {} }
   if (missing !== undefined) info.syscallsMissing = missing
   for (const [i, [role, pid]] of procs.entries()) {
@@ -159,10 +194,15 @@ export async function profileWindow(
       const f = join(out, `${pid}.${ext}`)
       if (existsSync(f)) renameSync(f, join(out, `${role}.${ext}`))
     }
-    const p: WindowInfo['procs'][string] = {
-      pid,
-      cpuSeconds: Math.round(((cpu1[i] as number) - (cpu0[i] as number)) * 100) / 100,
+    const [a, b] = [cpu0[i] as CpuTimes, cpu1[i] as CpuTimes]
+    const d = (k: keyof CpuTimes): number => Math.round((b[k] - a[k]) * 100) / 100
+    const cpu = {
+      user: d('user'),
+      system: d('system'),
+      mainUser: d('mainUser'),
+      mainSystem: d('mainSystem'),
     }
+    const p: WindowInfo['procs'][string] = { pid, cpu }
     const perfFile = join(out, `${role}.perf`)
     if (existsSync(perfFile)) {
       p.syscalls = readPerf(perfFile)
