@@ -11,14 +11,17 @@
  *
  *   node dist/bench/ab.js --reps 7 --seconds 2 'base' 'stgc|--single-threaded-gc'
  *   node dist/bench/ab.js --opens 300 'base' 'hwm1m||/tmp/var-hwm1m/bin/pfgate.js'
- *   node dist/bench/ab.js --modes '' --duplex 64 'base' 'new||/tmp/var-new/bin/pfgate.js'
+ *   node dist/bench/ab.js --modes '' --duplex 64 'base' 'frame16k||/tmp/var-f16k/bin/pfgate.js'
+ *
+ * `--duplex MiB`: a full-duplex echo of that many MiB per round (bench/duplex.ts) through
+ * the CLI's echo port, with CPU seconds per GB relayed (both directions) per process.
  *
  * @module
  */
 import { parseArgs } from 'node:util'
-import { duplexEcho } from './duplex.js'
 import { manyStreams } from './h2-streams.js'
 import { runIperf } from './iperf.js'
+import { duplexEcho } from './duplex.js'
 import { timeOpens } from './opens.js'
 import { startSystem } from './system.js'
 import type { BenchSystem } from './system.js'
@@ -41,11 +44,11 @@ interface Acc {
   gbps: Map<string, number[]>
   cpu: Map<string, Record<string, number>[]>
   opens: number[]
-  /** Full-duplex echo MB/s and CPU ms per MB (cli/gateway/agent), per round. */
-  duplex: number[]
-  duplexCpu: Record<string, number>[]
   /** Gateway RSS KiB per idle stream, per round. */
   rss: number[]
+  /** Full-duplex echo MB/s per round, and CPU s/GB relayed per process. */
+  duplex: number[]
+  duplexCpu: Record<string, number>[]
 }
 
 async function main(): Promise<void> {
@@ -91,9 +94,9 @@ async function main(): Promise<void> {
       gbps: new Map(),
       cpu: new Map(),
       opens: [],
+      rss: [],
       duplex: [],
       duplexCpu: [],
-      rss: [],
     }))
     // Warm-up.
     for (const s of systems) {
@@ -101,7 +104,7 @@ async function main(): Promise<void> {
         await runIperf({ port: s.cli.iperfPort, seconds: 1, parallel: 1, direction: 'up' })
       }
       if (opens > 0) await timeOpens(s.cli.echoPort, 100)
-      if (duplexBytes > 0) await duplexEcho(s.cli.echoPort, 8 * 1048576)
+      if (duplexBytes > 0) await duplexEcho(s.cli.echoPort, Math.min(duplexBytes, 8 << 20))
     }
     for (let rep = 0; rep < reps; rep++) {
       // Rotate the order each round.
@@ -120,16 +123,18 @@ async function main(): Promise<void> {
           )
           a.cpu.set(m.label, [...(a.cpu.get(m.label) ?? []), perGB])
         }
+        if (opens > 0) a.opens.push(...(await timeOpens(s.cli.echoPort, Math.ceil(opens / reps))))
         if (duplexBytes > 0) {
-          const c0 = cpuSnapshot(s.pids())
+          const pids = s.pids()
+          const c0 = cpuSnapshot(pids)
           a.duplex.push(await duplexEcho(s.cli.echoPort, duplexBytes))
-          const d = cpuDelta(c0, cpuSnapshot(s.pids()))
-          const mb = duplexBytes / 1e6
+          const d = cpuDelta(c0, cpuSnapshot(pids))
           a.duplexCpu.push(
-            Object.fromEntries(Object.entries(d).map(([k, v]) => [k, (v * 1000) / mb])),
+            Object.fromEntries(
+              Object.entries(d).map(([k, v]) => [k, v / ((2 * duplexBytes) / 1e9)]),
+            ),
           )
         }
-        if (opens > 0) a.opens.push(...(await timeOpens(s.cli.echoPort, Math.ceil(opens / reps))))
         if (streams > 0) {
           const r = await manyStreams(s.gateway.url, s.dir, s.token, s.pids(), streams)
           a.rss.push(r.gatewayKiBPerStream)
@@ -159,21 +164,21 @@ async function main(): Promise<void> {
           `${m.label} ${g.toFixed(2)} Gbit/s (paired ${((paired - 1) * 100).toFixed(0)}%) cpu ${c} [${rounds}]`,
         )
       }
-      if (duplexBytes > 0) {
-        const paired = median(a.duplex.map((x, r) => x / (base.duplex[r] as number)))
-        const c = ['cli', 'gateway', 'agent']
-          .map((k) => median(a.duplexCpu.map((x) => x[k] as number)).toFixed(2))
-          .join('/')
-        parts.push(
-          `duplex ${median(a.duplex).toFixed(1)} MB/s (paired ${((paired - 1) * 100).toFixed(0)}%, ` +
-            `range ${Math.min(...a.duplex.map((x, r) => x / (base.duplex[r] as number))).toFixed(2)}–` +
-            `${Math.max(...a.duplex.map((x, r) => x / (base.duplex[r] as number))).toFixed(2)}×) ` +
-            `cpu ms/MB ${c} [${a.duplex.map((x) => x.toFixed(0)).join(' ')}]`,
-        )
-      }
       if (opens > 0) {
         parts.push(
           `open p50 ${quantile(a.opens, 0.5).toFixed(2)} p99 ${quantile(a.opens, 0.99).toFixed(2)} ms`,
+        )
+      }
+      if (duplexBytes > 0) {
+        const ratios = a.duplex.map((x, r) => x / (base.duplex[r] as number))
+        const paired = median(ratios)
+        const range = `${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)}×`
+        const c = ['cli', 'gateway', 'agent']
+          .map((k) => median(a.duplexCpu.map((x) => x[k] as number)).toFixed(2))
+          .join('/')
+        const rounds = a.duplex.map((x) => x.toFixed(0)).join(' ')
+        parts.push(
+          `duplex ${median(a.duplex).toFixed(1)} MB/s (paired ${((paired - 1) * 100).toFixed(0)}%, rounds ${range}) cpu ${c} [${rounds}]`,
         )
       }
       if (streams > 0) {
