@@ -90,13 +90,19 @@ export async function measureDuplex(
   log: (line: string) => void,
 ): Promise<DuplexCell[]> {
   // One unmeasured round first: connection pools, JIT and TLS session set-up.
-  for (const p of paths) await duplexEcho(p.port, Math.min(bytes, 8 * 1024 * 1024))
+  for (const p of paths) {
+    await duplexEcho(p.port, Math.min(bytes, 8 * 1024 * 1024)).catch((err: unknown) => {
+      throw new Error(`${p.path}: ${(err as Error).message}`)
+    })
+  }
   const cells: DuplexCell[] = paths.map((p) => ({ path: p.path, mbps: NaN, samples: [] }))
   const cpu = paths.map(() => [] as number[][])
   for (let r = 0; r < reps; r++) {
     for (const [i, p] of paths.entries()) {
       const c0 = p.cpu?.()
-      const mbps = await duplexEcho(p.port, bytes)
+      const mbps = await duplexEcho(p.port, bytes).catch((err: unknown) => {
+        throw new Error(`${p.path}: ${(err as Error).message}`)
+      })
       const c1 = p.cpu?.()
       cells[i]?.samples.push(mbps)
       if (c0 !== undefined && c1 !== undefined) {
