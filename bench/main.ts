@@ -37,7 +37,8 @@
  * @module
  */
 import { execFileSync } from 'node:child_process'
-import { existsSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { resolve } from 'node:path'
 import { cpus } from 'node:os'
 import { parseArgs } from 'node:util'
 import {
@@ -52,8 +53,10 @@ import { manyStreams } from './h2-streams.js'
 import type { ManyStreamsResult } from './h2-streams.js'
 import { runIperf } from './iperf.js'
 import type { BenchKubectl, KubectlBenchResult } from './kubectl-contract.js'
-import { coldOpens, interleavedOpens, parallelOpens } from './opens.js'
-import { measureDuplex } from './duplex.js'
+import { coldOpens, interleavedOpens, parallelOpens, timeOpens } from './opens.js'
+import { duplexEcho, measureDuplex } from './duplex.js'
+import { profileNodeArgs, profileWindow } from './profile.js'
+import { summarizeProfileDir } from './profile-summary.js'
 import type { DuplexCell } from './duplex.js'
 import { startNodeChain } from './node-chain.js'
 import type { NodeChain } from './node-chain.js'
@@ -709,6 +712,8 @@ export async function runBench(options: {
   only?: readonly Section[]
   nodeArgs?: string[]
   verbose?: boolean
+  /** Profile the CLI, gateway and agent in the latency and duplex sections (bench/profile.ts). */
+  profile?: string
 }): Promise<BenchReport> {
   const t0 = performance.now()
   const { quick } = options
@@ -731,14 +736,34 @@ export async function runBench(options: {
     rows: [],
     seconds: 0,
   }
+  const profileDir = options.profile !== undefined ? resolve(options.profile) : undefined
+  if (profileDir !== undefined) {
+    mkdirSync(profileDir, { recursive: true })
+    process.env.PFGATE_PROFILE_DIR = profileDir
+  }
+  const nodeArgs = [
+    ...(options.nodeArgs ?? []),
+    ...(profileDir !== undefined ? profileNodeArgs() : []),
+  ]
   // Only the sections that measure the shared system need it.
   let sys: BenchSystem | undefined
   if (SYSTEM_SECTIONS.some(want)) {
     log(`pfgate bench${quick ? ' --quick' : ''}: starting the system under test`)
-    sys = await startSystem({
-      ...(options.nodeArgs !== undefined ? { nodeArgs: options.nodeArgs } : {}),
-      verbose: options.verbose === true,
-    })
+    sys = await startSystem({ nodeArgs, verbose: options.verbose === true })
+  }
+  /**
+   * With `--profile`: one profiling window around a pfgate-only workload, after the
+   * section's own measurements (so those are not disturbed); `work` returns its size.
+   */
+  const profiled = async (
+    name: Section,
+    sys: BenchSystem,
+    unit: 'MB' | 'open',
+    work: () => Promise<number>,
+  ): Promise<void> => {
+    if (profileDir === undefined) return
+    log(`${name}: profiling the CLI, gateway and agent (${profileDir}/${name})`)
+    await profileWindow(profileDir, name, sys.pids(), unit, work)
   }
   let mark = t0
   const lap = (what: string): void => {
@@ -821,6 +846,12 @@ export async function runBench(options: {
         await socat3.stop()
         await h2chain?.stop()
       }
+      await profiled(
+        'latency',
+        sys,
+        'open',
+        async () => (await timeOpens(sys.cli.echoPort, n)).length,
+      )
       log('latency: 1000 opens at once')
       report.parallel = {
         direct: await parallelOpens(sys.pod.echoPort, 1000),
@@ -906,6 +937,11 @@ export async function runBench(options: {
       } finally {
         await Promise.all(chains.map((c) => c.chain.stop()))
       }
+      await profiled('duplex', sys, 'MB', async () => {
+        const reps = quick ? 2 : 4
+        for (let i = 0; i < reps; i++) await duplexEcho(sys.cli.echoPort, bytes)
+        return Math.round((reps * bytes) / 1e6)
+      })
     })
     await section('chains', async (sys) => {
       log('chains: the gateway→agent leg as an mTLS pool vs a shared HTTP/2 session')
@@ -970,12 +1006,13 @@ async function main(): Promise<number> {
       only: { type: 'string' },
       'node-arg': { type: 'string', multiple: true },
       verbose: { type: 'boolean' },
+      profile: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   })
   if (values.help === true) {
     process.stdout.write(
-      `usage: npm run bench -- [--quick] [--json FILE] [--only ${SECTIONS.join(',')}] [--node-arg=FLAG ...] [--verbose]\n`,
+      `usage: npm run bench -- [--quick] [--json FILE] [--only ${SECTIONS.join(',')}] [--node-arg=FLAG ...] [--verbose] [--profile DIR]\n`,
     )
     return 0
   }
@@ -990,6 +1027,7 @@ async function main(): Promise<number> {
     ...(only !== undefined ? { only } : {}),
     ...(values['node-arg'] !== undefined ? { nodeArgs: values['node-arg'] } : {}),
     verbose: values.verbose === true,
+    ...(values.profile !== undefined ? { profile: values.profile } : {}),
   })
   const env = Object.entries(report.environment)
     .map(([k, v]) => `${k}: ${v}`)
@@ -999,6 +1037,10 @@ async function main(): Promise<number> {
   const passed = report.rows.filter((r) => r.result === 'PASS').length
   process.stdout.write(`${passed} passed, ${failed} failed; ${report.seconds} s\n`)
   if (values.json !== undefined) writeFileSync(values.json, JSON.stringify(report, null, 2) + '\n')
+  if (values.profile !== undefined) {
+    process.stdout.write(`\nWhere the time goes (${values.profile}/summary.txt):\n\n`)
+    process.stdout.write(summarizeProfileDir(values.profile))
+  }
   return 0
 }
 

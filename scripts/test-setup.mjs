@@ -30,6 +30,7 @@ export const DEBIAN_PACKAGES = [
   { pkg: 'procps', why: 'process inspection in the leak checks' },
   { pkg: 'python3-kubernetes', why: 'the Python Kubernetes client (WebSocket channels)' },
   { pkg: 'iperf3', why: 'the throughput driver of `npm run bench`' },
+  { pkg: 'linux-perf', why: '`npm run bench -- --profile`: system calls counted per process' },
   { pkg: 'containerd', why: 'real pods: the agent finds them over CRI (containerd harness)' },
   { pkg: 'runc', why: 'the OCI runtime containerd runs the harness pods with' },
   { pkg: 'containernetworking-plugins', why: 'CNI bridge network of the harness pods' },

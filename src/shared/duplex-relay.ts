@@ -66,6 +66,10 @@ type HwmStream = Duplex & {
   _writableState?: { highWaterMark: number }
 }
 
+const uncork = (s: Duplex): void => {
+  s.uncork()
+}
+
 /** The relay a stream belongs to, stored on the stream for the shared listeners. */
 const kRelay = Symbol('pfgate.relay')
 type RelayStream = Duplex & { [kRelay]?: DuplexRelay<string> }
@@ -181,7 +185,17 @@ export class DuplexRelay<S extends string = 'a' | 'b'> {
     if (dir === DIR_A) r.bytesAtoB += chunk.length
     else r.bytesBtoA += chunk.length
     r.lastActivity = r.#now()
-    if (!r.#other(dir).write(chunk)) this.pause()
+    const to = r.#other(dir)
+    // Chunks read in one turn of the event loop go out in one write (uncorked in the
+    // loop's check phase, after every read of this turn; process.nextTick would run after
+    // each chunk, as each is its own callback from native code): an HTTP/2 DATA frame
+    // arrives as two pieces (a TLS record holds 16 KiB, a frame 16 KiB + 9 bytes), and
+    // writing each piece to a socket cost a system call per piece (docs/performance.md).
+    if (to.writableCorked === 0) {
+      to.cork()
+      setImmediate(uncork, to)
+    }
+    if (!to.write(chunk)) this.pause()
   }
 
   /** The stream we write to drained: resume the one we read from. */
@@ -240,6 +254,8 @@ export class DuplexRelay<S extends string = 'a' | 'b'> {
     const failed = dir === DIR_A ? this.#a : this.#b
     const other = dir === DIR_A ? this.#b : this.#a
     const rstCode = (failed.stream as Duplex & { rstCode?: number }).rstCode
+    // What was read before the failure goes out first, as it would have without the cork.
+    while (other.stream.writableCorked > 0) other.stream.uncork()
     other.abort('peer-reset', typeof rstCode === 'number' ? rstCode : undefined)
   }
 

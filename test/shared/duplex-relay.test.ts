@@ -187,3 +187,44 @@ test('a side that was already destroyed before the relay started still ends the 
     pod.destroy()
   })
 })
+
+test('chunks read in one event-loop turn leave in one write, in order', async () => {
+  await withServer(async (server) => {
+    const [client, a] = await pair(server)
+    const [b, pod] = await pair(server)
+    // Count what the relay hands the pod-facing socket per system-call-level write.
+    const writes: number[] = []
+    const sock = b as Socket & {
+      _write: (c: Buffer, e: BufferEncoding, cb: () => void) => void
+      _writev: (cs: { chunk: Buffer }[], cb: () => void) => void
+    }
+    const write = sock._write.bind(sock)
+    const writev = sock._writev.bind(sock)
+    sock._write = (c, e, cb) => {
+      writes.push(1)
+      write(c, e, cb)
+    }
+    sock._writev = (cs, cb) => {
+      writes.push(cs.length)
+      writev(cs, cb)
+    }
+    let resolveDone!: (o: RelayOutcome) => void
+    const done = new Promise<RelayOutcome>((r) => (resolveDone = r))
+    new DuplexRelay(socketEndpoint(a), socketEndpoint(b), { onDone: resolveDone })
+    const got = readAll(pod)
+    pod.resume()
+    // Three chunks in one turn, as an HTTP/2 stream emits the pieces of its DATA frames.
+    a.push(Buffer.from('one,'))
+    a.push(Buffer.from('two,'))
+    a.push(Buffer.from('three'))
+    await new Promise((r) => setTimeout(r, 50))
+    const firstTurn = [...writes]
+    client.end()
+    assert.equal((await got).toString(), 'one,two,three')
+    pod.end()
+    const outcome = await done
+    assert.equal(outcome.bytesAtoB, 13)
+    assert.equal(outcome.failure, undefined)
+    assert.deepEqual(firstTurn, [3], 'one writev of the three chunks')
+  })
+})
