@@ -11,10 +11,15 @@
  *
  *   node dist/bench/ab.js --reps 7 --seconds 2 'base' 'stgc|--single-threaded-gc'
  *   node dist/bench/ab.js --opens 300 'base' 'hwm1m||/tmp/var-hwm1m/bin/pfgate.js'
+ *   node dist/bench/ab.js --modes '' --duplex 64 'base' 'x||/tmp/var-x/bin/pfgate.js'
+ *
+ * `--duplex MiB`: a full-duplex echo of that many MiB through the CLI's echo port per
+ * round (bench/duplex.ts), MB/s paired like iperf3's figures, with CPU per GB echoed.
  *
  * @module
  */
 import { parseArgs } from 'node:util'
+import { duplexEcho } from './duplex.js'
 import { manyStreams } from './h2-streams.js'
 import { runIperf } from './iperf.js'
 import { timeOpens } from './opens.js'
@@ -53,6 +58,7 @@ async function main(): Promise<void> {
       modes: { type: 'string', default: 'up1,down1' },
       opens: { type: 'string', default: '0' },
       streams: { type: 'string', default: '0' },
+      duplex: { type: 'string', default: '0' },
     },
   })
   const variants = positionals.map(parseVariant)
@@ -61,6 +67,9 @@ async function main(): Promise<void> {
   const seconds = Number(values.seconds)
   const opens = Number(values.opens)
   const streams = Number(values.streams)
+  const duplexBytes = Number(values.duplex) * 1024 * 1024
+  // The full-duplex echo is one more mode, measured and reported like iperf3's.
+  const DUPLEX = 'duplex'
   const modes = values.modes
     .split(',')
     .filter((m) => m !== '')
@@ -92,6 +101,7 @@ async function main(): Promise<void> {
         await runIperf({ port: s.cli.iperfPort, seconds: 1, parallel: 1, direction: 'up' })
       }
       if (opens > 0) await timeOpens(s.cli.echoPort, 100)
+      if (duplexBytes > 0) await duplexEcho(s.cli.echoPort, Math.min(duplexBytes, 8 << 20))
     }
     for (let rep = 0; rep < reps; rep++) {
       // Rotate the order each round.
@@ -110,6 +120,17 @@ async function main(): Promise<void> {
           )
           a.cpu.set(m.label, [...(a.cpu.get(m.label) ?? []), perGB])
         }
+        if (duplexBytes > 0) {
+          const pids = s.pids()
+          const c0 = cpuSnapshot(pids)
+          const mbps = await duplexEcho(s.cli.echoPort, duplexBytes)
+          const d = cpuDelta(c0, cpuSnapshot(pids))
+          // MB/s reported in the Gbit/s slot's place: the label says which.
+          a.gbps.set(DUPLEX, [...(a.gbps.get(DUPLEX) ?? []), mbps])
+          const gb = (2 * duplexBytes) / 1e9
+          const perGB = Object.fromEntries(Object.entries(d).map(([k, v]) => [k, v / gb]))
+          a.cpu.set(DUPLEX, [...(a.cpu.get(DUPLEX) ?? []), perGB])
+        }
         if (opens > 0) a.opens.push(...(await timeOpens(s.cli.echoPort, Math.ceil(opens / reps))))
         if (streams > 0) {
           const r = await manyStreams(s.gateway.url, s.dir, s.token, s.pids(), streams)
@@ -123,7 +144,11 @@ async function main(): Promise<void> {
       const v = variants[i] as Variant
       const a = acc[i] as Acc
       const parts: string[] = []
-      for (const m of modes) {
+      const labels = [
+        ...modes.map((m) => ({ label: m.label, unit: 'Gbit/s' })),
+        ...(duplexBytes > 0 ? [{ label: DUPLEX, unit: 'MB/s' }] : []),
+      ]
+      for (const m of labels) {
         const g = median(a.gbps.get(m.label) ?? [])
         const g0 = median(base.gbps.get(m.label) ?? [])
         const cpu = a.cpu.get(m.label) ?? []
@@ -133,11 +158,20 @@ async function main(): Promise<void> {
         // Paired: each round measured every variant within seconds of the others.
         const mine = a.gbps.get(m.label) ?? []
         const theirs = base.gbps.get(m.label) ?? []
-        const paired = median(mine.map((x, r) => x / (theirs[r] as number)))
+        const ratios = mine.map((x, r) => x / (theirs[r] as number))
+        const paired = median(ratios)
         const rounds = mine.map((x) => x.toFixed(2)).join(' ')
         void g0
+        // CPU per GB of each process, paired with the first variant's in the same round.
+        const baseCpu = base.cpu.get(m.label) ?? []
+        const cpuPaired = ['cli', 'gateway', 'agent']
+          .map((k) =>
+            median(cpu.map((x, r) => (x[k] as number) / (baseCpu[r]?.[k] as number))).toFixed(2),
+          )
+          .join('/')
+        const pct = (x: number): string => `${((x - 1) * 100).toFixed(0)}%`
         parts.push(
-          `${m.label} ${g.toFixed(2)} Gbit/s (paired ${((paired - 1) * 100).toFixed(0)}%) cpu ${c} [${rounds}]`,
+          `${m.label} ${g.toFixed(2)} ${m.unit} (paired ${pct(paired)}, ${pct(Math.min(...ratios))}..${pct(Math.max(...ratios))}) cpu ${c} (paired ×${cpuPaired}) [${rounds}]`,
         )
       }
       if (opens > 0) {
