@@ -11,17 +11,17 @@
  *
  *   node dist/bench/ab.js --reps 7 --seconds 2 'base' 'stgc|--single-threaded-gc'
  *   node dist/bench/ab.js --opens 300 'base' 'hwm1m||/tmp/var-hwm1m/bin/pfgate.js'
- *   node dist/bench/ab.js --modes '' --duplex 64 'base' 'x||/tmp/var-x/bin/pfgate.js'
+ *   node dist/bench/ab.js --modes '' --duplex 64 'base' 'frame16k||/tmp/var-f16k/bin/pfgate.js'
  *
- * `--duplex MiB`: a full-duplex echo of that many MiB through the CLI's echo port per
- * round (bench/duplex.ts), MB/s paired like iperf3's figures, with CPU per GB echoed.
+ * `--duplex MiB`: a full-duplex echo of that many MiB per round (bench/duplex.ts) through
+ * the CLI's echo port, with CPU seconds per GB relayed (both directions) per process.
  *
  * @module
  */
 import { parseArgs } from 'node:util'
-import { duplexEcho } from './duplex.js'
 import { manyStreams } from './h2-streams.js'
 import { runIperf } from './iperf.js'
+import { duplexEcho } from './duplex.js'
 import { timeOpens } from './opens.js'
 import { startSystem } from './system.js'
 import type { BenchSystem } from './system.js'
@@ -46,6 +46,9 @@ interface Acc {
   opens: number[]
   /** Gateway RSS KiB per idle stream, per round. */
   rss: number[]
+  /** Full-duplex echo MB/s per round, and CPU s/GB relayed per process. */
+  duplex: number[]
+  duplexCpu: Record<string, number>[]
 }
 
 async function main(): Promise<void> {
@@ -67,9 +70,7 @@ async function main(): Promise<void> {
   const seconds = Number(values.seconds)
   const opens = Number(values.opens)
   const streams = Number(values.streams)
-  const duplexBytes = Number(values.duplex) * 1024 * 1024
-  // The full-duplex echo is one more mode, measured and reported like iperf3's.
-  const DUPLEX = 'duplex'
+  const duplexBytes = Number(values.duplex) * 1048576
   const modes = values.modes
     .split(',')
     .filter((m) => m !== '')
@@ -94,6 +95,8 @@ async function main(): Promise<void> {
       cpu: new Map(),
       opens: [],
       rss: [],
+      duplex: [],
+      duplexCpu: [],
     }))
     // Warm-up.
     for (const s of systems) {
@@ -120,18 +123,18 @@ async function main(): Promise<void> {
           )
           a.cpu.set(m.label, [...(a.cpu.get(m.label) ?? []), perGB])
         }
+        if (opens > 0) a.opens.push(...(await timeOpens(s.cli.echoPort, Math.ceil(opens / reps))))
         if (duplexBytes > 0) {
           const pids = s.pids()
           const c0 = cpuSnapshot(pids)
-          const mbps = await duplexEcho(s.cli.echoPort, duplexBytes)
+          a.duplex.push(await duplexEcho(s.cli.echoPort, duplexBytes))
           const d = cpuDelta(c0, cpuSnapshot(pids))
-          // MB/s reported in the Gbit/s slot's place: the label says which.
-          a.gbps.set(DUPLEX, [...(a.gbps.get(DUPLEX) ?? []), mbps])
-          const gb = (2 * duplexBytes) / 1e9
-          const perGB = Object.fromEntries(Object.entries(d).map(([k, v]) => [k, v / gb]))
-          a.cpu.set(DUPLEX, [...(a.cpu.get(DUPLEX) ?? []), perGB])
+          a.duplexCpu.push(
+            Object.fromEntries(
+              Object.entries(d).map(([k, v]) => [k, v / ((2 * duplexBytes) / 1e9)]),
+            ),
+          )
         }
-        if (opens > 0) a.opens.push(...(await timeOpens(s.cli.echoPort, Math.ceil(opens / reps))))
         if (streams > 0) {
           const r = await manyStreams(s.gateway.url, s.dir, s.token, s.pids(), streams)
           a.rss.push(r.gatewayKiBPerStream)
@@ -144,11 +147,7 @@ async function main(): Promise<void> {
       const v = variants[i] as Variant
       const a = acc[i] as Acc
       const parts: string[] = []
-      const labels = [
-        ...modes.map((m) => ({ label: m.label, unit: 'Gbit/s' })),
-        ...(duplexBytes > 0 ? [{ label: DUPLEX, unit: 'MB/s' }] : []),
-      ]
-      for (const m of labels) {
+      for (const m of modes) {
         const g = median(a.gbps.get(m.label) ?? [])
         const g0 = median(base.gbps.get(m.label) ?? [])
         const cpu = a.cpu.get(m.label) ?? []
@@ -158,25 +157,28 @@ async function main(): Promise<void> {
         // Paired: each round measured every variant within seconds of the others.
         const mine = a.gbps.get(m.label) ?? []
         const theirs = base.gbps.get(m.label) ?? []
-        const ratios = mine.map((x, r) => x / (theirs[r] as number))
-        const paired = median(ratios)
+        const paired = median(mine.map((x, r) => x / (theirs[r] as number)))
         const rounds = mine.map((x) => x.toFixed(2)).join(' ')
         void g0
-        // CPU per GB of each process, paired with the first variant's in the same round.
-        const baseCpu = base.cpu.get(m.label) ?? []
-        const cpuPaired = ['cli', 'gateway', 'agent']
-          .map((k) =>
-            median(cpu.map((x, r) => (x[k] as number) / (baseCpu[r]?.[k] as number))).toFixed(2),
-          )
-          .join('/')
-        const pct = (x: number): string => `${((x - 1) * 100).toFixed(0)}%`
         parts.push(
-          `${m.label} ${g.toFixed(2)} ${m.unit} (paired ${pct(paired)}, ${pct(Math.min(...ratios))}..${pct(Math.max(...ratios))}) cpu ${c} (paired ×${cpuPaired}) [${rounds}]`,
+          `${m.label} ${g.toFixed(2)} Gbit/s (paired ${((paired - 1) * 100).toFixed(0)}%) cpu ${c} [${rounds}]`,
         )
       }
       if (opens > 0) {
         parts.push(
           `open p50 ${quantile(a.opens, 0.5).toFixed(2)} p99 ${quantile(a.opens, 0.99).toFixed(2)} ms`,
+        )
+      }
+      if (duplexBytes > 0) {
+        const ratios = a.duplex.map((x, r) => x / (base.duplex[r] as number))
+        const paired = median(ratios)
+        const range = `${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)}×`
+        const c = ['cli', 'gateway', 'agent']
+          .map((k) => median(a.duplexCpu.map((x) => x[k] as number)).toFixed(2))
+          .join('/')
+        const rounds = a.duplex.map((x) => x.toFixed(0)).join(' ')
+        parts.push(
+          `duplex ${median(a.duplex).toFixed(1)} MB/s (paired ${((paired - 1) * 100).toFixed(0)}%, rounds ${range}) cpu ${c} [${rounds}]`,
         )
       }
       if (streams > 0) {
