@@ -10,7 +10,7 @@
  * - `runtime`: the netns dialer resolving the pod by UID from a real containerd over
  *   CRI (src/dev/containerd-harness.ts; the same echo server, in the pod sandbox's
  *   namespace): the first dial (ListPodSandbox, verbose PodSandboxStatus, helper start)
- *   and cached dials (one ListPodSandbox each), both against the static dialer.
+ * and cached dials (answered from the resolver's checked cache), both against the static dialer.
  *
  * Dial latency is the time from asking for a connection to the first echoed byte
  * (a process-per-connection dialer only proves it is connected that way). Throughput

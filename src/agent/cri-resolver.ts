@@ -2,19 +2,25 @@
  * Pod UID → network namespace from the node's container runtime over CRI, the way the
  * kubelet finds a pod: `ListPodSandbox` filtered on the kubelet's `io.kubernetes.pod.uid`
  * label and state READY, then `PodSandboxStatus` (verbose) of that sandbox for its
- * namespace path and IPs (src/shared/cri/sandbox-network.ts).
+ * namespace path, IPs and sandbox process (src/shared/cri/sandbox-network.ts).
  *
- * Every resolve asks the runtime for the pod's ready sandbox (one small call): a pod
- * that stopped, left the node or was recreated under its name with a new UID is
- * refused at once, and a pod whose sandbox was replaced (new namespace) is reached at
- * the new one on its next connection, never the old. The verbose status, the costly
- * part, is cached per pod UID and sandbox id; concurrent resolves of one UID share one
- * round trip. The runtime socket, its labels and statuses are written by the kubelet
- * and the runtime only: nothing a cluster user can set decides the namespace.
+ * The runtime's answer is cached per pod UID for a short time (2 s by default) and
+ * checked at every use without a CRI call: the namespace path must still name the
+ * namespace it named when the runtime listed the sandbox READY (nsfs device and inode:
+ * a stopped or removed sandbox's namespace is deleted, a recreated pod's sandbox has a
+ * new one), and the sandbox's own process must still live in it (`/proc/<pid>/ns/net`:
+ * a sandbox whose pause process died is refused at once, even while its namespace
+ * still exists). Anything else (a check failing, the entry older than the TTL, a dial
+ * that failed, the runtime found down) asks the runtime again, so a pod that stopped,
+ * left the node or was recreated is refused or reached at its new namespace on its
+ * next connection, never the old one. The verbose status, the costly part, is kept per
+ * pod UID and sandbox id; concurrent lookups of one UID share one round trip. The
+ * runtime socket, its labels and statuses are written by the kubelet and the runtime
+ * only: nothing a cluster user can set decides the namespace. See docs/netns-dialer.md.
  *
  * @module
  */
-import { existsSync } from 'node:fs'
+import { existsSync, statSync } from 'node:fs'
 import {
   CriClient,
   CriError,
@@ -29,12 +35,15 @@ import { appError, isAppError } from '../shared/errors.js'
 import type { AppError } from '../shared/errors.js'
 import { silentLogger } from '../shared/log.js'
 import type { Logger } from '../shared/log.js'
-import { netnsError } from './netns-handle.js'
+import { netnsError, sameIdentity } from './netns-handle.js'
+import type { NsIdentity } from './netns-handle.js'
 import { podNotFound } from './netns-resolver.js'
 import type { PodNetns, PodNetnsResolver, PodRef, ResolverReadiness } from './netns-resolver.js'
 
 /** Default bound of the per-UID cache (entries). */
 export const DEFAULT_CRI_CACHE_SIZE = 4096
+/** How long the runtime's word that a pod's sandbox is READY is used without asking again, ms. */
+export const DEFAULT_CRI_CACHE_TTL_MS = 2_000
 /** How long a readiness answer is reused, ms (bounds Version calls from /readyz). */
 const READINESS_TTL_MS = 1_000
 /** The node's own network namespace, for hostNetwork pods (the agent runs with hostPID). */
@@ -49,8 +58,13 @@ export interface CriNetnsResolverOptions {
   endpoint?: string
   /** Deadline of each CRI call, ms (default 2 s). */
   timeoutMs?: number
-  /** Most pods cached (default 4096; the oldest is dropped). */
+  /** Most pods cached (default 4096; the least recently used is dropped). */
   cacheSize?: number
+  /**
+   * How long a sandbox the runtime listed READY is used without asking it again, ms
+   * (default 2 s; each use is still checked, see the module doc). 0: ask at every dial.
+   */
+  cacheTtlMs?: number
   /** Namespace entered for hostNetwork pods (default `/proc/1/ns/net`). */
   hostNetnsPath?: string
   log?: Logger
@@ -62,13 +76,33 @@ export interface CriResolverStats {
   lists: number
   /** Verbose PodSandboxStatus calls (cache misses). */
   statuses: number
-  /** Resolves answered from the cache after the list confirmed the sandbox. */
+  /** Resolves answered from the cache without a CRI call (the per-use check passed). */
   cacheHits: number
+  /** Cached entries the per-use check refused (namespace or sandbox process gone). */
+  cacheRefused: number
 }
 
 interface CacheEntry {
+  namespace: string
+  name: string
   sandboxId: string
   netns: PodNetns
+  /** The sandbox process the runtime reported (verbose status `pid`). */
+  pid: number | undefined
+  /** The namespace's identity when the runtime last listed the sandbox READY. */
+  identity: NsIdentity | undefined
+  /** `/proc/<pid>/ns/net` of the sandbox process, checked to be `identity` at each use. */
+  pidNs: string | undefined
+  /** When the runtime last listed the sandbox READY (Date.now()); 0: ask it again. */
+  confirmedAt: number
+}
+
+/** The nsfs identity of a namespace path, or undefined (gone, not readable). */
+function identityNow(path: string): NsIdentity | undefined {
+  // Synchronous on purpose: nsfs and procfs answer from memory, in microseconds, where a
+  // thread-pool stat costs a round trip of the event loop on every dial.
+  const st = statSync(path, { throwIfNoEntry: false })
+  return st === undefined ? undefined : { dev: st.dev, ino: st.ino }
 }
 
 /** Strips `unix://` from an endpoint. */
@@ -91,11 +125,12 @@ export class CriNetnsResolver implements PodNetnsResolver {
   readonly #candidates: readonly string[]
   readonly #timeoutMs: number
   readonly #cacheSize: number
+  readonly #ttlMs: number
   readonly #hostNetnsPath: string
   readonly #log: Logger
   readonly #cache = new Map<string, CacheEntry>()
   readonly #inflight = new Map<string, Promise<PodNetns>>()
-  readonly #stats: CriResolverStats = { lists: 0, statuses: 0, cacheHits: 0 }
+  readonly #stats: CriResolverStats = { lists: 0, statuses: 0, cacheHits: 0, cacheRefused: 0 }
   #client: CriClient | undefined
   #readiness: { at: number; value: Promise<ResolverReadiness> } | undefined
   #closed = false
@@ -105,6 +140,7 @@ export class CriNetnsResolver implements PodNetnsResolver {
       options.endpoint !== undefined ? [criSocketPath(options.endpoint)] : DEFAULT_CRI_SOCKETS
     this.#timeoutMs = options.timeoutMs ?? DEFAULT_CRI_TIMEOUT_MS
     this.#cacheSize = options.cacheSize ?? DEFAULT_CRI_CACHE_SIZE
+    this.#ttlMs = options.cacheTtlMs ?? DEFAULT_CRI_CACHE_TTL_MS
     this.#hostNetnsPath = options.hostNetnsPath ?? HOST_NETNS_PATH
     this.#log = options.log ?? silentLogger()
   }
@@ -121,7 +157,9 @@ export class CriNetnsResolver implements PodNetnsResolver {
 
   resolve(pod: PodRef): Promise<PodNetns> {
     if (this.#closed) return Promise.reject(unavailable(undefined, 'the agent is shutting down'))
-    // Concurrent dials to one pod share one round trip; each later dial asks anew.
+    const hit = this.#fromCache(pod)
+    if (hit !== undefined) return Promise.resolve(hit)
+    // Concurrent dials to one pod share one round trip.
     const key = `${pod.uid}\0${pod.namespace}\0${pod.name}`
     let p = this.#inflight.get(key)
     if (p === undefined) {
@@ -132,7 +170,33 @@ export class CriNetnsResolver implements PodNetnsResolver {
   }
 
   invalidate(uid: string): void {
-    this.#cache.delete(uid)
+    // The verbose status stays, keyed by sandbox id: only a new list can confirm it again.
+    const e = this.#cache.get(uid)
+    if (e !== undefined) e.confirmedAt = 0
+  }
+
+  /** The cached answer for `pod` when it is fresh and passes the per-use check. */
+  #fromCache(pod: PodRef): PodNetns | undefined {
+    const e = this.#cache.get(pod.uid)
+    if (e === undefined || e.confirmedAt === 0 || e.identity === undefined) return undefined
+    if (Date.now() - e.confirmedAt >= this.#ttlMs) return undefined
+    if (e.namespace !== pod.namespace || e.name !== pod.name) return undefined
+    const now = identityNow(e.netns.path)
+    let ok = now !== undefined && sameIdentity(now, e.identity)
+    if (ok && e.pidNs !== undefined) {
+      const sandboxNs = identityNow(e.pidNs)
+      ok = sandboxNs !== undefined && sameIdentity(sandboxNs, e.identity)
+    }
+    if (!ok) {
+      this.#stats.cacheRefused++
+      e.confirmedAt = 0
+      return undefined
+    }
+    this.#stats.cacheHits++
+    // Most recently used last: the oldest entry is the one evicted.
+    this.#cache.delete(pod.uid)
+    this.#cache.set(pod.uid, e)
+    return { ...e.netns, identity: now }
   }
 
   readiness(): Promise<ResolverReadiness> {
@@ -163,6 +227,8 @@ export class CriNetnsResolver implements PodNetnsResolver {
         detail: `${v.runtimeName} ${v.runtimeVersion} (CRI ${v.runtimeApiVersion}) at unix://${client.socketPath}`,
       }
     } catch (err) {
+      // The runtime is down: nothing it said before is used until it answers again.
+      this.#cache.clear()
       return { ready: false, detail: this.#toAppError(err).message }
     }
   }
@@ -197,6 +263,7 @@ export class CriNetnsResolver implements PodNetnsResolver {
   async #resolve(pod: PodRef): Promise<PodNetns> {
     let client: CriClient
     let items: CriPodSandbox[]
+    const askedAt = Date.now()
     try {
       client = this.#clientNow()
       this.#stats.lists++
@@ -205,6 +272,7 @@ export class CriNetnsResolver implements PodNetnsResolver {
         labelSelector: { [POD_UID_LABEL]: pod.uid },
       })
     } catch (err) {
+      this.#cache.clear()
       throw this.#toAppError(err)
     }
     // The runtime filtered already; check again what the kubelet wrote, in case it did not.
@@ -228,28 +296,59 @@ export class CriNetnsResolver implements PodNetnsResolver {
       )
     }
     const cached = this.#cache.get(pod.uid)
+    let netns: PodNetns
+    let pid: number | undefined
     if (cached !== undefined && cached.sandboxId === sandbox.id) {
-      this.#stats.cacheHits++
-      // Most recently used last: the oldest entry is the one evicted.
-      this.#cache.delete(pod.uid)
-      this.#cache.set(pod.uid, cached)
-      return cached.netns
+      netns = cached.netns
+      pid = cached.pid
+    } else {
+      ;({ netns, pid } = await this.#status(client, pod, sandbox.id))
+      this.#log.debug(
+        {
+          pod: `${pod.namespace}/${pod.name}`,
+          uid: pod.uid,
+          sandbox: sandbox.id,
+          netns: netns.path,
+        },
+        'pod network namespace from the runtime',
+      )
     }
-    const netns = await this.#status(client, pod, sandbox.id)
+    // Confirmed READY at `askedAt`: the namespace's identity now, and the sandbox
+    // process's when it lives in it (a runtime that reports no pid, or a process the
+    // agent cannot see, leaves the path check alone). A host-network pod's path is the
+    // node's and never changes: it is cached only with its sandbox process to check.
+    const identity = identityNow(netns.path)
+    const pidPath = pid === undefined ? undefined : `/proc/${pid}/ns/net`
+    const pidIdentity = pidPath === undefined ? undefined : identityNow(pidPath)
+    const pidNs =
+      identity !== undefined && pidIdentity !== undefined && sameIdentity(identity, pidIdentity)
+        ? pidPath
+        : undefined
+    const cacheable =
+      identity !== undefined && (pidNs !== undefined || netns.path !== this.#hostNetnsPath)
     this.#cache.delete(pod.uid)
-    this.#cache.set(pod.uid, { sandboxId: sandbox.id, netns })
+    this.#cache.set(pod.uid, {
+      namespace: pod.namespace,
+      name: pod.name,
+      sandboxId: sandbox.id,
+      netns,
+      pid,
+      identity,
+      pidNs,
+      confirmedAt: cacheable ? askedAt : 0,
+    })
     while (this.#cache.size > this.#cacheSize) {
       const oldest = this.#cache.keys().next().value as string
       this.#cache.delete(oldest)
     }
-    this.#log.debug(
-      { pod: `${pod.namespace}/${pod.name}`, uid: pod.uid, sandbox: sandbox.id, netns: netns.path },
-      'pod network namespace from the runtime',
-    )
-    return netns
+    return identity === undefined ? netns : { ...netns, identity }
   }
 
-  async #status(client: CriClient, pod: PodRef, sandboxId: string): Promise<PodNetns> {
+  async #status(
+    client: CriClient,
+    pod: PodRef,
+    sandboxId: string,
+  ): Promise<{ netns: PodNetns; pid: number | undefined }> {
     this.#stats.statuses++
     let resp
     try {
@@ -271,9 +370,12 @@ export class CriNetnsResolver implements PodNetnsResolver {
       throw netnsError(`sandbox ${sandboxId}`, (err as Error).message, err)
     }
     return {
-      path: net.hostNetwork ? this.#hostNetnsPath : (net.netnsPath as string),
-      podIps: net.podIps,
-      source: `sandbox ${sandboxId.slice(0, 12)}`,
+      netns: {
+        path: net.hostNetwork ? this.#hostNetnsPath : (net.netnsPath as string),
+        podIps: net.podIps,
+        source: `sandbox ${sandboxId.slice(0, 12)}`,
+      },
+      pid: net.pid,
     }
   }
 }

@@ -31,7 +31,7 @@ import { NamespaceSlot } from './namespace-slot.js'
 import type { DialControl, NetnsHelperInfo, SlotContext } from './namespace-slot.js'
 import { assertNsfs, netnsError, readIdentity, sameIdentity } from './netns-handle.js'
 import type { NsIdentity } from './netns-handle.js'
-import type { PodNetnsResolver, ResolverReadiness } from './netns-resolver.js'
+import type { PodNetns, PodNetnsResolver, ResolverReadiness } from './netns-resolver.js'
 import type { DialOptions, PodDialer, PodTarget, PodUdpSocket } from './pod-dialer.js'
 import { connectUdp } from './udp-connect.js'
 
@@ -266,13 +266,30 @@ export class NetnsDialer implements PodDialer {
       name: target.name,
       uid,
     })
+    try {
+      return await this.#dialIn(netns, podKey, port, deadline, ctl, protocol)
+    } catch (err) {
+      // Whatever failed, the next dial to this pod asks the resolver's source again.
+      this.#resolver.invalidate(uid)
+      throw err
+    }
+  }
+
+  async #dialIn(
+    netns: PodNetns,
+    podKey: string,
+    port: number,
+    deadline: number,
+    ctl: DialControl,
+    protocol: 'tcp' | 'udp',
+  ): Promise<HelperSocket> {
     const path = netns.path
     let identity: NsIdentity
     try {
-      identity = await readIdentity(path)
+      // The resolver's own stat of this resolve, or ours.
+      identity = netns.identity ?? (await readIdentity(path))
     } catch (err) {
       // Deleted: end its helper now rather than at the next periodic check.
-      this.#resolver.invalidate(uid)
       const stale = this.#slots.get(path)
       if (stale !== undefined) this.#retire(stale, isAppError(err) ? err : replaced(path))
       throw err

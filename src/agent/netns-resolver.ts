@@ -14,6 +14,7 @@
 import { appError } from '../shared/errors.js'
 import type { AppError } from '../shared/errors.js'
 import { resolveNetnsHandle } from './netns-handle.js'
+import type { NsIdentity } from './netns-handle.js'
 
 /** A pod as the gateway named it: namespace/name and the UID it resolved. */
 export interface PodRef {
@@ -30,6 +31,11 @@ export interface PodNetns {
   podIps: readonly string[]
   /** Who said so, for logs and errors (`sandbox 1a2b3c…`, `agent config`). */
   source: string
+  /**
+   * The identity (nsfs device and inode) of `path`, stat'ed by the resolver during this
+   * very resolve; the dialer then does not stat it again. Absent: the dialer stats it.
+   */
+  identity?: NsIdentity
 }
 
 /** Whether a resolver can answer now (the agent's /readyz). */
@@ -48,7 +54,10 @@ export interface PodNetnsResolver {
    * `PFG_ERR_AGENT_NETNS` (the runtime gave no usable namespace).
    */
   resolve(pod: PodRef): Promise<PodNetns>
-  /** The path resolved for `uid` no longer names its namespace: forget it. */
+  /**
+   * A dial to `uid` failed (its path no longer names its namespace, or the connection
+   * failed): the next resolve must ask the source again rather than a cache.
+   */
   invalidate(uid: string): void
   readiness(): Promise<ResolverReadiness>
   close(): Promise<void>

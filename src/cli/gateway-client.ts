@@ -55,6 +55,8 @@ export class GatewayClient extends EventEmitter {
   readonly #cfg: ClientConfig
   readonly #prefix: string
   readonly #userAgent: string
+  #bearerToken: string | undefined
+  #bearerValue: string | undefined
   readonly #connectTimeoutMs: number
   readonly #keepaliveMs: number
   readonly #creds: CredentialProvider
@@ -165,8 +167,17 @@ export class GatewayClient extends EventEmitter {
 
   #headers(extra: OutgoingHttpHeaders, cred: Credential): OutgoingHttpHeaders {
     const h: OutgoingHttpHeaders = { 'user-agent': this.#userAgent, ...extra }
-    if (cred.token !== undefined) h.authorization = `Bearer ${cred.token}`
+    if (cred.token !== undefined) h.authorization = this.#bearer(cred.token)
     return h
+  }
+
+  /** `Bearer <token>`, built once per token (one string per connection otherwise). */
+  #bearer(token: string): string {
+    if (token !== this.#bearerToken) {
+      this.#bearerToken = token
+      this.#bearerValue = `Bearer ${token}`
+    }
+    return this.#bearerValue as string
   }
 
   /**
@@ -261,12 +272,15 @@ export class GatewayClient extends EventEmitter {
     cred: Credential,
   ): Promise<ClientHttp2Stream> {
     const session = await this.session(cred)
-    const req = session.request(
-      this.#headers({ ':method': 'POST', ':path': this.#prefix + path, ...headers }, cred),
-      {
-        endStream: false,
-      },
-    )
+    // One headers object per stream, built once (not a spread of spreads).
+    const h: OutgoingHttpHeaders = {
+      ':method': 'POST',
+      ':path': this.#prefix + path,
+      'user-agent': this.#userAgent,
+      ...headers,
+    }
+    if (cred.token !== undefined) h.authorization = this.#bearer(cred.token)
+    const req = session.request(h, OPEN_OPTIONS)
     this.streams.add(req)
     req.once('close', () => this.streams.delete(req))
     const outcome = await awaitOpen(req)
@@ -297,6 +311,9 @@ export class GatewayClient extends EventEmitter {
     this.#creds.close()
   }
 }
+
+/** A forwarding stream stays open for the relay. */
+const OPEN_OPTIONS = { endStream: false } as const
 
 function sameBytes(a: Buffer | undefined, b: Buffer | undefined): boolean {
   return a === b || (a !== undefined && b !== undefined && a.equals(b))

@@ -14,6 +14,7 @@ import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { existsSync, readFileSync, readdirSync } from 'node:fs'
+import { sandboxNetwork } from '../../src/shared/cri/sandbox-network.js'
 import type { Socket } from 'node:net'
 import { CriNetnsResolver } from '../../src/agent/cri-resolver.js'
 import { NetnsDialer } from '../../src/agent/netns-dialer.js'
@@ -78,7 +79,8 @@ describe('CRI resolver and netns dialer on a real containerd', () => {
       name: 'alpha',
       containers: [{ name: 'srv', command: servers('alpha') }],
     })
-    resolver = new CriNetnsResolver({ endpoint: `unix://${h.socketPath}` })
+    // A long TTL: every stale entry below must be caught by the per-use check, not by age.
+    resolver = new CriNetnsResolver({ endpoint: `unix://${h.socketPath}`, cacheTtlMs: 60_000 })
     dialer = new NetnsDialer({ resolver, checkIntervalMs: 200 })
     await until(async () => (await page(alpha)).trim() === 'alpha', 'alpha to serve')
   })
@@ -94,18 +96,25 @@ describe('CRI resolver and netns dialer on a real containerd', () => {
     assert.match(r.detail, /^containerd \S+ \(CRI v1\) at unix:\/\//)
   })
 
-  test('a pod is found by UID: its sandbox namespace and IPs; the status is cached', async () => {
+  test('a pod is found by UID: its sandbox namespace and IPs; the answer is cached', async () => {
+    resolver.invalidate(alpha.uid)
     const before = resolver.stats()
     const ns = await resolver.resolve(ref(alpha))
     assert.equal(ns.path, alpha.netnsPath)
     assert.ok(ns.podIps.includes(alpha.ip), `${ns.podIps.join()} has ${alpha.ip}`)
     const again = await resolver.resolve(ref(alpha))
     assert.equal(again.path, alpha.netnsPath)
+    assert.deepEqual(again.identity, ns.identity)
     const s = resolver.stats()
-    // Each resolve lists (one small call); the verbose status is not asked again.
-    assert.equal(s.lists - before.lists, 2)
+    // After invalidate: one list (the verbose status of that sandbox is kept); then none.
+    assert.equal(s.lists - before.lists, 1)
     assert.equal(s.statuses - before.statuses, 0)
-    assert.equal(s.cacheHits - before.cacheHits, 2)
+    assert.equal(s.cacheHits - before.cacheHits, 1)
+    // Concurrent lookups share one round trip.
+    resolver.invalidate(alpha.uid)
+    const all = await Promise.all([1, 2, 3, 4].map(() => resolver.resolve(ref(alpha))))
+    assert.ok(all.every((x) => x.path === alpha.netnsPath))
+    assert.equal(resolver.stats().lists - s.lists, 1)
   })
 
   test('1 MiB echoed through the pod; nothing listens on the host for it', async () => {
@@ -168,6 +177,12 @@ describe('CRI resolver and netns dialer on a real containerd', () => {
 
   test('a recreated pod (new sandbox, new namespace) is reached at the new one at once', async () => {
     const old = alpha
+    // The cache holds the old sandbox (and would for a minute).
+    assert.equal((await page(alpha)).trim(), 'alpha')
+    const hits = resolver.stats().cacheHits
+    assert.equal((await page(alpha)).trim(), 'alpha')
+    assert.equal(resolver.stats().cacheHits, hits + 1, 'served from the cache')
+    const refused = resolver.stats().cacheRefused
     const statusesBefore = resolver.stats().statuses
     alpha = await h.recreatePod(alpha, {
       containers: [{ name: 'srv', command: servers('alpha-2') }],
@@ -189,7 +204,39 @@ describe('CRI resolver and netns dialer on a real containerd', () => {
     }, 'the new pod to serve')
     assert.equal((await page(alpha)).trim(), 'alpha-2')
     assert.equal(resolver.stats().statuses, statusesBefore + 1, 'the new sandbox was looked up')
+    assert.equal(resolver.stats().cacheRefused, refused + 1, 'the cached old sandbox was refused')
     assert.equal(existsSync(old.netnsPath), false, 'containerd removed the old namespace')
+  })
+
+  test('a sandbox whose process died, its namespace still there: refused at once, not from the cache', async () => {
+    const gamma = await h.runPod({
+      namespace: 'team-a',
+      name: 'gamma',
+      containers: [{ name: 'srv', command: servers('gamma') }],
+    })
+    await until(async () => (await page(gamma)).trim() === 'gamma', 'gamma to serve')
+    assert.equal((await page(gamma)).trim(), 'gamma', 'cached')
+    const pid = sandboxNetwork(await h.client.podSandboxStatus(gamma.sandboxId, true)).pid
+    assert.ok(pid !== undefined, 'containerd reports the sandbox process')
+    process.kill(pid, 'SIGKILL')
+    await until(async () => !existsSync(`/proc/${pid}`), 'the sandbox process to go')
+    // The runtime sees it NOTREADY; the kubelet has not stopped it yet, so its namespace,
+    // and the pod's server in it, are still there: only the sandbox check tells.
+    await until(
+      async () =>
+        (await h.client.listPodSandbox({ id: gamma.sandboxId }))[0]?.state === 'SANDBOX_NOTREADY',
+      'the runtime to see the sandbox die',
+    )
+    assert.equal(existsSync(gamma.netnsPath), true, 'the namespace outlives the sandbox process')
+    const before = resolver.stats()
+    assert.match(
+      await rejectsWith(dialer.dial(ref(gamma), 8080, opts()), 'PFG_ERR_AGENT_POD_NOT_FOUND'),
+      /has no ready sandbox/,
+    )
+    const s = resolver.stats()
+    assert.equal(s.cacheHits, before.cacheHits, 'not answered from the cache')
+    assert.equal(s.cacheRefused, before.cacheRefused + 1)
+    await h.removePod(gamma)
   })
 
   test('a stopped pod: not found (no ready sandbox)', async () => {

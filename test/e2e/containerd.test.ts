@@ -31,6 +31,7 @@ import { connectGateway, h2Request } from '../helpers/h2.js'
 import { echoThrough, startKubectlForward } from '../helpers/kube-clients.js'
 import { dial, echoRoundTrip, eventually } from '../helpers/net.js'
 import { containerdUnavailable } from '../../src/dev/containerd-harness.js'
+import { sandboxNetwork } from '../../src/shared/cri/sandbox-network.js'
 import type { ContainerdHarness, HarnessPod } from '../../src/dev/containerd-harness.js'
 import type { DevCluster } from '../../src/dev/cluster.js'
 import { parseStatus, statusErrorCode } from '../../src/protocol/status.js'
@@ -242,6 +243,30 @@ test('a pod recreated in a new sandbox (new namespace): the next connection reac
   await eventually(() => pageInside(alpha) === 'alpha-2', 15_000, 'the new alpha to serve')
   // The first connection after the replacement, with no retry.
   assert.equal(await pageThrough(local.get('alpha') as number), 'alpha-2')
+})
+
+test('a sandbox whose process died while the agent had it cached: the next connection is refused, not sent into its namespace', async () => {
+  const cli = clis[1] as CliProcess
+  // Warm: the agent's cache has alpha's sandbox (2 s TTL) from this connection.
+  assert.equal(await pageThrough(local.get('alpha') as number), 'alpha-2')
+  const pid = sandboxNetwork(await rt.client.podSandboxStatus(alpha.sandboxId, true)).pid
+  assert.ok(pid !== undefined, 'containerd reports the sandbox process')
+  process.kill(pid, 'SIGKILL')
+  await eventually(
+    async () =>
+      (await rt.client.listPodSandbox({ id: alpha.sandboxId }))[0]?.state === 'SANDBOX_NOTREADY',
+    10_000,
+    'the runtime to see the sandbox die',
+  )
+  // Its namespace and the pod's server in it are still there (the kubelet has not
+  // stopped the sandbox yet): a cache checking only the path would reach it.
+  assert.equal(pageInside(alpha), 'alpha-2')
+  assert.equal(await pageThrough(local.get('alpha') as number), undefined, 'refused')
+  await cli.waitForStderr(/pod not found: default\/alpha \(uid [^)]+\) has no ready sandbox/)
+  // What the kubelet does next: a new sandbox, reached at once.
+  alpha = await rt.recreatePod(alpha, { containers: [httpd('alpha-3')] })
+  await eventually(() => pageInside(alpha) === 'alpha-3', 15_000, 'the new alpha to serve')
+  assert.equal(await pageThrough(local.get('alpha') as number), 'alpha-3')
 })
 
 test('a pod recreated under its name with a new UID is refused until the registry has that UID', async () => {

@@ -85,6 +85,7 @@ test('sandboxNetwork: the runtime spec path first, then sandboxMetadata, then th
     netnsPath: '/var/run/netns/cni-1234',
     netnsFrom: 'runtimeSpec',
     podIps: ['10.1.2.3', 'fd00::3'],
+    pid: 42,
   })
   assert.equal(
     sandboxNetwork(status({ ...spec, runtimeSpec: {} })).netnsPath,
@@ -99,7 +100,9 @@ test('sandboxNetwork: host network needs no path; unusable answers are errors', 
     netnsPath: undefined,
     netnsFrom: undefined,
     podIps: ['192.0.2.1'],
+    pid: undefined,
   })
+  assert.equal(sandboxNetwork(status({ pid: 7 }, 'NODE')).pid, 7)
   assert.throws(() => sandboxNetwork(status(undefined)), /no sandbox info/)
   assert.throws(() => sandboxNetwork(status('{not json')), /no sandbox info/)
   for (const bad of [

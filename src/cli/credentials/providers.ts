@@ -44,9 +44,17 @@ class ExpiryNotice {
     this.#now = now
   }
 
+  /** The last token looked at and its `exp` (decoded once per token, not per connection). */
+  #seen: string | undefined
+  #seenExp: number | undefined
+
   check(token: string | undefined, what: string): void {
     if (token === undefined || token === this.#told) return
-    const exp = jwtExpiry(token)
+    if (token !== this.#seen) {
+      this.#seen = token
+      this.#seenExp = jwtExpiry(token)
+    }
+    const exp = this.#seenExp
     if (exp === undefined || exp > this.#now()) return
     this.#told = token
     this.#warn(`${what} expired at ${new Date(exp).toISOString()}; log in again`)

@@ -18,6 +18,8 @@ import { fetchPod } from './target.js'
 import { nativeTargetPath } from '../../protocol/targets.js'
 import type { TargetRef } from '../../protocol/targets.js'
 
+const NO_HEADERS: Readonly<Record<string, string>> = Object.freeze({})
+
 class GatewayPodStream implements PodStream {
   readonly endpoint: RelayEndpoint
   readonly #stream: ClientHttp2Stream
@@ -43,6 +45,8 @@ export class GatewayDialer implements StreamDialer {
   readonly #namespace: string
   readonly #target: TargetRef
   #nodeName: string
+  /** The stream path for `#nodeName` (built once, not per connection). */
+  #path: string
 
   /** `nodeName`: a pod's node (the seed path); unused for a service or workload. */
   constructor(client: GatewayClient, namespace: string, target: TargetRef, nodeName: string) {
@@ -50,10 +54,18 @@ export class GatewayDialer implements StreamDialer {
     this.#namespace = namespace
     this.#target = target
     this.#nodeName = nodeName
+    this.#path = this.#pathFor(nodeName)
+  }
+
+  #pathFor(nodeName: string): string {
+    const t = this.#target
+    return t.kind === 'pod'
+      ? nativePortForwardPath(nodeName, this.#namespace, t.name)
+      : nativeTargetPath(this.#namespace, t.kind, t.name)
   }
 
   async dial(remotePort: number | string): Promise<PodStream> {
-    return new GatewayPodStream(await this.#open(remotePort, {}, true))
+    return new GatewayPodStream(await this.#open(remotePort, NO_HEADERS, true))
   }
 
   /** Opens one UDP flow's stream (docs/protocol.md, "UDP flows"); retried once when the pod moved. */
@@ -68,12 +80,10 @@ export class GatewayDialer implements StreamDialer {
   ): Promise<ClientHttp2Stream> {
     const t = this.#target
     try {
-      return await this.#client.openStream(
-        t.kind === 'pod'
-          ? nativePortForwardPath(this.#nodeName, this.#namespace, t.name)
-          : nativeTargetPath(this.#namespace, t.kind, t.name),
-        { [PORT_HEADER]: String(remotePort), ...extra },
-      )
+      return await this.#client.openStream(this.#path, {
+        [PORT_HEADER]: String(remotePort),
+        ...extra,
+      })
     } catch (e) {
       if (
         e instanceof GatewayHttpError &&
@@ -85,6 +95,7 @@ export class GatewayDialer implements StreamDialer {
         try {
           const fresh = await fetchPod(this.#client, this.#namespace, t.name)
           this.#nodeName = fresh.spec?.nodeName ?? this.#nodeName
+          this.#path = this.#pathFor(this.#nodeName)
           return await this.#open(remotePort, extra, false)
         } catch {
           // fall through to the first error

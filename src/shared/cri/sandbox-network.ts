@@ -26,6 +26,11 @@ export interface SandboxNetwork {
   netnsFrom: 'runtimeSpec' | 'sandboxMetadata' | 'pid' | undefined
   /** The pod's IP addresses as the runtime reports them (validated literals). */
   podIps: string[]
+  /**
+   * The sandbox process (`info.pid`, its pause process) when the runtime reports one:
+   * the agent's cache checks it still lives in the namespace (cri-resolver.ts).
+   */
+  pid: number | undefined
 }
 
 /** Longest `info` JSON parsed (containerd's is a few tens of KiB with the runtime spec). */
@@ -56,8 +61,6 @@ export function sandboxNetwork(resp: CriPodSandboxStatusResponse): SandboxNetwor
   addIp(status?.network?.ip)
   for (const extra of status?.network?.additionalIps ?? []) addIp(extra.ip)
   const hostNetwork = status?.linux?.namespaces?.options?.network === 'NODE'
-  if (hostNetwork) return { hostNetwork, netnsPath: undefined, netnsFrom: undefined, podIps }
-
   const text = resp.info.info
   let info: Json | undefined
   if (typeof text === 'string' && text.length <= MAX_INFO_CHARS) {
@@ -67,6 +70,12 @@ export function sandboxNetwork(resp: CriPodSandboxStatusResponse): SandboxNetwor
       info = undefined
     }
   }
+  const rawPid = info?.pid
+  const pid =
+    typeof rawPid === 'number' && Number.isInteger(rawPid) && rawPid > 1 && rawPid < 2 ** 31
+      ? rawPid
+      : undefined
+  if (hostNetwork) return { hostNetwork, netnsPath: undefined, netnsFrom: undefined, podIps, pid }
   if (info === undefined) {
     throw new Error('the runtime gave no sandbox info (verbose PodSandboxStatus "info")')
   }
@@ -76,17 +85,16 @@ export function sandboxNetwork(resp: CriPodSandboxStatusResponse): SandboxNetwor
       const o = obj(ns)
       const path = cleanPath(o?.path)
       if (o?.type === 'network' && path !== undefined) {
-        return { hostNetwork, netnsPath: path, netnsFrom: 'runtimeSpec', podIps }
+        return { hostNetwork, netnsPath: path, netnsFrom: 'runtimeSpec', podIps, pid }
       }
     }
   }
   const metaPath = cleanPath(obj(info.sandboxMetadata)?.NetNSPath)
   if (metaPath !== undefined) {
-    return { hostNetwork, netnsPath: metaPath, netnsFrom: 'sandboxMetadata', podIps }
+    return { hostNetwork, netnsPath: metaPath, netnsFrom: 'sandboxMetadata', podIps, pid }
   }
-  const pid = info.pid
-  if (typeof pid === 'number' && Number.isInteger(pid) && pid > 1 && pid < 2 ** 31) {
-    return { hostNetwork, netnsPath: `/proc/${pid}/ns/net`, netnsFrom: 'pid', podIps }
+  if (pid !== undefined) {
+    return { hostNetwork, netnsPath: `/proc/${pid}/ns/net`, netnsFrom: 'pid', podIps, pid }
   }
   throw new Error('the runtime reported no network namespace for the sandbox')
 }
