@@ -11,12 +11,17 @@
  *
  *   node dist/bench/ab.js --reps 7 --seconds 2 'base' 'stgc|--single-threaded-gc'
  *   node dist/bench/ab.js --opens 300 'base' 'hwm1m||/tmp/var-hwm1m/bin/pfgate.js'
+ *   node dist/bench/ab.js --modes '' --duplex 64 'base' 'frame16k||/tmp/var-f16k/bin/pfgate.js'
+ *
+ * `--duplex MiB`: a full-duplex echo of that many MiB per round (bench/duplex.ts) through
+ * the CLI's echo port, with CPU seconds per GB relayed (both directions) per process.
  *
  * @module
  */
 import { parseArgs } from 'node:util'
 import { manyStreams } from './h2-streams.js'
 import { runIperf } from './iperf.js'
+import { duplexEcho } from './duplex.js'
 import { timeOpens } from './opens.js'
 import { startSystem } from './system.js'
 import type { BenchSystem } from './system.js'
@@ -46,6 +51,9 @@ interface Acc {
   openCpu: Record<string, number>[]
   /** Gateway RSS KiB per idle stream, per round. */
   rss: number[]
+  /** Full-duplex echo MB/s per round, and CPU s/GB relayed per process. */
+  duplex: number[]
+  duplexCpu: Record<string, number>[]
 }
 
 async function main(): Promise<void> {
@@ -58,6 +66,7 @@ async function main(): Promise<void> {
       modes: { type: 'string', default: 'up1,down1' },
       opens: { type: 'string', default: '0' },
       streams: { type: 'string', default: '0' },
+      duplex: { type: 'string', default: '0' },
     },
   })
   const variants = positionals.map(parseVariant)
@@ -66,6 +75,7 @@ async function main(): Promise<void> {
   const seconds = Number(values.seconds)
   const opens = Number(values.opens)
   const streams = Number(values.streams)
+  const duplexBytes = Number(values.duplex) * 1048576
   const modes = values.modes
     .split(',')
     .filter((m) => m !== '')
@@ -93,6 +103,8 @@ async function main(): Promise<void> {
       openP99: [],
       openCpu: [],
       rss: [],
+      duplex: [],
+      duplexCpu: [],
     }))
     // Warm-up.
     for (const s of systems) {
@@ -100,6 +112,7 @@ async function main(): Promise<void> {
         await runIperf({ port: s.cli.iperfPort, seconds: 1, parallel: 1, direction: 'up' })
       }
       if (opens > 0) await timeOpens(s.cli.echoPort, 100)
+      if (duplexBytes > 0) await duplexEcho(s.cli.echoPort, Math.min(duplexBytes, 8 << 20))
     }
     for (let rep = 0; rep < reps; rep++) {
       // Rotate the order each round.
@@ -128,6 +141,17 @@ async function main(): Promise<void> {
           a.openP50.push(quantile(times, 0.5))
           a.openP99.push(quantile(times, 0.99))
           a.openCpu.push(Object.fromEntries(Object.entries(d).map(([k, v]) => [k, (v * 1e6) / n])))
+        }
+        if (duplexBytes > 0) {
+          const pids = s.pids()
+          const c0 = cpuSnapshot(pids)
+          a.duplex.push(await duplexEcho(s.cli.echoPort, duplexBytes))
+          const d = cpuDelta(c0, cpuSnapshot(pids))
+          a.duplexCpu.push(
+            Object.fromEntries(
+              Object.entries(d).map(([k, v]) => [k, v / ((2 * duplexBytes) / 1e9)]),
+            ),
+          )
         }
         if (streams > 0) {
           const r = await manyStreams(s.gateway.url, s.dir, s.token, s.pids(), streams)
@@ -172,6 +196,18 @@ async function main(): Promise<void> {
           `open p50 ${quantile(a.opens, 0.5).toFixed(2)} p99 ${quantile(a.opens, 0.99).toFixed(2)} ms` +
             ` (paired p50 ${delta(a.openP50, base.openP50)}, p99 ${delta(a.openP99, base.openP99)} ms)` +
             ` cpu µs/open ${cpu}`,
+        )
+      }
+      if (duplexBytes > 0) {
+        const ratios = a.duplex.map((x, r) => x / (base.duplex[r] as number))
+        const paired = median(ratios)
+        const range = `${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)}×`
+        const c = ['cli', 'gateway', 'agent']
+          .map((k) => median(a.duplexCpu.map((x) => x[k] as number)).toFixed(2))
+          .join('/')
+        const rounds = a.duplex.map((x) => x.toFixed(0)).join(' ')
+        parts.push(
+          `duplex ${median(a.duplex).toFixed(1)} MB/s (paired ${((paired - 1) * 100).toFixed(0)}%, rounds ${range}) cpu ${c} [${rounds}]`,
         )
       }
       if (streams > 0) {

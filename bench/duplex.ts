@@ -19,6 +19,19 @@ export interface DuplexCell {
   path: string
   mbps: number
   samples: number[]
+  /**
+   * CPU seconds per GB relayed (both directions counted: 2 × the bytes echoed) of each
+   * process of the path, client side first, median over the repetitions; when the path
+   * said how to read its processes' CPU.
+   */
+  cpuPerGB?: number[]
+}
+
+/** A path to measure; `cpu` reads the CPU seconds of its processes (client side first). */
+export interface DuplexPath {
+  path: string
+  port: number
+  cpu?: () => number[]
 }
 
 /** Echoes `bytes` through `port` full duplex; resolves with MB/s. */
@@ -71,24 +84,36 @@ export function duplexEcho(port: number, bytes: number, timeoutMs = 120_000): Pr
 
 /** `reps` interleaved repetitions of a full-duplex echo of `bytes` on every path. */
 export async function measureDuplex(
-  paths: readonly { path: string; port: number }[],
+  paths: readonly DuplexPath[],
   bytes: number,
   reps: number,
   log: (line: string) => void,
 ): Promise<DuplexCell[]> {
   // One unmeasured round first: connection pools, JIT and TLS session set-up.
   for (const p of paths) await duplexEcho(p.port, Math.min(bytes, 8 * 1024 * 1024))
-  const cells = paths.map((p) => ({ path: p.path, mbps: NaN, samples: [] as number[] }))
+  const cells: DuplexCell[] = paths.map((p) => ({ path: p.path, mbps: NaN, samples: [] }))
+  const cpu = paths.map(() => [] as number[][])
   for (let r = 0; r < reps; r++) {
     for (const [i, p] of paths.entries()) {
+      const c0 = p.cpu?.()
       const mbps = await duplexEcho(p.port, bytes)
+      const c1 = p.cpu?.()
       cells[i]?.samples.push(mbps)
+      if (c0 !== undefined && c1 !== undefined) {
+        cpu[i]?.push(c1.map((x, j) => (x - (c0[j] as number)) / ((2 * bytes) / 1e9)))
+      }
     }
     log(
       `duplex: repetition ${r + 1}/${reps}: ` +
         cells.map((c) => `${c.path} ${c.samples.at(-1)?.toFixed(0)} MB/s`).join(', '),
     )
   }
-  for (const c of cells) c.mbps = median(c.samples)
+  for (const [i, c] of cells.entries()) {
+    c.mbps = median(c.samples)
+    const runs = cpu[i] as number[][]
+    if (runs.length > 0) {
+      c.cpuPerGB = (runs[0] as number[]).map((_, j) => median(runs.map((x) => x[j] as number)))
+    }
+  }
   return cells
 }

@@ -7,7 +7,8 @@
  * Sections (in this order, on one system under test started from bench/system.ts):
  * 1. `streams`: 10,000 concurrent streams on one client connection; gateway RSS per stream;
  * 2. `latency`: 1,000 sequential stream opens (connect → first echoed byte) through the
- *    CLI, directly, and through a plain socat three-hop chain; 1,000 opens at once;
+ *    CLI, directly, through a plain socat three-hop chain and through the minimal Node
+ *    HTTP/2 chain (bench/node-h2-chain.ts); 1,000 opens at once;
  * 3. `audit`: stream-open rate with blocking-strict audit vs the cheapest audit;
  * 4. `throughput`: iperf3 through pfgate, directly, and through socat chains (two and
  *    three hops in clear, three hops with the same TLS as pfgate), 1 and 8 streams, both
@@ -22,6 +23,10 @@
  * 7. `abuse`: hostile and broken clients against the default limits (bench/abuse.ts; its
  *    own dev clusters): unauthenticated streams, stalled readers against the buffer
  *    budget, SIGTERM with clients that never read, a denial flood against the audit trail.
+ * `duplex`: full-duplex echo through pfgate, socat chains, the minimal Node TLS pipe chain
+ *    and the minimal Node HTTP/2 chain, with CPU seconds per GB of each process;
+ * `chains`: the gateway→agent leg as a pool of pre-established mTLS connections against
+ *    the shared HTTP/2 session, in the minimal Node HTTP/2 chain (bench/chains.ts);
  * 8. `replicas`: reverse-connected agents behind HAProxy with 2 replicas against the direct
  *    topology, same run (bench/replicas.ts; its own replica sets; root, nft, haproxy):
  *    stream-open latency, echo throughput, and a replica's memory per agent session and
@@ -51,6 +56,10 @@ import { coldOpens, interleavedOpens, parallelOpens } from './opens.js'
 import { measureDuplex } from './duplex.js'
 import type { DuplexCell } from './duplex.js'
 import { startNodeChain } from './node-chain.js'
+import type { NodeChain } from './node-chain.js'
+import { startNodeH2Chain } from './node-h2-chain.js'
+import { benchChains, chainRows } from './chains.js'
+import type { ChainsResult } from './chains.js'
 import type { OpenLatency, ParallelOpens } from './opens.js'
 import { benchNetnsDialer } from './netns-dialer.js'
 import { benchAbuse } from './abuse.js'
@@ -65,7 +74,7 @@ import { BENCH_POD, startSystem } from './system.js'
 import type { BenchSystem } from './system.js'
 import { PATH_NAMES, measureThroughput, modeLabel } from './throughput.js'
 import type { Cell, Mode, PathName } from './throughput.js'
-import { killAllTracked, median } from './util.js'
+import { cpuSeconds, killAllTracked, median } from './util.js'
 import { relayNodeFlags } from '../src/shared/node-flags.js'
 
 /** One line of the result table. */
@@ -84,11 +93,21 @@ export interface BenchReport {
   quick: boolean
   environment: Record<string, string | number>
   streams?: ManyStreamsResult
-  latency?: { pfgate: OpenLatency; direct: OpenLatency; socat3: OpenLatency }
+  latency?: {
+    pfgate: OpenLatency
+    direct: OpenLatency
+    socat3: OpenLatency
+    /** The minimal Node HTTP/2 chain (bench/node-h2-chain.ts, shared sessions). */
+    h2chain?: OpenLatency
+    /** CPU ms per open of each process over the interleaved opens, client side first. */
+    cpuMsPerOpen?: { pfgate: number[]; h2chain: number[] }
+  }
   /** The first 100 opens of the freshly started forward, before the warm ones. */
-  coldLatency?: { pfgate: OpenLatency; direct: OpenLatency }
+  coldLatency?: { pfgate: OpenLatency; direct: OpenLatency; h2chain?: OpenLatency }
   /** Full-duplex echo through pfgate and the baselines (bench/duplex.ts). */
   duplex?: { bytes: number; cells: DuplexCell[] }
+  /** The gateway→agent leg as an mTLS pool vs a shared HTTP/2 session (bench/chains.ts). */
+  chains?: ChainsResult
   parallel?: { pfgate: ParallelOpens; direct: ParallelOpens }
   audit?: AuditCost[]
   throughput?: Cell[]
@@ -113,6 +132,7 @@ const SECTIONS = [
   'audit',
   'throughput',
   'duplex',
+  'chains',
   'kubectl',
   'netns',
   'abuse',
@@ -126,6 +146,7 @@ const SYSTEM_SECTIONS: readonly Section[] = [
   'audit',
   'throughput',
   'duplex',
+  'chains',
   'kubectl',
 ]
 type Section = (typeof SECTIONS)[number]
@@ -166,6 +187,9 @@ const f2 = (x: number): string => (Number.isFinite(x) ? x.toFixed(2) : 'n/a')
 const f3 = (x: number): string => (Number.isFinite(x) ? x.toFixed(3) : 'n/a')
 const ratio = (a: number, b: number): string => (b > 0 ? `${(a / b).toFixed(2)}×` : 'n/a')
 const verdict = (ok: boolean): 'PASS' | 'FAIL' => (ok ? 'PASS' : 'FAIL')
+const signedMs = (d: number): string => `${d >= 0 ? '+' : '−'}${f3(Math.abs(d))} ms`
+/** The minimal Node HTTP/2 chain's name in the table (bench/node-h2-chain.ts). */
+const MINIMAL_H2 = 'minimal Node HTTP/2 chain'
 
 /**
  * The ratio of two throughput cells: the median over repetitions of each repetition's
@@ -282,12 +306,20 @@ export function buildRows(r: BenchReport): Row[] {
         figure: '',
         baseline: 'socat 3-hop TCP',
         baseValue: f3(socat3[k]),
-        ratio: `${added >= socat3[k] - direct[k] ? '+' : '−'}${f3(Math.abs(pfgate[k] - socat3[k]))} ms`,
+        ratio: signedMs(pfgate[k] - socat3[k]),
       })
+      if (r.latency.h2chain !== undefined) {
+        row({
+          figure: '',
+          baseline: MINIMAL_H2,
+          baseValue: f3(r.latency.h2chain[k]),
+          ratio: signedMs(pfgate[k] - r.latency.h2chain[k]),
+        })
+      }
     }
   }
   if (r.latency !== undefined) {
-    const { pfgate, direct } = r.latency
+    const { pfgate, direct, h2chain } = r.latency
     row({
       figure: `stream open p99.9, ${pfgate.n} sequential (ms)`,
       value: f3(pfgate.p999Ms),
@@ -295,9 +327,26 @@ export function buildRows(r: BenchReport): Row[] {
       baseValue: f3(direct.p999Ms),
       ratio: `+${f3(pfgate.p999Ms - direct.p999Ms)} ms`,
     })
+    if (h2chain !== undefined) {
+      row({
+        figure: '',
+        baseline: MINIMAL_H2,
+        baseValue: f3(h2chain.p999Ms),
+        ratio: signedMs(pfgate.p999Ms - h2chain.p999Ms),
+      })
+    }
+    const cpu = r.latency.cpuMsPerOpen
+    if (cpu !== undefined) {
+      row({
+        figure: 'CPU ms per open, CLI / gateway / agent',
+        value: cpu.pfgate.map(f2).join(' / '),
+        baseline: `${MINIMAL_H2} (same hops)`,
+        baseValue: cpu.h2chain.map(f2).join(' / '),
+      })
+    }
   }
   if (r.coldLatency !== undefined) {
-    const { pfgate, direct } = r.coldLatency
+    const { pfgate, direct, h2chain } = r.coldLatency
     for (const k of ['p50Ms', 'p99Ms'] as const) {
       row({
         figure: `stream open ${k.slice(0, 3)}, first ${pfgate.n} (cold) (ms)`,
@@ -306,6 +355,14 @@ export function buildRows(r: BenchReport): Row[] {
         baseValue: f3(direct[k]),
         ratio: `+${f3(pfgate[k] - direct[k])} ms`,
       })
+      if (h2chain !== undefined) {
+        row({
+          figure: '',
+          baseline: `${MINIMAL_H2}, first opens`,
+          baseValue: f3(h2chain[k]),
+          ratio: signedMs(pfgate[k] - h2chain[k]),
+        })
+      }
     }
   }
   if (r.duplex !== undefined) {
@@ -331,7 +388,20 @@ export function buildRows(r: BenchReport): Row[] {
       })
       first = false
     }
+    const mid = p?.cpuPerGB?.[1]
+    for (const b of cells) {
+      const bMid = b.cpuPerGB?.[1]
+      if (p === undefined || mid === undefined || bMid === undefined) continue
+      row({
+        figure: b === p ? 'full-duplex: CPU s/GB relayed, middle hop (gateway)' : '',
+        value: b === p ? f2(mid) : '',
+        baseline: b === p ? 'CLI / gateway / agent' : `${b.path}, its middle hop`,
+        baseValue: b === p ? (p.cpuPerGB ?? []).map(f2).join(' / ') : f2(bMid),
+        ratio: b === p ? '' : ratio(mid, bMid),
+      })
+    }
   }
+  if (r.chains !== undefined) chainRows(r.chains, row)
   if (r.parallel !== undefined) {
     const { pfgate, direct } = r.parallel
     row({
@@ -705,26 +775,51 @@ export async function runBench(options: {
     })
     await section('latency', async (sys) => {
       const n = quick ? 300 : 1000
-      log(`latency: ${n} sequential opens through pfgate, direct, socat 3-hop`)
+      log(
+        `latency: ${n} sequential opens through pfgate, direct, socat 3-hop, the minimal HTTP/2 chain`,
+      )
       const socat3 = await startSocatChain('plain3', sys.pod.echoPort, sys.dir)
+      let h2chain: NodeChain | undefined
       try {
-        // The forward has carried nothing yet: its first opens are the cold ones.
-        const [coldPfgate, coldDirect] = await coldOpens([sys.cli.echoPort, sys.pod.echoPort], 100)
+        h2chain = await startNodeH2Chain('h2', sys.pod.echoPort, sys.dir, {
+          ...(options.nodeArgs !== undefined ? { nodeArgs: options.nodeArgs } : {}),
+        })
+        // The forward and the chain have carried nothing yet: their first opens are cold.
+        const [coldPfgate, coldDirect, coldChain] = await coldOpens(
+          [sys.cli.echoPort, sys.pod.echoPort, h2chain.port],
+          100,
+        )
         report.coldLatency = {
           pfgate: coldPfgate as OpenLatency,
           direct: coldDirect as OpenLatency,
+          h2chain: coldChain as OpenLatency,
         }
-        const [direct, pfgate, socat] = await interleavedOpens(
-          [sys.pod.echoPort, sys.cli.echoPort, socat3.port],
-          [n, n, quick ? 100 : 300],
+        const pids = sys.pids()
+        const pfgateCpu = (): number[] =>
+          [pids.cli, pids.gateway, pids.agent].map((p) => cpuSeconds(p))
+        const cpu0 = [pfgateCpu(), h2chain.cpuSeconds()]
+        const warmup = 50
+        const [direct, pfgate, socat, chain] = await interleavedOpens(
+          [sys.pod.echoPort, sys.cli.echoPort, socat3.port, h2chain.port],
+          [n, n, quick ? 100 : 300, n],
+          10,
+          warmup,
         )
+        const perOpen = (before: number[], after: number[]): number[] =>
+          after.map((x, i) => ((x - (before[i] as number)) * 1000) / (n + warmup))
         report.latency = {
           direct: direct as OpenLatency,
           pfgate: pfgate as OpenLatency,
           socat3: socat as OpenLatency,
+          h2chain: chain as OpenLatency,
+          cpuMsPerOpen: {
+            pfgate: perOpen(cpu0[0] as number[], pfgateCpu()),
+            h2chain: perOpen(cpu0[1] as number[], h2chain.cpuSeconds()),
+          },
         }
       } finally {
         await socat3.stop()
+        await h2chain?.stop()
       }
       log('latency: 1000 opens at once')
       report.parallel = {
@@ -779,12 +874,28 @@ export async function runBench(options: {
           chain: await startSocatChain('tls3', sys.pod.echoPort, sys.dir),
         },
         { path: 'node TLS chain', chain: await startNodeChain(sys.pod.echoPort, sys.dir) },
+        {
+          path: MINIMAL_H2,
+          chain: await startNodeH2Chain('h2', sys.pod.echoPort, sys.dir, {
+            ...(options.nodeArgs !== undefined ? { nodeArgs: options.nodeArgs } : {}),
+          }),
+        },
       ]
+      const pids = sys.pids()
       try {
         const cells = await measureDuplex(
           [
-            { path: 'pfgate', port: sys.cli.echoPort },
-            ...chains.map((c) => ({ path: c.path, port: c.chain.port })),
+            {
+              path: 'pfgate',
+              port: sys.cli.echoPort,
+              cpu: () => [pids.cli, pids.gateway, pids.agent].map((p) => cpuSeconds(p)),
+            },
+            ...chains.map((c) => ({
+              path: c.path,
+              port: c.chain.port,
+              // socat's work is in a child per connection, reaped some time after it ends.
+              ...(c.path.startsWith('socat') ? {} : { cpu: () => c.chain.cpuSeconds() }),
+            })),
             { path: 'direct', port: sys.pod.echoPort },
           ],
           bytes,
@@ -795,6 +906,10 @@ export async function runBench(options: {
       } finally {
         await Promise.all(chains.map((c) => c.chain.stop()))
       }
+    })
+    await section('chains', async (sys) => {
+      log('chains: the gateway→agent leg as an mTLS pool vs a shared HTTP/2 session')
+      report.chains = await benchChains(sys, { quick, log })
     })
     await section('kubectl', async (sys) => {
       const fn = await loadKubectlSection().catch((err: unknown) => {

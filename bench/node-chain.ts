@@ -25,21 +25,54 @@ export interface NodeChain {
 const HOP = fileURLToPath(new URL('./node-chain-hop.js', import.meta.url))
 
 /** Starts the chain in front of `127.0.0.1:targetPort`; `pkiDir` holds the dev PKI. */
-export async function startNodeChain(targetPort: number, pkiDir: string): Promise<NodeChain> {
-  const roles = ['client', 'gateway', 'agent'] as const
+export function startNodeChain(targetPort: number, pkiDir: string): Promise<NodeChain> {
+  return startHops(
+    HOP,
+    ['client', 'gateway', 'agent'].map((role) => ({ role })),
+    targetPort,
+    pkiDir,
+  )
+}
+
+/** One hop of a chain: its role, node flags and extra arguments after the PKI dir. */
+export interface HopSpec {
+  role: string
+  nodeArgs?: string[]
+  extraArgs?: string[]
+}
+
+/**
+ * Starts `script ROLE LISTEN_PORT NEXT_PORT PKI_DIR ...extraArgs` for every hop, from the
+ * target side (so that every hop's next hop already listens), each in its own process;
+ * each prints a line on stdout once it listens.
+ */
+export async function startHops(
+  script: string,
+  specs: readonly HopSpec[],
+  targetPort: number,
+  pkiDir: string,
+): Promise<NodeChain> {
   const ports: number[] = []
-  for (let i = 0; i < roles.length; i++) ports.push(await freePort())
+  for (let i = 0; i < specs.length; i++) ports.push(await freePort())
   const hops: ChildProcess[] = []
   const stop = async (): Promise<void> => {
     await Promise.all(hops.map((h) => stopChild(h, 'SIGTERM', 2000)))
   }
   try {
-    // From the target side, so that every hop's next hop already listens.
-    for (let i = roles.length - 1; i >= 0; i--) {
-      const next = i + 1 < roles.length ? (ports[i + 1] as number) : targetPort
+    for (let i = specs.length - 1; i >= 0; i--) {
+      const spec = specs[i] as HopSpec
+      const next = i + 1 < specs.length ? (ports[i + 1] as number) : targetPort
       const hop = spawnTracked(
         process.execPath,
-        [HOP, roles[i] as string, String(ports[i]), String(next), pkiDir],
+        [
+          ...(spec.nodeArgs ?? []),
+          script,
+          spec.role,
+          String(ports[i]),
+          String(next),
+          pkiDir,
+          ...(spec.extraArgs ?? []),
+        ],
         { stdio: ['ignore', 'pipe', 'pipe'] },
       )
       hops.unshift(hop)
@@ -48,7 +81,7 @@ export async function startNodeChain(targetPort: number, pkiDir: string): Promis
         hop.stderr?.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-2000)))
         hop.stdout?.once('data', () => resolve())
         hop.once('exit', (code) =>
-          reject(new Error(`node chain hop ${roles[i]} exited (${code}): ${err}`)),
+          reject(new Error(`chain hop ${spec.role} exited (${code}): ${err}`)),
         )
       })
     }

@@ -4,52 +4,11 @@ import { send } from './api.js'
 import type { Me } from './api.js'
 import { Chart, Sparkline } from './charts.js'
 import { formatAge, formatBytes, formatRate } from './format.js'
-
-interface GatewayPoint {
-  t: number
-  opensPerSec: number
-  bytesPerSec: number
-  denialsPerSec: number
-}
-
-interface SessionRow {
-  id: string
-  users: string[]
-  protocol: string
-  sourceAddress: string
-  userAgent?: string
-  openedAt: string
-  streams: number
-  bytesClientToPod: number
-  bytesPodToClient: number
-}
-
-interface StreamRow {
-  id: string
-  sessionId: string
-  user: string
-  sourceAddress: string
-  protocol: string
-  namespace: string
-  pod: string
-  node: string
-  port: number
-  service?: string
-  transport?: string
-  openedAt: string
-  bytesClientToPod: number
-  bytesPodToClient: number
-  rateClientToPod: number
-  ratePodToClient: number
-}
-
-interface Sample {
-  gateway: GatewayPoint
-  sessions: SessionRow[]
-  streams: StreamRow[]
-  totalSessions: number
-  totalStreams: number
-}
+import type {
+  GatewayPoint,
+  LiveSample as Sample,
+  StreamSample as StreamRow,
+} from '../protocol/console-view.js'
 
 /** Points kept per stream for its rate chart (one a second). */
 const SPARK_POINTS = 60
@@ -291,10 +250,8 @@ export function LiveView({
                   >
                     Timeline
                   </button>{' '}
-                  <button
-                    type="button"
-                    class="danger"
-                    aria-label={`End stream ${s.id}`}
+                  <EndButton
+                    label={`End stream ${s.id}`}
                     onClick={() =>
                       setKill({
                         kind: 'stream',
@@ -302,9 +259,7 @@ export function LiveView({
                         what: `${s.user}'s stream to ${s.namespace}/${s.pod}:${s.port}`,
                       })
                     }
-                  >
-                    End…
-                  </button>
+                  />
                 </td>
               </tr>
             ))
@@ -343,10 +298,8 @@ export function LiveView({
                   {formatBytes(s.bytesClientToPod)} / {formatBytes(s.bytesPodToClient)}
                 </td>
                 <td class="actions">
-                  <button
-                    type="button"
-                    class="danger"
-                    aria-label={`End session ${s.id}`}
+                  <EndButton
+                    label={`End session ${s.id}`}
                     onClick={() =>
                       setKill({
                         kind: 'session',
@@ -354,9 +307,7 @@ export function LiveView({
                         what: `the session of ${s.users.join(', ')} from ${s.sourceAddress}`,
                       })
                     }
-                  >
-                    End…
-                  </button>
+                  />
                 </td>
               </tr>
             ))
@@ -379,5 +330,14 @@ export function LiveView({
         </div>
       </dialog>
     </section>
+  )
+}
+
+/** The button that asks to end a stream or a session (a confirmation follows). */
+function EndButton(props: { label: string; onClick: () => void }) {
+  return (
+    <button type="button" class="danger" aria-label={props.label} onClick={props.onClick}>
+      End…
+    </button>
   )
 }

@@ -128,6 +128,8 @@ const KINDS = ['echo', 'http', 'udp'] as const
 
 /** Announces the bound ports (to the supervisor, or on stdout) and waits for a stop signal. */
 async function announceAndWait(ports: number[]): Promise<void> {
+  // Listen for the stop signals before announcing the ports: whoever reads the
+  // announcement may signal at once (the reader's wake-up can preempt this process).
   const stopped = new Promise<void>((resolve) => {
     const stop = (): void => resolve()
     process.once('SIGTERM', stop)
@@ -136,6 +138,7 @@ async function announceAndWait(ports: number[]): Promise<void> {
   })
   if (process.send !== undefined) {
     process.send({ type: 'listening', ports })
+    // The supervisor's IPC channel must not keep this process alive after a shutdown.
     process.channel?.unref()
   } else {
     process.stdout.write(JSON.stringify({ ports }) + '\n')
@@ -199,22 +202,7 @@ export async function main(argv: string[]): Promise<number> {
       c.once('close', () => open.delete(c))
     })
   }
-  // Listen for the stop signals before announcing the ports: whoever reads the
-  // announcement may signal at once (the reader's wake-up can preempt this process).
-  const stopped = new Promise<void>((resolve) => {
-    const stop = (): void => resolve()
-    process.once('SIGTERM', stop)
-    process.once('SIGINT', stop)
-    process.once('disconnect', stop)
-  })
-  if (process.send !== undefined) {
-    process.send({ type: 'listening', ports })
-    // The supervisor's IPC channel must not keep this process alive after a shutdown.
-    process.channel?.unref()
-  } else {
-    process.stdout.write(JSON.stringify({ ports }) + '\n')
-  }
-  await stopped
+  await announceAndWait(ports)
   // Like a container being stopped: listeners close, open connections end.
   const closed = Promise.all(servers.map((s) => new Promise((r) => s.close(r))))
   for (const c of open) c.destroy()

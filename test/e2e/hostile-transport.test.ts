@@ -465,9 +465,16 @@ describe('the buffer budget (limits.bufferBudget)', () => {
       pump()
       await new Promise((r) => setTimeout(r, 150))
     }
-    // Settled: the backstop has reset what did not fit (it sweeps twice a second).
+    // Settled: the backstop has reset what did not fit (it sweeps twice a second). At least
+    // 4 s, then until the external memory is back within the bound (on a loaded machine the
+    // last stalls, their sweep and the collection of the freed buffers can take longer).
     await new Promise((r) => setTimeout(r, 4000))
-    const grew = (await external()) - before
+    let grew = Infinity
+    await eventually(
+      async () => (grew = (await external()) - before) <= 48 * MiB,
+      20_000,
+      'the external memory within the bound',
+    ).catch(() => undefined)
     assert.ok(grew <= 48 * MiB, `the gateway's buffers grew by ${(grew / MiB).toFixed(1)} MiB`)
     // The windows may have kept it within the budget, or the backstop reset some streams
     // (that depends on how fast the bytes came: test/gateway/buffer-budget.test.ts checks

@@ -11,7 +11,7 @@ import { spawn } from 'node:child_process'
 import type { ChildProcessWithoutNullStreams } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import { once } from 'node:events'
-import { accessSync, constants, readFileSync, writeFileSync } from 'node:fs'
+import { accessSync, constants, readFileSync, renameSync, writeFileSync } from 'node:fs'
 import { mkdir } from 'node:fs/promises'
 import type { IncomingHttpHeaders } from 'node:http'
 import { request as httpsRequest } from 'node:https'
@@ -310,7 +310,11 @@ export function updateRegistry(dir: string, edit: (pods: RegistryPod[]) => Regis
   const file = join(dir, 'registry.yaml')
   const doc = parseYaml(readFileSync(file, 'utf8')) as { nodes: unknown[]; pods: RegistryPod[] }
   doc.pods = edit(doc.pods)
-  writeFileSync(file, toYaml(doc))
+  // Replaced by rename, as the README asks of editors: the gateway polls the file and
+  // must never read it half written (a partial file can still parse, without its services).
+  const tmp = `${file}.${process.pid}.tmp`
+  writeFileSync(tmp, toYaml(doc))
+  renameSync(tmp, file)
 }
 
 /**

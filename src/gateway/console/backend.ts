@@ -9,39 +9,8 @@
 import type { AuditRecord } from '../../protocol/audit-record.js'
 import type { Identity } from '../auth/authenticator.js'
 
-/** A live client session as the console shows it. */
-export interface ConsoleSessionView {
-  id: string
-  /** Every user that authenticated on the connection. */
-  users: string[]
-  protocol: string
-  sourceAddress: string
-  userAgent?: string
-  openedAt: string
-  streams: number
-  bytesClientToPod: number
-  bytesPodToClient: number
-}
-
-/** A live stream as the console shows it. */
-export interface ConsoleStreamView {
-  id: string
-  sessionId: string
-  user: string
-  sourceAddress: string
-  protocol: string
-  namespace: string
-  pod: string
-  node: string
-  port: number
-  /** The service or workload the client named, when it forwarded to one (`svc/echo:80`, `deploy/web:http`). */
-  service?: string
-  /** `udp` for a UDP flow (TCP when absent). */
-  transport?: string
-  openedAt: string
-  bytesClientToPod: number
-  bytesPodToClient: number
-}
+export type { ConsoleSessionView, ConsoleStreamView } from '../../protocol/console-view.js'
+import type { ConsoleSessionView, ConsoleStreamView } from '../../protocol/console-view.js'
 
 /** Monotonic gateway-wide counters (the console charts their rates). */
 export interface ConsoleCounters {

@@ -6,34 +6,10 @@
  *
  * @module
  */
-import type { ConsoleBackend, ConsoleSessionView, ConsoleStreamView } from './backend.js'
+import type { ConsoleBackend } from './backend.js'
+import type { GatewayPoint, LiveSample, StreamSample } from '../../protocol/console-view.js'
 
-/** One point of the gateway-wide charts (rates per second over the last interval). */
-export interface GatewayPoint {
-  /** ms since epoch. */
-  t: number
-  opensPerSec: number
-  bytesPerSec: number
-  denialsPerSec: number
-  sessions: number
-  streams: number
-}
-
-/** A live stream with its current rates (bytes per second over the last interval). */
-export interface StreamSample extends ConsoleStreamView {
-  rateClientToPod: number
-  ratePodToClient: number
-}
-
-/** What a watching page receives every interval. */
-export interface LiveSample {
-  gateway: GatewayPoint
-  sessions: ConsoleSessionView[]
-  streams: StreamSample[]
-  /** How many there were when the lists were cut at {@link MAX_LISTED}. */
-  totalSessions: number
-  totalStreams: number
-}
+export type { GatewayPoint, LiveSample, StreamSample } from '../../protocol/console-view.js'
 
 /** The most sessions and streams one sample lists (the busiest first). */
 export const MAX_LISTED = 500
