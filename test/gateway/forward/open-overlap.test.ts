@@ -32,13 +32,20 @@ class HeldSink implements AuditSink {
   /** The types of the records of each write that began. */
   readonly begun: string[][] = []
   hold: Promise<void> | undefined
+  /** How many writes holding a `stream.opened` fail (EIO) before writes succeed again. */
+  failOpened = 0
   readonly #file: FileSink
   constructor(file: FileSink) {
     this.#file = file
   }
   async write(records: readonly AuditRecord[]): Promise<void> {
     this.begun.push(records.map((r) => r.type))
-    if (this.hold !== undefined && records.some((r) => r.type === 'stream.opened')) await this.hold
+    const opened = records.some((r) => r.type === 'stream.opened')
+    if (this.hold !== undefined && opened) await this.hold
+    if (opened && this.failOpened > 0) {
+      this.failOpened--
+      throw Object.assign(new Error('write EIO'), { code: 'EIO' })
+    }
     await this.#file.write(records)
   }
   close(): Promise<void> {
@@ -46,11 +53,17 @@ class HeldSink implements AuditSink {
   }
 }
 
-async function setup(t: TestContext): Promise<{ h: Harness; sink: HeldSink; trail: string }> {
+async function setup(
+  t: TestContext,
+  options: {
+    mode?: 'blocking-strict' | 'blocking'
+    retry?: { initialMs: number; maxMs: number }
+  } = {},
+): Promise<{ h: Harness; sink: HeldSink; trail: string }> {
   const dir = await tempDir(t, 'pfgate-open-')
   const trail = join(dir, 'audit.log')
   const sink = new HeldSink(await FileSink.open({ path: trail, fsync: 'always' }))
-  const log = new AuditLog({ sinks: [sink], lingerMs: 0 })
+  const log = new AuditLog({ sinks: [sink], lingerMs: 0, ...options })
   defer(t, () => log.close())
   // The audit port the gateway builds around its log (audit-factory.ts), minus the flood budget.
   const audit: AuditPort = {
@@ -177,6 +190,60 @@ test('a client that leaves while the open record is being written: one stream.op
     [
       ['stream.opened', 's-01234567-1', undefined],
       ['stream.failed', 's-01234567-1', 'client-gone'],
+    ],
+  )
+})
+
+test('blocking-strict, the dial refused and the open record failing too: the dial’s 502, and each record closed once', async (t) => {
+  const { h, sink, trail } = await setup(t, { retry: { initialMs: 10, maxMs: 20 } })
+  h.agent.behaviour = 'refused'
+  sink.failOpened = 1
+  const err = await refusal(h.forwarder.open(request(h)))
+  // The dial refuses before the open record does (the documented order).
+  assert.equal(err.code, 'PFG_ERR_AGENT_CONNECT_REFUSED')
+  let records: AuditRecord[] = []
+  for (let i = 0; i < 200; i++) {
+    records = (await readAll(trail)).records.filter((r) => r.type.startsWith('stream.'))
+    if (records.length >= 3) break
+    await tick(10)
+  }
+  // The log retried the open record and closed it itself (audit-unavailable); the dial's
+  // refusal carries no stream id, so the stream has exactly one close.
+  const byId = records.filter((r) => r.streamId === 's-01234567-1')
+  assert.deepEqual(
+    byId.map((r) => [r.type, r.reason]),
+    [
+      ['stream.opened', undefined],
+      ['stream.failed', 'audit-unavailable'],
+    ],
+  )
+  const refused = records.filter((r) => r.streamId === undefined)
+  assert.deepEqual(
+    refused.map((r) => [r.type, r.reason, r.status]),
+    [['stream.failed', 'connect-refused', 502]],
+  )
+})
+
+test('blocking mode, the dial refused while the sink fails: the refusal still closes the queued open record', async (t) => {
+  const { h, sink, trail } = await setup(t, {
+    mode: 'blocking',
+    retry: { initialMs: 10, maxMs: 20 },
+  })
+  h.agent.behaviour = 'refused'
+  sink.failOpened = 1
+  const err = await refusal(h.forwarder.open(request(h)))
+  assert.equal(err.code, 'PFG_ERR_AGENT_CONNECT_REFUSED')
+  let records: AuditRecord[] = []
+  for (let i = 0; i < 200; i++) {
+    records = (await readAll(trail)).records.filter((r) => r.type.startsWith('stream.'))
+    if (records.length >= 2) break
+    await tick(10)
+  }
+  assert.deepEqual(
+    records.map((r) => [r.type, r.streamId, r.reason]),
+    [
+      ['stream.opened', 's-01234567-1', undefined],
+      ['stream.failed', 's-01234567-1', 'connect-refused'],
     ],
   )
 })
