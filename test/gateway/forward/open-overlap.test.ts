@@ -247,3 +247,23 @@ test('blocking mode, the dial refused while the sink fails: the refusal still cl
     ],
   )
 })
+
+test('a UDP flow whose dial fails after its open record: the same pair, both with transport udp', async (t) => {
+  const { h, trail } = await setup(t)
+  h.agent.behaviour = 'refused'
+  const err = await refusal(h.forwarder.open({ ...request(h), transport: 'udp' }))
+  assert.equal(err.statusCode, 502)
+  let records: AuditRecord[] = []
+  for (let i = 0; i < 100; i++) {
+    records = (await readAll(trail)).records.filter((r) => r.type.startsWith('stream.'))
+    if (records.length >= 2) break
+    await tick(10)
+  }
+  assert.deepEqual(
+    records.map((r) => [r.type, r.streamId, r.transport]),
+    [
+      ['stream.opened', 's-01234567-1', 'udp'],
+      ['stream.failed', 's-01234567-1', 'udp'],
+    ],
+  )
+})
