@@ -44,6 +44,11 @@ interface Acc {
   gbps: Map<string, number[]>
   cpu: Map<string, Record<string, number>[]>
   opens: number[]
+  /** Each round's open p50 and p99 (ms), for paired deltas. */
+  openP50: number[]
+  openP99: number[]
+  /** CPU µs per open by process (utime + stime from /proc), per round. */
+  openCpu: Record<string, number>[]
   /** Gateway RSS KiB per idle stream, per round. */
   rss: number[]
   /** Full-duplex echo MB/s per round, and CPU s/GB relayed per process. */
@@ -94,6 +99,9 @@ async function main(): Promise<void> {
       gbps: new Map(),
       cpu: new Map(),
       opens: [],
+      openP50: [],
+      openP99: [],
+      openCpu: [],
       rss: [],
       duplex: [],
       duplexCpu: [],
@@ -123,7 +131,17 @@ async function main(): Promise<void> {
           )
           a.cpu.set(m.label, [...(a.cpu.get(m.label) ?? []), perGB])
         }
-        if (opens > 0) a.opens.push(...(await timeOpens(s.cli.echoPort, Math.ceil(opens / reps))))
+        if (opens > 0) {
+          const n = Math.ceil(opens / reps)
+          const pids = s.pids()
+          const c0 = cpuSnapshot(pids)
+          const times = await timeOpens(s.cli.echoPort, n)
+          const d = cpuDelta(c0, cpuSnapshot(pids))
+          a.opens.push(...times)
+          a.openP50.push(quantile(times, 0.5))
+          a.openP99.push(quantile(times, 0.99))
+          a.openCpu.push(Object.fromEntries(Object.entries(d).map(([k, v]) => [k, (v * 1e6) / n])))
+        }
         if (duplexBytes > 0) {
           const pids = s.pids()
           const c0 = cpuSnapshot(pids)
@@ -165,8 +183,19 @@ async function main(): Promise<void> {
         )
       }
       if (opens > 0) {
+        // Paired: each round's p50/p99 minus the first variant's in the same round (ms).
+        const delta = (mine: number[], theirs: number[]): string => {
+          const d = mine.map((x, r) => x - (theirs[r] as number))
+          const f = (x: number): string => `${x >= 0 ? '+' : ''}${x.toFixed(2)}`
+          return `${f(median(d))} [${f(Math.min(...d))} … ${f(Math.max(...d))}]`
+        }
+        const cpu = ['cli', 'gateway', 'agent']
+          .map((k) => median(a.openCpu.map((x) => x[k] as number)).toFixed(0))
+          .join('/')
         parts.push(
-          `open p50 ${quantile(a.opens, 0.5).toFixed(2)} p99 ${quantile(a.opens, 0.99).toFixed(2)} ms`,
+          `open p50 ${quantile(a.opens, 0.5).toFixed(2)} p99 ${quantile(a.opens, 0.99).toFixed(2)} ms` +
+            ` (paired p50 ${delta(a.openP50, base.openP50)}, p99 ${delta(a.openP99, base.openP99)} ms)` +
+            ` cpu µs/open ${cpu}`,
         )
       }
       if (duplexBytes > 0) {

@@ -178,12 +178,19 @@ async function round(port: number, label: string): Promise<void> {
   assert.ok(Date.now() - t0 < 2 * PROMPT_MS)
 }
 
-/** Every stream.opened for the web pod has its stream.closed. */
+/**
+ * Every stream.opened for the web pod has its close: a stream.closed, or the stream.failed
+ * of a dial that failed while its open record was written (docs/audit.md).
+ */
 async function everyStreamClosed(label: string): Promise<void> {
   await eventually(
     () => {
       const recs = readAudit(cluster.dir).filter((r) => r.pod === 'web')
-      const closed = new Set(recs.filter((r) => r.type === 'stream.closed').map((r) => r.streamId))
+      const closed = new Set(
+        recs
+          .filter((r) => r.type === 'stream.closed' || r.type === 'stream.failed')
+          .map((r) => r.streamId),
+      )
       return recs.filter((r) => r.type === 'stream.opened').every((r) => closed.has(r.streamId))
     },
     10_000,
@@ -317,7 +324,9 @@ test('a pod that resets every connection at once: each client connection ends, e
       () => {
         const recs = readAudit(cluster.dir).filter((r) => r.pod === 'web' && r.port === 7100)
         const closed = new Set(
-          recs.filter((r) => r.type === 'stream.closed').map((r) => r.streamId),
+          recs
+            .filter((r) => r.type === 'stream.closed' || r.type === 'stream.failed')
+            .map((r) => r.streamId),
         )
         return recs.filter((r) => r.type === 'stream.opened').every((r) => closed.has(r.streamId))
       },

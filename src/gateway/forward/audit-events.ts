@@ -253,11 +253,13 @@ export class AuditEvents {
   /**
    * A refused stream or upgrade (`stream.denied` or `stream.failed`), with what the checks
    * had learnt; and what the client is told (the error itself, or a generic one with a ref
-   * when its message holds internals).
+   * when its message holds internals). With `streamId`, the stream's `stream.opened` is
+   * in the trail already (its agent dial failed while the record was written): the refusal
+   * is then always a `stream.failed` (main trail) with that stream id, which closes it.
    */
-  refusedStream(r: RefusedStream, err: AppError): Refusal {
+  refusedStream(r: RefusedStream, err: AppError, streamId?: string): Refusal {
     const rec = this.#session(
-      isDenial(err) ? 'stream.denied' : 'stream.failed',
+      streamId === undefined && isDenial(err) ? 'stream.denied' : 'stream.failed',
       r.session,
       r.identity,
     )
@@ -278,6 +280,7 @@ export class AuditEvents {
     } else if (r.node !== undefined) {
       rec.node = shown(redacted, 'node', shownName('name', r.node))
     }
+    if (streamId !== undefined) rec.streamId = streamId
     if (r.userAgent !== undefined) rec.userAgent = r.userAgent
     return completeRefusal(rec, err, redacted)
   }

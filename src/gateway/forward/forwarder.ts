@@ -10,9 +10,11 @@
  *   the API facade shares);
  * - stream-table.ts: sessions and live streams, admin views and kills, the sweeper;
  * - audit-events.ts: the records;
- * - this file: limits → agent dial (bounded by the stream-open timeout, 504) → audit open
- *   record (durable in blocking-strict; 503 if it cannot be written) → 200, then the relay
- *   (a UDP flow's: src/gateway/udp-relay.ts; docs/udp.md).
+ * - this file: limits → agent dial (bounded by the stream-open timeout, 504) and, at the
+ *   same time, the audit open record (durable in blocking-strict; 503 if it cannot be
+ *   written) → 200 once both are in, then the relay (a UDP flow's: src/gateway/udp-relay.ts;
+ *   docs/udp.md). A dial that fails is refused with its own status; when its open record
+ *   went into the trail, the refusal's `stream.failed` carries the stream id and closes it.
  *
  * No byte is relayed before both the agent's 200 and the open record are in.
  *
@@ -117,6 +119,32 @@ const SIDES: readonly [StreamSide, StreamSide] = ['client', 'pod']
 
 /** An 'error' listener that only keeps an error from being unhandled (errors are reported elsewhere). */
 function ignoreError(): void {}
+
+/** The open record could not be written: why. */
+interface AuditFailure {
+  err: unknown
+}
+/** The open record's write succeeded (no {@link AuditFailure}). */
+function written(): undefined {
+  return undefined
+}
+function auditFailure(err: unknown): AuditFailure {
+  return { err }
+}
+
+/**
+ * The agent dial failed. `streamId` when the stream's open record is in the trail: the
+ * refusal's `stream.failed` record then carries it and closes that stream in the trail.
+ */
+class DialFailed extends Error {
+  readonly error: unknown
+  readonly streamId: string | undefined
+  constructor(error: unknown, streamId: string | undefined) {
+    super('agent dial failed')
+    this.error = error
+    this.streamId = streamId
+  }
+}
 
 /**
  * How a relay's end reads in the audit trail. The relay names its sides `client` and `pod`;
@@ -335,7 +363,10 @@ export class Forwarder implements ForwardService {
       opened = await this.#openToAgent(req, podPort, identity, pod, node, started)
     } catch (err) {
       if (reserved) this.#table.release(session, identity.user, req.transport)
-      throw this.#refused(req, { error: internalError(err), identity, pod }, podPort)
+      // A failed dial: its refusal closes the stream's open record when that is in the trail.
+      const dial = err instanceof DialFailed ? err : undefined
+      const error = internalError(dial !== undefined ? dial.error : err)
+      throw this.#refused(req, { error, identity, pod, streamId: dial?.streamId }, podPort)
     }
     if (opened instanceof AppError) {
       // Refused because its open record could not be written: the audit log records it.
@@ -411,8 +442,11 @@ export class Forwarder implements ForwardService {
   }
 
   /**
-   * The agent's 200, then the open record. Returns the refusal the audit log records
-   * itself (blocking-strict could not write the open record) rather than throwing it.
+   * The agent's 200 and the open record, both in flight at once (the durable write of the
+   * open record overlaps the agent dial; docs/performance.md, "Stream open"). Returns the
+   * refusal the audit log records itself (blocking-strict could not write the open record)
+   * rather than throwing it. A failed dial throws {@link DialFailed}: whether the open
+   * record went into the trail decides how the refusal is recorded ({@link open}).
    */
   async #openToAgent(
     req: ForwardRequest,
@@ -424,14 +458,6 @@ export class Forwarder implements ForwardService {
   ): Promise<OpenedForward | AppError> {
     const { session } = req
     const streamId = this.#table.newStreamId()
-    const upstream = await this.#dial(req, streamId, port, pod, node)
-    // Handled by the relay; keep unhandled errors from crashing the process. A module-level
-    // listener: a closure here would keep this whole function's scope (the request, the
-    // abort controller, the timer, the open record) alive as long as the stream lives.
-    upstream.on('error', ignoreError)
-
-    // The open record. In blocking-strict it is durable before the client hears 200,
-    // so no byte is relayed without it (the pod may have sent a banner: it waits).
     const facts: StreamFacts = {
       streamId,
       session,
@@ -444,12 +470,32 @@ export class Forwarder implements ForwardService {
       userAgent: req.userAgent ?? session.userAgent,
       requestUserAgent: req.userAgent,
     }
+    const record = this.#events.streamOpened(facts)
+    // The dial first (its HEADERS go out as the write starts), then the open record. In
+    // blocking-strict the record is durable before the client hears 200, so no byte is
+    // relayed without it (the pod may have sent a banner: it waits). The write's outcome
+    // is taken at once (an AuditFailure, not a rejection nobody handles while the dial runs).
+    const dialing = this.#dial(req, streamId, port, pod, node)
+    const writing = this.#d.audit.append(record).then(written, auditFailure)
+    let upstream: ClientHttp2Stream
     try {
-      await this.#d.audit.append(this.#events.streamOpened(facts))
+      upstream = await dialing
     } catch (err) {
-      const ref = newRef()
-      this.#d.logger.error({ err: describeError(err), streamId, ref }, 'audit open record failed')
-      this.#d.metrics.auditFailures.inc({ sink: 'all' })
+      const failure = await writing
+      if (failure !== undefined) this.#openRecordFailed(failure, streamId)
+      // The open record is in the trail (or will be: blocking, batch), so the refusal's
+      // record closes it and carries its stream id; a strict log that rejected it writes its
+      // own `stream.failed` for that stream id, and the refusal is then recorded apart.
+      const inTrail = failure === undefined || this.#d.audit.mode !== 'blocking-strict'
+      throw new DialFailed(err, inTrail ? streamId : undefined)
+    }
+    // Handled by the relay; keep unhandled errors from crashing the process. A module-level
+    // listener: a closure here would keep this whole function's scope (the request, the
+    // abort controller, the timer, the open record) alive as long as the stream lives.
+    upstream.on('error', ignoreError)
+    const failure = await writing
+    if (failure !== undefined) {
+      const ref = this.#openRecordFailed(failure, streamId)
       if (this.#d.audit.mode === 'blocking-strict') {
         // Fail closed. The client learns no file path or errno: the log line has them.
         resetStream(upstream, RST.REFUSED_STREAM)
@@ -495,6 +541,17 @@ export class Forwarder implements ForwardService {
         )
       },
     }
+  }
+
+  /** Logs and counts an open record that could not be written; returns the log line's ref. */
+  #openRecordFailed(failure: AuditFailure, streamId: string): string {
+    const ref = newRef()
+    this.#d.logger.error(
+      { err: describeError(failure.err), streamId, ref },
+      'audit open record failed',
+    )
+    this.#d.metrics.auditFailures.inc({ sink: 'all' })
+    return ref
   }
 
   /** The agent connects to the pod's port and answers 200, within the stream-open timeout. */
@@ -653,6 +710,8 @@ export class Forwarder implements ForwardService {
       identity: Identity | undefined
       pod: PodInfo | undefined
       port?: number
+      /** The stream whose open record is in the trail (the dial failed after it). */
+      streamId?: string | undefined
     },
     askedPort: number,
   ): AppError {
@@ -674,6 +733,7 @@ export class Forwarder implements ForwardService {
         transport: req.transport,
       },
       err,
+      checked.streamId,
     )
     this.#countRejected(err)
     const log = {
@@ -685,6 +745,7 @@ export class Forwarder implements ForwardService {
           ? `${r.record.namespace}/${r.record.pod}:${port}`
           : `${r.record.namespace}/${r.record.target ?? ''}`,
       ...(r.record.pod !== undefined && target !== undefined ? { asked: target } : {}),
+      ...(checked.streamId !== undefined ? { streamId: checked.streamId } : {}),
       code: err.code,
       status: err.statusCode,
       ...(r.ref !== undefined ? { ref: r.ref } : {}),

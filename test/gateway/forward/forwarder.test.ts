@@ -2,7 +2,7 @@
  * The forward core in process, on fakes (harness.ts): the documented order of checks
  * (docs/protocol.md: header size → draining → authenticate → impersonation → names/port →
  * authorize → registry ready → pod → node → phase → agent known → limits → audit health →
- * agent dial → audit open → 200) and the exact audit records of every path. What each
+ * agent dial and audit open at once → 200; a dial failure wins over an open-record failure) and the exact audit records of every path. What each
  * path did is pinned in pinned.json (pin.ts); a change of order or of a record fails here.
  */
 import { test } from 'node:test'

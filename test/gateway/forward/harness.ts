@@ -129,7 +129,8 @@ export interface Harness {
   /** Upstream (agent) streams handed out, in order. */
   upstreams: FakeStream[]
   faults: Set<Fault>
-  agent: { behaviour: AgentBehaviour }
+  /** How the agent answers; with `gate`, it answers only once the gate resolves. */
+  agent: { behaviour: AgentBehaviour; gate?: Promise<void> }
   clock: { now: number }
   audit: { mode: AuditPort['mode']; healthy: boolean }
   metrics: GatewayMetrics
@@ -149,7 +150,9 @@ export function harness(options: HarnessOptions = {}): Harness {
   const records: AuditRecord[] = []
   const upstreams: FakeStream[] = []
   const clock = { now: T0 }
-  const agent = { behaviour: (faults.has('agent-refused') ? 'refused' : 'ok') as AgentBehaviour }
+  const agent: Harness['agent'] = {
+    behaviour: faults.has('agent-refused') ? 'refused' : 'ok',
+  }
   const audit = {
     mode: 'blocking-strict' as AuditPort['mode'],
     healthy: !faults.has('audit-unhealthy'),
@@ -240,27 +243,32 @@ export function harness(options: HarnessOptions = {}): Harness {
         opts: { signal?: AbortSignal; timeoutMs: number },
       ): Promise<ClientHttp2Stream> => {
         trace.push(`agent.open ${node.name} ${path} ${JSON.stringify(headers)}`)
-        switch (agent.behaviour) {
-          case 'ok': {
-            const s = new FakeStream()
-            upstreams.push(s)
-            return Promise.resolve(s as unknown as ClientHttp2Stream)
-          }
-          case 'refused':
-            return Promise.reject(
-              appError('PFG_ERR_AGENT_CONNECT_REFUSED', 'connection refused by 10.1.0.5:8080'),
-            )
-          case 'throw':
-            return Promise.reject(new TypeError('agent pool bug'))
-          case 'hang':
-            return new Promise((_, reject) => {
-              opts.signal?.addEventListener('abort', () =>
-                reject(appError('PFG_ERR_RELAY_STREAM_RESET', 'the client went away')),
-              )
-            })
-        }
+        const gate = agent.gate
+        agent.gate = undefined
+        return gate !== undefined ? gate.then(() => answer(opts)) : answer(opts)
       },
     }),
+  }
+  const answer = (opts: { signal?: AbortSignal }): Promise<ClientHttp2Stream> => {
+    switch (agent.behaviour) {
+      case 'ok': {
+        const s = new FakeStream()
+        upstreams.push(s)
+        return Promise.resolve(s as unknown as ClientHttp2Stream)
+      }
+      case 'refused':
+        return Promise.reject(
+          appError('PFG_ERR_AGENT_CONNECT_REFUSED', 'connection refused by 10.1.0.5:8080'),
+        )
+      case 'throw':
+        return Promise.reject(new TypeError('agent pool bug'))
+      case 'hang':
+        return new Promise((_, reject) => {
+          opts.signal?.addEventListener('abort', () =>
+            reject(appError('PFG_ERR_RELAY_STREAM_RESET', 'the client went away')),
+          )
+        })
+    }
   }
   const metrics = new GatewayMetrics()
   const forwarder = new Forwarder({

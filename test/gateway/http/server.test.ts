@@ -112,8 +112,20 @@ describe('gateway server (real HTTP/2 and HTTP/1.1 clients)', () => {
       groups: ['system:authenticated'],
       authSource: 'jwt',
     }
+    // The open record is written while the agent is dialled: the failed dial's record
+    // carries its stream id and closes it (docs/audit.md).
     assert.deepEqual(recs, [
       { ...session, type: 'session.opened' },
+      {
+        ...session,
+        type: 'stream.opened',
+        node: 'node-a',
+        namespace: 'default',
+        pod: 'echo',
+        podUid: '11111111-1111-4111-8111-111111111111',
+        port: 7000,
+        streamId: 's-gw-test-1',
+      },
       {
         ...session,
         type: 'stream.failed',
@@ -122,6 +134,7 @@ describe('gateway server (real HTTP/2 and HTTP/1.1 clients)', () => {
         port: 7000,
         podUid: '11111111-1111-4111-8111-111111111111',
         node: 'node-a',
+        streamId: 's-gw-test-1',
         reason: 'agent-unavailable',
         status: 502,
         ref: 'REF',
