@@ -14,6 +14,7 @@ import type { RelayEndpoint } from '../../shared/duplex-relay.js'
 import { GatewayHttpError } from '../gateway-client.js'
 import type { GatewayClient } from '../gateway-client.js'
 import type { PodStream, StreamDialer } from './serve.js'
+import type { EarlyWriter } from './early-bytes.js'
 import { fetchPod } from './target.js'
 import { nativeTargetPath } from '../../protocol/targets.js'
 import type { TargetRef } from '../../protocol/targets.js'
@@ -52,8 +53,8 @@ export class GatewayDialer implements StreamDialer {
     this.#nodeName = nodeName
   }
 
-  async dial(remotePort: number | string): Promise<PodStream> {
-    return new GatewayPodStream(await this.#open(remotePort, {}, true))
+  async dial(remotePort: number | string, early?: EarlyWriter): Promise<PodStream> {
+    return new GatewayPodStream(await this.#open(remotePort, {}, true, early))
   }
 
   /** Opens one UDP flow's stream (docs/protocol.md, "UDP flows"); retried once when the pod moved. */
@@ -65,6 +66,7 @@ export class GatewayDialer implements StreamDialer {
     remotePort: number | string,
     extra: Record<string, string>,
     retry: boolean,
+    early?: EarlyWriter,
   ): Promise<ClientHttp2Stream> {
     const t = this.#target
     try {
@@ -73,6 +75,7 @@ export class GatewayDialer implements StreamDialer {
           ? nativePortForwardPath(this.#nodeName, this.#namespace, t.name)
           : nativeTargetPath(this.#namespace, t.kind, t.name),
         { [PORT_HEADER]: String(remotePort), ...extra },
+        early,
       )
     } catch (e) {
       if (
@@ -85,7 +88,7 @@ export class GatewayDialer implements StreamDialer {
         try {
           const fresh = await fetchPod(this.#client, this.#namespace, t.name)
           this.#nodeName = fresh.spec?.nodeName ?? this.#nodeName
-          return await this.#open(remotePort, extra, false)
+          return await this.#open(remotePort, extra, false, early)
         } catch {
           // fall through to the first error
         }
