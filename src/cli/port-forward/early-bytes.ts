@@ -34,6 +34,11 @@ export interface EarlyOutcome {
   bytes: number
   /** The local client's EOF was read (the stream was ended). */
   ended: boolean
+  /**
+   * The bytes (and the EOF, `ended`) still to be written to the opened stream: all of them
+   * when the dialer never attached a stream (it does not write early), none otherwise.
+   */
+  unsent: Buffer[]
 }
 
 /** Reads a local socket while its stream opens; see the module comment. */
@@ -59,17 +64,19 @@ export class EarlyBytes implements EarlyWriter {
     if (this.#ended) stream.end()
   }
 
-  /** Stops reading (the socket is left paused for the relay) and says what was taken. */
+  /**
+   * Stops reading (the socket is left paused for the relay) and says what was taken.
+   * Called once, when the stream opened (or failed to).
+   */
   detach(): EarlyOutcome {
-    if (!this.#done) {
-      this.#done = true
-      this.#socket.off('data', this.#onData)
-      this.#socket.off('end', this.#onEnd)
-      this.#socket.pause()
-      this.#chunks = []
-      this.#target = undefined
-    }
-    return { bytes: this.#bytes, ended: this.#ended }
+    this.#done = true
+    this.#socket.off('data', this.#onData)
+    this.#socket.off('end', this.#onEnd)
+    this.#socket.pause()
+    const unsent = this.#target === undefined ? this.#chunks : []
+    this.#chunks = []
+    this.#target = undefined
+    return { bytes: this.#bytes, ended: this.#ended, unsent }
   }
 
   readonly #onData = (chunk: Buffer): void => {

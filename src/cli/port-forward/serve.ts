@@ -65,14 +65,20 @@ export function serve(listeners: Listener[], dialer: StreamDialer, options: Serv
     } catch (e) {
       early.detach()
       log(`an error occurred forwarding ${l.localPort} -> ${l.remotePort}: ${describeError(e)}`)
-      // Only this local connection ends; the listeners keep serving.
-      if (!socket.destroyed) socket.destroy()
+      // Only this local connection ends, with a reset (the client must not take a failed
+      // open for a clean, empty answer); the listeners keep serving.
+      if (!socket.destroyed) socket.resetAndDestroy()
       return
     }
     const before = early.detach()
     if (socket.destroyed || stopping) {
       pod.cancel()
       return
+    }
+    // A dialer that does not write early bytes: they go first now.
+    if (before.unsent.length > 0 || (before.ended && !pod.endpoint.stream.writableEnded)) {
+      for (const c of before.unsent) pod.endpoint.stream.write(c)
+      if (before.ended) pod.endpoint.stream.end()
     }
     const relay = new DuplexRelay(socketEndpoint(socket), pod.endpoint, {
       before: { bytesAtoB: before.bytes, aEnded: before.ended },
