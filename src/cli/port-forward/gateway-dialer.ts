@@ -14,6 +14,7 @@ import type { RelayEndpoint } from '../../shared/duplex-relay.js'
 import { GatewayHttpError } from '../gateway-client.js'
 import type { GatewayClient } from '../gateway-client.js'
 import type { PodStream, StreamDialer } from './serve.js'
+import type { EarlyWriter } from './early-bytes.js'
 import { fetchPod } from './target.js'
 import { nativeTargetPath } from '../../protocol/targets.js'
 import type { TargetRef } from '../../protocol/targets.js'
@@ -64,8 +65,8 @@ export class GatewayDialer implements StreamDialer {
       : nativeTargetPath(this.#namespace, t.kind, t.name)
   }
 
-  async dial(remotePort: number | string): Promise<PodStream> {
-    return new GatewayPodStream(await this.#open(remotePort, NO_HEADERS, true))
+  async dial(remotePort: number | string, early?: EarlyWriter): Promise<PodStream> {
+    return new GatewayPodStream(await this.#open(remotePort, NO_HEADERS, true, early))
   }
 
   /** Opens one UDP flow's stream (docs/protocol.md, "UDP flows"); retried once when the pod moved. */
@@ -77,13 +78,15 @@ export class GatewayDialer implements StreamDialer {
     remotePort: number | string,
     extra: Record<string, string>,
     retry: boolean,
+    early?: EarlyWriter,
   ): Promise<ClientHttp2Stream> {
     const t = this.#target
     try {
-      return await this.#client.openStream(this.#path, {
-        [PORT_HEADER]: String(remotePort),
-        ...extra,
-      })
+      return await this.#client.openStream(
+        this.#path,
+        { [PORT_HEADER]: String(remotePort), ...extra },
+        early,
+      )
     } catch (e) {
       if (
         e instanceof GatewayHttpError &&
@@ -96,7 +99,7 @@ export class GatewayDialer implements StreamDialer {
           const fresh = await fetchPod(this.#client, this.#namespace, t.name)
           this.#nodeName = fresh.spec?.nodeName ?? this.#nodeName
           this.#path = this.#pathFor(this.#nodeName)
-          return await this.#open(remotePort, extra, false)
+          return await this.#open(remotePort, extra, false, early)
         } catch {
           // fall through to the first error
         }
