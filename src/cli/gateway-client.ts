@@ -23,11 +23,6 @@ import type { ClientConfig } from './kubeconfig.js'
 import { StaticCredentials } from './credentials/providers.js'
 import type { Credential, CredentialProvider } from './credentials/types.js'
 
-/** Told of each stream {@link GatewayClient.openStream} requests, before its answer. */
-export interface StreamWatcher {
-  attach(stream: ClientHttp2Stream): void
-}
-
 /** An HTTP error answer from the gateway. */
 export class GatewayHttpError extends Error {
   readonly status: number
@@ -266,22 +261,15 @@ export class GatewayClient extends EventEmitter {
    * Opens a forwarding stream; resolves once the gateway answered 200 (the pod's port
    * is connected). Rejects with {@link GatewayHttpError} or a `PFG_ERR_CLI_CONNECT` error.
    * A 401 (an expired token) refreshes the credential and opens the stream once more.
-   * `early`, when given, is attached to each stream as soon as it is requested (before its
-   * answer), to write what the local client sent meanwhile.
    */
-  openStream(
-    path: string,
-    headers: OutgoingHttpHeaders,
-    early?: StreamWatcher,
-  ): Promise<ClientHttp2Stream> {
-    return this.#withCredentials((cred) => this.#openStream(path, headers, cred, early))
+  openStream(path: string, headers: OutgoingHttpHeaders): Promise<ClientHttp2Stream> {
+    return this.#withCredentials((cred) => this.#openStream(path, headers, cred))
   }
 
   async #openStream(
     path: string,
     headers: OutgoingHttpHeaders,
     cred: Credential,
-    early?: StreamWatcher,
   ): Promise<ClientHttp2Stream> {
     const session = await this.session(cred)
     // One headers object per stream, built once (not a spread of spreads).
@@ -295,7 +283,6 @@ export class GatewayClient extends EventEmitter {
     const req = session.request(h, OPEN_OPTIONS)
     this.streams.add(req)
     req.once('close', () => this.streams.delete(req))
-    early?.attach(req)
     const outcome = await awaitOpen(req)
     switch (outcome.kind) {
       case 'ok':

@@ -55,12 +55,6 @@ export interface RelayOptions<S extends string = 'a' | 'b'> {
   now?: () => number
   /** The names of A and B in the outcome (default `a`, `b`). */
   sides?: readonly [S, S]
-  /**
-   * What the caller relayed from A to B before the relay (the CLI's first bytes, sent
-   * while the stream opened: src/cli/port-forward/early-bytes.ts): the bytes, counted in
-   * {@link RelayOutcome.bytesAtoB}, and whether A's EOF was read then (B already ended).
-   */
-  before?: { bytesAtoB: number; aEnded: boolean }
 }
 
 const DIR_A = 0
@@ -115,18 +109,6 @@ export class DuplexRelay<S extends string = 'a' | 'b'> {
     this.lastActivity = this.#now()
     DuplexRelay.#wire(this as unknown as DuplexRelay<string>, a.stream)
     DuplexRelay.#wire(this as unknown as DuplexRelay<string>, b.stream)
-    const before = options.before
-    if (before !== undefined) {
-      this.bytesAtoB = before.bytesAtoB
-      if (before.aEnded) {
-        // A's 'end' was emitted before we listened: as #onEnd would have, with B ended.
-        this.#eof[DIR_A] = true
-        this.#firstEof = this.#sides[DIR_A]
-        if (!b.stream.writableEnded && !b.stream.destroyed) b.stream.end()
-      }
-      // B may have finished (END_STREAM sent) before we listened for 'finish'.
-      if (b.stream.writableFinished) this.#finished[DIR_B] = true
-    }
     // A side may have been destroyed before it was handed to us (a pod's reset reaching
     // a hop while the stream was still being opened): its 'close' is gone, so end the
     // relay as that close would have (propagating its reset) instead of waiting for ever.

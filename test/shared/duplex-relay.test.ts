@@ -228,39 +228,3 @@ test('chunks read in one event-loop turn leave in one write, in order', async ()
     assert.deepEqual(firstTurn, [3], 'one writev of the three chunks')
   })
 })
-
-test(
-  'before: bytes and the EOF taken from A ahead of the relay (the CLI while its stream opened) end the relay normally',
-  { timeout: 10_000 },
-  async () => {
-    await withServer(async (server) => {
-      const [client, a] = await pair(server)
-      const [b, pod] = await pair(server)
-      // Ahead of the relay, as src/cli/port-forward/early-bytes.ts does: A read to its EOF,
-      // everything written to B, and B ended.
-      const taken = readAll(a)
-      a.resume() // accepted paused (pauseOnConnect)
-      client.end('early')
-      const early = await taken
-      b.end(early)
-      const podRead = readAll(pod)
-      pod.resume()
-      await new Promise((r) => setImmediate(r))
-      let resolveDone!: (o: RelayOutcome) => void
-      const done = new Promise<RelayOutcome>((r) => (resolveDone = r))
-      new DuplexRelay(socketEndpoint(a), socketEndpoint(b), {
-        onDone: resolveDone,
-        before: { bytesAtoB: early.length, aEnded: true },
-      })
-      const clientRead = readAll(client)
-      assert.equal((await podRead).toString(), 'early')
-      pod.end('answer')
-      assert.equal((await clientRead).toString(), 'answer')
-      const outcome = await done
-      assert.equal(outcome.failure, undefined, JSON.stringify(outcome))
-      assert.equal(outcome.bytesAtoB, 5)
-      assert.equal(outcome.bytesBtoA, 6)
-      assert.equal(outcome.firstEof, 'a')
-    })
-  },
-)

@@ -14,7 +14,6 @@ import type { RelayEndpoint } from '../../shared/duplex-relay.js'
 import { GatewayHttpError } from '../gateway-client.js'
 import type { GatewayClient } from '../gateway-client.js'
 import type { PodStream, StreamDialer } from './serve.js'
-import type { EarlyWriter } from './early-bytes.js'
 import { fetchPod } from './target.js'
 import { nativeTargetPath } from '../../protocol/targets.js'
 import type { TargetRef } from '../../protocol/targets.js'
@@ -65,8 +64,8 @@ export class GatewayDialer implements StreamDialer {
       : nativeTargetPath(this.#namespace, t.kind, t.name)
   }
 
-  async dial(remotePort: number | string, early?: EarlyWriter): Promise<PodStream> {
-    return new GatewayPodStream(await this.#open(remotePort, NO_HEADERS, true, early))
+  async dial(remotePort: number | string): Promise<PodStream> {
+    return new GatewayPodStream(await this.#open(remotePort, NO_HEADERS, true))
   }
 
   /** Opens one UDP flow's stream (docs/protocol.md, "UDP flows"); retried once when the pod moved. */
@@ -78,15 +77,13 @@ export class GatewayDialer implements StreamDialer {
     remotePort: number | string,
     extra: Record<string, string>,
     retry: boolean,
-    early?: EarlyWriter,
   ): Promise<ClientHttp2Stream> {
     const t = this.#target
     try {
-      return await this.#client.openStream(
-        this.#path,
-        { [PORT_HEADER]: String(remotePort), ...extra },
-        early,
-      )
+      return await this.#client.openStream(this.#path, {
+        [PORT_HEADER]: String(remotePort),
+        ...extra,
+      })
     } catch (e) {
       if (
         e instanceof GatewayHttpError &&
@@ -99,7 +96,7 @@ export class GatewayDialer implements StreamDialer {
           const fresh = await fetchPod(this.#client, this.#namespace, t.name)
           this.#nodeName = fresh.spec?.nodeName ?? this.#nodeName
           this.#path = this.#pathFor(this.#nodeName)
-          return await this.#open(remotePort, extra, false, early)
+          return await this.#open(remotePort, extra, false)
         } catch {
           // fall through to the first error
         }

@@ -10,8 +10,6 @@ import { DuplexRelay } from '../../shared/duplex-relay.js'
 import type { RelayEndpoint } from '../../shared/duplex-relay.js'
 import { describeError } from '../../shared/errors.js'
 import { socketEndpoint } from '../../shared/relay-endpoints.js'
-import { EarlyBytes } from './early-bytes.js'
-import type { EarlyWriter } from './early-bytes.js'
 import { closeServer } from './listen.js'
 import type { Listener } from './listen.js'
 
@@ -27,12 +25,8 @@ export interface PodStream {
 
 /** Opens streams to the pod. */
 export interface StreamDialer {
-  /**
-   * Opens a stream to the pod's `remotePort`; rejects with an error whose message is for
-   * the user. `early`, when given, is attached to every stream requested on the way (a
-   * retry's too), before its answer: it writes the local client's first bytes into it.
-   */
-  dial(remotePort: number | string, early?: EarlyWriter): Promise<PodStream>
+  /** Opens a stream to the pod's `remotePort`; rejects with an error whose message is for the user. */
+  dial(remotePort: number | string): Promise<PodStream>
 }
 
 /** Options for {@link serve}. */
@@ -58,30 +52,19 @@ export function serve(listeners: Listener[], dialer: StreamDialer, options: Serv
 
   const open = async (socket: Socket, l: Listener): Promise<void> => {
     let pod: PodStream
-    // The first bytes go out behind the stream's HEADERS, not after its 200 (early-bytes.ts).
-    const early = new EarlyBytes(socket)
     try {
-      pod = await dialer.dial(l.remotePort, early)
+      pod = await dialer.dial(l.remotePort)
     } catch (e) {
-      early.detach()
       log(`an error occurred forwarding ${l.localPort} -> ${l.remotePort}: ${describeError(e)}`)
-      // Only this local connection ends, with a reset (the client must not take a failed
-      // open for a clean, empty answer); the listeners keep serving.
-      if (!socket.destroyed) socket.resetAndDestroy()
+      // Only this local connection ends; the listeners keep serving.
+      if (!socket.destroyed) socket.destroy()
       return
     }
-    const before = early.detach()
     if (socket.destroyed || stopping) {
       pod.cancel()
       return
     }
-    // A dialer that does not write early bytes: they go first now.
-    if (before.unsent.length > 0 || (before.ended && !pod.endpoint.stream.writableEnded)) {
-      for (const c of before.unsent) pod.endpoint.stream.write(c)
-      if (before.ended) pod.endpoint.stream.end()
-    }
     const relay = new DuplexRelay(socketEndpoint(socket), pod.endpoint, {
-      before: { bytesAtoB: before.bytes, aEnded: before.ended },
       onDone(outcome) {
         relays.delete(relay)
         const f = outcome.failure
