@@ -93,7 +93,10 @@ interface CacheEntry {
   identity: NsIdentity | undefined
   /** `/proc/<pid>/ns/net` of the sandbox process, checked to be `identity` at each use. */
   pidNs: string | undefined
-  /** When the runtime last listed the sandbox READY (Date.now()); 0: ask it again. */
+  /**
+   * When the runtime last listed the sandbox READY (`performance.now()`: monotonic, so a
+   * wall-clock step back cannot extend an entry's life); 0: ask it again.
+   */
   confirmedAt: number
 }
 
@@ -179,7 +182,7 @@ export class CriNetnsResolver implements PodNetnsResolver {
   #fromCache(pod: PodRef): PodNetns | undefined {
     const e = this.#cache.get(pod.uid)
     if (e === undefined || e.confirmedAt === 0 || e.identity === undefined) return undefined
-    if (Date.now() - e.confirmedAt >= this.#ttlMs) return undefined
+    if (performance.now() - e.confirmedAt >= this.#ttlMs) return undefined
     if (e.namespace !== pod.namespace || e.name !== pod.name) return undefined
     const now = identityNow(e.netns.path)
     let ok = now !== undefined && sameIdentity(now, e.identity)
@@ -201,7 +204,7 @@ export class CriNetnsResolver implements PodNetnsResolver {
 
   readiness(): Promise<ResolverReadiness> {
     if (this.#closed) return Promise.resolve({ ready: false, detail: 'closed' })
-    const now = Date.now()
+    const now = performance.now()
     if (this.#readiness !== undefined && now - this.#readiness.at < READINESS_TTL_MS) {
       return this.#readiness.value
     }
@@ -263,7 +266,7 @@ export class CriNetnsResolver implements PodNetnsResolver {
   async #resolve(pod: PodRef): Promise<PodNetns> {
     let client: CriClient
     let items: CriPodSandbox[]
-    const askedAt = Date.now()
+    const askedAt = performance.now()
     try {
       client = this.#clientNow()
       this.#stats.lists++

@@ -47,6 +47,11 @@ export const SETTINGS_ACK_TIMEOUT_MS = 10_000
 const SWEEP_MS = 500
 /** A stream is a backstop candidate once it has not moved a byte for this long. */
 const STALLED_MS = 1000
+/**
+ * After a sweep ended streams, how long the next sweeps count only the bytes live relays hold
+ * (not ArrayBuffer memory, which still holds the ended streams' buffers until a collection).
+ */
+const SETTLE_MS = 2000
 
 /** A stream's receive window and its buffers' high-water mark. */
 export interface StreamSizes {
@@ -90,6 +95,8 @@ export interface BufferBudgetOptions {
 export class BufferBudget {
   readonly #o: BufferBudgetOptions
   readonly #now: () => number
+  /** Until then, the cost is only what live relays hold (after a sweep that ended streams). */
+  #settleUntil = 0
   readonly #sessions = new Set<Http2Session>()
   /** The live relayed streams. */
   readonly #live = new Set<LiveStream>()
@@ -208,12 +215,18 @@ export class BufferBudget {
     }
     this.#buffered = total
     const budget = this.#o.budgetBytes
-    // What the held bytes really cost (a chunk's backing store may be larger than it).
-    const cost = Math.max(total, this.#o.memory?.() ?? process.memoryUsage().arrayBuffers)
+    const now = this.#now()
+    // What the held bytes really cost (a chunk's backing store may be larger than it). Right
+    // after a sweep ended streams, their buffers are freed but not yet collected: ArrayBuffer
+    // memory still counts them, and trusting it would end every other stalled stream too.
+    // Until the collector has had its chance, only the bytes live relays hold count.
+    const cost =
+      now < this.#settleUntil
+        ? total
+        : Math.max(total, this.#o.memory?.() ?? process.memoryUsage().arrayBuffers)
     if (cost <= budget) return
     const scale = total > 0 ? cost / total : 1
     let over = cost - budget
-    const now = this.#now()
     const candidates = live
       .filter((s) => (held.get(s) ?? 0) > 0 && now - (s.relay?.lastActivity ?? now) >= STALLED_MS)
       .sort((a, b) => (a.relay?.lastActivity ?? 0) - (b.relay?.lastActivity ?? 0))
@@ -234,6 +247,7 @@ export class BufferBudget {
       ended++
     }
     if (ended > 0) {
+      this.#settleUntil = now + SETTLE_MS
       this.#o.logger.warn(
         {
           ended,

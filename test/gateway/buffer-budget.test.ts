@@ -74,3 +74,43 @@ test('the backstop resets the streams that moved no byte for longest, until the 
     assert.equal(budget.buffered, 12 * MiB)
   }
 })
+
+test('after a sweep ends streams, their freed but uncollected buffers do not end the others', async (t) => {
+  let now = 1_000_000
+  let memory = 20 * MiB
+  const killed: string[] = []
+  const budget = new BufferBudget({
+    budgetBytes: 10 * MiB,
+    metrics: new GatewayMetrics(),
+    logger: silentLogger(),
+    now: () => now,
+    memory: () => memory,
+  })
+  t.after(() => budget.close())
+  const a = fakeStream('a', 4 * MiB, now - 10_000, killed)
+  const b = fakeStream('b', 4 * MiB, now - 5000, killed)
+  budget.started(a)
+  budget.started(b)
+  budget.started(fakeStream('c', 4 * MiB, now - 3000, killed))
+  budget.started(fakeStream('e', 4 * MiB, now - 100, killed))
+  await new Promise((r) => setTimeout(r, 700))
+  // 20 MiB of ArrayBuffer memory on a 10 MiB budget: the two stalled longest went.
+  assert.deepEqual(killed, ['a limit limit:buffer-budget', 'b limit limit:buffer-budget'])
+  budget.ended(a)
+  budget.ended(b)
+  // Their buffers are not collected yet: ArrayBuffer memory still says 20 MiB, while the live
+  // relays hold 8 MiB. The next sweeps must not end c for what a and b left behind.
+  now += 1000
+  await new Promise((r) => setTimeout(r, 600))
+  assert.deepEqual(killed, ['a limit limit:buffer-budget', 'b limit limit:buffer-budget'])
+  // Once the collector had its chance, ArrayBuffer memory counts again.
+  now += 2000
+  memory = 20 * MiB
+  await new Promise((r) => setTimeout(r, 600))
+  budget.close()
+  assert.deepEqual(killed, [
+    'a limit limit:buffer-budget',
+    'b limit limit:buffer-budget',
+    'c limit limit:buffer-budget',
+  ])
+})

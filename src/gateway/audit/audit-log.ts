@@ -128,6 +128,14 @@ const NEVER_DROPPED: ReadonlySet<AuditType> = new Set([
   'gateway.stopped',
 ])
 
+/**
+ * A `stream.failed` with a stream id closes that stream's `stream.opened` (its agent dial
+ * failed after the open record was written): kept like a `stream.closed`.
+ */
+function closesAStream(record: AuditRecord): boolean {
+  return record.type === 'stream.failed' && record.streamId !== undefined
+}
+
 /** One append waiting for the sinks (blocking modes). */
 class Ticket {
   #pending: number
@@ -432,7 +440,8 @@ export class AuditLog {
       lane.failing &&
       entry.ticket === undefined &&
       lane.queue.length >= this.#maxQueue &&
-      !NEVER_DROPPED.has(entry.record.type)
+      !NEVER_DROPPED.has(entry.record.type) &&
+      !closesAStream(entry.record)
     ) {
       lane.recordsDropped++
       return

@@ -483,10 +483,12 @@ export class Forwarder implements ForwardService {
     } catch (err) {
       const failure = await writing
       if (failure !== undefined) this.#openRecordFailed(failure, streamId)
-      // The open record is in the trail (or will be: blocking, batch), so the refusal's
-      // record closes it and carries its stream id; a strict log that rejected it writes its
-      // own `stream.failed` for that stream id, and the refusal is then recorded apart.
-      const inTrail = failure === undefined || this.#d.audit.mode !== 'blocking-strict'
+      // The open record is in the trail (or queued for it: blocking, batch), so the refusal's
+      // record closes it and carries its stream id. An append that rejected put nothing in the
+      // trail (blocking, batch: the log is closed or the record cannot be encoded), or was
+      // closed by the log itself (blocking-strict writes its own `stream.failed` for that
+      // stream id): the refusal is then recorded apart, without the id.
+      const inTrail = failure === undefined
       throw new DialFailed(err, inTrail ? streamId : undefined)
     }
     // Handled by the relay; keep unhandled errors from crashing the process. A module-level
