@@ -48,8 +48,8 @@ const SWEEP_MS = 500
 /** A stream is a backstop candidate once it has not moved a byte for this long. */
 const STALLED_MS = 1000
 /**
- * After a sweep ended streams, how long the next sweeps count only the bytes live relays hold
- * (not ArrayBuffer memory, which still holds the ended streams' buffers until a collection).
+ * After a sweep ended streams, how long the next sweeps take what those streams held off
+ * ArrayBuffer memory (which still holds their buffers until a collection).
  */
 const SETTLE_MS = 2000
 
@@ -95,8 +95,10 @@ export interface BufferBudgetOptions {
 export class BufferBudget {
   readonly #o: BufferBudgetOptions
   readonly #now: () => number
-  /** Until then, the cost is only what live relays hold (after a sweep that ended streams). */
+  /** Until then, {@link #freed} is taken off ArrayBuffer memory (after a sweep ended streams). */
   #settleUntil = 0
+  /** What the streams the last sweeps ended held (freed, perhaps not yet collected). */
+  #freed = 0
   readonly #sessions = new Set<Http2Session>()
   /** The live relayed streams. */
   readonly #live = new Set<LiveStream>()
@@ -219,11 +221,10 @@ export class BufferBudget {
     // What the held bytes really cost (a chunk's backing store may be larger than it). Right
     // after a sweep ended streams, their buffers are freed but not yet collected: ArrayBuffer
     // memory still counts them, and trusting it would end every other stalled stream too.
-    // Until the collector has had its chance, only the bytes live relays hold count.
-    const cost =
-      now < this.#settleUntil
-        ? total
-        : Math.max(total, this.#o.memory?.() ?? process.memoryUsage().arrayBuffers)
+    // Until the collector has had its chance, what those streams held is taken off it.
+    if (now >= this.#settleUntil) this.#freed = 0
+    const memory = (this.#o.memory?.() ?? process.memoryUsage().arrayBuffers) - this.#freed
+    const cost = Math.max(total, memory)
     if (cost <= budget) return
     const scale = total > 0 ? cost / total : 1
     let over = cost - budget
@@ -244,6 +245,7 @@ export class BufferBudget {
         },
       })
       over -= (held.get(s) ?? 0) * scale
+      this.#freed += (held.get(s) ?? 0) * scale
       ended++
     }
     if (ended > 0) {
