@@ -19,6 +19,7 @@ import net from 'node:net'
 import type { Socket } from 'node:net'
 import { join } from 'node:path'
 import tls from 'node:tls'
+import { join2 } from './join-pipes.js'
 
 type Role = 'client' | 'gateway' | 'agent'
 
@@ -31,20 +32,6 @@ if (!['client', 'gateway', 'agent'].includes(role) || pkiDir === undefined) {
 }
 const pem = (name: string): Buffer => readFileSync(join(pkiDir, name))
 const nextPort = Number(nextArg)
-
-/** Pipes `a` and `b` both ways: an end is passed on as a half-close, an error destroys both. */
-function join2(a: Socket, b: Socket): void {
-  a.pipe(b)
-  b.pipe(a)
-  const kill = (): void => {
-    a.destroy()
-    b.destroy()
-  }
-  a.once('error', kill)
-  b.once('error', kill)
-  a.once('close', () => b.destroy())
-  b.once('close', () => a.destroy())
-}
 
 function dialNext(): Socket {
   if (role === 'agent') {

@@ -38,9 +38,9 @@ import net from 'node:net'
 import type { Socket } from 'node:net'
 import { join } from 'node:path'
 import { setDefaultHighWaterMark } from 'node:stream'
-import type { Duplex } from 'node:stream'
 import tls from 'node:tls'
 import type { TLSSocket } from 'node:tls'
+import { join2 } from './join-pipes.js'
 import {
   CONNECTION_WINDOW,
   MAX_CONCURRENT_STREAMS,
@@ -83,27 +83,6 @@ const h2Options = {
     enablePush: false,
   },
   maxSessionMemory: MAX_SESSION_MEMORY_MB,
-}
-
-/**
- * Pipes `a` and `b` both ways; an end is passed on as a half-close (pipe's `end()`), an
- * error or an abnormal close of one side destroys the other.
- */
-function join2(a: Duplex, b: Duplex): void {
-  a.pipe(b)
-  b.pipe(a)
-  const kill = (): void => {
-    a.destroy()
-    b.destroy()
-  }
-  a.once('error', kill)
-  b.once('error', kill)
-  // A side that closed before both directions ended (a reset) takes the other with it.
-  const onClose = (s: Duplex, other: Duplex) => (): void => {
-    if (!(s.readableEnded && s.writableFinished)) other.destroy()
-  }
-  a.once('close', onClose(a, b))
-  b.once('close', onClose(b, a))
 }
 
 /** The one shared HTTP/2 session to the next hop (reconnected when it goes). */
